@@ -1,0 +1,1 @@
+"""drca indexer package."""

@@ -1,0 +1,1 @@
+"""drca model package."""
