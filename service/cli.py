@@ -6,6 +6,8 @@ import logging
 
 import typer
 
+from model import cli as model_cli
+
 app = typer.Typer(help="drca: DRCA video classification and retrieval.", no_args_is_help=True)
 
 
@@ -15,6 +17,10 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+app.command("flops")(model_cli.flops)
+app.command("demo")(model_cli.demo)
 
 
 if __name__ == "__main__":

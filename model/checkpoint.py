@@ -1,0 +1,150 @@
+"""Checkpoints: a directory with `model.safetensors`, `config.json` and `card.json`.
+
+Weights are safetensors (never pickle). The text head, when present, is stored in the same file under
+the `text_head.` prefix. Loading checks every tensor name and shape against the config and refuses a
+mismatch with a message naming the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+
+from model.config import DRCAConfig
+from model.drca import DRCA
+from model.text import TextHead
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CARD = "card.json"
+TEXT_PREFIX = "text_head."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, malformed, or does not match its config."""
+
+
+class ModelCard(BaseModel):
+    """What a checkpoint is and how it was made. Free-form `metrics`; everything else is typed."""
+
+    preset: str = ""
+    overrides: list[str] = Field(default_factory=list)
+    class_names: list[str] = Field(default_factory=list)
+    embed_dim: int = 0
+    text_dim: int = 0  # input dim of the text head (MiniLM: 384), 0 without one
+    training_data: str = ""
+    commands: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    wall_time_s: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: DRCA
+    config: DRCAConfig
+    card: ModelCard
+    text_head: TextHead | None
+
+
+def save_checkpoint(path: str | Path, model: DRCA, card: ModelCard, text_head: TextHead | None = None) -> Path:
+    """Write a checkpoint directory atomically (files written to a temp dir, then renamed into place)."""
+    path = Path(path)
+    cfg = model.cfg
+    if cfg.head.num_classes and len(card.class_names) != cfg.head.num_classes:
+        raise CheckpointError(
+            f"card has {len(card.class_names)} class names but the head has {cfg.head.num_classes} classes"
+        )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if text_head is not None:
+        tensors.update({TEXT_PREFIX + k: v.detach().cpu().contiguous() for k, v in text_head.state_dict().items()})
+        card = card.model_copy(update={"text_dim": text_head.in_dim})
+    card = card.model_copy(update={"embed_dim": cfg.head.embed_dim})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "drca", "preset": card.preset})
+    (tmp / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (tmp / CARD).write_text(card.model_dump_json(indent=2) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            _rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        _rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def _rmtree(p: Path) -> None:
+    for f in p.iterdir():
+        f.unlink()
+    p.rmdir()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG, CARD):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is not a drca checkpoint: {name} is missing")
+    try:
+        cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
+        card = ModelCard.model_validate_json((path / CARD).read_text())
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad config or card: {e}") from None
+    try:
+        tensors = load_file(str(path / WEIGHTS), device=str(map_location))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+
+    model = DRCA(cfg)
+    model_state = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
+    _load_strict(model, model_state, path)
+    text_head = None
+    text_state = {k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)}
+    if text_state:
+        if not card.text_dim:
+            raise CheckpointError(f"{path}: weights hold a text head but card.text_dim is 0")
+        text_head = TextHead(card.text_dim, cfg.head.embed_dim)
+        _load_strict(text_head, text_state, path, prefix=TEXT_PREFIX)
+        text_head.to(map_location).eval()
+    if cfg.head.num_classes and len(card.class_names) != cfg.head.num_classes:
+        raise CheckpointError(
+            f"{path}: card has {len(card.class_names)} class names for {cfg.head.num_classes} classes"
+        )
+    model.to(map_location).eval()
+    return LoadedCheckpoint(model=model, config=cfg, card=card, text_head=text_head)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(prefix + k for k in missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            parts.append(
+                f"unexpected {', '.join(prefix + k for k in unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
+            )
+        raise CheckpointError(f"{path}: weights do not match config.json: {'; '.join(parts)}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(
+                f"{path}: tensor {prefix + k} has shape {tuple(v.shape)}, the config expects {tuple(expected[k].shape)}"
+            )
+    module.load_state_dict(state, strict=True)

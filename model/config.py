@@ -1,0 +1,183 @@
+"""DRCA configuration: dataclasses with every default in one place, plus `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, get_args, get_origin
+
+FrameChoice = Literal["diff_rank", "uniform", "wo_diff_rank"]
+CompModule = Literal["sal_ref", "conv2d", "conv3d", "patch_merge", "resblock_2d", "resblock_3d"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What one clip must look like when it enters the network: (C=3, T=num_frames, img_size, img_size)."""
+
+    num_frames: int = 8
+    img_size: int = 224
+    # RGB, 0-255 pixel scale (the seed normalises with 127.5 / 127.5).
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.1
+    dropout: float = 0.0
+    # DCCM: inserted before layer `comp_insert_layer`; -1 disables compression (a plain TimeSformer).
+    comp_insert_layer: int = -1
+    num_saliency: int = 4  # K: frames kept at full resolution
+    frame_choice: FrameChoice = "diff_rank"
+    comp_module: CompModule = "sal_ref"
+    sigma: float = 0.05  # std of the Gaussian perturbation in the perturbed top-k
+    num_samples: int = 500  # Monte-Carlo samples of the perturbed top-k
+    sal_ref_heads: int = 4
+    use_sdpa: bool = True  # False: explicit softmax(QK^T)V, identical maths (used to count FLOPs exactly)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_classes: int = 0  # 0: no classification head
+    embed_dim: int = 256  # 0: no embedding head
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DRCAConfig:
+    name: str = "custom"
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def compressed(self) -> bool:
+        return self.backbone.comp_insert_layer >= 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DRCAConfig:
+        return _from_dict(cls, data, prefix="")
+
+
+def validate(cfg: DRCAConfig) -> None:
+    b, i = cfg.backbone, cfg.input
+    if i.img_size % b.patch_size:
+        raise ValueError(f"input.img_size={i.img_size} is not a multiple of backbone.patch_size={b.patch_size}")
+    if b.embed_dim % b.num_heads:
+        raise ValueError(f"backbone.embed_dim={b.embed_dim} is not divisible by backbone.num_heads={b.num_heads}")
+    if b.comp_insert_layer >= 0:
+        grid = i.img_size // b.patch_size
+        if grid % 2:
+            raise ValueError(f"compression halves the {grid}x{grid} patch grid, which must be even")
+        if not 0 <= b.comp_insert_layer < b.depth:
+            raise ValueError(f"backbone.comp_insert_layer={b.comp_insert_layer} must be -1 or in [0, {b.depth})")
+        if not 0 < b.num_saliency < i.num_frames:
+            raise ValueError(
+                f"backbone.num_saliency={b.num_saliency} must be in [1, input.num_frames={i.num_frames})"
+            )
+        if b.comp_module == "sal_ref" and b.embed_dim % b.sal_ref_heads:
+            raise ValueError(f"backbone.embed_dim must be divisible by backbone.sal_ref_heads={b.sal_ref_heads}")
+    for name, value in (("frame_choice", b.frame_choice), ("comp_module", b.comp_module)):
+        allowed = get_args(FrameChoice if name == "frame_choice" else CompModule)
+        if value not in allowed:
+            raise ValueError(f"backbone.{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or '<root>'!r} must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(sorted(prefix + k for k in unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(tp, value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert a JSON value or a command-line string to the field's declared type."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(map(str, get_args(tp)))}")
+        return value
+    if origin in (tuple, list):
+        items = value.strip("()[] ").split(",") if isinstance(value, str) else list(value)
+        item_types = get_args(tp)
+        item_tp = item_types[0] if item_types else str
+        return tuple(_coerce(item_tp, v.strip() if isinstance(v, str) else v, key) for v in items if v != "")
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{key}: union-typed config fields are not supported")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not a valid {tp.__name__}") from None
+    raise TypeError(f"{key}: unsupported config type {tp}")
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Return a copy of a (nested) config dataclass with `section.key=value` overrides applied.
+
+    Works for DRCAConfig and for any other config dataclass (the trainers' configs use it too).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.path=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        cfg = _set_path(cfg, keys, raw.strip(), full=path.strip())
+    return cfg
+
+
+def _set_path(obj: Any, keys: list[str], raw: str, full: str) -> Any:
+    if not is_dataclass(obj):
+        raise ValueError(f"unknown config key {full!r}")
+    hints = typing.get_type_hints(type(obj))
+    name = keys[0]
+    if name not in {f.name for f in fields(obj)}:
+        valid = ", ".join(f.name for f in fields(obj))
+        raise ValueError(f"unknown config key {full!r} ({name!r} is not one of: {valid})")
+    current = getattr(obj, name)
+    if len(keys) == 1:
+        if is_dataclass(current):
+            raise ValueError(f"config key {full!r} is a section; set one of its fields instead")
+        new_value = _coerce(hints[name], raw, full)
+    else:
+        new_value = _set_path(current, keys[1:], raw, full)
+    return replace(obj, **{name: new_value})

@@ -1,0 +1,181 @@
+"""Transformer building blocks: patch embedding, attention, MLP, and the two DRCA layer kinds.
+
+Token layouts (B = batch, T = frames, H x W = patch grid, C = channels):
+- full resolution stage:  cls (B, 1, C), tokens (B, T, H, W, C)
+- resolution-align stage: cls (B, 1, C), high (B, K, H, W, C), low (B, T-K, H/2, W/2, C)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame non-overlapping patches: (B, C, T, H, W) -> (B, T, H/p, W/p, D)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t, h, w = x.shape
+        x = self.proj(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, D, H', W')
+        return x.permute(0, 2, 3, 1).reshape(b, t, x.shape[2], x.shape[3], x.shape[1])
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, use_sdpa: bool) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v over (..., heads, tokens, head_dim)."""
+    if use_sdpa:
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over (N, L, C)."""
+
+    def __init__(self, dim: int, num_heads: int, use_sdpa: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.use_sdpa = use_sdpa
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, c = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = attention(qkv[0], qkv[1], qkv[2], self.use_sdpa)  # (N, heads, L, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(n, length, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class TemporalAttention(nn.Module):
+    """Pre-norm attention across frames at each spatial location, followed by TimeSformer's temporal fc."""
+
+    def __init__(self, dim: int, num_heads: int, use_sdpa: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, use_sdpa)
+        self.temporal_fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, H, W, C) -> residual update of the same shape."""
+        b, t, h, w, c = x.shape
+        seq = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
+        out = self.temporal_fc(self.attn(self.norm(seq)))
+        return out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
+
+
+class SpatialAttention(nn.Module):
+    """Pre-norm attention within each frame over [cls, patches]; the per-frame cls outputs are returned."""
+
+    def __init__(self, dim: int, num_heads: int, use_sdpa: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, use_sdpa)
+
+    def forward(self, cls: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """cls: (B, 1, C), x: (B, T, H, W, C) -> (cls update per frame (B, T, C), patch update like x)."""
+        b, t, h, w, c = x.shape
+        seq = torch.cat([cls.expand(b, t, c).reshape(b * t, 1, c), x.reshape(b * t, h * w, c)], dim=1)
+        out = self.attn(self.norm(seq))
+        return out[:, 0].reshape(b, t, c), out[:, 1:].reshape(b, t, h, w, c)
+
+
+class DividedSTBlock(nn.Module):
+    """TimeSformer divided space-time layer: temporal attention, spatial attention, FFN (all pre-norm)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, dropout: float,
+                 use_sdpa: bool) -> None:
+        super().__init__()
+        self.temporal = TemporalAttention(dim, num_heads, use_sdpa)
+        self.spatial = SpatialAttention(dim, num_heads, use_sdpa)
+        self.norm_ffn = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, cls: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x + self.drop_path(self.temporal(x))
+        cls_upd, x_upd = self.spatial(cls, x)
+        cls = cls + self.drop_path(cls_upd.mean(dim=1, keepdim=True))
+        x = x + self.drop_path(x_upd)
+        cls = cls + self.drop_path(self.ffn(self.norm_ffn(cls)))
+        x = x + self.drop_path(self.ffn(self.norm_ffn(x)))
+        return cls, x
+
+
+class ResolutionAlignBlock(nn.Module):
+    """DRCA layer after compression: K full-resolution saliency frames and T-K half-resolution frames.
+
+    Temporal attention runs over all T frames on the low-resolution grid: the saliency frames are
+    average-pooled 2x, concatenated with the compressed frames, attended across time, and their residual
+    is upsampled (nearest) back to full resolution. Spatial attention runs per resolution with its own
+    norm and weights for the low-resolution path; the cls token takes the mean of its per-frame outputs
+    over all T frames. The FFN is shared by both resolutions.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, dropout: float,
+                 use_sdpa: bool) -> None:
+        super().__init__()
+        self.temporal = TemporalAttention(dim, num_heads, use_sdpa)
+        self.spatial_high = SpatialAttention(dim, num_heads, use_sdpa)
+        self.spatial_low = SpatialAttention(dim, num_heads, use_sdpa)
+        self.norm_ffn = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, cls: Tensor, high: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k = high.shape[1]
+        aligned = torch.cat([pool2x(high), low], dim=1)  # (B, T, H/2, W/2, C)
+        upd = self.drop_path(self.temporal(aligned))
+        high = high + upsample2x(upd[:, :k])
+        low = low + upd[:, k:]
+
+        cls_high, high_upd = self.spatial_high(cls, high)
+        cls_low, low_upd = self.spatial_low(cls, low)
+        cls = cls + self.drop_path(torch.cat([cls_high, cls_low], dim=1).mean(dim=1, keepdim=True))
+        high = high + self.drop_path(high_upd)
+        low = low + self.drop_path(low_upd)
+
+        cls = cls + self.drop_path(self.ffn(self.norm_ffn(cls)))
+        high = high + self.drop_path(self.ffn(self.norm_ffn(high)))
+        low = low + self.drop_path(self.ffn(self.norm_ffn(low)))
+        return cls, high, low
+
+
+def pool2x(x: Tensor) -> Tensor:
+    """2x2 average pooling of (B, T, H, W, C) -> (B, T, H/2, W/2, C)."""
+    b, t, h, w, c = x.shape
+    return x.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(dim=(3, 5))
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    """Nearest 2x upsampling of (B, T, H, W, C) -> (B, T, 2H, 2W, C)."""
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)

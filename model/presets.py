@@ -1,0 +1,51 @@
+"""Named model presets. Each is a DRCAConfig; `docs/model.md` lists their parameters and GFLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from model.config import BackboneConfig, DRCAConfig, HeadConfig, InputConfig
+
+_S = BackboneConfig(embed_dim=384, depth=12, num_heads=6)
+_B = BackboneConfig(embed_dim=768, depth=12, num_heads=12)
+_IN224 = InputConfig(num_frames=8, img_size=224)
+
+
+def _k(backbone: BackboneConfig, k: int) -> BackboneConfig:
+    """The paper's compressed variant: DCCM before layer 3, K saliency frames, sal_ref, diff_rank."""
+    return replace(backbone, comp_insert_layer=3, num_saliency=k, frame_choice="diff_rank", comp_module="sal_ref")
+
+
+PRESETS: dict[str, DRCAConfig] = {
+    # TimeSformer-S baseline (no compression).
+    "drca-s-224": DRCAConfig(name="drca-s-224", input=_IN224, backbone=_S),
+    "drca-s-k2-224": DRCAConfig(name="drca-s-k2-224", input=_IN224, backbone=_k(_S, 2)),
+    "drca-s-k3-224": DRCAConfig(name="drca-s-k3-224", input=_IN224, backbone=_k(_S, 3)),
+    "drca-s-k4-224": DRCAConfig(name="drca-s-k4-224", input=_IN224, backbone=_k(_S, 4)),
+    "drca-b-224": DRCAConfig(name="drca-b-224", input=_IN224, backbone=_B),
+    "drca-b-k4-224": DRCAConfig(name="drca-b-k4-224", input=_IN224, backbone=_k(_B, 4)),
+    # The shipped service checkpoint's preset: 112 px with 14 px patches (an 8x8 grid, halved to 4x4 by
+    # the DCCM), 192-d, 6 layers, K=4 from layer 2; sized to train from scratch on a 2-core CPU.
+    "drca-cpu-112": DRCAConfig(
+        name="drca-cpu-112",
+        input=InputConfig(num_frames=8, img_size=112),
+        backbone=BackboneConfig(
+            patch_size=14, embed_dim=192, depth=6, num_heads=3, drop_path=0.05,
+            comp_insert_layer=2, num_saliency=4, frame_choice="diff_rank", comp_module="sal_ref",
+            num_samples=100, sal_ref_heads=4,
+        ),
+        head=HeadConfig(num_classes=0, embed_dim=256),
+    ),
+}
+
+
+def get_preset(name: str) -> DRCAConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def uncompressed(cfg: DRCAConfig) -> DRCAConfig:
+    """The same network without the DCCM (every layer at full resolution)."""
+    return replace(cfg, backbone=replace(cfg.backbone, comp_insert_layer=-1))

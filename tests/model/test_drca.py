@@ -1,0 +1,113 @@
+import itertools
+from typing import get_args
+
+import pytest
+import torch
+
+from model.config import CompModule, FrameChoice
+from model.dccm import PerturbedTopK, uniform_split
+from model.drca import DRCA
+from tests.model.conftest import tiny_config
+
+COMBOS = list(itertools.product(get_args(FrameChoice), get_args(CompModule)))
+
+
+@pytest.mark.parametrize(("frame_choice", "comp_module"), COMBOS)
+def test_every_strategy_and_module_runs_forward_and_backward(frame_choice: str, comp_module: str) -> None:
+    torch.manual_seed(0)
+    model = DRCA(tiny_config(frame_choice=frame_choice, comp_module=comp_module)).train()
+    x = torch.randn(2, 3, 6, 32, 32)
+    out = model(x)
+    assert out.logits.shape == (2, 5)
+    assert out.embedding.shape == (2, 16)
+    assert out.saliency_indices.shape == (2, 2)
+    (out.logits.logsumexp(-1).sum() + out.embedding.sum()).backward()
+    assert model.patch_embed.proj.weight.grad is not None
+    assert torch.isfinite(model.patch_embed.proj.weight.grad).all()
+    comp_grads = [p.grad for p in model.dccm.compression.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in comp_grads)
+
+
+def test_diff_rank_trains_the_score_net() -> None:
+    torch.manual_seed(0)
+    model = DRCA(tiny_config(frame_choice="diff_rank")).train()
+    out = model(torch.randn(3, 3, 6, 32, 32))
+    out.logits[:, 0].sum().backward()
+    grads = [p.grad for p in model.dccm.score_net.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_wo_diff_rank_gives_the_score_net_no_gradient() -> None:
+    torch.manual_seed(0)
+    model = DRCA(tiny_config(frame_choice="wo_diff_rank")).train()
+    model(torch.randn(2, 3, 6, 32, 32)).logits.sum().backward()
+    assert all(p.grad is None for p in model.dccm.score_net.parameters())
+
+
+def test_perturbed_topk_matches_hard_topk_for_separated_scores_and_its_gradient_is_finite() -> None:
+    torch.manual_seed(0)
+    scores = torch.tensor([[0.9, 0.1, 0.8, 0.0, 0.5, 0.2]], requires_grad=True)
+    top, rest = PerturbedTopK.apply(scores, 2, 2000, 0.01)
+    assert torch.allclose(top, torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0]]))
+    assert rest.shape == (1, 4, 6)
+    assert torch.allclose(top.sum(-1), torch.ones(1, 2))
+    top.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+def test_perturbed_topk_gradient_raises_a_score_that_is_rewarded() -> None:
+    # Reward selecting frame 1: its score's gradient must be positive (it is near the top-k boundary).
+    torch.manual_seed(0)
+    scores = torch.tensor([[0.9, 0.49, 0.5, 0.1]], requires_grad=True)
+    top, _ = PerturbedTopK.apply(scores, 2, 5000, 0.1)
+    top[..., 1].sum().backward()
+    assert scores.grad[0, 1] > 0
+    assert scores.grad[0, 2] < 0
+
+
+def test_uniform_picks_evenly_spaced_frames() -> None:
+    top, rest = uniform_split(8, 4, batch=2, device=torch.device("cpu"))
+    assert top.tolist() == [[0, 2, 4, 6]] * 2
+    assert rest.tolist() == [[1, 3, 5, 7]] * 2
+    model = DRCA(tiny_config(frame_choice="uniform", num_saliency=3)).eval()
+    out = model(torch.randn(2, 3, 6, 32, 32))
+    assert out.saliency_indices.tolist() == [[0, 2, 4]] * 2
+
+
+def test_eval_is_deterministic_and_batch_independent() -> None:
+    torch.manual_seed(0)
+    model = DRCA(tiny_config()).eval()
+    clips = torch.randn(4, 3, 6, 32, 32)
+    with torch.inference_mode():
+        alone = model(clips[1:2]).embedding
+        again = model(clips[1:2]).embedding
+        batched = model(clips).embedding[1:2]
+    assert torch.equal(alone, again)
+    assert torch.allclose(alone, batched, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, 1.0])
+def test_constant_frames_give_no_nan(value: float) -> None:
+    model = DRCA(tiny_config()).eval()
+    with torch.inference_mode():
+        out = model(torch.full((2, 3, 6, 32, 32), value))
+    assert torch.isfinite(out.logits).all()
+    assert torch.isfinite(out.embedding).all()
+    model.train()
+    out = model(torch.full((2, 3, 6, 32, 32), value))
+    out.logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_no_compression_is_a_plain_timesformer() -> None:
+    model = DRCA(tiny_config(comp_insert_layer=-1)).eval()
+    assert model.dccm is None and len(model.align_blocks) == 0 and len(model.blocks) == 2
+    out = model(torch.randn(1, 3, 6, 32, 32))
+    assert out.saliency_indices is None
+
+
+def test_wrong_input_shape_is_refused() -> None:
+    model = DRCA(tiny_config())
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.randn(1, 3, 5, 32, 32))
