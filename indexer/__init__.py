@@ -1,1 +1,19 @@
-"""drca indexer package."""
+"""drca indexer: segment vectors in FAISS aggregated per video, durable log + snapshots, metadata store."""
+
+from indexer.errors import IndexClosed, IndexerError, InvalidVectors, NotFound, RecoveryError
+from indexer.faiss_index import IndexConfig
+from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
+
+__all__ = [
+    "IndexClosed",
+    "IndexConfig",
+    "IndexStats",
+    "IndexerError",
+    "InvalidVectors",
+    "NotFound",
+    "RecoveryError",
+    "Segment",
+    "StoredVideo",
+    "VideoHit",
+    "VideoIndex",
+]

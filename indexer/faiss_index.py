@@ -55,9 +55,8 @@ class IndexConfig:
             raise ValueError(f"dim must be positive, got {self.dim}")
         if self.kind not in ("auto", "flat", "ivf_flat", "ivf_pq", "hnsw"):
             raise ValueError(f"unknown index kind {self.kind!r}")
-        if self.kind == "ivf_pq" or self.auto_kind == "ivf_pq":
-            if self.dim % self.pq_m:
-                raise ValueError(f"dim {self.dim} is not divisible by pq_m {self.pq_m}")
+        if (self.kind == "ivf_pq" or self.auto_kind == "ivf_pq") and self.dim % self.pq_m:
+            raise ValueError(f"dim {self.dim} is not divisible by pq_m {self.pq_m}")
 
 
 def concrete_kind(cfg: IndexConfig, n: int) -> ConcreteKind:
