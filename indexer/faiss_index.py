@@ -35,6 +35,7 @@ class IndexConfig:
     nlist: int | None = None
     nprobe: int = 32
     pq_m: int = 32  # sub-quantisers for ivf_pq (dim must be divisible by it)
+    pq_nbits: int = 8  # bits per sub-quantiser code
     train_sample: int = 200_000  # at most this many vectors train the IVF quantiser
     # HNSW
     hnsw_m: int = 32
@@ -77,7 +78,7 @@ def min_train_size(cfg: IndexConfig, kind: ConcreteKind, n: int) -> int:
     if kind in ("ivf_flat", "ivf_pq"):
         need = ivf_nlist(cfg, n)
         if kind == "ivf_pq":
-            need = max(need, 256)  # 8-bit PQ codebooks
+            need = max(need, 2**cfg.pq_nbits)  # every PQ codebook entry needs a training point
         return need
     return 0
 
@@ -91,7 +92,7 @@ def build(kind: ConcreteKind, cfg: IndexConfig, vectors: np.ndarray, ids: np.nda
         index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
     elif kind in ("ivf_flat", "ivf_pq"):
         nlist = ivf_nlist(cfg, n)
-        spec = f"IVF{nlist},Flat" if kind == "ivf_flat" else f"IVF{nlist},PQ{cfg.pq_m}x8"
+        spec = f"IVF{nlist},Flat" if kind == "ivf_flat" else f"IVF{nlist},PQ{cfg.pq_m}x{cfg.pq_nbits}"
         index = faiss.index_factory(d, spec, ip)
         if n < min_train_size(cfg, kind, n):
             raise ValueError(

@@ -315,8 +315,8 @@ class VideoIndex:
             t.join()
 
     def wait_for_rebuild(self) -> None:
-        t = self._rebuild_thread
-        if t is not None:
+        """Block until no background rebuild is running (including ones chained after a swap)."""
+        while (t := self._rebuild_thread) is not None:
             t.join()
 
     def _rebuild(self, kind: ConcreteKind, vecs: np.ndarray, sids: np.ndarray) -> None:
@@ -335,13 +335,14 @@ class VideoIndex:
                 self._index, self._kind, self._tombstones = new, kind, tomb
                 self._trained_n = len(sids)
                 self._pending = None
+                self._rebuild_thread = None
                 log.info("swapped in the %s index (%d segments)", kind, new.ntotal)
+                self._maybe_rebuild()  # writes during the build may call for another (e.g. tombstones)
         except Exception:
             log.exception("index rebuild failed; searching the previous index")
             with self._lock:
                 self._pending = None
-        finally:
-            self._rebuild_thread = None
+                self._rebuild_thread = None
 
     def _live_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._videos:
