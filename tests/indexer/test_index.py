@@ -14,7 +14,9 @@ KINDS = ["flat", "ivf_flat", "ivf_pq", "hnsw"]
 
 
 def config(kind: str, **kw) -> IndexConfig:
-    return IndexConfig(dim=D, kind=kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4, fsync=False, snapshot_every=0, **kw)
+    return IndexConfig(
+        dim=D, kind=kind, nlist=4, nprobe=4, pq_m=4, pq_nbits=4, fsync=False, snapshot_every=0, **kw
+    )
 
 
 def segs(n: int) -> list[Segment]:
@@ -108,7 +110,9 @@ def test_aggregation_max_vs_chamfer(tmp_path):
     qs = [Segment(0, 1), Segment(1, 2)]
     mx = idx.search(q, k=2, query_segments=qs, aggregation="max")
     assert [h.video_id for h in mx] == [1, 2]
-    assert mx[0].score == pytest.approx(1.0) and mx[0].segment == Segment(0, 2) and mx[0].query_segment == qs[0]
+    assert (
+        mx[0].score == pytest.approx(1.0) and mx[0].segment == Segment(0, 2) and mx[0].query_segment == qs[0]
+    )
     ch = idx.search(q, k=2, query_segments=qs, aggregation="chamfer")
     assert [h.video_id for h in ch] == [2, 1]
     assert ch[0].score == pytest.approx(1 / np.sqrt(1.36), abs=1e-5)
