@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import IndexConfig, RecoveryError, Segment, VideoIndex, wal
+from indexer import IndexConfig, RecoveryError, VideoIndex, wal
 from tests.indexer import crash_writer
 
 D = 8
