@@ -30,7 +30,7 @@ class IndexConfig:
     kind: IndexKind = "auto"
     # `auto`: exact search below this many segments, `auto_kind` at or above it.
     auto_threshold: int = 200_000
-    auto_kind: ConcreteKind = "hnsw"
+    auto_kind: ConcreteKind = "ivf_flat"  # see docs/indexer.md: meets the recall/speed target
     # IVF: nlist=None picks 4*sqrt(n) (clamped so every list gets >= 39 training points).
     nlist: int | None = None
     nprobe: int = 32
