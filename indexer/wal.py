@@ -257,11 +257,17 @@ def recover(directory: Path, dim: int, allow_empty: bool = False) -> Recovered:
     logs = list_logs(directory)
     state = Recovered()
     have_base = not snaps  # no snapshot ever written: the logs start from empty
+    corrupt_seq = 0
     for _seq, path in reversed(snaps):
         try:
             seq, videos = read_snapshot(path, dim)
         except CorruptFile as exc:
-            log.warning("skipping corrupt snapshot, falling back to an older one: %s", exc)
+            aside = path.with_name(path.name + ".corrupt")
+            log.warning(
+                "skipping corrupt snapshot (moved to %s), falling back to older data: %s", aside.name, exc
+            )
+            os.replace(path, aside)
+            corrupt_seq = max(corrupt_seq, _seq)
             state.dropped = True
             continue
         state.seq = state.snapshot_seq = seq
@@ -311,6 +317,10 @@ def recover(directory: Path, dim: int, allow_empty: bool = False) -> Recovered:
                 os.fsync(f.fileno())
             state.dropped = True
             stop = True
+    if not have_base:
+        # Explicitly allowed partial recovery: continue numbering after everything seen on disk, so
+        # the next snapshot and log never collide with the files that were there.
+        state.seq = max(state.seq, corrupt_seq)
     return state
 
 

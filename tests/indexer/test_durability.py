@@ -130,7 +130,9 @@ def test_nothing_valid_raises_unless_allowed(tmp_path):
         tmp_path, IndexConfig(dim=D, kind="flat", snapshot_every=0, allow_empty_recovery=True)
     )
     assert len(allowed) == 0
-    allowed.close()
+    add(allowed, [7])
+    crash(allowed)
+    assert sorted(VideoIndex.open(tmp_path, CFG)._videos) == [7]  # noqa: SLF001 - consistent afterwards
 
 
 def test_wrong_dimension_is_refused(tmp_path):
