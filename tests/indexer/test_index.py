@@ -214,6 +214,8 @@ def test_searches_concurrent_with_adds_and_rebuilds(tmp_path):
     assert idx.stats().kind == "ivf_flat"
     live = set(range(300)) - {v // 3 for v in range(300) if v % 11 == 0}
     assert set(idx._videos) == live  # noqa: SLF001 - the authoritative state
+    # Writes made while the IVF index was being built were replayed onto it: nothing lost, no leftovers.
+    assert idx._index.ntotal == idx.stats().segments == 4 * len(live)  # noqa: SLF001
     hits = idx.search(base[None], k=len(live) + 5)
-    assert len({h.video_id for h in hits}) == len(hits)
+    assert len({h.video_id for h in hits}) == len(hits) == len(live)
     idx.close()
