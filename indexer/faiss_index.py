@@ -124,11 +124,16 @@ def search(index: faiss.Index, kind: ConcreteKind, cfg: IndexConfig, queries: np
     return index.search(queries, k)
 
 
-def supports_remove(kind: ConcreteKind) -> bool:
-    return kind != "hnsw"
+def supports_remove(kind: ConcreteKind, index: faiss.Index) -> bool:
+    """HNSW cannot remove, and GPU indexes don't support `remove_ids`: those use tombstones."""
+    return kind != "hnsw" and not on_gpu(index)
 
 
 # --- GPU: the only place that knows about it. Same code path otherwise. -----------------------------
+
+
+def on_gpu(index: faiss.Index) -> bool:
+    return getattr(index, "_drca_resources", None) is not None
 
 
 def maybe_to_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:

@@ -227,7 +227,7 @@ class VideoIndex:
             return
         for sid in old.sids.tolist():
             del self._owner[sid]
-        if faiss_index.supports_remove(self._kind):
+        if faiss_index.supports_remove(self._kind, self._index):
             self._index.remove_ids(old.sids)
         else:
             self._tombstones.update(old.sids.tolist())
@@ -328,7 +328,7 @@ class VideoIndex:
                 for op, ids, v in self._pending or []:
                     if op == "add":
                         new.add_with_ids(v, ids)
-                    elif faiss_index.supports_remove(kind):
+                    elif faiss_index.supports_remove(kind, new):
                         new.remove_ids(ids)
                     else:
                         tomb.update(ids.tolist())
