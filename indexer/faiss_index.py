@@ -26,7 +26,7 @@ ConcreteKind = Literal["flat", "ivf_flat", "ivf_pq", "hnsw"]
 class IndexConfig:
     """Every knob of the vector index, with its default, in one place."""
 
-    dim: int = 512
+    dim: int = 256  # the checkpoint's embedding size (model HeadConfig.embed_dim); the service passes it
     kind: IndexKind = "auto"
     # `auto`: exact search below this many segments, `auto_kind` at or above it.
     auto_threshold: int = 200_000
