@@ -186,17 +186,30 @@ class VideoIndex:
 
     def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None:
         """Add (or replace, atomically) a video's segments. Returns once the write is durable."""
-        vid = _check_id(video_id)
-        vecs = normalise(vectors, self.config.dim)
-        segs = _segments_array(segments, len(vecs))
+        self.add_videos([(video_id, segments, vectors)])
+
+    def add_videos(self, items: list[tuple[int, list[Segment], np.ndarray]]) -> None:
+        """Add several videos with one fsync (group commit). All are validated before anything is
+        written; each video is still its own log record, and all are durable when this returns."""
+        checked = []
+        for video_id, segments, vectors in items:
+            vid = _check_id(video_id)
+            vecs = normalise(vectors, self.config.dim)
+            checked.append((vid, _segments_array(segments, len(vecs)), vecs))
+        if not checked:
+            return
         with self._lock:
             self._check_open()
-            seq = self._seq + 1
-            self._wal.append([wal.AddRecord(seq, vid, segs, vecs)])
-            self._seq = seq
-            self._remove(vid)
-            sids = self._store(vid, segs, vecs)
-            self._index_add(vecs, sids)
+            first = self._seq + 1
+            self._wal.append(
+                [wal.AddRecord(first + i, vid, segs, vecs) for i, (vid, segs, vecs) in enumerate(checked)]
+            )
+            self._seq = first + len(checked) - 1
+            for vid, segs, vecs in checked:
+                self._remove(vid)
+                sids = self._store(vid, segs, vecs)
+                self._index_add(vecs, sids)
+                self._since_snapshot += 1
             self._after_write()
 
     def delete_video(self, video_id: int) -> bool:
@@ -210,6 +223,7 @@ class VideoIndex:
             self._wal.append([wal.DeleteRecord(seq, vid)])
             self._seq = seq
             self._remove(vid)
+            self._since_snapshot += 1
             self._after_write()
             return True
 
@@ -240,7 +254,6 @@ class VideoIndex:
             self._pending.append(("add", sids, vecs))
 
     def _after_write(self) -> None:
-        self._since_snapshot += 1
         every = self.config.snapshot_every
         if every and self._since_snapshot >= every and self._snapshot_thread is None:
             self._snapshot_thread = threading.Thread(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import IndexConfig, RecoveryError, VideoIndex, wal
+from indexer import IndexConfig, InvalidVectors, RecoveryError, VideoIndex, wal
 from tests.indexer import crash_writer
 
 D = 8
@@ -58,6 +58,19 @@ def test_reopen_after_clean_close(tmp_path):
     again = VideoIndex.open(tmp_path, CFG)
     assert len(again) == 9 and again.get(3) is None
     assert_intact(again, [v for v in range(10) if v != 3])
+    again.close()
+
+
+def test_group_commit_is_all_or_nothing_and_durable(tmp_path):
+    idx = VideoIndex.open(tmp_path, CFG)
+    with pytest.raises(InvalidVectors):
+        idx.add_videos([(v, *crash_writer.video(v)) for v in range(3)] + [(9, [], np.ones((1, D)))])
+    assert len(idx) == 0 and idx.stats().last_seq == 0  # validated before anything was written
+    idx.add_videos([(v, *crash_writer.video(v)) for v in range(3)] + [(1, *crash_writer.video(1))])
+    crash(idx)
+    again = VideoIndex.open(tmp_path, CFG)
+    assert len(again) == 3 and again.stats().last_seq == 4 and again.stats().segments == 1 + 2 + 3
+    assert_intact(again, range(3))
     again.close()
 
 
