@@ -1,6 +1,6 @@
 """drca indexer: segment vectors in FAISS aggregated per video, durable log + snapshots, metadata store."""
 
-from indexer.errors import IndexClosed, IndexerError, InvalidVectors, NotFound, RecoveryError
+from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, NotFound, RecoveryError
 from indexer.faiss_index import IndexConfig
 from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
 
@@ -9,6 +9,7 @@ __all__ = [
     "IndexConfig",
     "IndexStats",
     "IndexerError",
+    "IndexLocked",
     "InvalidVectors",
     "NotFound",
     "RecoveryError",

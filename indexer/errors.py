@@ -25,3 +25,7 @@ class DuplicateContent(IndexerError):
 
 class NotFound(IndexerError, KeyError):
     """No video (or job) with this id."""
+
+
+class IndexLocked(IndexerError):
+    """Another process (or another `VideoIndex` in this one) has this index directory open."""

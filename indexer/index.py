@@ -14,6 +14,7 @@ made during the build replayed onto the new index first.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import faiss
 import numpy as np
 
 from indexer import faiss_index, wal
-from indexer.errors import IndexClosed, InvalidVectors
+from indexer.errors import IndexClosed, IndexLocked, InvalidVectors
 from indexer.faiss_index import ConcreteKind, IndexConfig
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class VideoIndex:
         self._since_snapshot = 0
         self._closed = False
         self._wal: wal.WriteAheadLog | None = None
+        self._lock_file = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -137,28 +139,38 @@ class VideoIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self = cls(directory, config)
-        state = wal.recover(directory, config.dim, config.allow_empty_recovery)
-        for vid, rec in state.videos.items():
-            self._store(vid, rec.segments, rec.vectors)
-        self._seq = state.seq
-        n = len(self._owner)
-        kind = faiss_index.concrete_kind(config, n)
-        if n < faiss_index.min_train_size(config, kind, n):
-            kind = "flat"
-        vecs, sids = self._live_arrays()
-        self._index = faiss_index.build(kind, config, vecs, sids)
-        self._kind, self._trained_n = kind, n
-        self._wal = wal.WriteAheadLog(directory, self._seq + 1, config.fsync)
-        log.info(
-            "opened index %s: %d videos, %d segments, kind %s, seq %d",
-            directory,
-            len(self._videos),
-            n,
-            kind,
-            self._seq,
-        )
-        if state.dropped:
-            self.snapshot()
+        self._lock_file = open(directory / "LOCK", "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise IndexLocked(f"{directory} is already open in another VideoIndex or process") from None
+        try:
+            state = wal.recover(directory, config.dim, config.allow_empty_recovery)
+            for vid, rec in state.videos.items():
+                self._store(vid, rec.segments, rec.vectors)
+            self._seq = state.seq
+            n = len(self._owner)
+            kind = faiss_index.concrete_kind(config, n)
+            if n < faiss_index.min_train_size(config, kind, n):
+                kind = "flat"
+            vecs, sids = self._live_arrays()
+            self._index = faiss_index.build(kind, config, vecs, sids)
+            self._kind, self._trained_n = kind, n
+            self._wal = wal.WriteAheadLog(directory, self._seq + 1, config.fsync)
+            log.info(
+                "opened index %s: %d videos, %d segments, kind %s, seq %d",
+                directory,
+                len(self._videos),
+                n,
+                kind,
+                self._seq,
+            )
+            if state.dropped:
+                self.snapshot()
+        except BaseException:
+            self._release_files()
+            raise
         self._maybe_rebuild()
         return self
 
@@ -173,8 +185,14 @@ class VideoIndex:
             self.snapshot()
         with self._lock:
             self._closed = True
-            if self._wal is not None:
-                self._wal.close()
+            self._release_files()
+
+    def _release_files(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
 
     def __enter__(self) -> VideoIndex:
         return self

@@ -256,27 +256,24 @@ def recover(directory: Path, dim: int, allow_empty: bool = False) -> Recovered:
     snaps = list_snapshots(directory)
     logs = list_logs(directory)
     state = Recovered()
-    have_base = not snaps  # no snapshot ever written: the logs start from empty
-    corrupt_seq = 0
+    corrupt: list[Path] = []
+    found = False
     for _seq, path in reversed(snaps):
         try:
             seq, videos = read_snapshot(path, dim)
         except CorruptFile as exc:
-            aside = path.with_name(path.name + ".corrupt")
-            log.warning(
-                "skipping corrupt snapshot (moved to %s), falling back to older data: %s", aside.name, exc
-            )
-            os.replace(path, aside)
-            corrupt_seq = max(corrupt_seq, _seq)
+            log.warning("skipping corrupt snapshot, falling back to older data: %s", exc)
+            corrupt.append(path)
             state.dropped = True
             continue
         state.seq = state.snapshot_seq = seq
         state.videos = {r.video_id: r for r in videos}
-        have_base = True
+        found = True
         break
+    # Without a snapshot, the logs are a complete history only if they start at record 1.
+    have_base = found or (not snaps and not logs) or (bool(logs) and logs[0][0] == 1)
     if not have_base:
-        covers_from_start = bool(logs) and logs[0][0] == 1
-        if not covers_from_start and not allow_empty:
+        if not allow_empty:
             raise RecoveryError(
                 f"no valid snapshot in {directory} and the logs do not reach back to the first record; "
                 "refusing to start with missing data (set allow_empty_recovery to override)"
@@ -320,7 +317,11 @@ def recover(directory: Path, dim: int, allow_empty: bool = False) -> Recovered:
     if not have_base:
         # Explicitly allowed partial recovery: continue numbering after everything seen on disk, so
         # the next snapshot and log never collide with the files that were there.
-        state.seq = max(state.seq, corrupt_seq)
+        state.seq = max([state.seq] + [seq for seq, _ in snaps])
+    for path in corrupt:  # only once recovery succeeded: a failed open leaves the files untouched
+        aside = path.with_name(path.name + ".corrupt")
+        log.warning("moved corrupt snapshot %s aside to %s", path.name, aside.name)
+        os.replace(path, aside)
     return state
 
 

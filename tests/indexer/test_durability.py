@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import IndexConfig, InvalidVectors, RecoveryError, VideoIndex, wal
+from indexer import IndexConfig, IndexLocked, InvalidVectors, RecoveryError, VideoIndex, wal
 from tests.indexer import crash_writer
 
 D = 8
@@ -28,7 +28,7 @@ def add(idx: VideoIndex, vids) -> None:
 
 def crash(idx: VideoIndex) -> None:
     """Simulate kill -9: drop the object without close() (no final snapshot); the log is on disk."""
-    idx._wal.close()  # noqa: SLF001 - release the file handle only
+    idx._release_files()  # noqa: SLF001 - file handles and the directory lock only, as the OS would
 
 
 def assert_intact(idx: VideoIndex, vids) -> None:
@@ -137,8 +137,10 @@ def test_nothing_valid_raises_unless_allowed(tmp_path):
     snap = idx.snapshot()  # the only snapshot; logs before it are pruned
     crash(idx)
     snap.write_bytes(snap.read_bytes()[:-3])
-    with pytest.raises(RecoveryError):
-        VideoIndex.open(tmp_path, CFG)
+    for _ in range(2):  # a failed open leaves the files as they were: it keeps failing, never empty
+        with pytest.raises(RecoveryError):
+            VideoIndex.open(tmp_path, CFG)
+        assert snap.exists()
     allowed = VideoIndex.open(
         tmp_path, IndexConfig(dim=D, kind="flat", snapshot_every=0, allow_empty_recovery=True)
     )
@@ -146,6 +148,26 @@ def test_nothing_valid_raises_unless_allowed(tmp_path):
     add(allowed, [7])
     crash(allowed)
     assert sorted(VideoIndex.open(tmp_path, CFG)._videos) == [7]  # noqa: SLF001 - consistent afterwards
+
+
+def test_second_open_of_the_same_directory_is_refused(tmp_path):
+    idx = VideoIndex.open(tmp_path, CFG)
+    with pytest.raises(IndexLocked):
+        VideoIndex.open(tmp_path, CFG)
+    idx.close()
+    VideoIndex.open(tmp_path, CFG).close()
+
+
+def test_corrupt_only_snapshot_without_logs_is_refused(tmp_path):
+    idx = VideoIndex.open(tmp_path, CFG)
+    add(idx, range(3))
+    idx.close()  # snapshot + rotation; no records after it
+    for p in tmp_path.glob("log-*.wal"):
+        p.unlink()
+    (snap,) = tmp_path.glob("snapshot-*.snap")
+    snap.write_bytes(b"\0" * 100)
+    with pytest.raises(RecoveryError):
+        VideoIndex.open(tmp_path, CFG)
 
 
 def test_wrong_dimension_is_refused(tmp_path):
