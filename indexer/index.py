@@ -7,16 +7,18 @@ are reassigned when the index is rebuilt from the durable state at open.
 
 Search is exact over what the k-NN returns: candidate videos are re-scored with their stored vectors,
 and the segment k-NN is expanded (doubled) until no unseen video can beat the k-th returned one (see
-docs/indexer.md for the bound). One `RLock` guards the state: a search sees a video completely or not at
-all. Index (re)builds run on a background thread and are swapped in under the lock, with the writes
+docs/indexer.md for the bound). A readers-writer lock guards the state: searches run concurrently with each
+other, writes are exclusive, so a search sees a video completely or not at all. Index (re)builds run on a background thread and are swapped in under the lock, with the writes
 made during the build replayed onto the new index first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -105,13 +107,56 @@ def _check_id(video_id: int) -> int:
     return int(video_id)
 
 
+class ReadWriteLock:
+    """Many concurrent readers (searches) or one writer; waiting writers go first. Not reentrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self, exclusive: bool = False) -> Iterator[None]:
+        if exclusive:  # e.g. GPU indexes, which are not safe for concurrent searches
+            with self.write():
+                yield
+            return
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class VideoIndex:
     """Segment vectors of videos, searchable per video; every acknowledged write survives kill -9."""
 
     def __init__(self, directory: Path, config: IndexConfig) -> None:
         self.directory = directory
         self.config = config
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
         self._snapshot_lock = threading.Lock()
         self._videos: dict[int, _Video] = {}
         self._owner: dict[int, tuple[int, int]] = {}
@@ -183,7 +228,7 @@ class VideoIndex:
                 t.join()
         if self._since_snapshot:
             self.snapshot()
-        with self._lock:
+        with self._lock.write():
             self._closed = True
             self._release_files()
 
@@ -216,7 +261,7 @@ class VideoIndex:
             checked.append((vid, _segments_array(segments, len(vecs)), vecs))
         if not checked:
             return
-        with self._lock:
+        with self._lock.write():
             self._check_open()
             first = self._seq + 1
             self._wal.append(
@@ -233,7 +278,7 @@ class VideoIndex:
     def delete_video(self, video_id: int) -> bool:
         """Delete a video and all its segments; False if it was not there. Durable on return."""
         vid = _check_id(video_id)
-        with self._lock:
+        with self._lock.write():
             self._check_open()
             if vid not in self._videos:
                 return False
@@ -289,7 +334,7 @@ class VideoIndex:
     def snapshot(self) -> Path:
         """Write a snapshot of the current state, start a new log after it, prune old files."""
         with self._snapshot_lock:
-            with self._lock:
+            with self._lock.write():
                 self._check_open()
                 seq = self._seq
                 videos = [(vid, v.segments, v.vectors) for vid, v in self._videos.items()]
@@ -339,7 +384,7 @@ class VideoIndex:
 
     def rebuild(self, wait: bool = True) -> None:
         """Rebuild now if the configuration calls for it (kind change, retrain, compaction)."""
-        with self._lock:
+        with self._lock.write():
             self._maybe_rebuild()
             t = self._rebuild_thread
         if wait and t is not None:
@@ -354,7 +399,7 @@ class VideoIndex:
         try:
             log.info("building %s index over %d segments in the background", kind, len(sids))
             new = faiss_index.build(kind, self.config, vecs, sids)
-            with self._lock:
+            with self._lock.write():
                 tomb: set[int] = set()
                 for op, ids, v in self._pending or []:
                     if op == "add":
@@ -371,7 +416,7 @@ class VideoIndex:
                 self._maybe_rebuild()  # writes during the build may call for another (e.g. tombstones)
         except Exception:
             log.exception("index rebuild failed; searching the previous index")
-            with self._lock:
+            with self._lock.write():
                 self._pending = None
                 self._rebuild_thread = None
 
@@ -384,7 +429,7 @@ class VideoIndex:
     # --- reads -------------------------------------------------------------------------------------
 
     def get(self, video_id: int) -> StoredVideo | None:
-        with self._lock:
+        with self._lock.read():
             v = self._videos.get(_check_id(video_id))
         if v is None:
             return None
@@ -399,7 +444,7 @@ class VideoIndex:
         return video_id in self._videos
 
     def stats(self) -> IndexStats:
-        with self._lock:
+        with self._lock.read():
             return IndexStats(
                 len(self._videos),
                 len(self._owner),
@@ -432,7 +477,7 @@ class VideoIndex:
         qsegs = (
             _segments_array(query_segments, len(q), "query segments") if query_segments is not None else None
         )
-        with self._lock:
+        with self._lock.read(exclusive=faiss_index.on_gpu(self._index)):
             self._check_open()
             return self._search_locked(q, k, qsegs, aggregation, min_score, exclude_ids)
 
