@@ -122,18 +122,19 @@ def uniform_sample(
 ) -> FrameSample:
     """TSN-style: split ``[0, num_frames)`` into ``num_segments`` equal spans, one frame from each.
 
-    Test mode takes ``floor`` of each span's midpoint; train mode a uniformly random frame of the span.
+    Test mode takes ``floor`` of each span's midpoint; train mode a uniformly random frame of span ``k``,
+    ``[k * N // T, (k + 1) * N // T)`` in integers.
     A video shorter than ``num_segments`` repeats frames (indices stay sorted).
     """
     if num_frames < 1 or num_segments < 1:
         raise ValueError(f"need num_frames >= 1 and num_segments >= 1, got {num_frames}, {num_segments}")
-    edges = np.arange(num_segments + 1, dtype=np.float64) * (num_frames / num_segments)
-    start, end = edges[:-1], edges[1:]
     if test_mode:
-        idx = np.floor((start + end) / 2.0)
+        idx = np.floor((np.arange(num_segments) + 0.5) * (num_frames / num_segments)).astype(np.int64)
     else:
-        idx = np.floor(start + _rng(rng).random(num_segments) * (end - start))
-    idx = np.clip(idx.astype(np.int64), 0, num_frames - 1)
+        bounds = np.arange(num_segments + 1, dtype=np.int64) * num_frames // num_segments
+        sizes = np.maximum(np.diff(bounds), 1)
+        idx = bounds[:-1] + (_rng(rng).random(num_segments) * sizes).astype(np.int64)
+    idx = np.clip(idx, 0, num_frames - 1)
     return FrameSample(idx, frame_timeline(num_frames, fps, frame_times)[idx])
 
 
@@ -160,7 +161,9 @@ def fixed_segments(
         raise ValueError(f"need window_s > 0, stride_s > 0, frames_per_segment >= 1: {window_s}, {stride_s}")
     times = frame_timeline(num_frames, fps, frame_times)
     if duration is None:
-        step = (times[-1] - times[0]) / (num_frames - 1) if num_frames > 1 else (1.0 / fps if fps > 0 else 1.0)
+        step = (
+            (times[-1] - times[0]) / (num_frames - 1) if num_frames > 1 else (1.0 / fps if fps > 0 else 1.0)
+        )
         duration = float(times[-1] + step)
     eps = 1e-6
     starts: list[float] = []

@@ -192,21 +192,31 @@ def _check_header(probe: HeaderProbe, limits: VideoLimits) -> None:
             f"{limits.max_pixels} pixels per frame"
         )
     if probe.duration is not None and probe.duration > limits.max_duration_s:
-        raise VideoTooLong(f"duration {probe.duration:.1f} s is above the limit of {limits.max_duration_s:g} s")
+        raise VideoTooLong(
+            f"duration {probe.duration:.1f} s is above the limit of {limits.max_duration_s:g} s"
+        )
 
 
 # ----------------------------------------------------------------------------------------- reader
 class VideoReader:
     """An opened, validated video. Use ``open_video`` to build one. Not thread-safe (decord is not)."""
 
-    def __init__(self, path: Path, probe: HeaderProbe, limits: VideoLimits, source: str, tmp: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        probe: HeaderProbe,
+        limits: VideoLimits,
+        source: str,
+        tmp: bool,
+        stat: tuple[int, int, int] | None,
+    ) -> None:
         import decord
 
         self.path = path
         self.source = source
         self.limits = limits
         self._probe = probe
-        self._stat = _stat_key(path)
+        self._stat = stat  # (inode, size, mtime) before probing: any change later means "changed under us"
         if tmp:  # a temporary copy of uploaded bytes: removed with the reader
             self._finalizer = weakref.finalize(self, _unlink_quiet, path)
         try:
@@ -215,7 +225,9 @@ class VideoReader:
             fps = float(self._vr.get_avg_fps()) if num_frames else 0.0
             ts = np.asarray(self._vr.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
         except Exception as e:  # decord raises DECORDError / RuntimeError with C++ traces
-            raise self._decode_error("cannot open the video stream", e) from e
+            raise self._decode_error(
+                f"cannot decode the {probe.codec} video stream (unsupported codec or corrupt file)", e
+            ) from e
         if num_frames == 0:
             raise EmptyVideo("the video stream has no frames", source)
         if num_frames > limits.max_frames:
@@ -228,7 +240,9 @@ class VideoReader:
                 raise EmptyVideo("the video has zero duration", source)
             duration = num_frames / fps
         if duration > limits.max_duration_s:
-            raise VideoTooLong(f"duration {duration:.1f} s is above the limit of {limits.max_duration_s:g} s", source)
+            raise VideoTooLong(
+                f"duration {duration:.1f} s is above the limit of {limits.max_duration_s:g} s", source
+            )
         if fps <= 0:
             fps = num_frames / duration
         rot = probe.rotation
@@ -337,7 +351,9 @@ def open_video(src: str | Path | bytes, limits: VideoLimits | None = None) -> Vi
         if not data:
             raise EmptyVideo("the upload is empty (0 bytes)", source)
         if len(data) > limits.max_file_bytes:
-            raise VideoTooLarge(f"{len(data)} bytes is above the limit of {limits.max_file_bytes} bytes", source)
+            raise VideoTooLarge(
+                f"{len(data)} bytes is above the limit of {limits.max_file_bytes} bytes", source
+            )
         fd, name = tempfile.mkstemp(prefix="drca-video-", suffix=".bin")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -357,6 +373,7 @@ def open_video(src: str | Path | bytes, limits: VideoLimits | None = None) -> Vi
             raise EmptyVideo("the file is empty (0 bytes)", source)
         if size > limits.max_file_bytes:
             raise VideoTooLarge(f"{size} bytes is above the limit of {limits.max_file_bytes} bytes", source)
+    stat = _stat_key(path)
     try:
         try:
             probe = probe_header(path, limits.probe_timeout_s)
@@ -365,7 +382,7 @@ def open_video(src: str | Path | bytes, limits: VideoLimits | None = None) -> Vi
             e.source = source
             e.args = (f"{source}: {e.reason}",)
             raise
-        return VideoReader(path, probe, limits, source, tmp)
+        return VideoReader(path, probe, limits, source, tmp, stat)
     except BaseException:
         if tmp:
             _unlink_quiet(path)
