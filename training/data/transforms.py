@@ -50,9 +50,12 @@ def to_cthw(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------- geometry
 def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of 0-255 ``(T, C, H, W)`` frames."""
     if (x.shape[-2], x.shape[-1]) == (height, width):
         return x
-    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    # antialiased bilinear can overshoot by a hair: keep the 0-255 pixel range exact
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return y.clamp_(0.0, 255.0)
 
 
 def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
