@@ -209,6 +209,7 @@ class VideoReader:
         source: str,
         tmp: bool,
         stat: tuple[int, int, int] | None,
+        num_threads: int = 1,
     ) -> None:
         import decord
 
@@ -220,7 +221,7 @@ class VideoReader:
         if tmp:  # a temporary copy of uploaded bytes: removed with the reader
             self._finalizer = weakref.finalize(self, _unlink_quiet, path)
         try:
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
             num_frames = len(self._vr)
             fps = float(self._vr.get_avg_fps()) if num_frames else 0.0
             ts = np.asarray(self._vr.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
@@ -233,12 +234,21 @@ class VideoReader:
         if num_frames > limits.max_frames:
             raise VideoTooLong(f"{num_frames} frames is above the limit of {limits.max_frames}", source)
         ts = ts.reshape(num_frames, 2)
-        self.frame_times: np.ndarray = ts[:, 0] - ts[0, 0]  # float64 (N,) start of each frame, seconds
-        duration = float(ts[-1, 1] - ts[0, 0])
-        if not np.isfinite(duration) or duration <= 0:
+        if _timestamps_valid(ts):
+            self.frame_times: np.ndarray = ts[:, 0] - ts[0, 0]  # float64 (N,) frame start, seconds
+            duration = float(ts[-1, 1] - ts[0, 0])
+            vfr = _is_vfr(self.frame_times)
+        else:
+            # Some containers (AVI with packed B-frames, raw streams) carry no usable presentation
+            # times: fall back to a constant rate rather than report garbage.
             if fps <= 0:
-                raise EmptyVideo("the video has zero duration", source)
+                raise EmptyVideo("the video has no frame rate and no timestamps", source)
+            log.warning("%s: unusable frame timestamps, assuming a constant %.3f fps", source, fps)
+            self.frame_times = np.arange(num_frames, dtype=np.float64) / fps
             duration = num_frames / fps
+            vfr = False
+        if not duration > 0:
+            raise EmptyVideo("the video has zero duration", source)
         if duration > limits.max_duration_s:
             raise VideoTooLong(
                 f"duration {duration:.1f} s is above the limit of {limits.max_duration_s:g} s", source
@@ -255,7 +265,7 @@ class VideoReader:
             height=h,
             rotation=rot,
             codec=probe.codec,
-            variable_frame_rate=_is_vfr(self.frame_times),
+            variable_frame_rate=vfr,
         )
 
     def _decode_error(self, what: str, e: BaseException) -> VideoError:
@@ -326,6 +336,13 @@ def _unlink_quiet(path: Path) -> None:
         os.unlink(path)
 
 
+def _timestamps_valid(ts: np.ndarray) -> bool:
+    """(N, 2) start/end seconds: finite, non-negative start, strictly increasing starts."""
+    if not np.all(np.isfinite(ts)) or ts[0, 0] < -1.0 or ts[-1, 1] < ts[-1, 0]:
+        return False
+    return ts.shape[0] < 2 or bool(np.all(np.diff(ts[:, 0]) > 0))
+
+
 def _is_vfr(frame_times: np.ndarray, tolerance: float = 0.02) -> bool:
     """True when frame durations vary by more than ``tolerance`` (relative) around their median."""
     if frame_times.size < 3:
@@ -337,8 +354,12 @@ def _is_vfr(frame_times: np.ndarray, tolerance: float = 0.02) -> bool:
     return bool(np.max(np.abs(d - med)) > tolerance * med + 1e-6)
 
 
-def open_video(src: str | Path | bytes, limits: VideoLimits | None = None) -> VideoReader:
+def open_video(
+    src: str | Path | bytes, limits: VideoLimits | None = None, num_threads: int = 1
+) -> VideoReader:
     """Validate and open a video from a path or from its bytes.
+
+    ``num_threads``: decoder threads (1 suits many worker processes; 0 lets FFmpeg pick).
 
     Raises a ``VideoError`` subclass for every bad input; never lets the decoder see a file that failed
     the header checks.
@@ -382,7 +403,7 @@ def open_video(src: str | Path | bytes, limits: VideoLimits | None = None) -> Vi
             e.source = source
             e.args = (f"{source}: {e.reason}",)
             raise
-        return VideoReader(path, probe, limits, source, tmp, stat)
+        return VideoReader(path, probe, limits, source, tmp, stat, num_threads)
     except BaseException:
         if tmp:
             _unlink_quiet(path)
