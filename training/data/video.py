@@ -238,15 +238,18 @@ class VideoReader:
             self.frame_times: np.ndarray = ts[:, 0] - ts[0, 0]  # float64 (N,) frame start, seconds
             duration = float(ts[-1, 1] - ts[0, 0])
             vfr = _is_vfr(self.frame_times)
+            self._seekable = True
         else:
-            # Some containers (AVI with packed B-frames, raw streams) carry no usable presentation
-            # times: fall back to a constant rate rather than report garbage.
+            # Some containers (AVI with B-frames, raw streams) carry no usable presentation times:
+            # fall back to a constant rate rather than report garbage. decord's seeks are then
+            # off by up to a GOP (tested), so such files are decoded sequentially.
             if fps <= 0:
                 raise EmptyVideo("the video has no frame rate and no timestamps", source)
             log.warning("%s: unusable frame timestamps, assuming a constant %.3f fps", source, fps)
             self.frame_times = np.arange(num_frames, dtype=np.float64) / fps
             duration = num_frames / fps
             vfr = False
+            self._seekable = False
         if not duration > 0:
             raise EmptyVideo("the video has zero duration", source)
         if duration > limits.max_duration_s:
@@ -290,13 +293,29 @@ class VideoReader:
         # decord decodes each distinct frame once; duplicate/unsorted requests are mapped back.
         uniq, inverse = np.unique(idx, return_inverse=True)
         try:
-            batch = self._vr.get_batch(uniq.tolist()).asnumpy()
+            batch = self._decode(uniq)
         except Exception as e:
             raise self._decode_error("decoding failed", e) from e
         frames = torch.from_numpy(batch)[torch.from_numpy(inverse)]  # (T, H, W, C)
         frames = self._upright(frames)
         times = torch.from_numpy(self.frame_times[idx].copy())
         return Clip(frames=frames, timestamps=times, indices=torch.from_numpy(idx))
+
+    def _decode(self, uniq: np.ndarray) -> np.ndarray:
+        """uint8 (len(uniq), H, W, C) for sorted unique indices."""
+        if self._seekable:
+            return self._vr.get_batch(uniq.tolist()).asnumpy()
+        # Without timestamps: read consecutive chunks from the start, keep the wanted frames.
+        chunk = 16
+        self._vr.seek(0)
+        out = []
+        for a in range(0, int(uniq[-1]) + 1, chunk):
+            b = min(a + chunk, int(uniq[-1]) + 1)
+            want = uniq[(uniq >= a) & (uniq < b)]
+            frames = self._vr.get_batch(list(range(a, b))).asnumpy()
+            if want.size:
+                out.append(frames[want - a])
+        return np.concatenate(out)
 
     def _upright(self, frames: torch.Tensor) -> torch.Tensor:
         h, w = frames.shape[1], frames.shape[2]

@@ -43,13 +43,17 @@ def ffmpeg(*args: str, stdin: bytes | None = None) -> None:
     )
 
 
-def write_index_video(path: Path, num_frames: int, fps: int = 25, extra: tuple[str, ...] = ()) -> Path:
-    """Lossless H.264 (qp 0) whose frame i shows the bar code of i."""
+LOSSLESS_H264 = ("-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "32")
+
+
+def write_index_video(
+    path: Path, num_frames: int, fps: int = 25, codec: tuple[str, ...] = LOSSLESS_H264
+) -> Path:
+    """A video whose frame i shows the bar code of i (lossless H.264 by default)."""
     raw = b"".join(index_frame(i).tobytes() for i in range(num_frames))
     ffmpeg(
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{CODE_W}x{CODE_H}", "-r", str(fps), "-i", "pipe:0",
-        *extra, "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-        "-g", "32", str(path),
+        *codec, str(path),
         stdin=raw,
     )  # fmt: skip
     return path

@@ -346,3 +346,22 @@ def test_bad_inputs_never_crash_the_process(bad_media: dict[str, Path]) -> None:
     kinds = [ln.split(" ")[0] for ln in proc.stdout.splitlines()]
     assert len(kinds) == len(paths)
     assert set(kinds) <= {"EmptyVideo", "VideoDecodeError", "NoVideoStream", "VideoTooLarge"}, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def avi_bframes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MPEG-4 part 2 in AVI with B-frames: the demuxer gives no presentation times (like real XviD files)."""
+    return write_index_video(
+        tmp_path_factory.mktemp("avi") / "bframes.avi", 50, codec=("-c:v", "mpeg4", "-q:v", "2", "-bf", "2")
+    )
+
+
+@fast
+def test_container_without_timestamps_falls_back_to_constant_rate(avi_bframes: Path) -> None:
+    r = open_video(avi_bframes)
+    assert r.info.num_frames == 50 and r.info.duration == pytest.approx(2.0)
+    assert not r.info.variable_frame_rate
+    idx = [0, 1, 2, 3, 17, 49]
+    clip = r.get_frames(idx)
+    assert [read_index(f) for f in clip.frames.numpy()] == idx
+    np.testing.assert_allclose(clip.timestamps.numpy(), np.array(idx) / 25.0)
