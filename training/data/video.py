@@ -119,6 +119,9 @@ class HeaderProbe:
 
 
 _IMAGE_CONTAINERS = ("_pipe", "image2", "gif", "apng", "webp")
+# Demuxers that open *other* files or URLs named inside the input (a playlist could make us read any
+# local file): never accepted, whatever the extension.
+_REFERENCE_CONTAINERS = {"hls", "applehttp", "concat", "dash", "tee", "sdp", "rtsp", "rtp", "mpegtsraw"}
 _RE_INPUT = re.compile(r"^Input #0, ([^ ]+), from", re.M)
 _RE_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _RE_VIDEO = re.compile(r"Stream #0:\d+[^:]*: Video: ([^\s,]+)(.*)")
@@ -152,6 +155,10 @@ def probe_header(path: Path, timeout_s: float = DEFAULT_LIMITS.probe_timeout_s) 
     if m_input is None:
         raise VideoDecodeError("not a recognised video file (corrupt, truncated or not a media container)")
     container = m_input.group(1)
+    if set(container.split(",")) & _REFERENCE_CONTAINERS:
+        raise VideoDecodeError(
+            f"{container} playlists/references are not accepted; send the media file itself"
+        )
     m_video = _RE_VIDEO.search(text)
     if m_video is None:
         if " Audio: " in text:

@@ -107,6 +107,13 @@ def _bomb(d: Path) -> Path:  # 16000x16000 single mjpeg frame: 1.5 MB file, 768 
                  "-q:v", "31")  # fmt: skip
 
 
+def _hls_playlist(d: Path) -> Path:  # names another local file: must not be followed
+    target = write_index_video(d / "target.mp4", 10)
+    p = d / "playlist.m3u8"
+    p.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{target}\n#EXT-X-ENDLIST\n")
+    return p
+
+
 BAD_CASES: list[tuple[str, Callable[[Path], Path], type[VideoError]]] = [
     ("empty", _empty, EmptyVideo),
     ("truncated", _truncated, VideoDecodeError),
@@ -120,6 +127,7 @@ BAD_CASES: list[tuple[str, Callable[[Path], Path], type[VideoError]]] = [
     ("zero_frames", _zero_frames, EmptyVideo),
     ("unsupported_codec_av1", _av1, VideoDecodeError),
     ("decompression_bomb", _bomb, VideoTooLarge),
+    ("hls_playlist_local_file", _hls_playlist, VideoDecodeError),
 ]
 
 
