@@ -77,6 +77,7 @@ class VideoLimits:
     max_duration_s: float = 4 * 3600.0
     max_file_bytes: int = 4 * 1024**3
     max_frames: int = 2_000_000
+    max_clip_bytes: int = 2 * 1024**3  # decoded bytes one get_frames call may allocate
     probe_timeout_s: float = 10.0
 
 
@@ -295,10 +296,17 @@ class VideoReader:
         n = self.info.num_frames
         if idx.min() < 0 or idx.max() >= n:
             raise IndexError(f"frame index out of range [0, {n}): {idx.min()}..{idx.max()}")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        nbytes = uniq.size * self.info.width * self.info.height * 3
+        if nbytes > self.limits.max_clip_bytes:
+            raise VideoTooLarge(
+                f"{uniq.size} frames of {self.info.width}x{self.info.height} need {nbytes} bytes, above the "
+                f"limit of {self.limits.max_clip_bytes} bytes per request",
+                self.source,
+            )
         if _stat_key(self.path) != self._stat:
             raise VideoUnavailable("the file vanished or changed while it was being read", self.source)
         # decord decodes each distinct frame once; duplicate/unsorted requests are mapped back.
-        uniq, inverse = np.unique(idx, return_inverse=True)
         try:
             batch = self._decode(uniq)
         except Exception as e:

@@ -121,3 +121,10 @@ def test_train_preprocess_all_augs() -> None:
 def test_hflip_is_mirror() -> None:
     x = torch.arange(6.0).view(1, 1, 2, 3)
     assert T.hflip(x).flatten().tolist() == [2.0, 1.0, 0.0, 5.0, 4.0, 3.0]
+
+
+def test_accepts_model_input_config() -> None:
+    from model.config import InputConfig
+
+    x = T.preprocess(frames(8), InputConfig(num_frames=8, img_size=32))
+    assert x.shape == (3, 8, 32, 32)

@@ -193,6 +193,10 @@ def test_too_long_and_too_big_limits(good_video: Path) -> None:
         open_video(good_video.read_bytes(), VideoLimits(max_file_bytes=100))
     with pytest.raises(VideoTooLong, match="frames"):
         open_video(good_video, VideoLimits(max_frames=50))
+    r = open_video(good_video, VideoLimits(max_clip_bytes=CODE_W * CODE_H * 3 * 4))
+    assert r.get_frames([1, 2, 3, 4, 4, 4]).frames.shape[0] == 6  # 4 distinct frames: within the limit
+    with pytest.raises(VideoTooLarge, match="per request"):
+        r.get_frames(range(5))
 
 
 @fast
