@@ -282,8 +282,9 @@ class VideoReader:
     def _decode_error(self, what: str, e: BaseException) -> VideoError:
         if _stat_key(self.path) != self._stat:
             return VideoUnavailable("the file vanished or changed while it was being read", self.source)
-        detail = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        return VideoDecodeError(f"{what} ({detail})", self.source)
+        # decord's message carries C++ source paths and temp-file names: log it, keep the reason clean.
+        log.info("%s: %s: %s", self.source, what, str(e).strip()[-500:] or type(e).__name__)
+        return VideoDecodeError(what, self.source)
 
     def __len__(self) -> int:
         return self.info.num_frames
