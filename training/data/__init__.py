@@ -1,1 +1,1 @@
-"""Video decoding, sampling, preprocessing, annotation formats and data sets shared by training and serving."""
+"""training.data: the one video decoding, sampling and preprocessing path, plus dataset formats."""
