@@ -51,8 +51,11 @@ def synth(
 def fetch_real(dest: Path = typer.Argument(..., help="Destination folder (videos/, manifest.json).")) -> None:
     """Download and unpack the allowed real video sources into DEST and write DEST/manifest.json."""
     from training.data.real import fetch_real as run_fetch
+    from training.data.real import summarize
 
     report = run_fetch(dest)
+    for line in summarize(report.videos):
+        typer.echo(line)
     typer.echo(f"{len(report.videos)} videos in {dest / 'videos'} ({len(report.rejected)} files did not decode)")
     for name, reason in report.failed.items():
         typer.echo(f"failed: {name}: {reason}", err=True)

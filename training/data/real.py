@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -189,12 +190,25 @@ def probe_video(path: Path) -> tuple[float, int, int, int]:
     return float(vr.get_avg_fps()), frames, width, height
 
 
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Extension check, plus a sniff for ``.ts``: Qt translation files share it with MPEG transport streams."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        return False
+    if path.suffix.lower() == ".ts":
+        with path.open("rb") as f:
+            return f.read(1) == b"\x47"  # MPEG-TS sync byte
+    return True
+
+
 def _collect(
     src: RealSource, version: str, root: Path, dest: Path, report: FetchReport, known: dict[str, VideoEntry]
 ) -> None:
     videos_dir = dest / "videos"
     candidates = sorted(
-        p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix.lower() in VIDEO_EXTENSIONS
+        p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _looks_like_video(p)
     )
     used: set[str] = set()
     for path in candidates:
@@ -214,6 +228,7 @@ def _collect(
             fps, frames, width, height = probe_video(path)
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
             reason = _last_line(str(exc)) if str(exc) else type(exc).__name__
+            reason = _DECORD_PREFIX.sub("", reason.replace(str(path), path.name))
             report.rejected.append({"source": src.name, "original_path": original, "reason": reason[:200]})
             logger.info("skipping %s from %s: does not decode (%s)", original, src.name, reason[:120])
             continue
@@ -270,3 +285,19 @@ def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES) -> F
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     tmp.replace(dest / "manifest.json")
     return report
+
+
+def summarize(videos: list[VideoEntry]) -> list[str]:
+    """One line per source (count, seconds, resolutions), then a total; what `fetch-real` prints."""
+    lines = []
+    for source in sorted({v.source for v in videos}):
+        mine = [v for v in videos if v.source == source]
+        sizes = sorted({f"{v.width}x{v.height}" for v in mine}, key=lambda s: int(s.split("x")[0]))
+        durations = [v.duration_s for v in mine]
+        lines.append(
+            f"{source}: {len(mine)} videos, {sum(durations):.1f} s ({min(durations):.1f}-{max(durations):.1f} s), "
+            f"{', '.join(sizes)}"
+        )
+    total = sum(v.duration_s for v in videos)
+    lines.append(f"total: {len(videos)} videos, {total:.1f} s, {sum(v.bytes for v in videos) / 1e6:.1f} MB")
+    return lines
