@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	touch $(STAMP)
 
+# Until the service lands (issue 5) this runs the model demo; it then becomes `drca serve`.
 run: $(STAMP)
-	$(VENV)/bin/drca serve
+	$(VENV)/bin/drca demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

