@@ -1,1 +1,20 @@
-"""drca indexer package."""
+"""drca indexer: segment vectors in FAISS aggregated per video, durable log + snapshots, metadata store."""
+
+from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, NotFound, RecoveryError
+from indexer.faiss_index import IndexConfig
+from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
+
+__all__ = [
+    "IndexClosed",
+    "IndexConfig",
+    "IndexStats",
+    "IndexerError",
+    "IndexLocked",
+    "InvalidVectors",
+    "NotFound",
+    "RecoveryError",
+    "Segment",
+    "StoredVideo",
+    "VideoHit",
+    "VideoIndex",
+]

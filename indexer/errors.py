@@ -1,0 +1,31 @@
+"""Typed errors raised by the indexer (mapped to HTTP 4xx/5xx by the service in one place)."""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Base class of every error the indexer raises on purpose."""
+
+
+class InvalidVectors(IndexerError, ValueError):
+    """Vectors or segments passed to the index are malformed (shape, dtype, NaN, empty, mismatch)."""
+
+
+class RecoveryError(IndexerError):
+    """Durable files exist but none of them could be recovered; refusing to start empty."""
+
+
+class IndexClosed(IndexerError):
+    """The index was used after `close()`."""
+
+
+class DuplicateContent(IndexerError):
+    """A video with this content hash (or external id) is already in the metadata store."""
+
+
+class NotFound(IndexerError, KeyError):
+    """No video (or job) with this id."""
+
+
+class IndexLocked(IndexerError):
+    """Another process (or another `VideoIndex` in this one) has this index directory open."""

@@ -1,0 +1,1 @@
+"""training.data: the one video decoding, sampling and preprocessing path, plus dataset formats."""

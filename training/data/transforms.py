@@ -1,0 +1,345 @@
+"""The one preprocessing path (torch only) and the training augmentations.
+
+Layouts: decoded frames are uint8 ``(T, H, W, C)`` RGB; every op below works on float ``(T, C, H, W)``
+in the 0-255 pixel range (batched over T, so one clip gets one random draw), and ``preprocess`` returns
+the normalised ``(C, T, H, W)`` clip the model takes (stack clips for ``(N, C, T, H, W)``).
+
+``input_cfg`` is any object with ``img_size``, ``mean`` and ``std`` (``model.config.InputConfig``).
+Random ops take a ``torch.Generator`` so a seed reproduces a clip exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class InputSpec(Protocol):
+    img_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+Fit = Literal["crop", "letterbox"]
+
+
+# ------------------------------------------------------------------------------------ layout
+def to_float_tchw(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(T, H, W, C)`` -> float32 ``(T, C, H, W)``, 0-255."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
+    return frames.permute(0, 3, 1, 2).float()
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel on ``(T, C, H, W)``."""
+    m = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def to_cthw(x: torch.Tensor) -> torch.Tensor:
+    """``(T, C, H, W)`` -> ``(C, T, H, W)`` (contiguous)."""
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+# --------------------------------------------------------------------------------- geometry
+def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of 0-255 ``(T, C, H, W)`` frames."""
+    if (x.shape[-2], x.shape[-1]) == (height, width):
+        return x
+    # antialiased bilinear can overshoot by a hair: keep the 0-255 pixel range exact
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return y.clamp_(0.0, 255.0)
+
+
+def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Scale so the shorter side is ``size``, keeping the aspect ratio."""
+    h, w = x.shape[-2:]
+    if h <= w:
+        return resize(x, size, max(size, round(w * size / h)))
+    return resize(x, max(size, round(h * size / w)), size)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size}x{size} from {w}x{h}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def letterbox(x: torch.Tensor, size: int, fill: float = 0.0) -> torch.Tensor:
+    """Resize the long side to ``size`` and pad the short side (centred) with ``fill``: a square."""
+    h, w = x.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = resize(x, nh, nw)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return F.pad(x, (left, size - nw - left, top, size - nh - top), value=fill)
+
+
+def preprocess(frames: torch.Tensor, input_cfg: InputSpec, fit: Fit = "crop") -> torch.Tensor:
+    """Decoded uint8 ``(T, H, W, C)`` -> normalised float ``(C, T, img_size, img_size)``.
+
+    ``fit="crop"`` (default, the training/test recipe): resize the short side to ``img_size``, centre
+    crop. ``fit="letterbox"``: keep the whole frame, pad to square with the mean colour (0 after
+    normalisation).
+    """
+    x = to_float_tchw(frames)
+    size = int(input_cfg.img_size)
+    if fit == "crop":
+        x = center_crop(resize_short_side(x, size), size)
+    elif fit == "letterbox":
+        x = letterbox(x, size, fill=0.0)
+        x = normalize(x, input_cfg.mean, input_cfg.std)
+        pad_mask = _pad_mask(frames.shape[1], frames.shape[2], size)
+        return to_cthw(x.masked_fill(pad_mask, 0.0))
+    else:
+        raise ValueError(f"unknown fit {fit!r}")
+    return to_cthw(normalize(x, input_cfg.mean, input_cfg.std))
+
+
+def _pad_mask(h: int, w: int, size: int) -> torch.Tensor:
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    m = torch.ones(1, 1, size, size, dtype=torch.bool)
+    m[..., top : top + nh, left : left + nw] = False
+    return m
+
+
+# ----------------------------------------------------------------------------- augmentations
+def _uniform(g: torch.Generator | None, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _randint(g: torch.Generator | None, lo: int, hi: int) -> int:
+    """Uniform integer in ``[lo, hi]``."""
+    return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    g: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One crop box (area fraction in ``scale``, aspect in ``ratio``) for all T frames, resized to square."""
+    h, w = x.shape[-2:]
+    area = h * w
+    for _ in range(10):
+        target = area * _uniform(g, *scale)
+        aspect = math.exp(_uniform(g, math.log(ratio[0]), math.log(ratio[1])))
+        cw = round(math.sqrt(target * aspect))
+        ch = round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = _randint(g, 0, h - ch), _randint(g, 0, w - cw)
+            return resize(x[..., top : top + ch, left : left + cw], size, size)
+    side = min(h, w)  # fallback: the central square
+    return resize(center_crop(x, side), size, size)
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return (x * factor).clamp(0, 255)
+
+
+def adjust_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+    mean = grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return ((x - mean) * factor + mean).clamp(0, 255)
+
+
+def adjust_saturation(x: torch.Tensor, factor: float) -> torch.Tensor:
+    gray = grayscale(x)
+    return ((x - gray) * factor + gray).clamp(0, 255)
+
+
+def color_jitter(
+    x: torch.Tensor,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    g: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Brightness, contrast and saturation factors drawn once per clip from ``[1-v, 1+v]``, random order."""
+    ops = [
+        (adjust_brightness, brightness),
+        (adjust_contrast, contrast),
+        (adjust_saturation, saturation),
+    ]
+    order = torch.randperm(len(ops), generator=g).tolist()
+    for i in order:
+        fn, v = ops[i]
+        if v > 0:
+            x = fn(x, _uniform(g, max(0.0, 1 - v), 1 + v))
+    return x
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, repeated over the 3 channels."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True).expand_as(x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (reflect padding), same kernel for every frame and channel."""
+    if sigma <= 0:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = min(radius, (min(x.shape[-2:]) - 1))
+    if radius < 1:
+        return x
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    t, c, h, w = x.shape
+    y = x.reshape(t * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.reshape(t, c, h, w)
+
+
+def overlay_patch(
+    x: torch.Tensor,
+    g: torch.Generator | None = None,
+    max_area: float = 0.15,
+    text_like: bool = True,
+) -> torch.Tensor:
+    """Paste a fixed box (a logo / caption stand-in) at a random place on every frame.
+
+    With ``text_like`` the box carries a random pattern of light "glyph" blocks on a dark band, which is
+    what burned-in subtitles and watermarks look like at this resolution.
+    """
+    t, c, h, w = x.shape
+    bw = max(2, round(w * _uniform(g, 0.2, 0.8)))
+    bh = max(2, min(h, round(max_area * h * w / bw)))
+    top, left = _randint(g, 0, h - bh), _randint(g, 0, w - bw)
+    color = torch.rand(3, generator=g) * 255
+    box = color.view(3, 1, 1).expand(3, bh, bw).clone()
+    if text_like:
+        cols = max(1, bw // 6)
+        rows = max(1, bh // 8)
+        glyphs = torch.rand(rows, cols, generator=g) < 0.5
+        mask = F.interpolate(glyphs[None, None].float(), size=(bh, bw), mode="nearest")[0, 0].bool()
+        box = torch.where(mask, 255.0 - box, box * 0.3)
+    out = x.clone()
+    out[:, :, top : top + bh, left : left + bw] = box
+    return out
+
+
+def picture_in_picture(
+    x: torch.Tensor,
+    g: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.4, 0.8),
+) -> torch.Tensor:
+    """Shrink the video and place it on a random background (flat colour or smooth noise)."""
+    t, c, h, w = x.shape
+    s = _uniform(g, *scale)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    if bool(torch.rand((), generator=g) < 0.5):
+        bg = (torch.rand(3, generator=g) * 255).view(1, 3, 1, 1).expand(t, 3, h, w)
+    else:
+        coarse = torch.rand(1, 3, 4, 4, generator=g) * 255
+        bg = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).expand(t, 3, h, w)
+    out = bg.clone()
+    top, left = _randint(g, 0, h - nh), _randint(g, 0, w - nw)
+    out[:, :, top : top + nh, left : left + nw] = resize(x, nh, nw)
+    return out
+
+
+def random_pad(x: torch.Tensor, g: torch.Generator | None = None, max_frac: float = 0.25) -> torch.Tensor:
+    """Black bars (letterbox or pillarbox) of random thickness, output the same size as the input."""
+    t, c, h, w = x.shape
+    if bool(torch.rand((), generator=g) < 0.5):
+        pad = round(h * _uniform(g, 0.05, max_frac) / 2)
+        inner = resize(x, max(1, h - 2 * pad), w)
+        return F.pad(inner, (0, 0, pad, h - inner.shape[-2] - pad))
+    pad = round(w * _uniform(g, 0.05, max_frac) / 2)
+    inner = resize(x, h, max(1, w - 2 * pad))
+    return F.pad(inner, (pad, w - inner.shape[-1] - pad, 0, 0))
+
+
+def random_zoom(x: torch.Tensor, g: torch.Generator | None = None, min_keep: float = 0.6) -> torch.Tensor:
+    """Centre crop keeping a random fraction of each side, resized back to the input size."""
+    h, w = x.shape[-2:]
+    keep = _uniform(g, min_keep, 1.0)
+    ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return resize(x[..., top : top + ch, left : left + cw], h, w)
+
+
+# ------------------------------------------------------------------------------ the recipes
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentations, applied identically to every frame of a clip. Defaults in one place.
+
+    The temporal half of augmentation (a random clip offset) is the sampler's train mode
+    (``SampleFrames(test_mode=False)`` / ``uniform_sample(test_mode=False)``).
+    """
+
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    # near-duplicate robustness (0 disables each)
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    overlay_p: float = 0.0
+    pip_p: float = 0.0
+    pad_p: float = 0.0
+    zoom_p: float = 0.0
+
+
+NEAR_DUPLICATE_AUGMENT = AugmentConfig(
+    grayscale_p=0.1, blur_p=0.2, overlay_p=0.3, pip_p=0.15, pad_p=0.2, zoom_p=0.2
+)
+
+
+def _p(g: torch.Generator | None, p: float) -> bool:
+    return p > 0 and bool(torch.rand((), generator=g) < p)
+
+
+def augment(x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """float ``(T, C, H, W)`` 0-255 -> augmented float ``(T, C, size, size)`` 0-255."""
+    if _p(g, cfg.pip_p):
+        x = picture_in_picture(x, g)
+    if _p(g, cfg.pad_p):
+        x = random_pad(x, g)
+    if _p(g, cfg.zoom_p):
+        x = random_zoom(x, g)
+    x = random_resized_crop(x, size, cfg.crop_scale, cfg.crop_ratio, g)
+    if _p(g, cfg.flip_p):
+        x = hflip(x)
+    if _p(g, cfg.jitter_p):
+        x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, g)
+    if _p(g, cfg.grayscale_p):
+        x = grayscale(x)
+    if _p(g, cfg.blur_p):
+        x = gaussian_blur(x, _uniform(g, *cfg.blur_sigma))
+    if _p(g, cfg.overlay_p):
+        x = overlay_patch(x, g)
+    return x
+
+
+def preprocess_train(
+    frames: torch.Tensor,
+    input_cfg: InputSpec,
+    cfg: AugmentConfig = AugmentConfig(),  # noqa: B008 - frozen dataclass, safe as a default
+    g: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Training counterpart of ``preprocess``: uint8 ``(T, H, W, C)`` -> normalised ``(C, T, S, S)``."""
+    x = augment(to_float_tchw(frames), int(input_cfg.img_size), cfg, g)
+    return to_cthw(normalize(x, input_cfg.mean, input_cfg.std))
