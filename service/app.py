@@ -45,6 +45,8 @@ class _LatencyMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
+            if scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
+                path = "/v1" + path  # routers included with a prefix report their own path
             self.metrics.request_latency.labels(scope["method"], path, str(status["code"])).observe(
                 time.perf_counter() - t0)
 

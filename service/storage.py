@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart import MultipartParser
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import MultipartState, parse_options_header
 
 from service.errors import BadRequest, PayloadTooLarge
 
@@ -73,7 +73,7 @@ class UploadForm:
 
 class _Part:
     def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, bytes] = {}
         self.name: str | None = None
         self.filename: str | None = None
         self.buf = bytearray()
@@ -112,12 +112,12 @@ async def parse_upload(
 
     def on_header_end() -> None:
         p: _Part = state["part"]  # type: ignore[assignment]
-        p.headers[bytes(state["hname"]).decode("latin-1").lower()] = bytes(state["hval"]).decode("utf-8", "replace")  # type: ignore[arg-type]
+        p.headers[bytes(state["hname"]).decode("latin-1").lower()] = bytes(state["hval"])  # type: ignore[arg-type]
         state["hname"], state["hval"] = b"", b""
 
     def on_headers_finished() -> None:
         p: _Part = state["part"]  # type: ignore[assignment]
-        _, opts = parse_options_header(p.headers.get("content-disposition", ""))
+        _, opts = parse_options_header(p.headers.get("content-disposition", b""))
         p.name = opts.get(b"name", b"").decode("utf-8", "replace") or None
         fn = opts.get(b"filename")
         p.filename = fn.decode("utf-8", "replace") if fn is not None else None
@@ -173,8 +173,8 @@ async def parse_upload(
             if chunk:
                 parser.write(chunk)
         parser.finalize()
-        if parts and any(p.fh is not None for p in parts):
-            raise BadRequest("the multipart body ended inside the file part")
+        if parser.state not in (MultipartState.END, MultipartState.BOUNDARY_PADDING):
+            raise BadRequest("the multipart body is truncated (no closing boundary)")
     except Exception as e:
         for p in parts:
             if p.fh is not None:
