@@ -18,6 +18,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
 
 
 app.command("flops")(model_cli.flops)
@@ -32,6 +33,7 @@ def serve(
     data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
+    settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
 ) -> None:
     """Run the embedded service: HTTP gateway, encoder worker and index in one process."""
     import uvicorn
@@ -45,7 +47,8 @@ def serve(
     given = {"host": host, "port": port, "checkpoint": checkpoint, "data_dir": data_dir, "device": device,
              "api_keys": api_key or None}
     try:
-        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        extra = {"_env_file": settings_file} if settings_file else {}
+        settings = Settings(**extra, **{k: v for k, v in given.items() if v is not None})
         read_card(settings.checkpoint)
     except ValidationError as e:
         err = e.errors()[0]
