@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,8 @@ class Catalog:
             self.index.add_video(job.video_id, segments, vectors)
             video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             self.store.set_status(job.video_id, "indexed")
+            created = self.store.get_job(job.job_id).created_at
+            timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
             self.store.set_job_status(job.job_id, "done", timings=timings)
             if self._text is not None:
                 self._text.put(video)

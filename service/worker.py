@@ -7,8 +7,10 @@ Three stages run concurrently:
 2. the pool decodes + samples + preprocesses (`VideoEncoder.decode`) while the model works;
 3. the runner thread gathers clips of the items in arrival order into batches of up to `batch_size`
    clips, waiting at most `max_wait_ms` for a partial batch to fill, runs one forward pass per batch
-   under `torch.inference_mode`, and finishes each item once all its clips are embedded: an ingest
-   job is indexed (one durable add) and then marked done; a synchronous request gets its reply.
+   under `torch.inference_mode`;
+4. the committer thread finishes each item once all its clips are embedded: an ingest job is indexed
+   (one durable add) and then marked done; a synchronous request gets its reply. Its fsyncs do not
+   stall the model.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class EncoderWorker:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="drca-decode")
         self._ready: queue.Queue[tuple[WorkItem, Future | None, float]] = queue.Queue(maxsize=settings.prefetch)
+        self._done: queue.Queue[_Work | None] = queue.Queue(maxsize=4 * settings.prefetch)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._committer: threading.Thread | None = None
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -70,7 +74,8 @@ class EncoderWorker:
             threading.Thread(target=self._feed, name="drca-feeder", daemon=True),
             threading.Thread(target=self._run, name="drca-encoder", daemon=True),
         ]
-        for t in self._threads:
+        self._committer = threading.Thread(target=self._commit, name="drca-committer", daemon=True)
+        for t in [*self._threads, self._committer]:
             t.start()
         if self.metrics:
             self.metrics.worker_up.set(1)
@@ -81,13 +86,17 @@ class EncoderWorker:
         self._stop.set()
         for t in self._threads:
             t.join(timeout_s)
+        self._done.put(None)
+        if self._committer is not None:
+            self._committer.join(timeout_s)
         self._pool.shutdown(wait=True, cancel_futures=False)
         if self.metrics:
             self.metrics.worker_up.set(0)
 
     @property
     def alive(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        threads = [*self._threads, self._committer]
+        return bool(self._threads) and all(t is not None and t.is_alive() for t in threads)
 
     # stage 1: take + submit decoding --------------------------------------------------------------
     def _feed(self) -> None:
@@ -197,7 +206,12 @@ class EncoderWorker:
             w.next_clip = b
             i += b - a
         while pending and pending[0].remaining == 0:
-            self._finish(pending.popleft())
+            self._done.put(pending.popleft())
+
+    # stage 4: index + mark done / reply ---------------------------------------------------------
+    def _commit(self) -> None:
+        while (w := self._done.get()) is not None:
+            self._finish(w)
 
     def _finish(self, w: _Work) -> None:
         vectors = np.concatenate(w.emb).astype(np.float32)
