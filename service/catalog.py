@@ -155,7 +155,8 @@ class Catalog:
                 return False
             if video.status == "pending":
                 self.store.set_status(job.video_id, "processing")
-            self.store.set_job_status(job.job_id, "running")
+            wait = round(time.time() - current.created_at, 4)  # acknowledged -> taken by a worker
+            self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
             return True
 
     def complete(self, job: IngestJob, segments: list[Segment], vectors: np.ndarray, probs: np.ndarray | None,
@@ -174,7 +175,9 @@ class Catalog:
             except NotFound:
                 log.info("video %d was deleted while job %d ran; dropping its result", job.video_id, job.job_id)
                 return
-            self.index.add_video(job.video_id, segments, vectors)
+            t0 = time.perf_counter()
+            self.index.add_video(job.video_id, segments, vectors)  # all segments, one durable write
+            timings = {**timings, "index_s": round(time.perf_counter() - t0, 4)}
             video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             self.store.set_status(job.video_id, "indexed")
             created = self.store.get_job(job.job_id).created_at

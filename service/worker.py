@@ -167,7 +167,6 @@ class EncoderWorker:
             assert fut is not None
             decoded, dt = fut.result()
             timings["decode_s"] = round(dt, 4)
-            timings["queue_wait_s"] = round(time.perf_counter() - t_taken, 4)
             return _Work(item, decoded, time.perf_counter(), timings)
         except Exception as e:  # a bad video fails its own item only
             self._finish_error(item, e, timings)
@@ -219,13 +218,11 @@ class EncoderWorker:
         video_probs = seg_probs.mean(axis=0) if seg_probs is not None else None  # mean of segment probs
         try:
             if isinstance(w.item, IngestJob):
-                t0 = time.perf_counter()
                 text_emb = self._metadata_embedding(w.item)
                 self.catalog.complete(
                     w.item, w.decoded.segments, vectors, video_probs, self.encoder.class_names,
                     w.decoded.duration, text_emb, {**w.timings},
                 )
-                w.timings["index_s"] = round(time.perf_counter() - t0, 4)
                 self.broker.ack(w.item)
                 if self.metrics:
                     self.metrics.jobs_finished.labels("done").inc()
