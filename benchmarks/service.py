@@ -8,6 +8,9 @@ Measured in one run:
   over the benchmark videos with the server's `decode_threads` threads (videos/s);
 - encoder-only rate: forward passes on preprocessed clips at the server's batch size (videos/s, using the
   videos' segment count);
+- (each of `--rounds` rounds: the stage rates, then the ingest, then delete everything; the JSON keeps
+  every round and the medians, since other jobs on a shared machine make single runs noisy; each stage
+  rate is the best of 3 passes, so the stage rates are, if anything, optimistic for the comparison)
 - ingest: upload every video (4 in flight), wait for every job; videos/s and seconds of video per second;
   pipeline efficiency = ingest rate / min(decode rate, encoder rate). When decoding and the model share
   the same CPU cores (no GPU), the best a pipeline can do is 1 / (1/decode + 1/encode), reported too;
@@ -108,22 +111,22 @@ def start_server(checkpoint: Path, data_dir: Path) -> tuple[subprocess.Popen, st
     raise SystemExit("drca serve did not become ready")
 
 
-def stage_rates(checkpoint: Path, videos: list[Path]) -> dict:
-    """Decode-only and encoder-only rates with the server's settings, in this process."""
-    from service.encoder import VideoEncoder
-
-    settings = Settings(checkpoint=checkpoint, text_search=False)
-    enc = VideoEncoder(settings)
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(settings.decode_threads) as pool:
-        decoded = list(pool.map(enc.decode, videos))
-    decode_s = time.perf_counter() - t0
+def stage_rates(enc, videos: list[Path], repeats: int = 3) -> dict:
+    """Decode-only and encoder-only rates with the server's settings, in this process (best of `repeats`)."""
+    settings = enc.settings
+    decode_s = encode_s = float("inf")
+    for _ in range(repeats):  # best of `repeats`: other load only ever slows a pass down
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(settings.decode_threads) as pool:
+            decoded = list(pool.map(enc.decode, videos))
+        decode_s = min(decode_s, time.perf_counter() - t0)
     clips = torch.cat([d.clips for d in decoded])
     enc.forward(clips[: settings.batch_size])  # warm-up
-    t0 = time.perf_counter()
-    for i in range(0, len(clips), settings.batch_size):
-        enc.forward(clips[i : i + settings.batch_size])
-    encode_s = time.perf_counter() - t0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(0, len(clips), settings.batch_size):
+            enc.forward(clips[i : i + settings.batch_size])
+        encode_s = min(encode_s, time.perf_counter() - t0)
     return {
         "decode_threads": settings.decode_threads,
         "batch_size": settings.batch_size,
@@ -132,6 +135,28 @@ def stage_rates(checkpoint: Path, videos: list[Path]) -> dict:
         "decode_videos_per_s": len(videos) / decode_s,
         "encode_videos_per_s": len(videos) / encode_s,
         "encode_clips_per_s": len(clips) / encode_s,
+    }
+
+
+def ingest_round(url: str, enc, videos: list[Path]) -> dict:
+    """Stage rates, then ingest everything over HTTP, then delete it again (so the next round re-ingests)."""
+    stages = stage_rates(enc, videos)
+    ing = asyncio.run(ingest(url, videos))
+    rate = len(videos) / ing["seconds"]
+    d, e = stages["decode_videos_per_s"], stages["encode_videos_per_s"]
+    shared = 1 / (1 / d + 1 / e)  # both stages on the same cores, perfectly interleaved
+    ids = [v["video_id"] for v in httpx.get(url + "/v1/videos", params={"limit": 1000}).json()["videos"]]
+    for vid in ids:
+        httpx.delete(f"{url}/v1/videos/{vid}").raise_for_status()
+    return {
+        **stages,
+        "ingest_seconds": ing["seconds"],
+        "ingest_videos_per_s": rate,
+        "ingest_video_seconds_per_s": stages["video_seconds"] / ing["seconds"],
+        "slower_stage": "decode" if d < e else "encode",
+        "pipeline_efficiency": rate / min(d, e),
+        "shared_cpu_bound_videos_per_s": shared,
+        "efficiency_vs_shared_cpu_bound": rate / shared,
     }
 
 
@@ -194,10 +219,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each benchmark video")
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--requests", type=int, default=64, help="search requests per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="ingest rounds (each with its own stage rates)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="DRCA_TORCH_THREADS for the server and the stage measurement (default: the setting's)")
     ap.add_argument("--out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.torch_threads is not None:
+        os.environ["DRCA_TORCH_THREADS"] = str(args.torch_threads)  # inherited by the server it starts
     work = Path(tempfile.mkdtemp(prefix="drca-bench-service-"))
     ckpt = args.checkpoint or (SHIPPED_CHECKPOINT if (SHIPPED_CHECKPOINT / "card.json").is_file() else None)
     weights = "given" if args.checkpoint else ("shipped" if ckpt else "random drca-cpu-112 (10 classes)")
@@ -211,14 +241,16 @@ def main() -> None:
         url = args.server
         if url is None:
             proc, url = start_server(ckpt, work / "data")
-        log.info("measuring decode-only and encoder-only rates")
-        stages = stage_rates(ckpt, videos)
-        log.info("ingesting")
-        ing = asyncio.run(ingest(url, videos))
-        ingest_rate = args.videos / ing["seconds"]
-        d, e = stages["decode_videos_per_s"], stages["encode_videos_per_s"]
-        slower = min(d, e)
-        shared = 1 / (1 / d + 1 / e)  # both stages on the same cores, perfectly interleaved
+        from service.encoder import VideoEncoder
+
+        enc = VideoEncoder(Settings(checkpoint=ckpt, text_search=False))
+        rounds = []
+        for r in range(args.rounds):
+            rounds.append(ingest_round(url, enc, videos))
+            log.info("round %d: %s", r, {k: round(v, 3) for k, v in rounds[-1].items() if isinstance(v, float)})
+        best = max(rounds, key=lambda x: x["ingest_videos_per_s"])
+        # re-ingest once more so that the searches run against an index
+        asyncio.run(ingest(url, videos))
 
         async def video_query(c: httpx.AsyncClient, i: int) -> httpx.Response:
             with open(queries[i % len(queries)], "rb") as f:
@@ -240,22 +272,18 @@ def main() -> None:
             "videos": args.videos,
             "video_seconds_each": args.seconds,
             "video_size": args.size,
-            "stages": stages,
-            "ingest": {
-                "seconds": ing["seconds"],
-                "videos_per_s": ingest_rate,
-                "video_seconds_per_s": stages["video_seconds"] / ing["seconds"],
-                "pipeline_efficiency": ingest_rate / slower,
-                "shared_cpu_bound_videos_per_s": shared,
-                "efficiency_vs_shared_cpu_bound": ingest_rate / shared,
-                "slower_stage": "decode" if stages["decode_videos_per_s"] < stages["encode_videos_per_s"] else "encode",
-            },
+            "server_settings": Settings().model_dump(include={
+                "torch_threads", "decode_threads", "batch_size", "max_wait_ms", "prefetch", "device"}),
+            "rounds": rounds,
+            "median": {k: statistics.median(r[k] for r in rounds) for k in (
+                "decode_videos_per_s", "encode_videos_per_s", "ingest_videos_per_s", "ingest_video_seconds_per_s",
+                "pipeline_efficiency", "efficiency_vs_shared_cpu_bound")},
             "search": search,
             "note": "2-core machine shared with other jobs; decode and encode share the same cores when pipelined",
         }
         path = write_result("service", results, args.out)
-        log.info("ingest %.2f videos/s (efficiency %.0f%% of the slower stage); wrote %s",
-                 ingest_rate, 100 * results["ingest"]["pipeline_efficiency"], path)
+        log.info("best round: ingest %.2f videos/s (efficiency %.0f%% of the slower stage); wrote %s",
+                 best["ingest_videos_per_s"], 100 * best["pipeline_efficiency"], path)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
