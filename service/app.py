@@ -1,0 +1,86 @@
+"""The FastAPI app factory. `create_app(settings)` gives the embedded service: gateway, encoder worker
+and indexer in one process (the runtime starts in the lifespan, so the app object itself is cheap)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.deps import require_api_key
+from service.errors import install_error_handlers
+from service.metrics import ServiceMetrics
+from service.routes import health, inference, videos
+from service.runtime import ServiceRuntime
+from service.search import SearchService
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _LatencyMiddleware:
+    """Request latency by route template (`/v1/videos/{video_id}`, not the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def _send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            if scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
+                path = "/v1" + path  # routers included with a prefix report their own path
+            self.metrics.request_latency.labels(scope["method"], path, str(status["code"])).observe(
+                time.perf_counter() - t0)
+
+
+def create_app(settings: Settings | None = None, with_worker: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = ServiceRuntime(settings, with_worker=with_worker)
+        rt.metrics = app.state.metrics
+        rt.start()
+        app.state.runtime = rt
+        app.state.search = SearchService(rt)
+        log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir, len(rt.index))
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            rt.stop()
+
+    app = FastAPI(
+        title="drca",
+        version="1",
+        description="DRCA video classification, near-duplicate and text search. Errors: "
+        '`{"error": {"code": ..., "message": ...}}`. See docs/api.md.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    v1 = [Depends(require_api_key)]
+    app.include_router(videos.router, prefix="/v1", dependencies=v1)
+    app.include_router(inference.router, prefix="/v1", dependencies=v1)
+    app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)
+    return app

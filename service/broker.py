@@ -1,0 +1,167 @@
+"""The seam between the gateway and encoder workers.
+
+Two kinds of work cross it:
+
+- ingestion jobs (`IngestJob`): fire and forget from the gateway; a worker `take`s one, and `ack`s it
+  only after the result is durably indexed (or `fail`s it with a reason);
+- synchronous inference (`InferenceRequest`: classify a file, embed a query video, embed query text):
+  the gateway blocks in `infer` until a worker `reply`s or the timeout passes (-> 503).
+
+`InProcessBroker` is the embedded default (a priority queue and futures). A Redis broker implements the
+same `Broker` protocol for the scale-out deployment: every field of the messages is plain data
+(strings, ints, numpy arrays), so they serialise without pickling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from indexer import Segment
+from service.errors import ServiceError, WorkerUnavailable
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    job_id: int
+    video_id: int
+    path: str  # the stored upload (content-addressed under the data dir)
+    attempt: int = 1
+
+
+InferenceKind = Literal["classify", "embed_video", "embed_text"]
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    kind: InferenceKind
+    video_path: str | None = None  # classify / embed_video
+    texts: tuple[str, ...] = ()  # embed_text
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class InferenceResult:
+    # classify and embed_video
+    probs: np.ndarray | None = None  # (C,) video-level class probabilities (mean over segments)
+    vectors: np.ndarray | None = None  # (S, E) segment embeddings, L2-normalised
+    segments: list[Segment] | None = None
+    duration: float | None = None
+    # embed_text
+    sentence: np.ndarray | None = None  # (N, 384) MiniLM sentence embeddings, L2-normalised
+    projected: np.ndarray | None = None  # (N, E) text head output, or None without a text head
+
+
+@dataclass
+class InferenceTask:
+    """What a worker receives for a synchronous request; `reply` through the broker."""
+
+    request: InferenceRequest
+    handle: object = None  # broker-specific reply address (a Future in process, a stream id in Redis)
+
+
+WorkItem = IngestJob | InferenceTask
+
+
+class Broker(Protocol):
+    # gateway side
+    def enqueue(self, job: IngestJob) -> None: ...
+    def infer(self, request: InferenceRequest, timeout_s: float) -> InferenceResult: ...
+    def queue_depth(self) -> int: ...
+    # worker side
+    def register_worker(self) -> None: ...
+    def unregister_worker(self) -> None: ...
+    def take(self, timeout_s: float) -> WorkItem | None: ...
+    def ack(self, job: IngestJob) -> None: ...
+    def fail(self, job: IngestJob, reason: str) -> None: ...
+    def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+class InProcessBroker:
+    """Queue + futures for one process. Synchronous requests jump ahead of queued ingestion jobs."""
+
+    _REQUEST, _JOB = 0, 1
+
+    def __init__(self) -> None:
+        self._q: queue.PriorityQueue[tuple[int, int, WorkItem | None]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._workers = 0
+        self._jobs_waiting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # gateway side ------------------------------------------------------------------------------
+    def enqueue(self, job: IngestJob) -> None:
+        with self._lock:
+            self._jobs_waiting += 1
+        self._q.put((self._JOB, next(self._seq), job))
+
+    def infer(self, request: InferenceRequest, timeout_s: float) -> InferenceResult:
+        if self._closed:
+            raise WorkerUnavailable("the service is shutting down")
+        if self._workers == 0:
+            raise WorkerUnavailable("no encoder worker is running")
+        fut: Future[InferenceResult] = Future()
+        self._q.put((self._REQUEST, next(self._seq), InferenceTask(request, fut)))
+        try:
+            return fut.result(timeout=timeout_s)
+        except FutureTimeout:
+            fut.cancel()
+            raise WorkerUnavailable(f"no encoder worker answered within {timeout_s:g} s") from None
+
+    def queue_depth(self) -> int:
+        return self._jobs_waiting
+
+    # worker side -------------------------------------------------------------------------------
+    def register_worker(self) -> None:
+        with self._lock:
+            self._workers += 1
+
+    def unregister_worker(self) -> None:
+        with self._lock:
+            self._workers -= 1
+
+    def take(self, timeout_s: float) -> WorkItem | None:
+        while True:
+            try:
+                _, _, item = self._q.get(timeout=timeout_s)
+            except queue.Empty:
+                return None
+            if item is None:  # close() wake-up
+                return None
+            if isinstance(item, IngestJob):
+                with self._lock:
+                    self._jobs_waiting -= 1
+                return item
+            fut: Future = item.handle  # type: ignore[assignment]
+            if fut.set_running_or_notify_cancel():
+                return item
+            # the caller gave up (timeout): skip it
+
+    def ack(self, job: IngestJob) -> None:
+        """Nothing to do in process: the job's state lives in the metadata store."""
+
+    def fail(self, job: IngestJob, reason: str) -> None:
+        """Nothing to retry in process: a failed job is final (its state is in the metadata store)."""
+
+    def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None:
+        fut: Future = task.handle  # type: ignore[assignment]
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def close(self) -> None:
+        self._closed = True
+        self._q.put((-1, next(self._seq), None))

@@ -1,0 +1,225 @@
+"""The catalog: the one place that changes videos, keeping the metadata store, the vector index and the
+stored files consistent.
+
+Order of writes (why nothing acknowledged is lost and nothing is half-indexed):
+
+- upload: file moved into place -> video row + job row committed (SQLite, synchronous=FULL) -> 202.
+  On restart, every video still `pending`/`processing` has its job re-queued (`unfinished_jobs`).
+- ingest done: all segments of the video in ONE durable index add -> labels/duration -> video `indexed`
+  -> job `done`. A crash in between re-runs the job; the add is an upsert, so nothing is indexed twice.
+- ingest failed: video and job `failed` with the reason; nothing was added to the index.
+- delete: index delete (durable) -> store rows -> file.
+A lock serialises these per catalog, so a delete racing a finishing job cannot leave vectors behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexer import Segment, VideoIndex
+from indexer.errors import DuplicateContent, NotFound
+from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
+from service.broker import IngestJob
+from service.errors import ServiceError
+from service.storage import SpooledUpload, VideoStorage
+
+log = logging.getLogger(__name__)
+
+TOP_LABELS = 5
+
+
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
+@dataclass
+class Registered:
+    video: VideoRecord
+    job: JobRecord
+    created: bool  # False: the same content was already there
+
+
+def metadata_text(video: VideoRecord) -> str:
+    """The text a video's metadata contributes to text search: external id, title, description."""
+    meta = video.extra.get("metadata") or {}
+    parts = [video.external_id or ""]
+    for key in ("title", "description"):
+        v = meta.get(key)
+        if isinstance(v, str):
+            parts.append(v)
+    return " . ".join(p.strip() for p in parts if p and p.strip())
+
+
+class TextTable:
+    """Per indexed video: top class probabilities and the metadata's sentence embedding (text search)."""
+
+    def __init__(self) -> None:
+        self.labels: dict[int, list[Label]] = {}
+        self.meta: dict[int, np.ndarray] = {}
+
+    def put(self, video: VideoRecord) -> None:
+        self.labels[video.video_id] = list(video.labels)
+        emb = video.extra.get("text_embedding")
+        if emb:
+            self.meta[video.video_id] = np.asarray(emb, dtype=np.float32)
+        else:
+            self.meta.pop(video.video_id, None)
+
+    def drop(self, video_id: int) -> None:
+        self.labels.pop(video_id, None)
+        self.meta.pop(video_id, None)
+
+
+class Catalog:
+    def __init__(self, store: MetadataStore, index: VideoIndex, storage: VideoStorage) -> None:
+        self.store = store
+        self.index = index
+        self.storage = storage
+        self._lock = threading.RLock()
+        self._text: TextTable | None = None
+
+    # uploads ------------------------------------------------------------------------------------
+    def register(self, upload: SpooledUpload, duration: float, external_id: str | None,
+                 metadata: dict[str, Any] | None) -> Registered:
+        """Keep the upload and create its video + job, or return the existing video for this content.
+        A previously failed video gets a new job (its file is re-tried)."""
+        with self._lock:
+            existing = self.store.find_by_hash(upload.sha256)
+            if existing is not None:
+                upload.discard()
+                return self._existing(existing)
+            if external_id is not None:
+                other = self.store.find_by_external_id(external_id)
+                if other is not None:
+                    upload.discard()
+                    raise Conflict(f"external_id {external_id!r} already belongs to video {other.video_id}")
+            path = self.storage.keep(upload)
+            try:
+                video = self.store.create_video(
+                    upload.sha256, external_id=external_id, source_name=upload.filename, duration=duration,
+                    extra={"metadata": metadata or {}, "path": str(path), "size": upload.size},
+                )
+            except DuplicateContent as e:
+                raise Conflict(str(e)) from None
+            job = self.store.create_job(video.video_id)
+            return Registered(video, job, created=True)
+
+    def _existing(self, video: VideoRecord) -> Registered:
+        jobs = self.store.jobs_for_video(video.video_id)
+        if video.status == "failed":
+            self.store.set_status(video.video_id, "pending")
+            job = self.store.create_job(video.video_id)
+            return Registered(self.store.get_video(video.video_id), job, created=True)
+        return Registered(video, jobs[-1], created=False)
+
+    def job_for(self, video: VideoRecord, job: JobRecord) -> IngestJob:
+        return IngestJob(job_id=job.job_id, video_id=video.video_id, path=str(video.extra["path"]))
+
+    def unfinished_jobs(self) -> list[IngestJob]:
+        """Jobs to (re-)queue after a restart: every video acknowledged but not yet indexed or failed."""
+        out = []
+        for status in ("processing", "pending"):
+            offset = 0
+            while True:
+                page = self.store.list_videos(offset=offset, limit=500, status=status)
+                for v in page:
+                    jobs = self.store.jobs_for_video(v.video_id)
+                    if not jobs:
+                        jobs = [self.store.create_job(v.video_id)]
+                    job = jobs[-1]
+                    if job.status == "running":
+                        job = self.store.set_job_status(job.job_id, "queued")
+                    if job.status == "queued":
+                        out.append(self.job_for(v, job))
+                if len(page) < 500:
+                    break
+                offset += 500
+        return sorted(out, key=lambda j: j.job_id)
+
+    # worker side --------------------------------------------------------------------------------
+    def start(self, job: IngestJob) -> bool:
+        """Mark the job running; False when its video was deleted meanwhile (skip the job)."""
+        with self._lock:
+            try:
+                video = self.store.get_video(job.video_id)
+                current = self.store.get_job(job.job_id)
+            except NotFound:
+                return False
+            if current.status != "queued":
+                return False
+            if video.status == "pending":
+                self.store.set_status(job.video_id, "processing")
+            wait = round(time.time() - current.created_at, 4)  # acknowledged -> taken by a worker
+            self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
+            return True
+
+    def complete(self, job: IngestJob, segments: list[Segment], vectors: np.ndarray, probs: np.ndarray | None,
+                 class_names: list[str], duration: float, text_embedding: np.ndarray | None,
+                 timings: dict[str, float]) -> None:
+        labels = []
+        if probs is not None:
+            top = np.argsort(-probs)[:TOP_LABELS]
+            labels = [Label(class_names[i], round(float(probs[i]), 6)) for i in top]
+        extra: dict[str, Any] = {"segments": len(segments)}
+        if text_embedding is not None:
+            extra["text_embedding"] = [round(float(x), 6) for x in text_embedding]
+        with self._lock:
+            try:
+                self.store.get_video(job.video_id)
+            except NotFound:
+                log.info("video %d was deleted while job %d ran; dropping its result", job.video_id, job.job_id)
+                return
+            t0 = time.perf_counter()
+            self.index.add_video(job.video_id, segments, vectors)  # all segments, one durable write
+            timings = {**timings, "index_s": round(time.perf_counter() - t0, 4)}
+            video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
+            self.store.set_status(job.video_id, "indexed")
+            created = self.store.get_job(job.job_id).created_at
+            timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
+            self.store.set_job_status(job.job_id, "done", timings=timings)
+            if self._text is not None:
+                self._text.put(video)
+
+    def fail(self, job: IngestJob, reason: str, timings: dict[str, float]) -> None:
+        with self._lock:
+            try:
+                video = self.store.get_video(job.video_id)
+                if video.status in ("pending", "processing"):
+                    self.store.set_status(job.video_id, "failed", error=reason)
+                if self.store.get_job(job.job_id).status in ("queued", "running"):
+                    self.store.set_job_status(job.job_id, "failed", error=reason, timings=timings)
+            except NotFound:
+                return
+
+    # deletes ------------------------------------------------------------------------------------
+    def delete(self, video_id: int) -> None:
+        with self._lock:
+            video = self.store.get_video(video_id)  # NotFound -> 404
+            self.index.delete_video(video_id)
+            self.store.delete_video(video_id)
+            if self.store.find_by_hash(video.content_hash) is None:
+                self.storage.remove(video.content_hash)
+            if self._text is not None:
+                self._text.drop(video_id)
+
+    # text search side table ---------------------------------------------------------------------
+    def text_table(self) -> TextTable:
+        with self._lock:
+            if self._text is None:
+                table = TextTable()
+                offset = 0
+                while True:
+                    page = self.store.list_videos(offset=offset, limit=1000, status="indexed")
+                    for v in page:
+                        table.put(v)
+                    if len(page) < 1000:
+                        break
+                    offset += 1000
+                self._text = table
+            return self._text

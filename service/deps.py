@@ -1,0 +1,116 @@
+"""Request dependencies shared by the routes: the runtime, API-key auth, and body parsing."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import Request
+
+from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
+from service.runtime import ServiceRuntime
+from service.search import SearchService
+from service.storage import UploadForm, parse_upload
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 256 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small fields beside the file
+
+
+def runtime(request: Request) -> ServiceRuntime:
+    rt: ServiceRuntime | None = getattr(request.app.state, "runtime", None)
+    if rt is None or rt.index is None:
+        raise NotReady("the service is starting")
+    return rt
+
+
+def search_service(request: Request) -> SearchService:
+    runtime(request)
+    return request.app.state.search
+
+
+def require_api_key(request: Request) -> None:
+    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare)."""
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    given = token.strip().encode()
+    ok = False
+    for key in keys:  # compare against every key, so timing does not reveal which one matched
+        ok |= hmac.compare_digest(given, key.get_secret_value().encode())
+    if not ok:
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+async def read_multipart(request: Request, rt: ServiceRuntime) -> UploadForm:
+    limit = rt.settings.max_upload_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
+        raise PayloadTooLarge(f"the upload ({length} bytes) exceeds the limit of {limit} bytes")
+    return await parse_upload(request.headers.get("content-type", ""), request.stream(), rt.settings.tmp_dir, limit)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise BadRequest("send application/json or multipart/form-data")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"JSON body exceeds {MAX_JSON_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"malformed JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the JSON body must be an object")
+    return data
+
+
+def check_k(k: int, rt: ServiceRuntime) -> int:
+    if not 1 <= k <= rt.settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {rt.settings.max_k}, got {k}")
+    return k
+
+
+def form_int(fields: dict[str, str], name: str, default: int | None = None) -> int | None:
+    raw = fields.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"form field '{name}' must be an integer, got {raw[:40]!r}") from None
+
+
+def form_float(fields: dict[str, str], name: str) -> float | None:
+    raw = fields.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(f"form field '{name}' must be a number, got {raw[:40]!r}") from None
+
+
+def form_ids(fields: dict[str, str], name: str) -> list[int]:
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return []
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInput(f"form field '{name}' must be comma-separated integers") from None

@@ -1,0 +1,118 @@
+"""The encoder: one checkpoint loaded once; decode a video into segment clips; one forward pass gives
+segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
+
+Decoding uses the one shared path (`training.data.video`, `sampling.fixed_segments`,
+`transforms.preprocess`), so serving sees exactly what training and evaluation saw. Retrieval protocol:
+`segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
+a video shorter than one clip still gives one segment spread over the whole video.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer import Segment
+from model.checkpoint import load_checkpoint
+from service.settings import Settings
+from training.data.sampling import fixed_segments
+from training.data.transforms import preprocess
+from training.data.video import VideoLimits, open_video
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    return torch.device(setting)
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    return VideoLimits(
+        max_pixels=settings.max_pixels,
+        max_duration_s=settings.max_duration_s,
+        max_file_bytes=settings.max_upload_bytes,
+    )
+
+
+@dataclass
+class DecodedVideo:
+    clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
+    segments: list[Segment]
+    duration: float
+
+
+class VideoEncoder:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        ckpt = load_checkpoint(settings.checkpoint, map_location=self.device)
+        self.model = ckpt.model.eval()
+        self.config = ckpt.config
+        self.card = ckpt.card
+        self.text_head = ckpt.text_head
+        self.class_names: list[str] = list(ckpt.card.class_names)
+        self.embed_dim = ckpt.config.head.embed_dim
+        if not self.embed_dim:
+            raise RuntimeError(f"{settings.checkpoint}: the checkpoint has no embedding head (head.embed_dim=0)")
+        self.limits = video_limits(settings)
+        self.text_encoder = None
+        if settings.text_search:
+            from model.text import TextEncoder
+
+            self.text_encoder = TextEncoder(device=str(self.device))
+        log.info(
+            "encoder ready: %s on %s, %d classes, %d-d embeddings, text head %s",
+            self.config.name, self.device, len(self.class_names), self.embed_dim,
+            "yes" if self.text_head is not None else "no",
+        )
+
+    # decoding (thread-safe: every call opens its own reader) -------------------------------------
+    def decode(self, path: str | Path) -> DecodedVideo:
+        inp = self.config.input
+        with open_video(path, self.limits) as reader:
+            info = reader.info
+            segs = fixed_segments(
+                info.num_frames,
+                info.fps,
+                window_s=inp.num_frames / self.settings.segment_fps,
+                stride_s=inp.num_frames / self.settings.segment_fps,
+                frames_per_segment=inp.num_frames,
+                frame_times=reader.frame_times,
+                duration=info.duration,
+            )
+            clips = []
+            for s in segs:
+                clip = reader.get_frames(s.indices)
+                clips.append(preprocess(clip.frames, inp))  # (C, T, H, W)
+        return DecodedVideo(torch.stack(clips), [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs],
+                            info.duration)
+
+    # the model ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, clips: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """clips (N, C, T, H, W) -> embeddings (N, E) float32 L2-normalised, class probs (N, C) | None."""
+        out = self.model(clips.to(self.device, non_blocking=True))
+        emb = out.embedding.float().cpu().numpy()
+        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy() if out.logits is not None else None
+        return emb, probs
+
+    @torch.inference_mode()
+    def embed_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """texts -> MiniLM sentence embeddings (N, 384) and text-head projections (N, E) | None."""
+        if self.text_encoder is None:
+            raise RuntimeError("text search is disabled (text_search=false)")
+        sent = self.text_encoder.encode(list(texts))
+        proj = None
+        if self.text_head is not None:
+            proj = self.text_head(sent.to(self.device)).float().cpu().numpy()
+        return sent.numpy(), proj

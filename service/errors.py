@@ -1,0 +1,143 @@
+"""Typed service errors and their one mapping to HTTP: `{"error": {"code": ..., "message": ...}}`.
+
+Every error a client can cause is a `ServiceError` (or a `VideoError` / indexer error translated by
+`to_service_error`), so handlers never build responses themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from indexer.errors import IndexerError, InvalidVectors, NotFound
+from training.data.video import (
+    EmptyVideo,
+    NoVideoStream,
+    VideoDecodeError,
+    VideoError,
+    VideoTooLarge,
+    VideoTooLong,
+    VideoUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers
+
+
+class BadRequest(ServiceError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class NotFoundError(ServiceError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class InvalidInput(ServiceError):
+    status, code = 422, "invalid_input"
+
+
+class WorkerUnavailable(ServiceError):
+    status, code = 503, "worker_unavailable"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+_VIDEO_ERRORS: list[tuple[type[VideoError], int, str]] = [
+    (EmptyVideo, 422, "empty_video"),
+    (NoVideoStream, 422, "no_video_stream"),
+    (VideoTooLarge, 413, "video_too_large"),
+    (VideoTooLong, 422, "video_too_long"),
+    (VideoDecodeError, 422, "undecodable_video"),
+    (VideoUnavailable, 422, "video_unavailable"),
+]
+
+
+def to_service_error(exc: BaseException) -> ServiceError:
+    """The one translation of library errors into service errors."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, VideoError):
+        for cls, status, code in _VIDEO_ERRORS:
+            if isinstance(exc, cls):
+                return ServiceError(exc.reason, status=status, code=code)
+        return ServiceError(exc.reason, status=422, code="invalid_video")
+    if isinstance(exc, NotFound):
+        return NotFoundError(str(exc.args[0]) if exc.args else "not found")
+    if isinstance(exc, InvalidVectors):
+        return InvalidInput(str(exc))
+    if isinstance(exc, IndexerError):
+        return ServiceError(f"index error: {exc}", status=500, code="index_error")
+    return ServiceError("internal error", status=500, code="internal_error")
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(err.code, err.message), status_code=err.status, headers=err.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers: every error leaves as the typed JSON body, never as an HTML 500."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(VideoError)
+    async def _video(_: Request, exc: VideoError) -> JSONResponse:
+        return error_response(to_service_error(exc))
+
+    @app.exception_handler(IndexerError)
+    async def _indexer(_: Request, exc: IndexerError) -> JSONResponse:
+        err = to_service_error(exc)
+        if err.status >= 500:
+            log.error("indexer error: %s", exc)
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return error_response(InvalidInput("; ".join(parts) or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(ServiceError("internal error", status=500, code="internal_error"))

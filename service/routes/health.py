@@ -1,0 +1,34 @@
+"""`/healthz` (process up), `/readyz` (model loaded, index open, worker running), `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def readyz(request: Request) -> JSONResponse:
+    rt = getattr(request.app.state, "runtime", None)
+    body = Readiness(
+        ready=bool(rt and rt.ready),
+        model_loaded=bool(rt and rt.encoder is not None),
+        index_open=bool(rt and rt.index is not None),
+        worker_running=bool(rt and rt.worker is not None and rt.worker.alive),
+        videos=len(rt.index) if rt and rt.index is not None else 0,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,175 @@
+"""`/v1/classify` and `/v1/search`: synchronous, through the broker to an encoder worker."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from service.broker import InferenceRequest
+from service.deps import (
+    check_k,
+    form_float,
+    form_ids,
+    form_int,
+    is_multipart,
+    read_json,
+    read_multipart,
+    runtime,
+)
+from service.errors import BadRequest, InvalidInput
+from service.routes.videos import ERRORS
+from service.runtime import ServiceRuntime
+from service.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    LabelOut,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+from service.search import external_ids
+from service.storage import UploadForm
+
+router = APIRouter(tags=["inference"])
+
+
+def _body(description: str, json_schema: str) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "video_id": {"type": "integer"},
+                            "k": {"type": "integer"},
+                            "min_score": {"type": "number"},
+                            "exclude_ids": {"type": "string", "description": "comma-separated ids"},
+                        },
+                    }
+                },
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema}"}},
+            },
+        }
+    }
+
+
+def _validated(model, data: dict):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]]
+        raise InvalidInput("; ".join(parts)) from None
+
+
+async def _infer(rt: ServiceRuntime, req: InferenceRequest):
+    return await run_in_threadpool(rt.broker.infer, req, rt.settings.inference_timeout_s)
+
+
+def _stored_path(rt: ServiceRuntime, video_id: int) -> str:
+    video = rt.store.get_video(video_id)  # NotFound -> 404
+    return str(video.extra["path"])
+
+
+async def _read(request: Request, rt: ServiceRuntime) -> tuple[UploadForm | None, dict]:
+    """Multipart (file and/or form fields) or JSON; returns (form, fields as a dict)."""
+    if is_multipart(request):
+        form = await read_multipart(request, rt)
+        data: dict = {}
+        try:
+            for name in ("video_id", "k"):
+                v = form_int(form.fields, name)
+                if v is not None:
+                    data[name] = v
+            ms = form_float(form.fields, "min_score")
+            if ms is not None:
+                data["min_score"] = ms
+            ids = form_ids(form.fields, "exclude_ids")
+            if ids:
+                data["exclude_ids"] = ids
+            if form.fields.get("text"):
+                data["text"] = form.fields["text"]
+            if form.file is not None and form.file.size == 0:
+                raise BadRequest("the upload is empty (0 bytes)", code="empty_file")
+        except BaseException:
+            form.discard()
+            raise
+        return form, data
+    return None, await read_json(request)
+
+
+@router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(
+    "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", "ClassifyRequest"),
+    responses=ERRORS)
+async def classify(request: Request, rt: ServiceRuntime = Depends(runtime)) -> ClassifyResponse:
+    """Top-k classes with probabilities (mean of the segments' softmax), computed now."""
+    form, data = await _read(request, rt)
+    try:
+        if form is not None and form.file is not None:
+            k = check_k(int(data.get("k", 5)), rt)
+            path, video_id = str(form.file.path), None
+        else:
+            if "video_id" not in data:
+                raise InvalidInput("send a multipart 'file' or a 'video_id'")
+            req = _validated(ClassifyRequest, data)
+            k = check_k(req.k, rt)
+            path, video_id = _stored_path(rt, req.video_id), req.video_id
+        if not rt.class_names:
+            raise InvalidInput("the checkpoint has no classifier head")
+        result = await _infer(rt, InferenceRequest("classify", video_path=path))
+    finally:
+        if form is not None:
+            form.discard()
+    probs = result.probs
+    top = np.argsort(-probs)[: min(k, len(probs))]
+    return ClassifyResponse(video_id=video_id,
+                            labels=[LabelOut(name=rt.class_names[i], prob=round(float(probs[i]), 6)) for i in top])
+
+
+@router.post("/search", response_model=SearchResponse, openapi_extra=_body(
+    "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
+    "SearchRequest"), responses=ERRORS)
+async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> SearchResponse:
+    """Ranked videos for a video or text query; each hit names its best-matching segment."""
+    svc = request.app.state.search
+    form, data = await _read(request, rt)
+    try:
+        req = _validated(SearchRequest, data)
+        check_k(req.k, rt)
+        exclude = set(req.exclude_ids)
+        has_file = form is not None and form.file is not None
+        if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
+            raise InvalidInput("send exactly one query: a multipart 'file', a 'video_id', or a 'text'")
+        if req.text is not None:
+            if not req.text.strip():
+                raise InvalidInput("text must not be blank")
+            hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
+            kind = "text"
+        else:
+            if has_file:
+                res = await _infer(rt, InferenceRequest("embed_video", video_path=str(form.file.path)))
+                vectors, segments = res.vectors, res.segments
+            else:
+                stored = await run_in_threadpool(svc.stored_vectors, req.video_id)
+                vectors, segments = stored.vectors, stored.segments
+                exclude.add(req.video_id)  # "more like this": not the video itself
+            hits = await run_in_threadpool(svc.video_query, vectors, segments, req.k, req.min_score, exclude)
+            kind = "video"
+    finally:
+        if form is not None:
+            form.discard()
+    ext = await run_in_threadpool(external_ids, rt, hits)
+    return SearchResponse(query=kind, hits=[
+        SearchHit(
+            video_id=h.video_id, external_id=ext.get(h.video_id), score=round(h.score, 6),
+            start=h.segment.start if h.segment else None, end=h.segment.end if h.segment else None,
+            query_start=h.query_segment.start if h.query_segment else None,
+            query_end=h.query_segment.end if h.query_segment else None,
+        )
+        for h in hits
+    ])

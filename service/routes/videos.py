@@ -1,0 +1,171 @@
+"""`/v1/videos` (upload, list, get, delete) and `/v1/jobs/{id}`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from indexer.store import JobRecord, VideoRecord
+from service.deps import read_multipart, runtime
+from service.errors import BadRequest, InvalidInput
+from service.runtime import ServiceRuntime
+from service.schemas import (
+    ErrorResponse,
+    JobResponse,
+    LabelOut,
+    SegmentOut,
+    UploadResponse,
+    VideoPage,
+    VideoResponse,
+)
+from service.storage import SpooledUpload
+
+router = APIRouter(tags=["videos"])
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_EXTERNAL_ID = 256
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "external_id": {"type": "string", "maxLength": _EXTERNAL_ID},
+                        "metadata": {"type": "string", "description": "JSON object, e.g. {\"title\": ...}"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def video_out(rt: ServiceRuntime, v: VideoRecord, with_segments: bool = True) -> VideoResponse:
+    segments = []
+    if with_segments and v.status == "indexed":
+        stored = rt.index.get(v.video_id)
+        if stored is not None:
+            segments = [SegmentOut(start=s.start, end=s.end) for s in stored.segments]
+    return VideoResponse(
+        video_id=v.video_id, external_id=v.external_id, sha256=v.content_hash, source_name=v.source_name,
+        duration=v.duration, status=v.status, error=v.error, created_at=v.created_at,
+        metadata=v.extra.get("metadata") or {}, labels=[LabelOut(name=lb.name, prob=lb.prob) for lb in v.labels],
+        segments=segments,
+    )
+
+
+def job_out(j: JobRecord) -> JobResponse:
+    return JobResponse(job_id=j.job_id, video_id=j.video_id, status=j.status, error=j.error,
+                       created_at=j.created_at, timings=j.timings)
+
+
+async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
+    """Probe + open the spooled upload with the service's limits; its duration. VideoError -> 4xx."""
+    from service.encoder import video_limits
+    from training.data.video import open_video
+
+    def _probe() -> float:
+        with open_video(upload.path, video_limits(rt.settings)) as reader:
+            return reader.info.duration
+
+    return await run_in_threadpool(_probe)
+
+
+def parse_metadata(raw: str | None) -> dict | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"metadata is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    return meta
+
+
+def parse_external_id(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    ext = raw.strip()
+    if len(ext) > _EXTERNAL_ID or any(ord(ch) < 32 for ch in ext):
+        raise InvalidInput(f"external_id must be at most {_EXTERNAL_ID} printable characters")
+    return ext
+
+
+@router.post("/videos", response_model=UploadResponse, status_code=202, openapi_extra=UPLOAD_BODY,
+             responses={200: {"model": UploadResponse, "description": "Same content already uploaded"}, **ERRORS})
+async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) -> JSONResponse:
+    """Store the upload (content-addressed by sha256) and queue its ingestion: 202 with the ids.
+    The same content again returns the existing video and its latest job with 200."""
+    form = await read_multipart(request, rt)
+    try:
+        if form.file is None:
+            raise InvalidInput("missing the 'file' field (multipart/form-data)")
+        external_id = parse_external_id(form.fields.get("external_id"))
+        metadata = parse_metadata(form.fields.get("metadata"))
+        if form.file.size == 0:
+            raise BadRequest("the upload is empty (0 bytes)", code="empty_file")
+        existing = await run_in_threadpool(rt.store.find_by_hash, form.file.sha256)
+        if existing is not None and existing.status != "failed":
+            form.discard()
+            reg = await run_in_threadpool(rt.catalog.register, form.file, existing.duration or 0.0, external_id,
+                                          metadata)
+        else:
+            duration = await validate_video(rt, form.file)
+            reg = await run_in_threadpool(rt.catalog.register, form.file, duration, external_id, metadata)
+    except BaseException:
+        form.discard()
+        raise
+    if reg.created:
+        rt.broker.enqueue(rt.catalog.job_for(reg.video, reg.job))
+    body = UploadResponse(video_id=reg.video.video_id, job_id=reg.job.job_id, status=reg.job.status,
+                          created=reg.created)
+    return JSONResponse(body.model_dump(), status_code=202 if reg.created else 200)
+
+
+@router.get("/videos", response_model=VideoPage, responses=ERRORS)
+def list_videos(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=1000),
+    sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
+    rt: ServiceRuntime = Depends(runtime),
+) -> VideoPage:
+    """Videos in upload order, paged; `?sha256=` looks one up by content (used by `drca ingest`)."""
+    if sha256 is not None:
+        if not _SHA256.match(sha256):
+            raise InvalidInput("sha256 must be 64 lowercase hex characters")
+        v = rt.store.find_by_hash(sha256)
+        videos = [v] if v is not None else []
+        return VideoPage(total=len(videos), offset=0, limit=limit,
+                         videos=[video_out(rt, v, with_segments=False) for v in videos])
+    videos = rt.store.list_videos(offset=offset, limit=limit)
+    return VideoPage(total=rt.store.count_videos(), offset=offset, limit=limit,
+                     videos=[video_out(rt, v, with_segments=False) for v in videos])
+
+
+@router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
+def get_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
+    """Metadata, top-5 labels and indexed segments of one video."""
+    return video_out(rt, rt.store.get_video(video_id))
+
+
+@router.delete("/videos/{video_id}", status_code=204, responses=ERRORS)
+def delete_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> None:
+    """Remove the video from the index, the metadata store and the file store."""
+    rt.catalog.delete(video_id)
+
+
+@router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
+def get_job(job_id: int, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
+    """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""
+    return job_out(rt.store.get_job(job_id))

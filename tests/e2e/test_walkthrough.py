@@ -1,0 +1,48 @@
+"""The curl walkthrough in docs/api.md, run word for word (only the port differs) against `drca serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_serve import ROOT, Server
+from tests.service.media import tiny_checkpoint
+
+
+def walkthrough() -> str:
+    text = (ROOT / "docs" / "api.md").read_text()
+    block = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
+    return re.sub(r"^```(bash)?\s*$", "", block, flags=re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_walkthrough_runs(tmp_path):
+    server = Server(tiny_checkpoint(tmp_path / "ckpt"), tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        script = walkthrough().replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        work = tmp_path / "work"
+        work.mkdir()
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        r = subprocess.run(["bash", "-e", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        docs = [json.loads(x) for x in lines if x.startswith("{")]
+        assert docs[0] == {"video_id": 1, "job_id": 1, "status": "queued", "created": True}
+        assert docs[2]["status"] == "done" and docs[3]["status"] == "indexed"
+        assert docs[4]["query"] == "video" and docs[4]["hits"][0]["external_id"] == "clip-1"
+        assert docs[5]["query"] == "text" and len(docs[5]["hits"]) == 2
+        assert len(docs[6]["labels"]) == 3 and docs[7]["total"] == 2
+        assert "204" in lines and docs[8]["error"]["code"] == "invalid_input"
+        assert 'drca_videos{status="indexed"} 1.0' in r.stdout
+    finally:
+        server.stop()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.media import make_media, tiny_checkpoint
+
+LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_media(tmp_path_factory.mktemp("media"))
+
+
+def make_settings(checkpoint: Path, data_dir: Path, **kw: object) -> Settings:
+    return Settings(checkpoint=checkpoint, data_dir=data_dir, device="cpu", batch_size=8, max_wait_ms=5,
+                    decode_threads=2, torch_threads=1, **{**LIMITS, **kw})
+
+
+@pytest.fixture(scope="session")
+def client(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One embedded service (gateway + worker + index) shared by the API tests."""
+    app = create_app(make_settings(checkpoint, tmp_path_factory.mktemp("data")))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def upload(client: TestClient, path: Path, **fields: str):
+    with open(path, "rb") as f:
+        return client.post("/v1/videos", files={"file": (path.name, f, "video/mp4")}, data=fields)
+
+
+def wait_job(client: TestClient, job_id: int, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
+
+
+def ingest(client: TestClient, path: Path, **fields: str) -> int:
+    r = upload(client, path, **fields)
+    assert r.status_code in (200, 202), r.text
+    body = r.json()
+    job = wait_job(client, body["job_id"])
+    assert job["status"] == "done", job
+    return body["video_id"]

@@ -1,0 +1,60 @@
+"""API keys (401 JSON, constant-time compare, never logged) and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import ingest, make_settings
+
+KEY = "s3cret-key-value"
+
+
+@pytest.fixture(scope="module")
+def keyed(checkpoint, tmp_path_factory):
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("keyed"), api_keys=["other-key", KEY],
+                             text_search=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_api_keys(keyed, caplog):
+    caplog.set_level(logging.DEBUG)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
+                    {"Authorization": "Bearer "}):
+        r = keyed.get("/v1/videos", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert keyed.get("/v1/videos", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert keyed.get("/v1/videos", headers={"Authorization": "bearer other-key"}).status_code == 200
+    assert keyed.get("/healthz").status_code == 200  # operations endpoints stay open
+    assert KEY not in caplog.text
+
+
+def test_settings_hide_keys(checkpoint, tmp_path):
+    s = make_settings(checkpoint, tmp_path, api_keys=[KEY])
+    assert KEY not in repr(s) and KEY not in s.model_dump_json()
+
+
+def test_metrics(keyed, media):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with open(media["bars"], "rb") as f:
+        r = keyed.post("/v1/videos", files={"file": ("a.mp4", f)}, headers=auth)
+    assert r.status_code == 202
+    keyed.headers.update(auth)
+    try:
+        from tests.service.conftest import wait_job
+
+        assert wait_job(keyed, r.json()["job_id"])["status"] == "done"
+        ingest(keyed, media["testsrc"])
+    finally:
+        keyed.headers.pop("Authorization")
+    text = keyed.get("/metrics").text
+    assert 'drca_request_seconds_count{method="GET",route="/v1/jobs/{job_id}",status="200"}' in text
+    assert 'drca_videos{status="indexed"} 2.0' in text
+    assert "drca_queue_depth 0.0" in text
+    assert "drca_index_videos 2.0" in text and "drca_index_segments 2.0" in text
+    assert "drca_encoder_batch_clips_count" in text and 'drca_jobs_finished_total{status="done"} 2.0' in text

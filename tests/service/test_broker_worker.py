@@ -1,0 +1,119 @@
+"""The in-process broker and the worker's pipeline (decode overlapping the forward pass, micro-batches),
+with a fake encoder so timings are controlled."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from indexer import Segment
+from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
+from service.encoder import DecodedVideo
+from service.errors import WorkerUnavailable
+from service.settings import Settings
+from service.worker import EncoderWorker
+
+
+def test_infer_without_worker_is_503_at_once():
+    b = InProcessBroker()
+    t0 = time.monotonic()
+    with pytest.raises(WorkerUnavailable):
+        b.infer(InferenceRequest("embed_text", texts=("a",)), timeout_s=5)
+    assert time.monotonic() - t0 < 1
+
+
+def test_infer_times_out_and_the_late_request_is_skipped():
+    b = InProcessBroker()
+    b.register_worker()  # a worker that never takes anything
+    with pytest.raises(WorkerUnavailable, match="within 0.2 s"):
+        b.infer(InferenceRequest("embed_text", texts=("a",)), timeout_s=0.2)
+    assert b.take(timeout_s=0.05) is None  # the abandoned request is dropped, not handed out
+
+
+def test_requests_jump_ahead_of_jobs():
+    b = InProcessBroker()
+    b.register_worker()
+    for i in range(3):
+        b.enqueue(IngestJob(i, i, "x"))
+    assert b.queue_depth() == 3
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", b.infer(InferenceRequest("embed_text"), 5)))
+    t.start()
+    time.sleep(0.1)
+    item = b.take(1)
+    assert not isinstance(item, IngestJob)
+    b.reply(item, InferenceResult(probs=np.ones(2)))
+    t.join()
+    assert result["r"].probs.tolist() == [1, 1]
+    assert [b.take(1).job_id for _ in range(3)] == [0, 1, 2] and b.queue_depth() == 0
+
+
+class FakeEncoder:
+    """decode: 0.1 s per video, 2 clips; forward: 0.1 s per batch. Records what overlapped."""
+
+    class_names = ["a", "b"]
+    text_encoder = None
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.events: list[tuple[str, float, float]] = []
+        self.lock = threading.Lock()
+
+    def decode(self, path: str) -> DecodedVideo:
+        t0 = time.perf_counter()
+        time.sleep(0.1)
+        with self.lock:
+            self.events.append(("decode", t0, time.perf_counter()))
+        return DecodedVideo(torch.zeros(2, 3, 2, 4, 4), [Segment(0, 1), Segment(1, 2)], 2.0)
+
+    def forward(self, clips: torch.Tensor):
+        t0 = time.perf_counter()
+        time.sleep(0.1)
+        with self.lock:
+            self.events.append(("forward", t0, time.perf_counter()))
+            self.batches.append(len(clips))
+        n = len(clips)
+        return np.ones((n, 4), np.float32), np.full((n, 2), 0.5, np.float32)
+
+
+class FakeCatalog:
+    def __init__(self) -> None:
+        self.done: dict[int, tuple[int, np.ndarray]] = {}
+        self.all_done = threading.Event()
+        self.expected = 0
+
+    def start(self, job) -> bool:
+        return True
+
+    def complete(self, job, segments, vectors, probs, class_names, duration, text_emb, timings) -> None:
+        self.done[job.job_id] = (len(segments), vectors)
+        if len(self.done) == self.expected:
+            self.all_done.set()
+
+    def fail(self, job, reason, timings) -> None:
+        raise AssertionError(reason)
+
+
+def test_worker_overlaps_decode_with_forward_and_batches_clips(tmp_path):
+    settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, batch_size=4, max_wait_ms=200, decode_threads=2,
+                        prefetch=4)
+    enc, cat, broker = FakeEncoder(), FakeCatalog(), InProcessBroker()
+    cat.expected = 8
+    worker = EncoderWorker(enc, broker, cat, settings)
+    worker.start()
+    try:
+        for i in range(8):
+            broker.enqueue(IngestJob(i, i, f"v{i}.mp4"))
+        assert cat.all_done.wait(20)
+    finally:
+        worker.stop()
+    assert sorted(cat.done) == list(range(8)) and all(n == 2 for n, _ in cat.done.values())
+    assert sum(enc.batches) == 16 and max(enc.batches) == 4  # micro-batches of 2 videos x 2 clips
+    forwards = [(a, b) for k, a, b in enc.events if k == "forward"]
+    decodes = [(a, b) for k, a, b in enc.events if k == "decode"]
+    overlapped = sum(any(da < fb and db > fa for da, db in decodes) for fa, fb in forwards)
+    assert overlapped >= len(forwards) - 1  # decoding ran while the model worked

@@ -1,0 +1,45 @@
+"""Settings sources, and a gateway without a worker (the issue-6 gateway role): 503, never a hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import SHIPPED_CHECKPOINT, Settings
+from tests.service.conftest import make_settings
+
+
+def test_settings_defaults_env_and_file(tmp_path, monkeypatch):
+    s = Settings()
+    assert s.checkpoint == SHIPPED_CHECKPOINT and SHIPPED_CHECKPOINT.parts[-3:] == ("model", "checkpoints", "drca-cpu")
+    assert s.data_dir.as_posix() == "data" and s.api_keys == [] and s.redis_url is None
+    env_file = tmp_path / "drca.env"
+    env_file.write_text("DRCA_PORT=9001\nDRCA_MAX_K=7\n")
+    monkeypatch.setenv("DRCA_MAX_K", "9")  # the environment beats the file
+    monkeypatch.setenv("DRCA_API_KEYS", '["k1"]')
+    s = Settings(_env_file=env_file)
+    assert (s.port, s.max_k, [k.get_secret_value() for k in s.api_keys]) == (9001, 9, ["k1"])
+    with pytest.raises(ValidationError):
+        Settings(device="tpu")
+    with pytest.raises(ValidationError):
+        Settings(api_keys=[""])
+
+
+def test_gateway_without_worker_answers_503(checkpoint, tmp_path, media):
+    settings = make_settings(checkpoint, tmp_path, inference_timeout_s=2)
+    with TestClient(create_app(settings, with_worker=False)) as c:
+        assert c.get("/readyz").json()["worker_running"] is False
+        with open(media["bars"], "rb") as f:
+            up = c.post("/v1/videos", files={"file": ("a.mp4", f)})
+        assert up.status_code == 202 and up.json()["status"] == "queued"  # accepted, waits for a worker
+        t0 = time.monotonic()
+        r = c.post("/v1/search", json={"text": "a cat", "k": 3})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable"
+        with open(media["bars"], "rb") as f:
+            assert c.post("/v1/classify", files={"file": ("a.mp4", f)}).status_code == 503
+        assert time.monotonic() - t0 < 10
+        assert 'drca_queue_depth 1.0' in c.get("/metrics").text
