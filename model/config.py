@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import types
 import typing
@@ -10,6 +11,10 @@ from typing import Any, Literal, get_args, get_origin
 
 FrameChoice = Literal["diff_rank", "uniform", "wo_diff_rank"]
 CompModule = Literal["sal_ref", "conv2d", "conv3d", "patch_merge", "resblock_2d", "resblock_3d"]
+
+
+# set while `apply_overrides` runs, so that intermediate states of a set of overrides are not validated
+_DEFER_VALIDATION: contextvars.ContextVar[bool] = contextvars.ContextVar("drca_defer_validation", default=False)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class DRCAConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
-        validate(self)
+        if not _DEFER_VALIDATION.get():
+            validate(self)
 
     @property
     def compressed(self) -> bool:
@@ -154,15 +160,29 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
     """Return a copy of a (nested) config dataclass with `section.key=value` overrides applied.
 
-    Works for DRCAConfig and for any other config dataclass (the trainers' configs use it too).
+    Works for DRCAConfig and for any other config dataclass (the trainers' configs use it too). The order
+    of the overrides does not matter: the DRCA configs are validated once, after all of them are applied.
     """
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.path=value")
-        path, raw = item.split("=", 1)
-        keys = path.strip().split(".")
-        cfg = _set_path(cfg, keys, raw.strip(), full=path.strip())
+    token = _DEFER_VALIDATION.set(True)
+    try:
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key.path=value")
+            path, raw = item.split("=", 1)
+            keys = path.strip().split(".")
+            cfg = _set_path(cfg, keys, raw.strip(), full=path.strip())
+    finally:
+        _DEFER_VALIDATION.reset(token)
+    _validate_nested(cfg)
     return cfg
+
+
+def _validate_nested(obj: Any) -> None:
+    if isinstance(obj, DRCAConfig):
+        validate(obj)
+    elif is_dataclass(obj):
+        for f in fields(obj):
+            _validate_nested(getattr(obj, f.name))
 
 
 def _set_path(obj: Any, keys: list[str], raw: str, full: str) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from model import cli as model_cli
+from training import cli as training_cli
 from training.data import cli as data_cli
 
 app = typer.Typer(help="drca: DRCA video classification and retrieval.", no_args_is_help=True)
@@ -26,6 +27,8 @@ app.command("flops")(model_cli.flops)
 app.command("demo")(model_cli.demo)
 app.command("synth")(data_cli.synth)
 app.add_typer(data_cli.media_app, name="media")
+app.add_typer(training_cli.train_app, name="train")
+app.add_typer(training_cli.eval_app, name="eval")
 
 
 @app.command("serve")

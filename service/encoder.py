@@ -19,9 +19,8 @@ import torch
 from indexer import Segment
 from model.checkpoint import load_checkpoint
 from service.settings import Settings
-from training.data.sampling import fixed_segments
-from training.data.transforms import preprocess
 from training.data.video import VideoLimits, open_video
+from training.embed import segment_clips
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +77,10 @@ class VideoEncoder:
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
     def decode(self, path: str | Path) -> DecodedVideo:
-        inp = self.config.input
         with open_video(path, self.limits) as reader:
-            info = reader.info
-            segs = fixed_segments(
-                info.num_frames,
-                info.fps,
-                window_s=inp.num_frames / self.settings.segment_fps,
-                stride_s=inp.num_frames / self.settings.segment_fps,
-                frames_per_segment=inp.num_frames,
-                frame_times=reader.frame_times,
-                duration=info.duration,
-            )
-            clips = []
-            for s in segs:
-                clip = reader.get_frames(s.indices)
-                clips.append(preprocess(clip.frames, inp))  # (C, T, H, W)
-        return DecodedVideo(torch.stack(clips), [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs],
-                            info.duration)
+            clips, segs = segment_clips(reader, self.config.input, self.settings.segment_fps)
+            duration = reader.info.duration
+        return DecodedVideo(clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
 
     # the model ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,149 @@
+"""`drca train ...` and `drca eval ...` commands."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from model.config import apply_overrides
+
+log = logging.getLogger(__name__)
+
+train_app = typer.Typer(help="Train DRCA: classification, retrieval, text alignment.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a checkpoint.", no_args_is_help=True)
+
+SET_HELP = "Config override key.path=value (repeatable), e.g. --set model.backbone.comp_module=conv3d."
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+def _recipe(recipe: str | None) -> list[str]:
+    if recipe is None:
+        return []
+    from training.recipes import RECIPES
+
+    if recipe not in RECIPES:
+        _fail(ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}"))
+    return list(RECIPES[recipe])
+
+
+@train_app.command("classify")
+def train_classify(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
+) -> None:
+    """Cross-entropy classification (default: the paper's SGD solver, 30 epochs, steps at 10 and 20)."""
+    from training.classify import train_classify as run
+    from training.config import ClassifyConfig
+    from training.data.annotations import AnnotationError
+    from training.data.video import VideoError
+
+    try:
+        cfg = apply_overrides(ClassifyConfig(), _recipe(recipe) + list(set_))
+        ckpt = run(cfg, resume=not no_resume)
+    except (ValueError, OSError, AnnotationError, VideoError) as e:
+        _fail(e)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@train_app.command("retrieval")
+def train_retrieval(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
+    no_resume: bool = typer.Option(False, "--no-resume"),
+) -> None:
+    """Self-supervised near-duplicate learning: MultiSimilarityLoss + cross-batch memory, AdamW + cosine."""
+    from training.config import RetrievalConfig
+    from training.data.annotations import AnnotationError
+    from training.data.video import VideoError
+    from training.retrieval import train_retrieval as run
+
+    try:
+        cfg = apply_overrides(RetrievalConfig(), _recipe(recipe) + list(set_))
+        ckpt = run(cfg, resume=not no_resume)
+    except (ValueError, OSError, AnnotationError, VideoError) as e:
+        _fail(e)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@train_app.command("text")
+def train_text(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
+    no_resume: bool = typer.Option(False, "--no-resume"),
+) -> None:
+    """Text -> video projection: frozen MiniLM + a trainable head, symmetric InfoNCE on (video, caption) pairs."""
+    from training.config import TextConfig
+    from training.data.annotations import AnnotationError
+    from training.data.video import VideoError
+    from training.text import train_text as run
+
+    try:
+        cfg = apply_overrides(TextConfig(), _recipe(recipe) + list(set_))
+        ckpt = run(cfg, resume=not no_resume)
+    except (ValueError, OSError, AnnotationError, VideoError) as e:
+        _fail(e)
+    typer.echo(f"checkpoint: {ckpt}")
+
+
+@eval_app.command("classify")
+def eval_classify(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    video_list: Path = typer.Argument(..., help="mmaction video list (`path label`)."),
+    data_prefix: str = typer.Option("", help="Prepended to the list's paths (default: the list's folder)."),
+    sampler: str = typer.Option("uniform", help="uniform | sample_frames"),
+    frame_interval: int = typer.Option(32),
+    num_clips: int = typer.Option(1),
+    batch_size: int = typer.Option(16),
+    out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """top-1, top-5 and mean class accuracy of a checkpoint on a labelled list."""
+    from training.data.annotations import AnnotationError
+    from training.data.video import VideoError
+    from training.evaluate import evaluate_classification
+
+    try:
+        m = evaluate_classification(checkpoint, video_list, data_prefix or str(video_list.parent), sampler,
+                                    frame_interval, num_clips, batch_size)
+    except (ValueError, OSError, AnnotationError, VideoError) as e:
+        _fail(e)
+    _report(m, out)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory."),
+    queries: Path = typer.Argument(..., help="Query id list (one id a line)."),
+    database: Path = typer.Argument(..., help="Database id list."),
+    relevance: Path = typer.Argument(..., help="Relevance: near-duplicate JSON/TSV, or a FIVR annotation with --fivr."),
+    video_dir: Path = typer.Option(..., "--videos", help="Folder holding <id>.<ext> for every id."),
+    fivr: bool = typer.Option(False, "--fivr", help="FIVR annotation: report DSVR, CSVR and ISVR."),
+    lenient: bool = typer.Option(False, "--lenient", help="Drop relevant ids missing from the database (FIVR)."),
+    out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """mAP (and R@1) with 1-fps 8-frame clips and Chamfer similarity, the DRCA / 3D-CSL protocol."""
+    from training.data.annotations import AnnotationError
+    from training.data.video import VideoError
+    from training.evaluate import evaluate_retrieval
+
+    try:
+        m = evaluate_retrieval(checkpoint, queries, database, relevance, video_dir, fivr=fivr, strict=not lenient)
+    except (ValueError, OSError, AnnotationError, VideoError) as e:
+        _fail(e)
+    _report(m, out)
+
+
+def _report(metrics: dict, out: Path | None) -> None:
+    import json
+
+    for k, v in metrics.items():
+        if not k.startswith("AP/"):
+            typer.echo(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
+    if out:
+        out.write_text(json.dumps(metrics, indent=2) + "\n")
