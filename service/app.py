@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routes import health, inference, videos
+from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
 from service.settings import Settings
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
+    app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
     app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)
     return app
