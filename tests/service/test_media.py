@@ -1,15 +1,16 @@
 """`/v1/videos/{id}/thumbnail` (JPEG, rendered once, cached, dropped on delete), `/v1/videos/{id}/content`
-(range requests)."""
+(range requests) and the web app's static files."""
 
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.app import STATIC_DIR, create_app
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings
 from training.data.video import DEFAULT_LIMITS
@@ -115,3 +116,19 @@ def test_delete_drops_thumbnails_and_content(app_client, media):
         r = c.get(f"/v1/videos/{vid}/{path}")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
+
+def test_web_app_is_served(app_client):
+    c, _ = app_client
+    r = c.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'src="static/js/app.js"' in r.text
+    js = c.get("/static/js/app.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert c.get("/static/app.css").headers["content-type"].startswith("text/css")
+    r = c.get("/static/nope.js")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # every module the app imports is there (the browser tests exercise them; this is the cheap check)
+    for module in (STATIC_DIR / "js").glob("*.js"):
+        for name in re.findall(r'from "\./([\w-]+\.js)"', module.read_text()):
+            assert (STATIC_DIR / "js" / name).is_file(), (module.name, name)
+            assert c.get(f"/static/js/{name}").status_code == 200
