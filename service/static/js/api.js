@@ -49,6 +49,14 @@ export class ApiError extends Error {
   }
 }
 
+// The connection broke during an upload. A server that refuses an oversize upload (413) while it streams
+// in closes the connection, and browsers often report that as a network error instead of the answer.
+export class UploadInterrupted extends Error {
+  constructor() {
+    super("The upload was cut off: the file may be larger than this server accepts, or the server stopped");
+  }
+}
+
 // Any error as one sentence for the page.
 export function describe(err) {
   if (err instanceof ApiError) return err.plain;
@@ -102,10 +110,17 @@ export function postWithProgress(path, form, onProgress) {
       if (e.lengthComputable) onProgress(e.loaded / e.total);
     };
     xhr.onload = () => {
-      if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
-      else reject(toError(xhr.status, xhr.responseText));
+      if (xhr.status < 200 || xhr.status >= 300) {
+        reject(toError(xhr.status, xhr.responseText));
+        return;
+      }
+      try {
+        resolve(JSON.parse(xhr.responseText));
+      } catch {
+        reject(new Error(`unexpected answer from the server (HTTP ${xhr.status}, not JSON)`));
+      }
     };
-    xhr.onerror = () => reject(new TypeError("network error"));
+    xhr.onerror = () => reject(new UploadInterrupted());
     xhr.send(form);
   });
 }

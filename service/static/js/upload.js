@@ -28,7 +28,7 @@ export function renderUpload(root) {
         file,
         state: "ready",
         externalId: h("input", { type: "text", maxlength: 256, placeholder: "optional, unique", "aria-label": `External id of ${file.name}` }),
-        title: h("input", { type: "text", placeholder: "optional, used by text search", "aria-label": `Title of ${file.name}` }),
+        title: h("input", { type: "text", placeholder: "optional, for text search", "aria-label": `Title of ${file.name}` }),
         bar: h("progress", { max: 1, value: 0 }),
         status: h("span", { class: "job-status", "data-testid": "upload-status" }, "ready"),
       };
