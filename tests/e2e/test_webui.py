@@ -43,13 +43,14 @@ ARTIFACTS = Path(os.environ.get("DRCA_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 TIMEOUT_MS = 60_000
 MAX_UPLOAD = 2_000_000  # bytes; the generated videos are far smaller
 
-# Four visually distinct generated videos (6 s, 240x180, 10 fps: two 4-s segments with the tiny checkpoint),
+# Four visually distinct generated videos (6 s, 240x180, 10 fps: two 4-s segments with the tiny checkpoint;
+# fixed seeds, so the screenshots repeat),
 # with the external id and title typed on the upload page.
 VIDEOS = {
     "smpte-bars": ("smptebars=size=240x180:rate=10:duration=6", "SMPTE colour bars test signal"),
     "mandelbrot-zoom": ("mandelbrot=size=240x180:rate=10,trim=duration=6", "zooming into the Mandelbrot fractal"),
-    "gradient-sweep": ("gradients=size=240x180:rate=10:duration=6:speed=0.05", "soft colour gradients drifting"),
-    "sierpinski": ("sierpinski=size=240x180:rate=10,trim=duration=6", "Sierpinski carpet pattern"),
+    "gradient-sweep": ("gradients=size=240x180:rate=10:duration=6:speed=0.05:seed=3", "soft colour gradients drifting"),
+    "sierpinski": ("sierpinski=size=240x180:rate=10:seed=3,trim=duration=6", "Sierpinski carpet pattern"),
 }
 
 
@@ -118,7 +119,7 @@ def shot(page: Page, name: str, down_to: str | None = None) -> None:
 
 
 def wait_thumbnails(page: Page) -> None:
-    """Every result thumbnail is a decoded JPEG (not a broken image)."""
+    """Every card's thumbnail on the page is a decoded JPEG (not a broken image)."""
     page.wait_for_function("""() => {
         const imgs = [...document.querySelectorAll('[data-testid=results] img')];
         return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
@@ -159,6 +160,8 @@ def test_upload_search_play_delete(browser, server, media):
     # the library (no query) shows all four with thumbnails
     page.goto("/#/")
     expect(page.get_by_test_id("library-video")).to_have_count(len(VIDEOS))
+    wait_thumbnails(page)
+    shot(page, "library")
 
     # text search: the title typed at upload ranks its video first (see the module docstring)
     page.get_by_test_id("search-text").fill("Mandelbrot fractal zoom")
