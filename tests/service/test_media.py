@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import STATIC_DIR, create_app
+from service.routes.media import MEDIA_TYPES
+from service.storage import VIDEO_EXTENSIONS
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings
 from training.data.video import DEFAULT_LIMITS
@@ -115,6 +117,27 @@ def test_delete_drops_thumbnails_and_content(app_client, media):
     for path in ("thumbnail", "content"):
         r = c.get(f"/v1/videos/{vid}/{path}")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_deleted_while_rendering_leaves_no_thumbnail(app_client, media, monkeypatch):
+    c, data = app_client
+    vid = ingest(c, media["bars"])
+    rt = c.app.state.runtime
+    render = rt.thumbnails.render
+
+    def render_then_delete(path, t):
+        jpeg_bytes = render(path, t)
+        rt.catalog.delete(vid)  # a DELETE lands while the frame is being encoded
+        return jpeg_bytes
+
+    monkeypatch.setattr(rt.thumbnails, "render", render_then_delete)
+    r = c.get(f"/v1/videos/{vid}/thumbnail?t=1")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert not (data / "thumbnails" / str(vid)).exists()
+
+
+def test_every_stored_extension_has_a_media_type():
+    assert set(MEDIA_TYPES) >= VIDEO_EXTENSIONS
 
 
 def test_web_app_is_served(app_client):
