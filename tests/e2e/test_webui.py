@@ -20,6 +20,7 @@ the embeddings: a re-encoded, cropped copy finds its original first (as in tests
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterator
@@ -234,6 +235,18 @@ def test_classify_and_upload_errors(browser, server, media, tmp_path):
     page.get_by_test_id("classify-file").set_input_files(str(media["mandelbrot-zoom"]))
     expect(page.get_by_test_id("classify-bar")).to_have_count(5)
     shot(page, "classify")
+
+    # drag and drop: a file dropped on the drop area (a DataTransfer built in the page) is classified too
+    page.goto("/#/")
+    page.goto("/#/classify")
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "dropped.mp4", { type: "video/mp4" }));
+        document.querySelector('.dropzone').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true }));
+    }""", base64.b64encode(media["sierpinski"].read_bytes()).decode())
+    expect(page.get_by_test_id("classify-status")).to_have_text("Top 5 labels for dropped.mp4")
+    expect(page.get_by_test_id("classify-bar")).to_have_count(5)
 
     # a file that is not a video: refused with a plain-words error on its row, not a crash
     bogus = tmp_path / "notes.mp4"
