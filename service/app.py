@@ -7,19 +7,25 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routes import health, inference, videos
+from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The web app (plain HTML, CSS and JavaScript modules; no build step), served at `/`.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 class _LatencyMiddleware:
@@ -81,6 +87,14 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
+    app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
+
+    @app.get("/", include_in_schema=False)
+    def web_app() -> FileResponse:
+        """The web UI; it calls the public `/v1` API only (with the API key the user enters, if any)."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)
     return app

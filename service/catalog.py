@@ -8,7 +8,7 @@ Order of writes (why nothing acknowledged is lost and nothing is half-indexed):
 - ingest done: all segments of the video in ONE durable index add -> labels/duration -> video `indexed`
   -> job `done`. A crash in between re-runs the job; the add is an upsert, so nothing is indexed twice.
 - ingest failed: video and job `failed` with the reason; nothing was added to the index.
-- delete: index delete (durable) -> store rows -> file.
+- delete: index delete (durable) -> store rows -> file -> cached thumbnails.
 A lock serialises these per catalog, so a delete racing a finishing job cannot leave vectors behind.
 """
 
@@ -28,6 +28,7 @@ from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
 from service.broker import IngestJob
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
+from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,12 @@ class TextTable:
 
 
 class Catalog:
-    def __init__(self, store: MetadataStore, index: VideoIndex, storage: VideoStorage) -> None:
+    def __init__(self, store: MetadataStore, index: VideoIndex, storage: VideoStorage,
+                 thumbnails: ThumbnailCache | None = None) -> None:
         self.store = store
         self.index = index
         self.storage = storage
+        self.thumbnails = thumbnails
         self._lock = threading.RLock()
         self._text: TextTable | None = None
 
@@ -205,6 +208,8 @@ class Catalog:
             self.store.delete_video(video_id)
             if self.store.find_by_hash(video.content_hash) is None:
                 self.storage.remove(video.content_hash)
+            if self.thumbnails is not None:
+                self.thumbnails.drop(video_id)
             if self._text is not None:
                 self._text.drop(video_id)
 

@@ -16,6 +16,7 @@ from service.catalog import Catalog
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.settings import Settings
 from service.storage import VideoStorage
+from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ServiceRuntime:
         self.store: SQLiteMetadataStore | None = None
         self.index: VideoIndex | None = None
         self.catalog: Catalog | None = None
+        self.thumbnails: ThumbnailCache | None = None
         self.broker: Broker = InProcessBroker()
         self.encoder = None
         self.worker = None
@@ -60,7 +62,10 @@ class ServiceRuntime:
             stale.unlink(missing_ok=True)
         self.store = SQLiteMetadataStore(s.store_path)
         self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
-        self.catalog = Catalog(self.store, self.index, VideoStorage(s.videos_dir))
+        from service.encoder import video_limits
+
+        self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads)
+        self.catalog = Catalog(self.store, self.index, VideoStorage(s.videos_dir), self.thumbnails)
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
         if self.with_worker:
             from service.encoder import VideoEncoder

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         return self.data_dir / "tmp"
 
     @property
+    def thumbnails_dir(self) -> Path:
+        return self.data_dir / "thumbnails"
+
+    @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
 

@@ -26,16 +26,19 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint: Path, data_dir: Path, log: Path) -> None:
+    def __init__(self, checkpoint: Path, data_dir: Path, log: Path, *extra_args: str,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu"]
+                     "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu", *extra_args]
         self.log = log
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5",
+               **self.env}
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

@@ -31,6 +31,10 @@ def test_api_keys(keyed, caplog):
     assert keyed.get("/v1/videos", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert keyed.get("/v1/videos", headers={"Authorization": "bearer other-key"}).status_code == 200
     assert keyed.get("/healthz").status_code == 200  # operations endpoints stay open
+    assert keyed.get("/").status_code == 200  # the web app's page itself is open; its API calls are not
+    for media_path in ("/v1/videos/1/thumbnail?t=1", "/v1/videos/1/content"):
+        assert keyed.get(media_path).status_code == 401
+        assert keyed.get(media_path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
     assert KEY not in caplog.text
 
 

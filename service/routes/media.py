@@ -1,0 +1,95 @@
+"""`/v1/videos/{id}/thumbnail` (a cached JPEG frame) and `/v1/videos/{id}/content` (the stored file, with
+HTTP range requests so a browser can seek)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from indexer.errors import NotFound
+from service.deps import runtime
+from service.errors import BadRequest, NotFoundError, ServiceError
+from service.routes.videos import ERRORS
+from service.runtime import ServiceRuntime
+
+router = APIRouter(tags=["videos"])
+
+#: What browsers are told about each stored extension (see `service.storage.VIDEO_EXTENSIONS`).
+MEDIA_TYPES = {
+    "mp4": "video/mp4", "m4v": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+    "mkv": "video/x-matroska", "avi": "video/x-msvideo", "mpg": "video/mpeg", "mpeg": "video/mpeg",
+    "ts": "video/mp2t", "flv": "video/x-flv", "wmv": "video/x-ms-wmv", "3gp": "video/3gpp", "ogv": "video/ogg",
+}
+_RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$")
+_MAX_RANGES = 16
+
+
+class RangeNotSatisfiable(ServiceError):
+    status, code = 416, "range_not_satisfiable"
+
+
+def check_range(header: str, size: int) -> None:
+    """Refuse a malformed or unsatisfiable `Range` header with a JSON error (400 / 416), before
+    `FileResponse` serves it. Accepts `bytes=a-b`, `bytes=a-`, `bytes=-n` and lists of them."""
+    unit, sep, specs = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        raise BadRequest("Range: only 'bytes=start-end' ranges are supported")
+    parts = [p.strip() for p in specs.split(",")]
+    if len(parts) > _MAX_RANGES:
+        raise BadRequest(f"Range: at most {_MAX_RANGES} ranges per request")
+    for part in parts:
+        m = _RANGE_SPEC.match(part)
+        if m is None or part == "-":
+            raise BadRequest(f"Range: malformed range {part[:40]!r}")
+        first, last = m.group(1), m.group(2)
+        start = int(first) if first else size - int(last)
+        if first and last and int(last) < start:
+            raise BadRequest(f"Range: the range {part!r} ends before it starts")
+        if not 0 <= start < size:
+            raise RangeNotSatisfiable(f"Range: {part!r} is outside the file ({size} bytes)",
+                                      headers={"Content-Range": f"bytes */{size}"})
+
+
+def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]:
+    video = rt.store.get_video(video_id)  # NotFound -> 404
+    path = Path(video.extra.get("path", ""))
+    if not path.is_file():
+        raise NotFoundError(f"the file of video {video_id} is no longer stored")
+    return path, video.duration
+
+
+@router.get("/videos/{video_id}/thumbnail", response_class=FileResponse, responses={
+    200: {"content": {"image/jpeg": {}}, "description": "JPEG, at most 320 pixels wide"}, **ERRORS})
+async def get_thumbnail(
+    video_id: int,
+    t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 0.1 s, clamped)"),
+    rt: ServiceRuntime = Depends(runtime),
+) -> FileResponse:
+    """The frame at `t` seconds as a JPEG; rendered on first request, then served from the cache."""
+    path, duration = await run_in_threadpool(_stored_file, rt, video_id)
+    thumb = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
+    try:
+        await run_in_threadpool(rt.store.get_video, video_id)
+    except NotFound:  # deleted while it was rendered: do not leave its thumbnail behind
+        rt.thumbnails.drop(video_id)
+        raise
+    return FileResponse(thumb, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/videos/{video_id}/content", response_class=FileResponse, responses={
+    200: {"content": {"video/mp4": {}}, "description": "The stored file"},
+    206: {"description": "The requested byte range(s)"},
+    416: {"description": "The range is outside the file"}, **ERRORS})
+async def get_content(video_id: int, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
+    """The stored upload, byte for byte. Honours `Range` (206), so browsers can seek."""
+    path, _ = await run_in_threadpool(_stored_file, rt, video_id)
+    header = request.headers.get("range")
+    if header is not None:
+        check_range(header, path.stat().st_size)
+    ext = path.suffix.lstrip(".").lower()
+    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+                        headers={"Cache-Control": "private, max-age=3600"})
