@@ -147,3 +147,27 @@ def _report(metrics: dict, out: Path | None) -> None:
             typer.echo(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
     if out:
         out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@train_app.command("shipped")
+def train_shipped(
+    work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
+    out: Path = typer.Option(Path("model/checkpoints/drca-cpu"), help="Where the checkpoint is written."),
+    seed: int = typer.Option(0, help="Seeds the synth data and both training runs."),
+    real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
+) -> None:
+    """Reproduce the shipped default checkpoint from scratch: synth data, real videos, retrieval + classifier
+    training, text head, evaluation, model card (docs/training.md)."""
+    from training.data.annotations import AnnotationError
+    from training.data.synth import SynthError
+    from training.data.video import VideoError
+    from training.engine import command_line
+    from training.shipped import ShippedConfig, build_shipped
+
+    cfg = ShippedConfig(work_dir=str(work_dir), out=str(out), seed=seed, real_dir=str(real_dir) if real_dir else "")
+    try:
+        ckpt = build_shipped(cfg, command=command_line())
+    except (ValueError, OSError, RuntimeError, AnnotationError, VideoError, SynthError) as e:
+        _fail(e)
+    typer.echo(f"checkpoint: {ckpt}")
+

@@ -97,7 +97,11 @@ class ClassifyConfig:
 
 @dataclass(frozen=True)
 class MetricLossConfig:
-    """MultiSimilarityLoss + MultiSimilarityMiner + CrossBatchMemory (pytorch-metric-learning), as in the seed."""
+    """MultiSimilarityLoss + MultiSimilarityMiner + CrossBatchMemory (pytorch-metric-learning), as in the seed;
+    or `kind=info_nce`: the symmetric InfoNCE (NT-Xent) between the first two views of every instance."""
+
+    kind: Literal["multi_similarity", "info_nce"] = "multi_similarity"
+    temperature: float = 0.1  # info_nce
 
     margin: float = 0.3  # the miner's epsilon
     alpha: float = 2.0

@@ -20,6 +20,8 @@ class MetricLoss(nn.Module):
         super().__init__()
         from pytorch_metric_learning import distances, losses, miners
 
+        self.cfg = cfg
+
         distance = distances.CosineSimilarity()
         self.miner = miners.MultiSimilarityMiner(epsilon=cfg.margin, distance=distance)
         loss = losses.MultiSimilarityLoss(alpha=cfg.alpha, beta=cfg.beta, base=cfg.base, distance=distance)
@@ -29,8 +31,12 @@ class MetricLoss(nn.Module):
                                            miner=self.miner)
         self.loss = loss
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, embeddings: Tensor, labels: Tensor, views: int = 2) -> Tensor:
+        """embeddings (B * views, E), instance after instance (its views consecutive); labels (B * views,)."""
         embeddings = F.normalize(embeddings.float(), dim=-1)
+        if self.cfg.kind == "info_nce":
+            e = embeddings.view(-1, views, embeddings.shape[-1])
+            return symmetric_info_nce(e[:, 0], e[:, 1], self.cfg.temperature)
         if self.memory:
             return self.loss(embeddings, labels)
         return self.loss(embeddings, labels, self.miner(embeddings, labels))

@@ -119,7 +119,7 @@ def train_retrieval(cfg: RetrievalConfig, resume: bool = True) -> Path:
         out = net(x.to(device, non_blocking=True))
         ids = (inst + d.rank * len(dataset)).repeat_interleave(v).to(device)  # unique across ranks
         emb = out.embedding[: b * v]
-        loss = metric_loss(emb, ids)
+        loss = metric_loss(emb, ids, v)
         logs = {"metric_loss": loss.item()}
         if ce_y is not None:
             logits, y = out.logits[b * v :].float(), ce_y.to(device)
