@@ -3,6 +3,9 @@
     python -m benchmarks.ndvr.run --bench /work/media/ndvr --checkpoint PATH \\
         [--methods drca,thumb,vpdq] [--out benchmarks/results/ndvr.json] [--label TEXT]
 
+``--random-init PRESET`` instead of ``--checkpoint`` runs the drca method on an untrained network of that
+preset (seed 0): its speed is the real network's, its retrieval numbers mean nothing, and the JSON says so.
+
 Methods (``baselines.py`` describes the two baselines exactly):
 
 * ``drca``: the checkpoint through ``service.encoder.VideoEncoder``, i.e. exactly what the service does:
@@ -25,6 +28,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -80,6 +84,21 @@ def checkpoint_files_sha256(path: Path) -> dict[str, str]:
     return out
 
 
+def random_checkpoint(path: Path, preset: str) -> Path:
+    """An untrained checkpoint of ``preset`` (seed 0), for speed measurements only."""
+    import torch
+
+    from model.checkpoint import ModelCard, save_checkpoint
+    from model.drca import DRCA
+    from model.presets import get_preset
+
+    torch.manual_seed(0)
+    cfg = get_preset(preset)
+    names = [f"class_{i}" for i in range(cfg.head.num_classes)]
+    card = ModelCard(preset=preset, class_names=names, training_data="none: random init, speed reference only")
+    return save_checkpoint(path, DRCA(cfg).eval(), card)
+
+
 def make_method(name: str, checkpoint: Path | None, torch_threads: int) -> Method:
     if name == "drca":
         if checkpoint is None:
@@ -120,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", required=True, type=Path, help="directory written by benchmarks.ndvr.build")
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--random-init", metavar="PRESET", default=None,
+                        help="use an untrained network of this preset instead of --checkpoint (speed reference)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/ndvr.json")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
@@ -131,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     bench = load_benchmark(args.bench)
+    tmp = None
+    if args.random_init:
+        if args.checkpoint is not None:
+            raise SystemExit("--checkpoint and --random-init exclude each other")
+        tmp = tempfile.TemporaryDirectory(prefix="drca-random-")
+        args.checkpoint = random_checkpoint(Path(tmp.name) / "ckpt", args.random_init)
+        args.label = f"UNTRAINED: random init of {args.random_init} (seed 0); speed reference only"
     names = [m for m in args.methods.split(",") if m]
     results: dict[str, Any] = {
         "bench": str(args.bench.resolve()),
@@ -152,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: mAP %.4f R@1 %.4f, %.1f video-s/s", name, r["map"], r["recall_at_1"],
                  r["throughput_video_s_per_s"])
     results["load_average_at_end"] = os.getloadavg()
+    if tmp is not None:
+        results["checkpoint"]["path"] = f"(temporary) random init of {args.random_init}"
+        tmp.cleanup()
     path = write_result("ndvr.run", results, args.out or RESULTS / "ndvr.json")
     print_table(results)
     print(f"wrote {path}")
