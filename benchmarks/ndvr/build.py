@@ -192,15 +192,19 @@ def _grayscale(o: Original, rng: np.random.Generator, cfg: BuildConfig) -> Varia
 def _pip(o: Original, rng: np.random.Generator, cfg: BuildConfig) -> Variant:
     scale = float(rng.uniform(0.35, 0.55))
     x, y = float(rng.uniform(0, 1 - scale)), float(rng.uniform(0, 1 - scale))
-    bg_seed = int(rng.integers(0, 2**31))
     w, h = o.width // 2 * 2, o.height // 2 * 2
-    bg = f"gradients=s={w}x{h}:r={o.fps:.3f}:n=3:seed={bg_seed}:speed=0.02:d={o.duration + 1:.3f}"
+    # colours and the gradient line are given explicitly: this ffmpeg's `gradients` ignores `seed` for them
+    colors = ["0x" + "".join(f"{int(v):02x}" for v in rng.integers(0, 256, 3)) for _ in range(3)]
+    x0, x1 = (int(v) for v in rng.integers(0, w, 2))
+    y0, y1 = (int(v) for v in rng.integers(0, h, 2))
+    bg = (f"gradients=s={w}x{h}:r={o.fps:.3f}:n=3:c0={colors[0]}:c1={colors[1]}:c2={colors[2]}"
+          f":x0={x0}:y0={y0}:x1={x1}:y1={y1}:speed=0.02:d={o.duration + 1:.3f}")
     graph = (
         f"[0:v]scale={_even(f'{w}*{scale:.3f}')}:-2[fg];"
         f"[1:v][fg]overlay=x=W*{x:.3f}:y=H*{y:.3f}:shortest=1[out]"
     )
-    return Variant(graph, {"scale": round(scale, 3), "x": round(x, 3), "y": round(y, 3),
-                           "background": f"lavfi gradients seed {bg_seed}"}, inputs=["-f", "lavfi", "-i", bg])
+    return Variant(graph, {"scale": round(scale, 3), "x": round(x, 3), "y": round(y, 3), "background": bg},
+                   inputs=["-f", "lavfi", "-i", bg])
 
 
 TransformFn = Callable[[Original, np.random.Generator, BuildConfig], Variant]
