@@ -5,7 +5,8 @@ relevant database videos, of the precision at the rank of each. **Ties are broke
 database videos with the same score, the non-relevant ones are ranked first. A method that gives every
 video the same score (vPDQ when no frame matches) therefore gets no credit from the database order.
 R@1 is 1 when the top-ranked video (after that tie rule) is relevant. Queries without a relevant video
-are skipped (the benchmark has none). The same definitions as the repo's FIVR evaluation, plus the tie rule.
+are skipped (the benchmark has none). The same definitions as the repo's evaluation (``training.metrics``),
+whose AP this reuses, plus the tie rule: ``training.metrics`` breaks ties by database order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.metrics import average_precision as training_average_precision
+
 
 def ranking(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """Database order for one query: descending score, non-relevant first among equal scores."""
@@ -22,15 +25,12 @@ def ranking(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
 
 
 def average_precision(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
-    """AP of one query (NaN when nothing is relevant)."""
+    """AP of one query (NaN when nothing is relevant): ``training.metrics.average_precision``, which breaks
+    ties by input order, given the non-relevant videos first."""
     scores = np.asarray(scores, dtype=np.float64)
     relevant = np.asarray(relevant, dtype=bool)
-    n_rel = int(relevant.sum())
-    if n_rel == 0:
-        return float("nan")
-    hits = relevant[ranking(scores, relevant)]
-    ranks = np.flatnonzero(hits) + 1
-    return float(np.mean(np.arange(1, n_rel + 1) / ranks))
+    order = np.argsort(relevant, kind="stable")  # non-relevant first, each side in database order
+    return training_average_precision(scores[order], relevant[order])
 
 
 def hit_at_1(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:

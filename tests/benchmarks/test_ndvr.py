@@ -78,6 +78,22 @@ def test_chamfer_matrix() -> None:
     np.testing.assert_allclose(chamfer_matrix(q, db), [[0.5, 1.0, 0.0]])
 
 
+def test_chamfer_matrix_agrees_with_training_metrics() -> None:
+    import torch
+
+    from training.metrics import chamfer_matrix as training_chamfer
+
+    rng = np.random.default_rng(0)
+
+    def rows(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    q, db = [rows(3), rows(1)], [rows(2), rows(5), rows(1)]
+    expected = training_chamfer([torch.from_numpy(x) for x in q], [torch.from_numpy(x) for x in db])
+    np.testing.assert_allclose(chamfer_matrix(q, db), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_query_match_fraction_and_hamming() -> None:
     zero = "0" * 64
     near = "0" * 56 + "ffffffff"  # 32 bits set: not within 31
