@@ -82,7 +82,7 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
     state = engine.TrainState()
     if resume and (out_dir / engine.STATE).exists():
         state, _ = engine.load_state(out_dir / engine.STATE, model, optimizer)
-    net = nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    net = engine.wrap_ddp(model, d)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)

@@ -106,7 +106,7 @@ def train_retrieval(cfg: RetrievalConfig, resume: bool = True) -> Path:
     state = engine.TrainState()
     if resume and (out_dir / engine.STATE).exists():
         state, _ = engine.load_state(out_dir / engine.STATE, model, optimizer)
-    net = nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    net = engine.wrap_ddp(model, d)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         views, inst, _ = batch

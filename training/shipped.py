@@ -41,12 +41,13 @@ class ShippedConfig:
     out: str = "model/checkpoints/drca-cpu"
     seed: int = 0
     synth_videos_per_class: int = 200
+    synth_overrides: tuple[tuple[str, object], ...] = ()  # (field, value) pairs for SynthConfig (tests)
     real_dir: str = ""  # default: <work_dir>/real
 
 
 def _synth(root: Path, cfg: ShippedConfig) -> Path:
     out = root / "synth"
-    want = SynthConfig(videos_per_class=cfg.synth_videos_per_class, seed=cfg.seed)
+    want = SynthConfig(videos_per_class=cfg.synth_videos_per_class, seed=cfg.seed, **dict(cfg.synth_overrides))
     marker = out / "synth.json"
     if marker.is_file():
         have = json.loads(marker.read_text()).get("config", {})
@@ -54,7 +55,7 @@ def _synth(root: Path, cfg: ShippedConfig) -> Path:
             log.info("synth data already in %s", out)
             return out
         raise ValueError(f"{out} holds a different synth data set; remove it or choose another work_dir")
-    generate(out, want)
+    generate(out, want, workers=2)
     return out
 
 
@@ -71,7 +72,8 @@ def _real(root: Path, cfg: ShippedConfig) -> Path:
     return out
 
 
-def build_shipped(cfg: ShippedConfig, command: str = "") -> Path:
+def build_shipped(cfg: ShippedConfig, command: str = "", extra: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> Path:
+    """Run every step; ``extra`` = (retrieval, text) overrides applied after the recipes (tests use it)."""
     t0 = time.time()
     root = Path(cfg.work_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -81,15 +83,15 @@ def build_shipped(cfg: ShippedConfig, command: str = "") -> Path:
 
     ret_cfg = apply_overrides(RetrievalConfig(), [
         *RECIPES["cpu-retrieval"], f"data.train_list={synth / 'train.txt'}", f"data.extra_videos={real / 'videos'}",
-        f"run.out_dir={root / 'retrieval'}", f"run.seed={cfg.seed}",
+        f"run.out_dir={root / 'retrieval'}", f"run.seed={cfg.seed}", *extra[0],
     ])
     video_ckpt = train_retrieval(ret_cfg)
     text_cfg = apply_overrides(TextConfig(), [
         *RECIPES["cpu-text"], f"init_from={video_ckpt}", f"data.captions={synth / 'captions.jsonl'}",
-        f"run.out_dir={root / 'text'}", f"run.seed={cfg.seed}",
+        f"run.out_dir={root / 'text'}", f"run.seed={cfg.seed}", *extra[1],
     ])
     text_ckpt = train_text(text_cfg)
-    test = evaluate_classification(text_ckpt, synth / "test.txt", sampler="uniform")
+    test = evaluate_classification(text_ckpt, synth / "test.txt", sampler="uniform", num_workers=1)
 
     final = load_checkpoint(text_ckpt)
     card = final.card.model_copy(update={

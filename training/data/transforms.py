@@ -164,6 +164,19 @@ def adjust_saturation(x: torch.Tensor, factor: float) -> torch.Tensor:
     return ((x - gray) * factor + gray).clamp(0, 255)
 
 
+# RGB <-> YIQ (NTSC): a hue shift is a rotation of the I/Q chroma plane around the luma axis Y.
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def adjust_hue(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate the hue of 0-255 ``(T, 3, H, W)`` frames by ``degrees`` (YIQ chroma rotation), clamped."""
+    a = math.radians(degrees)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.dtype)
+    return torch.einsum("ij,tjhw->tihw", m, x).clamp(0, 255)
+
+
 def color_jitter(
     x: torch.Tensor,
     brightness: float = 0.4,
@@ -293,6 +306,7 @@ class AugmentConfig:
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.4
+    hue: float = 0.0  # max hue rotation in degrees, drawn from [-hue, hue] with the colour jitter
     # near-duplicate robustness (0 disables each)
     grayscale_p: float = 0.0
     blur_p: float = 0.0
@@ -304,7 +318,7 @@ class AugmentConfig:
 
 
 NEAR_DUPLICATE_AUGMENT = AugmentConfig(
-    grayscale_p=0.1, blur_p=0.2, overlay_p=0.3, pip_p=0.15, pad_p=0.2, zoom_p=0.2
+    hue=90.0, grayscale_p=0.25, blur_p=0.3, overlay_p=0.4, pip_p=0.2, pad_p=0.25, zoom_p=0.2
 )
 
 
@@ -325,6 +339,8 @@ def augment(x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator |
         x = hflip(x)
     if _p(g, cfg.jitter_p):
         x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, g)
+        if cfg.hue > 0:
+            x = adjust_hue(x, _uniform(g, -cfg.hue, cfg.hue))
     if _p(g, cfg.grayscale_p):
         x = grayscale(x)
     if _p(g, cfg.blur_p):

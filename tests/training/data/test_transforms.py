@@ -128,3 +128,14 @@ def test_accepts_model_input_config() -> None:
 
     x = T.preprocess(frames(8), InputConfig(num_frames=8, img_size=32))
     assert x.shape == (3, 8, 32, 32)
+
+
+def test_hue_rotation_keeps_luma_and_is_identity_at_zero() -> None:
+    from training.data.transforms import adjust_hue, grayscale
+
+    x = 100 + 50 * torch.rand(2, 3, 6, 6)  # in gamut after small rotations: no clamping
+    torch.testing.assert_close(adjust_hue(x, 0.0), x, atol=1e-3, rtol=0)
+    y = adjust_hue(x, 30.0)
+    torch.testing.assert_close(grayscale(y), grayscale(x), atol=0.05, rtol=0)
+    assert (y - x).abs().max() > 1.0  # the colours did change
+    torch.testing.assert_close(adjust_hue(adjust_hue(x, 40.0), -40.0), x, atol=1e-2, rtol=0)
