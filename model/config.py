@@ -31,6 +31,11 @@ class InputConfig:
 @dataclass(frozen=True)
 class BackboneConfig:
     patch_size: int = 16
+    # "patch": one linear projection per patch (ViT, the paper); "conv": a stack of stride-2 3x3 convolutions
+    # (BatchNorm, ReLU) down to the same patch grid, then a 1x1 projection; it needs a power-of-two patch
+    # size and trains far better from scratch on small data (Xiao et al., "Early Convolutions Help
+    # Transformers See Better", 2021), which is what the CPU preset does.
+    stem: Literal["patch", "conv"] = "patch"
     embed_dim: int = 384
     depth: int = 12
     num_heads: int = 6
@@ -53,6 +58,9 @@ class HeadConfig:
     num_classes: int = 0  # 0: no classification head
     embed_dim: int = 256  # 0: no embedding head
     dropout: float = 0.0
+    # "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
+    # resolutions after the DCCM), which trains much faster from scratch on small data
+    pool: Literal["cls", "mean"] = "cls"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ def validate(cfg: DRCAConfig) -> None:
     b, i = cfg.backbone, cfg.input
     if i.img_size % b.patch_size:
         raise ValueError(f"input.img_size={i.img_size} is not a multiple of backbone.patch_size={b.patch_size}")
+    if b.stem == "conv" and (b.patch_size < 2 or b.patch_size & (b.patch_size - 1)):
+        raise ValueError(f"stem=conv needs a power-of-two backbone.patch_size, got {b.patch_size}")
     if b.embed_dim % b.num_heads:
         raise ValueError(f"backbone.embed_dim={b.embed_dim} is not divisible by backbone.num_heads={b.num_heads}")
     if b.comp_insert_layer >= 0:

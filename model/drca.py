@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from model.config import DRCAConfig
 from model.dccm import DCCM
-from model.layers import DividedSTBlock, PatchEmbed, ResolutionAlignBlock
+from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
 
 
 @dataclass
@@ -28,7 +28,8 @@ class DRCA(nn.Module):
         b, inp, head = cfg.backbone, cfg.input, cfg.head
         grid = inp.img_size // b.patch_size
         dim = b.embed_dim
-        self.patch_embed = PatchEmbed(b.patch_size, 3, dim)
+        stem = ConvStem if b.stem == "conv" else PatchEmbed
+        self.patch_embed = stem(b.patch_size, 3, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))  # [cls, patches] per frame
         self.time_embed = nn.Parameter(torch.zeros(1, inp.num_frames, dim))
@@ -81,8 +82,11 @@ class DRCA(nn.Module):
             high, low, saliency, _ = self.dccm(tokens)
             for blk in self.align_blocks:
                 cls, high, low = blk(cls, high, low)
+            frames = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1)  # (B, T, D)
+        else:
+            frames = tokens.mean(dim=(2, 3))
 
-        features = self.norm(cls[:, 0])
+        features = self.norm(cls[:, 0] if self.cfg.head.pool == "cls" else frames.mean(dim=1))
         pooled = self.head_drop(features)
         logits = self.cls_head(pooled) if self.cls_head is not None else None
         embedding = F.normalize(self.embed_head(pooled), dim=-1) if self.embed_head is not None else None

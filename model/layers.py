@@ -25,6 +25,28 @@ class PatchEmbed(nn.Module):
         return x.permute(0, 2, 3, 1).reshape(b, t, x.shape[2], x.shape[3], x.shape[1])
 
 
+class ConvStem(nn.Module):
+    """Per-frame convolutional stem: log2(p) stride-2 3x3 conv + BN + ReLU stages (channels doubling up to
+    ``embed_dim``), then a 1x1 projection: (B, C, T, H, W) -> (B, T, H/p, W/p, D), like `PatchEmbed`."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        stages = patch_size.bit_length() - 1
+        widths = [max(16, embed_dim >> (stages - 1 - i)) for i in range(stages)]
+        layers: list[nn.Module] = []
+        c = in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        layers.append(nn.Conv2d(c, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t, h, w = x.shape
+        x = self.proj(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, D, H', W')
+        return x.permute(0, 2, 3, 1).reshape(b, t, x.shape[2], x.shape[3], x.shape[1])
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample."""
 

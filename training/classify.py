@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from model.checkpoint import ModelCard, save_checkpoint
 from model.drca import DRCA

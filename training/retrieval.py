@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from model.drca import DRCA
