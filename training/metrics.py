@@ -34,21 +34,28 @@ def classification_metrics(scores: Tensor, labels: Tensor, num_classes: int | No
     }
 
 
-def average_precision(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
-    """AP of a ranking by descending score: mean of precision@rank over the ranks of relevant items.
+def ranking(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """Database order for one query: descending score; among equal scores the non-relevant items come
+    first (pessimistic ties), so a method that scores everything alike gets no credit from the input order."""
+    return np.lexsort((np.asarray(relevant, dtype=np.int8), -np.asarray(scores, dtype=np.float64)))
 
-    Ties are broken by the input order (stable sort), so the result is deterministic. Returns NaN when
-    nothing is relevant.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
+
+def average_precision(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
+    """AP of the `ranking`: mean of precision@rank over the ranks of relevant items; NaN when nothing is
+    relevant."""
     relevant = np.asarray(relevant, dtype=bool)
     n_rel = int(relevant.sum())
     if n_rel == 0:
         return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = relevant[order]
+    hits = relevant[ranking(scores, relevant)]
     ranks = np.flatnonzero(hits) + 1
     return float(np.mean(np.arange(1, n_rel + 1) / ranks))
+
+
+def hit_at_1(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
+    """1.0 when the top of the `ranking` is relevant."""
+    relevant = np.asarray(relevant, dtype=bool)
+    return float(relevant[ranking(scores, relevant)[0]])
 
 
 def chamfer_similarity(query: Tensor, video: Tensor) -> float:
@@ -95,7 +102,7 @@ def retrieval_metrics(
         scores = similarities[qi][keep]
         ap = average_precision(scores, rel)
         aps.append(ap)
-        r1.append(float(rel[int(np.argmax(scores))]))
+        r1.append(hit_at_1(scores, rel))
         per_query[f"AP/{q}"] = ap
     if not aps:
         raise ValueError("no query has a relevant video in the database")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from training.data.sampling import uniform_sample
 from training.data.video import open_video
+from training.metrics import chamfer_matrix as training_chamfer_matrix
 
 
 class Method(Protocol):
@@ -45,18 +46,12 @@ class Method(Protocol):
 
 
 def chamfer_matrix(queries: Sequence[np.ndarray], database: Sequence[np.ndarray]) -> np.ndarray:
-    """(Q, N) Chamfer similarity of L2-normalised row sets: mean over query rows of the max dot product
-    against the rows of each database video."""
-    sizes = [len(d) for d in database]
-    if min(sizes, default=1) == 0 or any(len(q) == 0 for q in queries):
+    """(Q, N) Chamfer similarity of L2-normalised row sets (``training.metrics.chamfer_matrix``): mean over
+    query rows of the max dot product against the rows of each database video."""
+    if any(len(d) == 0 for d in database) or any(len(q) == 0 for q in queries):
         raise ValueError("every video needs at least one row")
-    db = np.concatenate(database).astype(np.float32)
-    starts = np.cumsum([0, *sizes[:-1]])
-    out = np.empty((len(queries), len(database)), dtype=np.float64)
-    for qi, q in enumerate(queries):
-        sims = q.astype(np.float32) @ db.T  # (Sq, total database rows)
-        out[qi] = np.maximum.reduceat(sims, starts, axis=1).mean(axis=0)
-    return out
+    return training_chamfer_matrix([torch.from_numpy(np.asarray(q, dtype=np.float32)) for q in queries],
+                                   [torch.from_numpy(np.asarray(d, dtype=np.float32)) for d in database])
 
 
 # ------------------------------------------------------------------------------------- thumbnails

@@ -5,8 +5,7 @@ relevant database videos, of the precision at the rank of each. **Ties are broke
 database videos with the same score, the non-relevant ones are ranked first. A method that gives every
 video the same score (vPDQ when no frame matches) therefore gets no credit from the database order.
 R@1 is 1 when the top-ranked video (after that tie rule) is relevant. Queries without a relevant video
-are skipped (the benchmark has none). The same definitions as the repo's evaluation (``training.metrics``),
-whose AP this reuses, plus the tie rule: ``training.metrics`` breaks ties by database order.
+are skipped (the benchmark has none). AP and R@1 are ``training.metrics``' (the repo's one definition).
 """
 
 from __future__ import annotations
@@ -16,26 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.metrics import average_precision as training_average_precision
-
-
-def ranking(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Database order for one query: descending score, non-relevant first among equal scores."""
-    return np.lexsort((relevant.astype(np.int8), -np.asarray(scores, dtype=np.float64)))
-
-
-def average_precision(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
-    """AP of one query (NaN when nothing is relevant): ``training.metrics.average_precision``, which breaks
-    ties by input order, given the non-relevant videos first."""
-    scores = np.asarray(scores, dtype=np.float64)
-    relevant = np.asarray(relevant, dtype=bool)
-    order = np.argsort(relevant, kind="stable")  # non-relevant first, each side in database order
-    return training_average_precision(scores[order], relevant[order])
-
-
-def hit_at_1(scores: Sequence[float] | np.ndarray, relevant: Sequence[bool] | np.ndarray) -> float:
-    relevant = np.asarray(relevant, dtype=bool)
-    return float(relevant[ranking(np.asarray(scores), relevant)[0]])
+from training.metrics import average_precision, hit_at_1
 
 
 @dataclass(frozen=True)
