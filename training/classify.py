@@ -41,11 +41,7 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
     """Train; returns the directory of the final drca checkpoint (`<out_dir>/checkpoint`)."""
     from training.evaluate import predict
 
-    device = engine.resolve_device(cfg.run)
-    d = engine.init_distributed(device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    engine.seed_everything(cfg.run.seed, d.rank)
+    device, d = engine.setup(cfg.run)
     if not cfg.data.train_list:
         raise ValueError("data.train_list is required (an mmaction video list: `path label` per line)")
     classes = resolve_classes(cfg.data.train_list, cfg.data.classes_file)
@@ -112,7 +108,5 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
         )
         save_checkpoint(ckpt, model.cpu().eval(), card)
         log.info("wrote %s", ckpt)
-    if d.enabled:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    engine.finish(d)
     return ckpt

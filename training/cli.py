@@ -32,64 +32,57 @@ def _recipe(recipe: str | None) -> list[str]:
     return list(RECIPES[recipe])
 
 
-@train_app.command("classify")
-def train_classify(
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
-) -> None:
-    """Cross-entropy classification (default: the paper's SGD solver, 30 epochs, steps at 10 and 20)."""
-    from training.classify import train_classify as run
-    from training.config import ClassifyConfig
+RECIPE_HELP = "A named set of overrides from training/recipes.py (applied first)."
+
+
+def _train(kind: str, overrides: list[str], resume: bool) -> None:
+    """Build the trainer's config (recipe, then --set) and run it; bad input is a one-line error."""
+    from training import classify, retrieval, text
+    from training.config import ClassifyConfig, RetrievalConfig, TextConfig
     from training.data.annotations import AnnotationError
     from training.data.video import VideoError
 
+    config_cls, run = {
+        "classify": (ClassifyConfig, classify.train_classify),
+        "retrieval": (RetrievalConfig, retrieval.train_retrieval),
+        "text": (TextConfig, text.train_text),
+    }[kind]
     try:
-        cfg = apply_overrides(ClassifyConfig(), _recipe(recipe) + list(set_))
-        ckpt = run(cfg, resume=not no_resume)
+        ckpt = run(apply_overrides(config_cls(), overrides), resume=resume)
     except (ValueError, OSError, AnnotationError, VideoError) as e:
         _fail(e)
     typer.echo(f"checkpoint: {ckpt}")
+
+
+@train_app.command("classify")
+def train_classify(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help=RECIPE_HELP),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
+) -> None:
+    """Cross-entropy classification (default: the paper's SGD solver, 30 epochs, steps at 10 and 20)."""
+    _train("classify", _recipe(recipe) + list(set_), resume=not no_resume)
 
 
 @train_app.command("retrieval")
 def train_retrieval(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
-    no_resume: bool = typer.Option(False, "--no-resume"),
+    recipe: str = typer.Option(None, help=RECIPE_HELP),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
 ) -> None:
-    """Self-supervised near-duplicate learning: MultiSimilarityLoss + cross-batch memory, AdamW + cosine."""
-    from training.config import RetrievalConfig
-    from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
-    from training.retrieval import train_retrieval as run
-
-    try:
-        cfg = apply_overrides(RetrievalConfig(), _recipe(recipe) + list(set_))
-        ckpt = run(cfg, resume=not no_resume)
-    except (ValueError, OSError, AnnotationError, VideoError) as e:
-        _fail(e)
-    typer.echo(f"checkpoint: {ckpt}")
+    """Self-supervised near-duplicate learning (default: MultiSimilarityLoss + cross-batch memory, AdamW +
+    cosine), optionally with cross-entropy on labelled clips (loss.ce_weight)."""
+    _train("retrieval", _recipe(recipe) + list(set_), resume=not no_resume)
 
 
 @train_app.command("text")
 def train_text(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    recipe: str = typer.Option(None, help="A named set of overrides from training/recipes.py (applied first)."),
-    no_resume: bool = typer.Option(False, "--no-resume"),
+    recipe: str = typer.Option(None, help=RECIPE_HELP),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
 ) -> None:
     """Text -> video projection: frozen MiniLM + a trainable head, symmetric InfoNCE on (video, caption) pairs."""
-    from training.config import TextConfig
-    from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
-    from training.text import train_text as run
-
-    try:
-        cfg = apply_overrides(TextConfig(), _recipe(recipe) + list(set_))
-        ckpt = run(cfg, resume=not no_resume)
-    except (ValueError, OSError, AnnotationError, VideoError) as e:
-        _fail(e)
-    typer.echo(f"checkpoint: {ckpt}")
+    _train("text", _recipe(recipe) + list(set_), resume=not no_resume)
 
 
 @eval_app.command("classify")

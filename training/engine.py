@@ -87,6 +87,23 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
+def setup(run: RunConfig) -> tuple[torch.device, Dist]:
+    """The start of every trainer: device, process group (under torchrun), CPU threads, seeds."""
+    device = resolve_device(run)
+    d = init_distributed(device)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    seed_everything(run.seed, d.rank)
+    return device, d
+
+
+def finish(d: Dist) -> None:
+    """The end of every trainer: wait for rank 0's checkpoint, leave the process group."""
+    if d.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(value: float, d: Dist) -> float:
     if not d.enabled:
         return value

@@ -57,11 +57,7 @@ def training_videos(cfg: RetrievalConfig) -> tuple[list[Path], list[int]]:
 
 def train_retrieval(cfg: RetrievalConfig, resume: bool = True) -> Path:
     """Train; returns the directory of the final drca checkpoint (`<out_dir>/checkpoint`)."""
-    device = engine.resolve_device(cfg.run)
-    d = engine.init_distributed(device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    engine.seed_everything(cfg.run.seed, d.rank)
+    device, d = engine.setup(cfg.run)
     if cfg.model.head.embed_dim <= 0:
         raise ValueError("model.head.embed_dim must be > 0 for retrieval training")
     use_ce = cfg.loss.ce_weight > 0
@@ -145,7 +141,5 @@ def train_retrieval(cfg: RetrievalConfig, resume: bool = True) -> Path:
         })
         save_checkpoint(ckpt, model.cpu().eval(), card)
         log.info("wrote %s", ckpt)
-    if d.enabled:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    engine.finish(d)
     return ckpt

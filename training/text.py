@@ -111,11 +111,7 @@ def train_text(cfg: TextConfig, resume: bool = True) -> Path:
         raise ValueError("init_from (the video checkpoint to align text with) is required")
     if not cfg.data.captions:
         raise ValueError("data.captions (a JSONL of {video, caption}) is required")
-    device = engine.resolve_device(cfg.run)
-    d = engine.init_distributed(device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    engine.seed_everything(cfg.run.seed, d.rank)
+    device, d = engine.setup(cfg.run)
     out_dir = engine.prepare_run_dir(cfg.run.out_dir, cfg, d)
     ckpt = load_checkpoint(cfg.init_from)
     model = ckpt.model
@@ -186,7 +182,5 @@ def train_text(cfg: TextConfig, resume: bool = True) -> Path:
         })
         save_checkpoint(out, model.cpu().eval(), card, text_head=head.cpu().eval())
         log.info("wrote %s", out)
-    if d.enabled:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    engine.finish(d)
     return out
