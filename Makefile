@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	touch $(STAMP)
 
-# Until the service lands (issue 5) this runs the model demo; it then becomes `drca serve`.
+# The embedded service (gateway, encoder worker, index in one process; no Redis, no GPU) on
+# http://127.0.0.1:8000 with the shipped checkpoint, storing into ./data.
 run: $(STAMP)
-	$(VENV)/bin/drca demo
+	$(VENV)/bin/drca serve
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Encoder throughput: clips/s of drca-s-224 vs drca-s-k4-224 (the FLOPs claim) and the CPU preset.
+"""Encoder throughput: clips/s of drca-s-224 vs drca-s-k4-224 (the FLOPs claim) and the CPU presets.
 
     python -m benchmarks.encoder [--threads 2] [--seconds 20]
 
@@ -59,7 +59,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results: dict[str, dict] = {}
-    for name, batches in (("drca-s-224", (1, 4)), ("drca-s-k4-224", (1, 4)), ("drca-cpu-112", (1, 16))):
+    for name, batches in (("drca-s-224", (1, 4)), ("drca-s-k4-224", (1, 4)), ("drca-cpu-112", (1, 16)),
+                          ("drca-cpu", (1, 16))):
         flops = count_flops(get_preset(name))
         entry = {
             "gmacs": flops.gmacs,

@@ -253,7 +253,7 @@ def load_manifest(dest: str | Path) -> list[VideoEntry]:
 
 def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES) -> FetchReport:
     """Download, unpack, probe and collect every source into ``dest``; never raises for one bad source."""
-    dest = Path(dest)
+    dest = Path(dest).resolve()  # the download and unpack commands run in other working directories
     (dest / "videos").mkdir(parents=True, exist_ok=True)
     downloads = dest / "downloads"
     known = {v.file: v for v in load_manifest(dest)}
