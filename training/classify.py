@@ -68,6 +68,11 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
     model = DRCA(cfg.model)
     if cfg.init_from:
         engine.init_from_checkpoint(model, cfg.init_from)
+    elif cfg.freeze_backbone:
+        raise ValueError("freeze_backbone needs init_from (the checkpoint whose network is frozen)")
+    if cfg.freeze_backbone:
+        model.requires_grad_(False)
+        model.cls_head.requires_grad_(True)
     if model.embed_head is not None:  # not trained by cross-entropy
         model.embed_head.requires_grad_(False)
     if cfg.model.backbone.frame_choice == "wo_diff_rank" and model.dccm is not None and model.dccm.score_net:
@@ -81,6 +86,8 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if cfg.freeze_backbone:  # eval mode: batch-norm statistics and drop-path stay as trained
+            net.eval()
         logits = net(x).logits.float()
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         return loss, {"train_acc": (logits.argmax(-1) == y).float().mean().item()}

@@ -93,6 +93,9 @@ class ClassifyConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/classify"))
     init_from: str = ""  # checkpoint directory to fine-tune from (e.g. K8 -> K4); heads are re-initialised on mismatch
     label_smoothing: float = 0.0
+    # train only the classifier on the frozen network of `init_from` (a linear probe): every other weight,
+    # and so the embedding, stays exactly as it was (batch-norm statistics included)
+    freeze_backbone: bool = False
 
 
 @dataclass(frozen=True)

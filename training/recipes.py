@@ -1,25 +1,38 @@
 """Named override sets for `drca train ... --recipe NAME` (applied before any --set).
 
-`cpu-retrieval` and `cpu-text` are the two training runs of the shipped checkpoint (`drca train shipped`,
+`cpu-retrieval`, `cpu-classify` and `cpu-text` are the three training runs of the shipped checkpoint (`drca train shipped`,
 `training/shipped.py`, which adds the data paths); see `docs/training.md`.
 """
 
 from __future__ import annotations
 
+# the `drca-cpu` preset (model/presets.py), as overrides of a trainer's default model
+CPU_MODEL: tuple[str, ...] = (
+    "model.name=drca-cpu", "model.input.img_size=64", "model.backbone.patch_size=8",
+    "model.backbone.stem=conv", "model.backbone.num_heads=4", "model.backbone.embed_dim=128",
+    "model.backbone.depth=4", "model.backbone.drop_path=0.0", "model.backbone.comp_insert_layer=1",
+    "model.backbone.num_saliency=4", "model.backbone.num_samples=100", "model.head.pool=mean",
+    "model.head.embed_dim=256",
+)
+
 RECIPES: dict[str, tuple[str, ...]] = {
-    # The embedding and the synthetic-class classifier in one run, from scratch on a 2-core CPU. InfoNCE, not
-    # the seed's MultiSimilarityLoss: from scratch at batch 24 the MS loss stayed flat for 2 epochs while
-    # InfoNCE learned from the first (docs/training.md).
+    # The embedding, from scratch on a 2-core CPU: InfoNCE between two strongly augmented views of every
+    # cached window (synth and real). Not the seed's MultiSimilarityLoss: from scratch at batch 24 it stayed
+    # flat for 2 epochs while InfoNCE learned from the first (docs/training.md).
     "cpu-retrieval": (
-        "model.name=drca-cpu", "model.input.img_size=64", "model.backbone.patch_size=8",
-        "model.backbone.stem=conv", "model.backbone.num_heads=4", "model.backbone.embed_dim=128",
-        "model.backbone.depth=4", "model.backbone.drop_path=0.0", "model.backbone.comp_insert_layer=1",
-        "model.backbone.num_saliency=4", "model.backbone.num_samples=100", "model.head.pool=mean",
-        "model.head.embed_dim=256",
+        *CPU_MODEL,
         "data.cache.short_side=80", "data.batch_size=24", "data.num_workers=1",
-        "loss.kind=info_nce", "loss.temperature=0.1", "loss.ce_weight=1.0",
+        "loss.kind=info_nce", "loss.temperature=0.1",
         "solver.lr=5e-4", "solver.weight_decay=0.05", "solver.warmup_epochs=0.5", "solver.epochs=16",
         "solver.min_lr_ratio=0.01", "run.threads=2", "run.log_every=10",
+    ),
+    # The 12-class classifier: a linear probe on the frozen network of cpu-retrieval (cross-entropy trained
+    # jointly with InfoNCE stayed at chance for 4 epochs, docs/training.md).
+    "cpu-classify": (
+        *CPU_MODEL, "freeze_backbone=true",
+        "data.cache.short_side=80", "data.sampler=uniform", "data.batch_size=32", "data.num_workers=1",
+        "solver.optimizer=adamw", "solver.lr=3e-3", "solver.weight_decay=1e-4", "solver.schedule=cosine",
+        "solver.epochs=6", "solver.warmup_epochs=0", "run.threads=2", "run.log_every=10",
     ),
     # The text head on the synth captions, video encoder frozen (its embeddings are computed once).
     "cpu-text": (

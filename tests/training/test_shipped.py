@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import torch
+
 from model.checkpoint import load_checkpoint
 from tests.training.test_trainers import TINY_MODEL
 from training.data.video import ffmpeg_exe
@@ -36,10 +38,16 @@ def test_shipped_pipeline_tiny(tmp_path: Path) -> None:
              "solver.epochs=1", "run.threads=1")
     out = build_shipped(cfg, command="drca train shipped (test)",
                         extra=((*TINY_MODEL, "model.backbone.stem=patch", "model.head.pool=mean", *small),
-                               ("data.batch_size=4", "data.num_workers=0", "solver.epochs=1", "run.threads=1")))
+                               ("data.batch_size=4", "data.num_workers=0", "solver.epochs=1", "run.threads=1"),
+                               (*TINY_MODEL, "model.backbone.stem=patch", "model.head.pool=mean", *small)))
     ck = load_checkpoint(out)
     assert ck.text_head is not None and ck.config.head.num_classes == 4 and ck.config.head.embed_dim == 16
     assert len(ck.card.class_names) == 4 and ck.card.seed == 1
     assert ck.card.commands == ["drca train shipped (test)"]
     assert "synth_test_top1" in ck.card.metrics and ck.card.wall_time_s > 0
     assert "2 real videos" in ck.card.training_data
+    # the linear probe left the embedding of the retrieval run exactly as it was
+    emb = load_checkpoint(tmp_path / "work" / "retrieval" / "checkpoint").model.state_dict()
+    for name, value in ck.model.state_dict().items():
+        if not name.startswith("cls_head"):
+            assert torch.equal(value, emb[name]), name
