@@ -30,7 +30,7 @@ import torch
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
 from service.encoder import DecodedVideo, VideoEncoder
-from service.errors import ServiceError, to_service_error
+from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -243,6 +243,12 @@ class EncoderWorker:
 
     def _finish_error(self, item: WorkItem, exc: BaseException, timings: dict[str, float]) -> None:
         err = to_service_error(exc)
+        if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
+            # Redis is gone for longer than the client retries: record nothing, let another delivery redo it
+            log.warning("job %d not finished (%s); it will be delivered again", item.job_id, exc)
+            with contextlib.suppress(Exception):
+                self.broker.release(item)
+            return
         if err.status >= 500 and not isinstance(exc, ServiceError):
             log.error("work item failed: %s: %s", type(exc).__name__, exc)
         try:
