@@ -31,6 +31,9 @@ def redis_server_exe() -> str | None:
 
 
 class Proc:
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Gateways: /readyz is 200; workers: their heartbeat is in Redis."""
+
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log, self.env = args, log, env or {}
         self.proc: subprocess.Popen | None = None
@@ -116,6 +119,9 @@ class Gateway(Proc):
 
     def start(self, timeout_s: float = 120) -> None:
         self.spawn()
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
@@ -143,10 +149,11 @@ class Worker(Proc):
     def name(self) -> str:
         return f"{socket.gethostname()}-{self.proc.pid}"
 
-    def start(self, timeout_s: float = 120, wait: bool = True) -> None:
+    def start(self, timeout_s: float = 120) -> None:
         self.spawn()
-        if not wait:
-            return
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
         client = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -155,6 +162,14 @@ class Worker(Proc):
                 return
             time.sleep(0.1)
         raise AssertionError(f"worker not registered in {timeout_s} s:\n{self.tail()}")
+
+
+def start_all(*procs: Proc, timeout_s: float = 180) -> None:
+    """Spawn together (they load in parallel), then wait for each to be ready."""
+    for p in procs:
+        p.spawn()
+    for p in procs:
+        p.wait_ready(timeout_s)
 
 
 def wait_jobs(c: httpx.Client, job_ids: list[int], timeout_s: float = 120,
