@@ -150,6 +150,10 @@ class Catalog:
     def unfinished_jobs(self, reset_running: bool = True) -> list[IngestJob]:
         """Jobs to (re-)queue after a restart: every video acknowledged but not yet indexed or failed.
         `reset_running=False` (scale-out: other workers may be running jobs now) leaves running jobs alone."""
+        with self._lock:
+            return self._unfinished_jobs(reset_running)
+
+    def _unfinished_jobs(self, reset_running: bool) -> list[IngestJob]:
         out = []
         for status in ("processing", "pending"):
             offset = 0

@@ -213,6 +213,16 @@ class RedisBroker:
                 self.r.xclaim(self.k_jobs, GROUP, self.name, 0, ids, justid=True)
 
     def take(self, timeout_s: float) -> WorkItem | None:
+        try:
+            return self._take(timeout_s)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("the consumer group is gone (Redis lost its data?); creating it again")
+            self.ensure_group()
+            return None
+
+    def _take(self, timeout_s: float) -> WorkItem | None:
         deadline = time.monotonic() + timeout_s
         while True:
             item = self._request(self.r.rpop(self.k_requests))

@@ -105,9 +105,15 @@ class EncoderWorker:
                 item = self.broker.take(timeout_s=0.2)
                 if item is None:
                     continue
-                if isinstance(item, IngestJob) and not self.catalog.start(item):
-                    self.broker.ack(item)  # deleted while queued, or already finished
-                    continue
+                if isinstance(item, IngestJob):
+                    try:
+                        started = self.catalog.start(item)
+                    except Exception as e:  # e.g. Redis unreachable: released for another delivery
+                        self._finish_error(item, e, {})
+                        continue
+                    if not started:
+                        self.broker.ack(item)  # deleted while queued, finished, or run by another worker
+                        continue
                 fut = None
                 path = item.path if isinstance(item, IngestJob) else item.request.video_path
                 if path is not None:

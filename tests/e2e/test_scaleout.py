@@ -4,6 +4,7 @@ processes on loopback, killed with SIGKILL at awkward moments. Each test has its
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ def test_killed_worker_jobs_finish_on_a_second_worker_exactly_once(cluster, asse
     videos = assets[1]
     gw, a, b = cluster.gateway("a"), cluster.worker("a", DRCA_PREFETCH="4", DRCA_BATCH_SIZE="2"), cluster.worker("b")
     start_all(gw, a, b)
+    b.proc.send_signal(signal.SIGSTOP)  # loaded, idle and holding nothing: the second worker waits
     r = cluster.redis.client()
     with gw.client() as c:
         ups = [upload(c, v) for v in videos]
@@ -108,6 +110,7 @@ def test_killed_worker_jobs_finish_on_a_second_worker_exactly_once(cluster, asse
             assert time.monotonic() < deadline and indexed < len(jobs), f"indexed {indexed}, held {len(held)}"
         assert r.xpending_range("drca:jobs", "workers", "-", "+", 100, consumername=a.name)
         assert r.zcard("drca:videos:indexed") < len(jobs)
+        b.proc.send_signal(signal.SIGCONT)
         finished = wait_jobs(c, jobs, timeout_s=120, procs=(gw, b))
     assert all(j["status"] == "done" for j in finished.values()), finished
     ids = [u.json()["video_id"] for u in ups]

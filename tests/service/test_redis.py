@@ -186,3 +186,15 @@ def test_rate_limit_is_per_key_with_retry_after(redis_server, checkpoint, tmp_pa
         assert 1 <= int(r.headers["Retry-After"]) <= 2
         assert c.get("/v1/videos", headers={"Authorization": "Bearer key-b"}).status_code == 200
         assert c.get("/healthz").status_code == 200  # operations endpoints are not limited
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "not-a-redis-url"])
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_unusable_redis_url_exits_2_at_start(command, url, checkpoint):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    r = CliRunner().invoke(app, [command, "--redis", url, "--checkpoint", str(checkpoint)])
+    assert r.exit_code == 2, r.output
+    assert "cannot use Redis" in r.output
