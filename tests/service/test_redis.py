@@ -17,9 +17,12 @@ from indexer.redis_store import RedisMetadataStore
 from indexer.store import InvalidTransition
 from service.app import create_app
 from service.broker import InferenceRequest, InferenceResult, IngestJob
+from service.catalog import Catalog
 from service.errors import ServiceError, WorkerUnavailable
-from service.redis_broker import RedisBroker, connect, decode_reply, encode_reply
+from service.redis_broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
 from service.runtime import ServiceRuntime
+from service.storage import VideoStorage
+from service.vector_stream import RedisVectorLog
 from tests.service.conftest import make_settings, upload, wait_job
 
 SHA = "ab" * 32
@@ -68,22 +71,30 @@ def test_reply_encoding_round_trip():
 def test_dead_worker_jobs_are_reclaimed_then_dead_lettered(redis_server, tmp_path):
     settings = make_settings(tmp_path, tmp_path, redis_url=redis_server.url, reclaim_idle_s=0.2, max_attempts=2)
     client = connect(redis_server.url)
-    dead: list[tuple[int, str]] = []
-    brokers = [RedisBroker(client, settings, name=f"w{i}", on_dead_letter=lambda j, r: dead.append((j.job_id, r)))
+    store = RedisMetadataStore(client, settings.redis_prefix)
+    catalog = Catalog(store, RedisVectorLog(client, settings.redis_prefix, 16), VideoStorage(tmp_path / "videos"),
+                      lock=RedisLock(client, f"{settings.redis_prefix}:lock:catalog"))
+    video = store.create_video(SHA, extra={"path": "/v.mp4"})
+    job = store.create_job(video.video_id)
+    brokers = [RedisBroker(client, settings, name=f"w{i}", on_dead_letter=lambda j, r: catalog.fail(j, r, {}))
                for i in range(3)]
-    brokers[0].enqueue(IngestJob(7, 3, "/v.mp4"))
+    brokers[0].enqueue(catalog.job_for(video, job))
     first = brokers[0].take(timeout_s=1)  # w0 takes it and dies (never acks, no heartbeat)
     assert isinstance(first, IngestJob) and first.attempt == 1 and brokers[0].queue_depth() == 1
+    assert catalog.start(first)
     assert brokers[1].take(timeout_s=0.1) is None  # not idle long enough yet
     time.sleep(0.3)
     second = brokers[1].take(timeout_s=1)
-    assert (second.job_id, second.attempt) == (7, 2)  # w1 took it over, and dies too
+    assert (second.job_id, second.attempt) == (job.job_id, 2)  # w1 took it over, and dies too
+    assert catalog.start(second)  # a redelivery of a running job is taken over
     time.sleep(0.3)
     assert brokers[2].take(timeout_s=1) is None  # third delivery > max_attempts: dead letter, not handed out
-    assert dead and dead[0][0] == 7 and "after 2 attempts" in dead[0][1]
+    failed = store.get_job(job.job_id)
+    assert failed.status == "failed" and "after 2 attempts" in failed.error
+    assert store.get_video(video.video_id).status == "failed"
     (entry,) = client.xrange(f"{settings.redis_prefix}:jobs:dead")
-    assert entry[1][b"job_id"] == b"7" and b"attempts" in entry[1]
-    assert brokers[2].queue_depth() == 0 and not client.hexists(f"{settings.redis_prefix}:jobs:msg", 7)
+    assert entry[1][b"job_id"] == str(job.job_id).encode() and entry[1][b"attempts"] == b"2"
+    assert brokers[2].queue_depth() == 0 and not client.hexists(f"{settings.redis_prefix}:jobs:msg", job.job_id)
 
 
 def test_live_worker_keeps_its_jobs(redis_server, tmp_path):
@@ -198,3 +209,24 @@ def test_unusable_redis_url_exits_2_at_start(command, url, checkpoint):
     r = CliRunner().invoke(app, [command, "--redis", url, "--checkpoint", str(checkpoint)])
     assert r.exit_code == 2, r.output
     assert "cannot use Redis" in r.output
+
+
+def test_worker_health_check(redis_server, checkpoint, tmp_path):
+    """`drca worker --check` (the image's healthcheck): 0 while a worker on this host beats, else 1."""
+    import os
+    import socket
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    args = ["worker", "--check", "--redis", redis_server.url, "--checkpoint", str(checkpoint)]
+    assert CliRunner().invoke(app, args).exit_code == 1
+    settings = make_settings(checkpoint, tmp_path, redis_url=redis_server.url)
+    beat = RedisBroker(connect(redis_server.url), settings, name=f"{socket.gethostname()}-{os.getpid()}")
+    beat.register_worker()
+    try:
+        assert CliRunner().invoke(app, args).exit_code == 0
+    finally:
+        beat.unregister_worker()
+    assert CliRunner().invoke(app, args).exit_code == 1
