@@ -77,7 +77,7 @@ class VectorFollower:
         self.on_change = on_change  # (video_id, added) after each applied entry: the text-search table
         self.cursor_path = Path(index.directory) / CURSOR_FILE
         self.cursor = self.cursor_path.read_text().strip() if self.cursor_path.exists() else "0-0"
-        self.caught_up = threading.Event()  # set once the stream has been read to its end
+        self.caught_up = threading.Event()  # set once the stream is applied up to where it was at start
         self._applied = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,13 +101,17 @@ class VectorFollower:
             return self._applied.wait_for(lambda: _id_tuple(self.cursor) >= target, timeout_s)
 
     def _run(self) -> None:
+        end: tuple[int, int] | None = None  # the stream's last entry when this replica started
         while not self._stop.is_set():
             try:
+                if end is None:
+                    last = self.r.xrevrange(self.key, count=1)
+                    end = _id_tuple(last[0][0].decode()) if last else (0, 0)
                 got = self.r.xread({self.key: self.cursor}, count=500, block=500)
                 entries = got[0][1] if got else []
                 if entries:
                     self._apply(entries)
-                else:
+                if not entries or _id_tuple(self.cursor) >= end:
                     self.caught_up.set()
             except redis.RedisError as e:
                 log.warning("vector stream: %s; retrying", e)

@@ -180,7 +180,7 @@ def test_gateway_and_worker_through_redis(redis_service, media):
     bad = upload(c, media["corrupt"])
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "undecodable_video"
     ready = c.get("/readyz").json()
-    assert ready["ready"] and ready["worker_running"]
+    assert ready["ready"] and ready["worker_running"], ready
     assert c.delete(f"/v1/videos/{vid}").status_code == 204
     assert c.get("/readyz").json()["videos"] == 0  # the delete is applied here before the 204
     assert c.post("/v1/search", json={"text": "colour bars", "k": 3}).json()["hits"] == []
