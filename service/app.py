@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.deps import require_api_key
+from service.deps import rate_limit, require_api_key
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import health, inference, media, videos
@@ -58,10 +58,14 @@ class _LatencyMiddleware:
 
 
 def create_app(settings: Settings | None = None, with_worker: bool = True) -> FastAPI:
+    """The embedded service; the gateway role alone with `with_worker=False`, or whenever `redis_url` is
+    set (workers are then `drca worker` processes)."""
     settings = settings or Settings()
+    role = "gateway" if (not with_worker or settings.redis_url) else "embedded"
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = ServiceRuntime(settings, with_worker=with_worker)
+        rt = ServiceRuntime(settings, role=role)
         rt.metrics = app.state.metrics
         rt.start()
         app.state.runtime = rt
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.state.runtime = None
     install_error_handlers(app)
     app.include_router(health.router)
-    v1 = [Depends(require_api_key)]
+    v1 = [Depends(require_api_key), Depends(rate_limit)]
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)

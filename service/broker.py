@@ -3,12 +3,13 @@
 Two kinds of work cross it:
 
 - ingestion jobs (`IngestJob`): fire and forget from the gateway; a worker `take`s one, and `ack`s it
-  only after the result is durably indexed (or `fail`s it with a reason);
+  only after the result is durably indexed (or `fail`s it with a reason, or `release`s it when a
+  passing fault, such as Redis being unreachable, kept it from recording either);
 - synchronous inference (`InferenceRequest`: classify a file, embed a query video, embed query text):
   the gateway blocks in `infer` until a worker `reply`s or the timeout passes (-> 503).
 
-`InProcessBroker` is the embedded default (a priority queue and futures). A Redis broker implements the
-same `Broker` protocol for the scale-out deployment: every field of the messages is plain data
+`InProcessBroker` is the embedded default (a priority queue and futures). `service.redis_broker.RedisBroker`
+implements the same `Broker` protocol for the scale-out deployment: every field of the messages is plain data
 (strings, ints, numpy arrays), so they serialise without pickling.
 """
 
@@ -82,6 +83,7 @@ class Broker(Protocol):
     def take(self, timeout_s: float) -> WorkItem | None: ...
     def ack(self, job: IngestJob) -> None: ...
     def fail(self, job: IngestJob, reason: str) -> None: ...
+    def release(self, job: IngestJob) -> None: ...
     def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None: ...
     def close(self) -> None: ...
 
@@ -152,6 +154,10 @@ class InProcessBroker:
 
     def fail(self, job: IngestJob, reason: str) -> None:
         """Nothing to retry in process: a failed job is final (its state is in the metadata store)."""
+
+    def release(self, job: IngestJob) -> None:
+        """The job could not be finished for a passing reason: queue it again."""
+        self.enqueue(IngestJob(job.job_id, job.video_id, job.path, attempt=job.attempt + 1))
 
     def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None:
         fut: Future = task.handle  # type: ignore[assignment]

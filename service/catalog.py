@@ -3,13 +3,17 @@ stored files consistent.
 
 Order of writes (why nothing acknowledged is lost and nothing is half-indexed):
 
-- upload: file moved into place -> video row + job row committed (SQLite, synchronous=FULL) -> 202.
-  On restart, every video still `pending`/`processing` has its job re-queued (`unfinished_jobs`).
-- ingest done: all segments of the video in ONE durable index add -> labels/duration -> video `indexed`
+- upload: file moved into place -> video row + job row committed (SQLite, synchronous=FULL) -> job
+  queued on the broker -> 202. On restart, every video still `pending`/`processing` has its job re-queued
+  (`unfinished_jobs`).
+- ingest done: labels/duration -> all segments of the video in ONE durable index add -> video `indexed`
   -> job `done`. A crash in between re-runs the job; the add is an upsert, so nothing is indexed twice.
 - ingest failed: video and job `failed` with the reason; nothing was added to the index.
 - delete: index delete (durable) -> store rows -> file -> cached thumbnails.
-A lock serialises these per catalog, so a delete racing a finishing job cannot leave vectors behind.
+A lock serialises these, so a delete racing a finishing job cannot leave vectors behind. Embedded, it is
+a thread lock and `index` is the `VideoIndex`; in the scale-out deployment the same code runs in every
+gateway and worker with the Redis store, a `RedisLock` and `RedisVectorLog` as `index` (the durable
+stream that every gateway replica's index follows; service/vector_stream.py).
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from indexer import Segment, VideoIndex
 from indexer.errors import DuplicateContent, NotFound
 from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
-from service.broker import IngestJob
+from service.broker import Broker, IngestJob
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
 from service.thumbnails import ThumbnailCache
@@ -77,14 +82,24 @@ class TextTable:
         self.meta.pop(video_id, None)
 
 
+class VectorWriter(Protocol):
+    """The index writes the catalog makes: `VideoIndex` itself, or `RedisVectorLog` (scale-out)."""
+
+    def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None: ...
+    def delete_video(self, video_id: int) -> bool: ...
+
+
 class Catalog:
-    def __init__(self, store: MetadataStore, index: VideoIndex, storage: VideoStorage,
-                 thumbnails: ThumbnailCache | None = None) -> None:
+    def __init__(self, store: MetadataStore, index: VectorWriter | VideoIndex, storage: VideoStorage,
+                 thumbnails: ThumbnailCache | None = None, broker: Broker | None = None,
+                 lock: AbstractContextManager | None = None) -> None:
         self.store = store
         self.index = index
         self.storage = storage
         self.thumbnails = thumbnails
-        self._lock = threading.RLock()
+        self.broker = broker  # where new jobs are queued (None: a worker-only catalog)
+        self._lock = lock if lock is not None else threading.RLock()
+        self._text_lock = threading.Lock()
         self._text: TextTable | None = None
 
     # uploads ------------------------------------------------------------------------------------
@@ -111,21 +126,34 @@ class Catalog:
             except DuplicateContent as e:
                 raise Conflict(str(e)) from None
             job = self.store.create_job(video.video_id)
-            return Registered(video, job, created=True)
+            reg = Registered(video, job, created=True)
+            self._queue(reg)
+            return reg
+
+    def _queue(self, reg: Registered) -> None:
+        if self.broker is not None:
+            self.broker.enqueue(self.job_for(reg.video, reg.job))
 
     def _existing(self, video: VideoRecord) -> Registered:
         jobs = self.store.jobs_for_video(video.video_id)
         if video.status == "failed":
             self.store.set_status(video.video_id, "pending")
             job = self.store.create_job(video.video_id)
-            return Registered(self.store.get_video(video.video_id), job, created=True)
+            reg = Registered(self.store.get_video(video.video_id), job, created=True)
+            self._queue(reg)
+            return reg
         return Registered(video, jobs[-1], created=False)
 
     def job_for(self, video: VideoRecord, job: JobRecord) -> IngestJob:
         return IngestJob(job_id=job.job_id, video_id=video.video_id, path=str(video.extra["path"]))
 
-    def unfinished_jobs(self) -> list[IngestJob]:
-        """Jobs to (re-)queue after a restart: every video acknowledged but not yet indexed or failed."""
+    def unfinished_jobs(self, reset_running: bool = True) -> list[IngestJob]:
+        """Jobs to (re-)queue after a restart: every video acknowledged but not yet indexed or failed.
+        `reset_running=False` (scale-out: other workers may be running jobs now) leaves running jobs alone."""
+        with self._lock:
+            return self._unfinished_jobs(reset_running)
+
+    def _unfinished_jobs(self, reset_running: bool) -> list[IngestJob]:
         out = []
         for status in ("processing", "pending"):
             offset = 0
@@ -136,7 +164,7 @@ class Catalog:
                     if not jobs:
                         jobs = [self.store.create_job(v.video_id)]
                     job = jobs[-1]
-                    if job.status == "running":
+                    if job.status == "running" and reset_running:
                         job = self.store.set_job_status(job.job_id, "queued")
                     if job.status == "queued":
                         out.append(self.job_for(v, job))
@@ -147,19 +175,23 @@ class Catalog:
 
     # worker side --------------------------------------------------------------------------------
     def start(self, job: IngestJob) -> bool:
-        """Mark the job running; False when its video was deleted meanwhile (skip the job)."""
+        """Mark the job running; False when it should be skipped: its video was deleted meanwhile, or it
+        already finished, or another worker runs it. A job redelivered after its worker died
+        (`attempt` > 1, still `running`) is taken over."""
         with self._lock:
             try:
                 video = self.store.get_video(job.video_id)
                 current = self.store.get_job(job.job_id)
             except NotFound:
                 return False
-            if current.status != "queued":
+            taken_over = current.status == "running" and job.attempt > 1
+            if current.status != "queued" and not taken_over:
                 return False
             if video.status == "pending":
                 self.store.set_status(job.video_id, "processing")
-            wait = round(time.time() - current.created_at, 4)  # acknowledged -> taken by a worker
-            self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
+            if not taken_over:
+                wait = round(time.time() - current.created_at, 4)  # acknowledged -> taken by a worker
+                self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
             return True
 
     def complete(self, job: IngestJob, segments: list[Segment], vectors: np.ndarray, probs: np.ndarray | None,
@@ -178,16 +210,17 @@ class Catalog:
             except NotFound:
                 log.info("video %d was deleted while job %d ran; dropping its result", job.video_id, job.job_id)
                 return
+            # labels first: whoever sees the vectors (a replica's follower) can read them
+            video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             t0 = time.perf_counter()
             self.index.add_video(job.video_id, segments, vectors)  # all segments, one durable write
             timings = {**timings, "index_s": round(time.perf_counter() - t0, 4)}
-            video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
-            self.store.set_status(job.video_id, "indexed")
+            if video.status != "indexed":
+                self.store.set_status(job.video_id, "indexed")
             created = self.store.get_job(job.job_id).created_at
             timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
             self.store.set_job_status(job.job_id, "done", timings=timings)
-            if self._text is not None:
-                self._text.put(video)
+            self._text_put(video)
 
     def fail(self, job: IngestJob, reason: str, timings: dict[str, float]) -> None:
         with self._lock:
@@ -210,12 +243,31 @@ class Catalog:
                 self.storage.remove(video.content_hash)
             if self.thumbnails is not None:
                 self.thumbnails.drop(video_id)
+            self._text_drop(video_id)
+
+    # text search side table ---------------------------------------------------------------------
+    def _text_put(self, video: VideoRecord) -> None:
+        with self._text_lock:
+            if self._text is not None:
+                self._text.put(video)
+
+    def _text_drop(self, video_id: int) -> None:
+        with self._text_lock:
             if self._text is not None:
                 self._text.drop(video_id)
 
-    # text search side table ---------------------------------------------------------------------
+    def vector_applied(self, video_id: int, added: bool) -> None:
+        """A gateway replica's index applied a write from the vector stream: follow it in the text table."""
+        if not added:
+            self._text_drop(video_id)
+            return
+        try:
+            self._text_put(self.store.get_video(video_id))
+        except NotFound:
+            self._text_drop(video_id)
+
     def text_table(self) -> TextTable:
-        with self._lock:
+        with self._text_lock:
             if self._text is None:
                 table = TextTable()
                 offset = 0

@@ -31,27 +31,15 @@ app.add_typer(training_cli.train_app, name="train")
 app.add_typer(training_cli.eval_app, name="eval")
 
 
-@app.command("serve")
-def serve(
-    host: str = typer.Option(None, help="Bind address (default: DRCA_HOST or 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default: DRCA_PORT or 8000)."),
-    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
-    data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
-    device: str = typer.Option(None, help="auto | cpu | cuda"),
-    api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
-    settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
-) -> None:
-    """Run the embedded service: HTTP gateway, encoder worker and index in one process."""
-    import uvicorn
+def _settings(settings_file: Path | None, **given: object):
+    """Settings from the flags given (None: not given), the settings file and the environment; exit 2 on
+    a bad value or a missing checkpoint."""
     from pydantic import ValidationError
 
     from model.checkpoint import CheckpointError
-    from service.app import create_app
     from service.runtime import read_card
     from service.settings import Settings
 
-    given = {"host": host, "port": port, "checkpoint": checkpoint, "data_dir": data_dir, "device": device,
-             "api_keys": api_key or None}
     try:
         extra = {"_env_file": settings_file} if settings_file else {}
         settings = Settings(**extra, **{k: v for k, v in given.items() if v is not None})
@@ -63,8 +51,97 @@ def serve(
     except CheckpointError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    if settings.redis_url:
+        _check_redis(settings.redis_url)
+    return settings
+
+
+def _check_redis(url: str) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        client.ping()
+        client.close()
+    except (ValueError, redis.RedisError) as e:
+        typer.echo(f"error: cannot use Redis at {url}: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: DRCA_HOST or 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default: DRCA_PORT or 8000)."),
+    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
+    data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
+    redis_url: str = typer.Option(None, "--redis", help="Gateway only, with Redis as broker and store "
+                                  "(default: DRCA_REDIS_URL; unset: the embedded service)."),
+    settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
+) -> None:
+    """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
+    --redis URL: one gateway replica; encoding is done by `drca worker --redis URL` processes."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
+                         device=device, api_keys=api_key or None, redis_url=redis_url)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=30)
+
+
+@app.command("worker")
+def worker(
+    redis_url: str = typer.Option(None, "--redis", help="Redis URL (default: DRCA_REDIS_URL)."),
+    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
+    data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "
+                               "its heartbeat recently, else 1 (container healthcheck)."),
+    settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
+) -> None:
+    """Run one encoder worker: take ingest jobs and inference requests from Redis until SIGTERM/SIGINT,
+    then finish what it holds."""
+    import signal
+    import threading
+
+    from service.runtime import ServiceRuntime
+
+    settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
+                         device=device)
+    if not settings.redis_url:
+        typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
+        raise typer.Exit(2)
+    if check:
+        raise typer.Exit(0 if _worker_alive_here(settings) else 1)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    rt = ServiceRuntime(settings, role="worker")
+    rt.start()
+    logging.getLogger(__name__).info("drca worker %s running (Redis %s)", rt.broker.name, settings.redis_url)
+    try:
+        while not stop.wait(1.0):
+            if not rt.worker.alive:
+                logging.getLogger(__name__).error("the encoder worker stopped; exiting")
+                raise typer.Exit(1)
+    finally:
+        rt.stop()
+
+
+def _worker_alive_here(settings) -> bool:
+    import socket
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    since = time.time() - 3 * settings.worker_heartbeat_s
+    host = socket.gethostname() + "-"
+    beats = client.zrangebyscore(f"{settings.redis_prefix}:workers", since, "+inf")
+    return any(b.decode().startswith(host) for b in beats)
 
 
 @app.command("ingest")

@@ -50,6 +50,22 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 
+def rate_limit(request: Request) -> None:
+    """Scale-out deployment with `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per
+    client address without keys), from a bucket in Redis that every gateway replica shares."""
+    rt = getattr(request.app.state, "runtime", None)
+    limiter = getattr(rt, "rate_limiter", None)
+    if limiter is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        key = "key:" + token.strip()
+    else:
+        key = "addr:" + (request.client.host if request.client else "unknown")
+    limiter.check(key)
+
+
 def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -70,6 +71,14 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+class BrokerUnavailable(ServiceError):
+    status, code = 503, "broker_unavailable"
+
+
+#: Redis could not be reached (scale-out deployment): passing, the request can be retried.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
 _VIDEO_ERRORS: list[tuple[type[VideoError], int, str]] = [
     (EmptyVideo, 422, "empty_video"),
     (NoVideoStream, 422, "no_video_stream"),
@@ -84,6 +93,8 @@ def to_service_error(exc: BaseException) -> ServiceError:
     """The one translation of library errors into service errors."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return BrokerUnavailable(f"Redis is unreachable: {exc}")
     if isinstance(exc, VideoError):
         for cls, status, code in _VIDEO_ERRORS:
             if isinstance(exc, cls):
@@ -123,6 +134,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if err.status >= 500:
             log.error("indexer error: %s", exc)
         return error_response(err)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unreachable: %s", exc)
+        return error_response(to_service_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

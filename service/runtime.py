@@ -1,15 +1,17 @@
 """Everything one service process holds, opened and closed in order: store, index, broker, encoder,
-worker. The embedded default runs all of them; the gateway-only role (issue 6) runs without the
-encoder and worker."""
+worker. The embedded default runs all of them; the gateway role runs without the encoder and worker,
+and the worker role (scale-out) without the index and HTTP."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
+from typing import Literal
 
 from indexer import IndexConfig, VideoIndex
-from indexer.store import SQLiteMetadataStore
+from indexer.store import MetadataStore, SQLiteMetadataStore
 from model.checkpoint import CARD, CONFIG, CheckpointError, ModelCard
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
@@ -19,6 +21,8 @@ from service.storage import VideoStorage
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
+
+Role = Literal["embedded", "gateway", "worker"]
 
 
 def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
@@ -39,33 +43,50 @@ def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
 
 
 class ServiceRuntime:
-    def __init__(self, settings: Settings, with_worker: bool = True) -> None:
+    """`role`: `embedded` (gateway + worker + index, in-process broker), `gateway` (HTTP + this replica's
+    index; the broker is Redis when `redis_url` is set, else in-process with no worker), or `worker`
+    (encoder only; needs `redis_url`)."""
+
+    def __init__(self, settings: Settings, role: Role = "embedded") -> None:
+        if role == "worker" and not settings.redis_url:
+            raise ValueError("a standalone worker needs redis_url")
         self.settings = settings
-        self.with_worker = with_worker
+        self.role = role
+        self.with_worker = role != "gateway"
         self.metrics = ServiceMetrics()
         self.card, self.embed_dim = read_card(Path(settings.checkpoint))
         self.class_names = list(self.card.class_names)
-        self.store: SQLiteMetadataStore | None = None
+        self.store: MetadataStore | None = None
         self.index: VideoIndex | None = None
         self.catalog: Catalog | None = None
         self.thumbnails: ThumbnailCache | None = None
         self.broker: Broker = InProcessBroker()
+        self.redis = None  # the client, in the scale-out deployment
+        self.follower = None  # VectorFollower: this gateway replica's index follows the vector stream
+        self.rate_limiter = None
         self.encoder = None
         self.worker = None
-        self._class_embeddings = None
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         s.tmp_dir.mkdir(parents=True, exist_ok=True)
-        for stale in s.tmp_dir.glob("upload-*.part"):  # spooled uploads of a previous run: never acknowledged
-            stale.unlink(missing_ok=True)
-        self.store = SQLiteMetadataStore(s.store_path)
-        self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
+        if self.role != "worker":  # spooled uploads of a previous run: never acknowledged
+            for stale in s.tmp_dir.glob("upload-*.part"):
+                stale.unlink(missing_ok=True)
         from service.encoder import video_limits
 
-        self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads)
-        self.catalog = Catalog(self.store, self.index, VideoStorage(s.videos_dir), self.thumbnails)
+        storage = VideoStorage(s.videos_dir)
+        if self.role != "worker":
+            self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
+            self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads)
+        if s.redis_url:
+            self._open_redis(storage)
+        else:
+            self.store = SQLiteMetadataStore(s.store_path)
+            self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker)
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
         if self.with_worker:
             from service.encoder import VideoEncoder
@@ -74,20 +95,66 @@ class ServiceRuntime:
             self.encoder = VideoEncoder(s)
             self.worker = EncoderWorker(self.encoder, self.broker, self.catalog, s, self.metrics)
             self.worker.start()
-        requeued = self.catalog.unfinished_jobs()
-        for job in requeued:
-            self.broker.enqueue(job)
-        if requeued:
-            log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
+        if not s.redis_url:
+            requeued = self.catalog.unfinished_jobs()
+            for job in requeued:
+                self.broker.enqueue(job)
+            if requeued:
+                log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
+
+    def _open_redis(self, storage: VideoStorage) -> None:
+        from indexer.redis_store import RedisMetadataStore
+        from service.ratelimit import RateLimiter
+        from service.redis_broker import RedisBroker, RedisLock, connect
+        from service.vector_stream import RedisVectorLog, VectorFollower
+
+        s = self.settings
+        self.redis = connect(s.redis_url)
+        self.store = RedisMetadataStore(self.redis, s.redis_prefix)
+        broker = RedisBroker(self.redis, s)
+        self.broker = broker
+        lock = RedisLock(self.redis, f"{s.redis_prefix}:lock:catalog")
+        if self.role == "worker":
+            vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim)
+            self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock)
+        else:
+            self.follower = VectorFollower(self.redis, s.redis_prefix, self.index)
+            vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim, follower=self.follower)
+            self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock)
+            self.follower.on_change = self.catalog.vector_applied
+            self.follower.start()
+            self.rate_limiter = RateLimiter(self.redis, s) if s.rate_limit_per_s > 0 else None
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)
+            self._sweeper.start()
+        broker.on_dead_letter = lambda job, reason: self.catalog.fail(job, reason, {})
+
+    def _sweep_loop(self) -> None:
+        """Queue the jobs that have no stream entry: a gateway died between creating a job and queueing
+        it (before its 202). Queueing one twice is harmless: the second delivery finds it taken."""
+        while True:
+            try:
+                for job in self.catalog.unfinished_jobs(reset_running=False):
+                    if not self.broker.has_message(job.job_id):
+                        log.info("queueing job %d of video %d (it had no stream entry)", job.job_id, job.video_id)
+                        self.broker.enqueue(job)
+            except Exception as e:
+                log.warning("re-queue sweep: %s", e)
+            if self._stop.wait(self.settings.reclaim_idle_s):
+                return
 
     def stop(self) -> None:
+        self._stop.set()
         if self.worker is not None:
             self.worker.stop()
         self.broker.close()
+        if self.follower is not None:
+            self.follower.stop()
         if self.index is not None:
             self.index.close()
         if self.store is not None:
             self.store.close()
+        if self.redis is not None:
+            self.redis.close()
 
     # scrape-time metrics ---------------------------------------------------------------------------
     def _videos_by_status(self) -> dict[str, int]:
@@ -99,6 +166,20 @@ class ServiceRuntime:
         st = self.index.stats()
         return st.videos, st.segments
 
+    def workers_running(self) -> bool:
+        if self.worker is not None:
+            return self.worker.alive
+        if self.redis is not None:
+            try:
+                return self.broker.workers_alive() > 0
+            except Exception:
+                return False
+        return False
+
     @property
     def ready(self) -> bool:
-        return (self.index is not None and (not self.with_worker or (self.worker is not None and self.worker.alive)))
+        if self.index is None:
+            return False
+        if self.follower is not None:
+            return self.follower.alive and self.follower.caught_up.is_set()
+        return not self.with_worker or (self.worker is not None and self.worker.alive)

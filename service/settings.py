@@ -63,8 +63,15 @@ class Settings(BaseSettings):
     text_weight_meta: float = 0.5
     text_candidates: int = Field(200, ge=1)  # videos re-scored per text query
 
-    # scale-out (issue 6); unused by the embedded service
-    redis_url: str | None = None
+    # scale-out (docs/architecture.md): set redis_url and run `drca serve --redis` + `drca worker --redis`
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service
+    redis_prefix: str = "drca"  # every key and stream this deployment uses starts with `<prefix>:`
+    replica_index_dir: Path | None = None  # Redis mode: this replica's copy of the index (default data_dir/index)
+    reclaim_idle_s: float = Field(30.0, gt=0)  # a job held this long by a silent worker is taken over
+    max_attempts: int = Field(3, ge=1)  # deliveries of one job before it goes to the dead-letter stream
+    worker_heartbeat_s: float = Field(2.0, gt=0)  # a worker counts as gone after 3 missed heartbeats
+    rate_limit_per_s: float = Field(0.0, ge=0)  # token bucket per API key (or client address); 0: off
+    rate_limit_burst: int = Field(20, ge=1)  # bucket size
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -87,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def index_dir(self) -> Path:
-        return self.data_dir / "index"
+        return self.replica_index_dir or self.data_dir / "index"
 
     @property
     def store_path(self) -> Path:

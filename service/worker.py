@@ -30,7 +30,7 @@ import torch
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
 from service.encoder import DecodedVideo, VideoEncoder
-from service.errors import ServiceError, to_service_error
+from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -105,9 +105,15 @@ class EncoderWorker:
                 item = self.broker.take(timeout_s=0.2)
                 if item is None:
                     continue
-                if isinstance(item, IngestJob) and not self.catalog.start(item):
-                    self.broker.ack(item)  # deleted while queued, or already finished
-                    continue
+                if isinstance(item, IngestJob):
+                    try:
+                        started = self.catalog.start(item)
+                    except Exception as e:  # e.g. Redis unreachable: released for another delivery
+                        self._finish_error(item, e, {})
+                        continue
+                    if not started:
+                        self.broker.ack(item)  # deleted while queued, finished, or run by another worker
+                        continue
                 fut = None
                 path = item.path if isinstance(item, IngestJob) else item.request.video_path
                 if path is not None:
@@ -243,6 +249,12 @@ class EncoderWorker:
 
     def _finish_error(self, item: WorkItem, exc: BaseException, timings: dict[str, float]) -> None:
         err = to_service_error(exc)
+        if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
+            # Redis is gone for longer than the client retries: record nothing, let another delivery redo it
+            log.warning("job %d not finished (%s); it will be delivered again", item.job_id, exc)
+            with contextlib.suppress(Exception):
+                self.broker.release(item)
+            return
         if err.status >= 500 and not isinstance(exc, ServiceError):
             log.error("work item failed: %s: %s", type(exc).__name__, exc)
         try:

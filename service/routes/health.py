@@ -1,4 +1,5 @@
-"""`/healthz` (process up), `/readyz` (model loaded, index open, worker running), `/metrics`."""
+"""`/healthz` (process up), `/readyz` (index open and, embedded, the worker running; scale-out, this
+replica's index caught up with the vector stream), `/metrics`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def readyz(request: Request) -> JSONResponse:
         ready=bool(rt and rt.ready),
         model_loaded=bool(rt and rt.encoder is not None),
         index_open=bool(rt and rt.index is not None),
-        worker_running=bool(rt and rt.worker is not None and rt.worker.alive),
+        worker_running=bool(rt and rt.workers_running()),
         videos=len(rt.index) if rt and rt.index is not None else 0,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

@@ -126,8 +126,6 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
     except BaseException:
         form.discard()
         raise
-    if reg.created:
-        rt.broker.enqueue(rt.catalog.job_for(reg.video, reg.job))
     body = UploadResponse(video_id=reg.video.video_id, job_id=reg.job.job_id, status=reg.job.status,
                           created=reg.created)
     return JSONResponse(body.model_dump(), status_code=202 if reg.created else 200)

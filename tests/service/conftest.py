@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.procs import RedisServer
 from tests.service.media import make_media, tiny_checkpoint
 
 LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50}
@@ -59,3 +60,14 @@ def ingest(client: TestClient, path: Path, **fields: str) -> int:
     job = wait_job(client, body["job_id"])
     assert job["status"] == "done", job
     return body["video_id"]
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server (AOF) on a free loopback port, in this test's directory."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

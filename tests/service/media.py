@@ -79,3 +79,11 @@ def make_media(root: Path) -> dict[str, Path]:
     (root / "notes.txt").write_text("this is not a video\n" * 50)
     out["text"] = root / "notes.txt"
     return out
+
+
+def distinct_videos(root: Path, n: int, seconds: int = 6, size: int = 96) -> list[Path]:
+    """`n` videos with different content (Game of Life, one seed each), `seconds` long at 10 fps."""
+    root.mkdir(parents=True, exist_ok=True)
+    return [lavfi_video(root / f"life{i:03d}.mp4",
+                        f"life=size={size}x{size}:rate=10:mold=10:ratio=0.5:seed={i + 1},trim=duration={seconds}")
+            for i in range(n)]

@@ -1,0 +1,169 @@
+"""How vectors reach every gateway replica in the scale-out deployment.
+
+The stream `<prefix>:vectors` in Redis is the durable record of the index: one entry per index write,
+`add` (a video's segments and L2-normalised vectors, all of them) or `delete` (a video id). Writers
+(workers completing jobs, gateways deleting videos) append with `RedisVectorLog`, under the catalog lock.
+Each gateway replica runs a `VectorFollower` that applies the entries in stream order to its own
+`VideoIndex` (its own directory: its log and snapshots make restarts fast) and remembers the last applied
+entry id in `<index dir>/stream-cursor`, written after the index write is durable. After a crash it
+resumes from that cursor; entries applied twice are harmless, because an add replaces the video's
+segments (an upsert by video id) and a delete of an absent video does nothing. So every replica ends up
+with each video exactly once, in the state the stream's last entry for it says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from indexer import InvalidVectors, Segment, VideoIndex
+from indexer.index import _segments_array, normalise
+
+log = logging.getLogger(__name__)
+
+CURSOR_FILE = "stream-cursor"
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisVectorLog:
+    """The catalog's index writes in Redis mode (`add_video`, `delete_video`, like `VideoIndex`).
+
+    With a `follower` (in a gateway), a write returns once this replica's index has applied it, so the
+    gateway that deleted a video never returns it in a search afterwards."""
+
+    def __init__(self, client: redis.Redis, prefix: str, dim: int, follower: VectorFollower | None = None,
+                 wait_s: float = 10.0) -> None:
+        self.r = client
+        self.key = f"{prefix}:vectors"
+        self.dim = dim
+        self.follower = follower
+        self.wait_s = wait_s
+
+    def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None:
+        vecs = normalise(vectors, self.dim)  # a bad write fails here, never in the replicas
+        segs = _segments_array(segments, len(vecs))
+        self._append({"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist()),
+                      "vectors": vecs.astype("<f4").tobytes()})
+
+    def delete_video(self, video_id: int) -> bool:
+        self._append({"op": "delete", "video_id": int(video_id)})
+        return True
+
+    def _append(self, fields: dict) -> None:
+        entry = self.r.xadd(self.key, fields).decode()
+        if self.follower is not None and not self.follower.wait_for(entry, self.wait_s):
+            log.warning("this replica has not applied %s after %g s (it will)", entry, self.wait_s)
+
+
+class VectorFollower:
+    """Applies `<prefix>:vectors` to this replica's index, from its saved cursor on."""
+
+    def __init__(self, client: redis.Redis, prefix: str, index: VideoIndex,
+                 on_change: Callable[[int, bool], None] | None = None) -> None:
+        self.r = client
+        self.key = f"{prefix}:vectors"
+        self.index = index
+        self.on_change = on_change  # (video_id, added) after each applied entry: the text-search table
+        self.cursor_path = Path(index.directory) / CURSOR_FILE
+        self.cursor = self.cursor_path.read_text().strip() if self.cursor_path.exists() else "0-0"
+        self.caught_up = threading.Event()  # set once the stream is applied up to where it was at start
+        self._applied = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="drca-vector-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_for(self, entry_id: str, timeout_s: float) -> bool:
+        target = _id_tuple(entry_id)
+        with self._applied:
+            return self._applied.wait_for(lambda: _id_tuple(self.cursor) >= target, timeout_s)
+
+    def _run(self) -> None:
+        end: tuple[int, int] | None = None  # the stream's last entry when this replica started
+        while not self._stop.is_set():
+            try:
+                if end is None:
+                    last = self.r.xrevrange(self.key, count=1)
+                    end = _id_tuple(last[0][0].decode()) if last else (0, 0)
+                got = self.r.xread({self.key: self.cursor}, count=500, block=500)
+                entries = got[0][1] if got else []
+                if entries:
+                    self._apply(entries)
+                if not entries or _id_tuple(self.cursor) >= end:
+                    self.caught_up.set()
+            except redis.RedisError as e:
+                log.warning("vector stream: %s; retrying", e)
+                self._stop.wait(0.5)
+            except Exception:
+                log.exception("vector follower error; retrying")
+                self._stop.wait(0.5)
+
+    def _apply(self, entries: list) -> None:
+        adds: list[tuple[int, list[Segment], np.ndarray]] = []
+        changed: list[tuple[int, bool]] = []
+
+        def flush_adds() -> None:
+            if not adds:
+                return
+            try:
+                self.index.add_videos(adds)  # one durable write for the run of adds
+            except InvalidVectors:  # only a foreign writer can get here (RedisVectorLog checks): skip it
+                for item in adds:
+                    try:
+                        self.index.add_video(*item)
+                    except InvalidVectors as e:
+                        log.error("vector stream: video %d has invalid vectors (%s), skipped", item[0], e)
+            adds.clear()
+
+        for entry_id, f in entries:
+            try:
+                op, vid = f[b"op"].decode(), int(f[b"video_id"])
+                if op == "add":
+                    segs = [Segment(a, b) for a, b in json.loads(f[b"segments"])]
+                    vecs = np.frombuffer(f[b"vectors"], dtype="<f4").reshape(len(segs), -1)
+                    adds.append((vid, segs, vecs))
+                    changed.append((vid, True))
+                elif op == "delete":
+                    flush_adds()
+                    self.index.delete_video(vid)
+                    changed.append((vid, False))
+                else:
+                    log.error("vector stream entry %s: unknown op %r, skipped", entry_id, op)
+            except (KeyError, ValueError) as e:
+                log.error("vector stream entry %s is malformed (%s), skipped", entry_id, e)
+        flush_adds()
+        last = entries[-1][0].decode()
+        tmp = self.cursor_path.with_suffix(".tmp")
+        tmp.write_text(last)
+        os.replace(tmp, self.cursor_path)  # after the index write: the cursor never runs ahead of it
+        with self._applied:
+            self.cursor = last
+            self._applied.notify_all()
+        if self.on_change is not None:
+            for vid, added in changed:
+                try:
+                    self.on_change(vid, added)
+                except Exception:
+                    log.exception("after applying video %d", vid)
