@@ -1,4 +1,4 @@
-"""The curl walkthrough in docs/api.md, run word for word (only the port differs) against `drca serve`."""
+"""The curl walkthrough of the README, run word for word (only the port differs) against `drca serve`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.service.media import tiny_checkpoint
 
 
 def walkthrough() -> str:
-    text = (ROOT / "docs" / "api.md").read_text()
+    text = (ROOT / "README.md").read_text()
     block = text.split("<!-- walkthrough:start -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
     return re.sub(r"^```(bash)?\s*$", "", block, flags=re.M)
 
