@@ -82,11 +82,14 @@ class DRCA(nn.Module):
             high, low, saliency, _ = self.dccm(tokens)
             for blk in self.align_blocks:
                 cls, high, low = blk(cls, high, low)
-            frames = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1)  # (B, T, D)
-        else:
-            frames = tokens.mean(dim=(2, 3))
 
-        features = self.norm(cls[:, 0] if self.cfg.head.pool == "cls" else frames.mean(dim=1))
+        if self.cfg.head.pool == "cls":
+            pooled_tokens = cls[:, 0]
+        elif self.dccm is not None:  # every frame's mean token, both resolutions, averaged over frames
+            pooled_tokens = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1).mean(dim=1)
+        else:
+            pooled_tokens = tokens.mean(dim=(1, 2, 3))
+        features = self.norm(pooled_tokens)
         pooled = self.head_drop(features)
         logits = self.cls_head(pooled) if self.cls_head is not None else None
         embedding = F.normalize(self.embed_head(pooled), dim=-1) if self.embed_head is not None else None

@@ -106,16 +106,14 @@ def _env(checkpoint: Path, data_dir: Path, redis_url: str, **extra: str) -> dict
             "DRCA_DEVICE": "cpu", "DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5", **extra}
 
 
-class Gateway(Proc):
-    """`drca serve --redis`: one gateway replica with its own index directory."""
+class HttpServer(Proc):
+    """A `drca serve` process on a free loopback port; ready when /readyz answers 200."""
 
-    def __init__(self, checkpoint: Path, data_dir: Path, redis_url: str, index_dir: Path, log: Path,
-                 **settings: str) -> None:
+    def __init__(self, extra_args: list[str], log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = _env(checkpoint, data_dir, redis_url, DRCA_REPLICA_INDEX_DIR=str(index_dir), **settings)
         super().__init__([sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-                          "--port", str(self.port)], log, env)
+                          "--port", str(self.port), *extra_args], log, env)
 
     def start(self, timeout_s: float = 120) -> None:
         self.spawn()
@@ -131,10 +129,19 @@ class Gateway(Proc):
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"gateway not ready in {timeout_s} s:\n{self.tail()}")
+        raise AssertionError(f"server not ready in {timeout_s} s:\n{self.tail()}")
 
     def client(self, timeout_s: float = 60) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s)
+
+
+class Gateway(HttpServer):
+    """`drca serve --redis`: one gateway replica with its own index directory."""
+
+    def __init__(self, checkpoint: Path, data_dir: Path, redis_url: str, index_dir: Path, log: Path,
+                 **settings: str) -> None:
+        super().__init__([], log, _env(checkpoint, data_dir, redis_url, DRCA_REPLICA_INDEX_DIR=str(index_dir),
+                                       **settings))
 
 
 class Worker(Proc):

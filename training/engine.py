@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from model.drca import DRCA
 from training.config import Precision, RunConfig, SolverConfig
 
 log = logging.getLogger(__name__)
@@ -417,10 +418,9 @@ def command_line() -> str:
     return "drca " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("drca") else shlex.join(sys.argv)
 
 
-def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:
+def wrap_ddp(model: DRCA, d: Dist) -> nn.Module:
     """DistributedDataParallel when distributed. With mean pooling the cls-token path gets no gradient, so
     unused parameters are allowed then."""
     if not d.enabled:
         return model
-    unused = getattr(getattr(model, "cfg", None), "head", None) is not None and model.cfg.head.pool == "mean"
-    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.cfg.head.pool == "mean")

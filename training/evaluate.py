@@ -24,6 +24,7 @@ from tqdm import tqdm
 from model.checkpoint import load_checkpoint
 from training.data.annotations import load_video_list
 from training.data.datasets import DecodedClipDataset
+from training.data.real import VIDEO_EXTENSIONS
 from training.data.retrieval_sets import Protocol, load_fivr, load_near_duplicate, relevant_ids
 from training.data.sampling import SampleFrames
 from training.data.video import open_video
@@ -31,9 +32,6 @@ from training.embed import embed_clips, segment_clips
 from training.metrics import chamfer_matrix, classification_metrics, retrieval_metrics
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv", ".ts")
-
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -81,7 +79,7 @@ def find_videos(video_dir: str | Path, ids: list[str]) -> dict[str, Path]:
     video_dir = Path(video_dir)
     found: dict[str, Path] = {}
     for p in video_dir.iterdir() if video_dir.is_dir() else ():
-        if p.suffix.lower() in VIDEO_SUFFIXES:
+        if p.suffix.lower() in VIDEO_EXTENSIONS:
             found.setdefault(p.stem, p)
     missing = [i for i in ids if i not in found]
     if missing:

@@ -76,7 +76,7 @@ def _real(root: Path, cfg: ShippedConfig) -> Path:
 
 def build_shipped(cfg: ShippedConfig, command: str = "",
                   extra: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())) -> Path:
-    """Run every step; ``extra`` = (retrieval, text, classify) overrides applied after the recipes (tests)."""
+    """Run every step; ``extra`` = (retrieval, classify, text) overrides applied after the recipes (tests)."""
     t0 = time.time()
     root = Path(cfg.work_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -92,12 +92,12 @@ def build_shipped(cfg: ShippedConfig, command: str = "",
     cls_cfg = apply_overrides(ClassifyConfig(), [
         *RECIPES["cpu-classify"], f"init_from={video_ckpt}", f"data.train_list={synth / 'train.txt'}",
         f"data.val_list={synth / 'val.txt'}", f"run.out_dir={root / 'classify'}", f"run.seed={cfg.seed}",
-        *extra[2],
+        *extra[1],
     ])
     cls_ckpt = train_classify(cls_cfg)
     text_cfg = apply_overrides(TextConfig(), [
         *RECIPES["cpu-text"], f"init_from={cls_ckpt}", f"data.captions={synth / 'captions.jsonl'}",
-        f"run.out_dir={root / 'text'}", f"run.seed={cfg.seed}", *extra[1],
+        f"run.out_dir={root / 'text'}", f"run.seed={cfg.seed}", *extra[2],
     ])
     text_ckpt = train_text(text_cfg)
     test = evaluate_classification(text_ckpt, synth / "test.txt", sampler="uniform", num_workers=1)

@@ -5,68 +5,28 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.procs import ROOT, HttpServer, wait_jobs
 from tests.service.media import CLASS_NAMES, make_media, tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 
+class Server(HttpServer):
+    """The embedded `drca serve` (no Redis) with a checkpoint and a data directory."""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
     def __init__(self, checkpoint: Path, data_dir: Path, log: Path, *extra_args: str,
                  env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu", *extra_args]
-        self.log = log
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5",
-               **self.env}
-        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready in {timeout_s} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(60)
+        super().__init__(["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--device", "cpu",
+                          *extra_args], log, {"DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5", **(env or {})})
 
 
 def wait_job(c: httpx.Client, job_id: int, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} unfinished: {job}")
+    return wait_jobs(c, [job_id], timeout_s)[job_id]
 
 
 def ingest_cli(folder: Path, url: str) -> subprocess.CompletedProcess:

@@ -38,8 +38,8 @@ def test_shipped_pipeline_tiny(tmp_path: Path) -> None:
              "solver.epochs=1", "run.threads=1")
     out = build_shipped(cfg, command="drca train shipped (test)",
                         extra=((*TINY_MODEL, "model.backbone.stem=patch", "model.head.pool=mean", *small),
-                               ("data.batch_size=4", "data.num_workers=0", "solver.epochs=1", "run.threads=1"),
-                               (*TINY_MODEL, "model.backbone.stem=patch", "model.head.pool=mean", *small)))
+                               (*TINY_MODEL, "model.backbone.stem=patch", "model.head.pool=mean", *small),
+                               ("data.batch_size=4", "data.num_workers=0", "solver.epochs=1", "run.threads=1")))
     ck = load_checkpoint(out)
     assert ck.text_head is not None and ck.config.head.num_classes == 4 and ck.config.head.embed_dim == 16
     assert len(ck.card.class_names) == 4 and ck.card.seed == 1

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from training.data import transforms as T
-from training.data.sampling import SampleFrames, uniform_sample
+from training.data.sampling import SampleFrames, frame_timeline, uniform_sample
 from training.data.video import VideoError, VideoLimits, open_video
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def cache_video(path: Path, cfg: CacheConfig, limits: VideoLimits | None = None)
     try:
         with open_video(path, limits) as reader:
             info = reader.info
-            times = reader.frame_times if reader.frame_times is not None else np.arange(info.num_frames) / info.fps
+            times = frame_timeline(info.num_frames, info.fps, reader.frame_times)
             windows = []
             for wt in _window_times(info.duration, cfg):
                 idx = np.clip(np.searchsorted(times, wt, side="right") - 1, 0, info.num_frames - 1)
@@ -100,6 +100,11 @@ class FrameCache:
 
     def __len__(self) -> int:
         return len(self.windows)
+
+
+def item_seed(seed: int, epoch: int, i: int) -> int:
+    """The random seed of item ``i`` in ``epoch``: a new draw every epoch, the same for the same run."""
+    return (seed * 1_000_003 + epoch * 10_007 + int(i)) % 2**63
 
 
 def jittered_indices(available: int, num_frames: int, rng: np.random.Generator, min_span: float) -> np.ndarray:
@@ -130,7 +135,7 @@ class ClipDataset(Dataset):
         if self.aug is None:  # evaluation: the centre frame of each of T equal parts, centre crop
             idx = uniform_sample(len(w.frames), 1.0, self.num_frames, test_mode=True).indices
             return T.preprocess(w.frames[idx], self.input_cfg), w.label
-        seed = (self.seed * 1_000_003 + self.epoch * 10_007 + int(i)) % 2**63
+        seed = item_seed(self.seed, self.epoch, i)
         rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
         idx = jittered_indices(len(w.frames), self.num_frames, rng, self.min_span)
         return T.preprocess_train(w.frames[idx], self.input_cfg, self.aug, g), w.label
@@ -153,7 +158,7 @@ class InstanceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         w = self.windows[i]
-        seed = (self.seed * 1_000_003 + self.epoch * 10_007 + int(i)) % 2**63
+        seed = item_seed(self.seed, self.epoch, i)
         rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
         out = [T.preprocess_train(w.frames[jittered_indices(len(w.frames), self.num_frames, rng, self.min_span)],
                                   self.input_cfg, self.aug, g) for _ in range(self.views)]
