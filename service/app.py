@@ -28,8 +28,14 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
+#: HTTP methods with their own `method` label; any other method name is counted as `other`.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class _LatencyMiddleware:
-    """Request latency by route template (`/v1/videos/{video_id}`, not the raw path)."""
+    """Request latency by route template (`/v1/videos/{video_id}`, not the raw path). Every label has a
+    bounded set of values, whatever clients send: the known methods or `other`, the app's route templates
+    or `unmatched`, and the status code."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -50,10 +56,13 @@ class _LatencyMiddleware:
             await self.app(scope, receive, _send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            if scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
+            path = getattr(route, "path", None)
+            if path is None:
+                path = "unmatched"
+            elif scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
                 path = "/v1" + path  # routers included with a prefix report their own path
-            self.metrics.request_latency.labels(scope["method"], path, str(status["code"])).observe(
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.request_latency.labels(method, path, str(status["code"])).observe(
                 time.perf_counter() - t0)
 
 
