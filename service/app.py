@@ -15,11 +15,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import rate_limit, require_api_key
-from service.errors import install_error_handlers
+from service.errors import ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
+from service.server import BodyTimeoutMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,34 @@ class _LatencyMiddleware:
                 time.perf_counter() - t0)
 
 
+class _UnexpectedErrorMiddleware:
+    """An unexpected exception becomes the JSON 500 here, inside the app, and the connection stays open.
+    (Starlette's outermost handler answers too, but then re-raises, and uvicorn drops the keep-alive
+    connection, so the client's next request on it fails.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def _send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        except Exception:
+            if started:  # half a response is out: only closing the connection can say it failed
+                raise
+            log.exception("unhandled error")
+            await error_response(ServiceError("internal error"))(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, with_worker: bool = True) -> FastAPI:
     """The embedded service; the gateway role alone with `with_worker=False`, or whenever `redis_url` is
     set (workers are then `drca worker` processes)."""
@@ -109,5 +138,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(_UnexpectedErrorMiddleware)
+    app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)  # outermost: sees every status
     return app

@@ -82,14 +82,12 @@ def serve(
 ) -> None:
     """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
     --redis URL: one gateway replica; encoding is done by `drca worker --redis URL` processes."""
-    import uvicorn
-
+    from service import server
     from service.app import create_app
 
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
                          device=device, api_keys=api_key or None, redis_url=redis_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    server.run(create_app(settings), settings)
 
 
 @app.command("worker")

@@ -59,6 +59,10 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+
+
 class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
 
+    # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
+    header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this
+    body_timeout_s: float = Field(30.0, gt=0)  # longest pause between two pieces of a request body
+    idle_timeout_s: float = Field(5.0, gt=0)  # a keep-alive connection without a new request is closed
+
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
 

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from indexer.errors import NotFound
-from service.deps import runtime
+from service.deps import VideoIdPath, runtime
 from service.errors import BadRequest, NotFoundError, ServiceError
 from service.routes.videos import ERRORS
 from service.runtime import ServiceRuntime
@@ -26,6 +26,7 @@ MEDIA_TYPES = {
 }
 _RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$")
 _MAX_RANGES = 16
+_MAX_DIGITS = 18  # byte positions up to 10^18 - 1: far past any stored file, never an overflow
 
 
 class RangeNotSatisfiable(ServiceError):
@@ -46,6 +47,8 @@ def check_range(header: str, size: int) -> None:
         if m is None or part == "-":
             raise BadRequest(f"Range: malformed range {part[:40]!r}")
         first, last = m.group(1), m.group(2)
+        if max(len(first), len(last)) > _MAX_DIGITS:
+            raise BadRequest(f"Range: byte positions have at most {_MAX_DIGITS} digits")
         start = int(first) if first else size - int(last)
         if first and last and int(last) < start:
             raise BadRequest(f"Range: the range {part!r} ends before it starts")
@@ -65,7 +68,7 @@ def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]
 @router.get("/videos/{video_id}/thumbnail", response_class=FileResponse, responses={
     200: {"content": {"image/jpeg": {}}, "description": "JPEG, at most 320 pixels wide"}, **ERRORS})
 async def get_thumbnail(
-    video_id: int,
+    video_id: VideoIdPath,
     t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 0.1 s, clamped)"),
     rt: ServiceRuntime = Depends(runtime),
 ) -> FileResponse:
@@ -84,7 +87,7 @@ async def get_thumbnail(
     200: {"content": {"video/mp4": {}}, "description": "The stored file"},
     206: {"description": "The requested byte range(s)"},
     416: {"description": "The range is outside the file"}, **ERRORS})
-async def get_content(video_id: int, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
+async def get_content(video_id: VideoIdPath, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
     """The stored upload, byte for byte. Honours `Range` (206), so browsers can seek."""
     path, _ = await run_in_threadpool(_stored_file, rt, video_id)
     header = request.headers.get("range")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -10,10 +9,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from indexer.store import JobRecord, VideoRecord
-from service.deps import read_multipart, runtime
+from service.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
 from service.errors import BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
+    MAX_ID,
     ErrorResponse,
     JobResponse,
     LabelOut,
@@ -84,10 +84,7 @@ async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
 def parse_metadata(raw: str | None) -> dict | None:
     if raw is None or not raw.strip():
         return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"metadata is not valid JSON: {e}") from None
+    meta = loads_json(raw, "metadata")
     if not isinstance(meta, dict):
         raise InvalidInput("metadata must be a JSON object")
     return meta
@@ -133,7 +130,7 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
 
 @router.get("/videos", response_model=VideoPage, responses=ERRORS)
 def list_videos(
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(50, ge=1, le=1000),
     sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
     rt: ServiceRuntime = Depends(runtime),
@@ -152,18 +149,18 @@ def list_videos(
 
 
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
-def get_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
+def get_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
     return video_out(rt, rt.store.get_video(video_id))
 
 
 @router.delete("/videos/{video_id}", status_code=204, responses=ERRORS)
-def delete_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> None:
+def delete_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> None:
     """Remove the video from the index, the metadata store and the file store."""
     rt.catalog.delete(video_id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
-def get_job(job_id: int, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
+def get_job(job_id: JobIdPath, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""
     return job_out(rt.store.get_job(job_id))

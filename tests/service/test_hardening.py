@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.server import server_config
+from tests.procs import free_port
+from tests.service.conftest import make_settings
 
 
 def _error(r, status: int) -> dict:
@@ -28,3 +41,234 @@ def test_metrics_labels_are_bounded(client):
                for r in routes), routes
     # 90 distinct garbage requests added a handful of series, not 90 x 16
     assert len(text) - len(before) < 12_000
+
+
+# a real server (uvicorn, h11) in a thread, for what only a socket can see ------------------------------
+class Conn:
+    """One raw keep-alive HTTP/1.1 connection: send bytes, read whole responses."""
+
+    def __init__(self, port: int, timeout_s: float = 20.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        head = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **(headers or {})}
+        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items()), "", ""]
+        self.send("\r\n".join(lines).encode() + body)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"closed before a response (got {self.buf[:200]!r})")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines)}
+        n = int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionError("closed mid-body")
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return int(status_line.split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (reads what is left first)."""
+        try:
+            while self._fill():
+                pass
+        except (ConnectionResetError, TimeoutError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _json_error(status_headers_body, status: int) -> dict:
+    got, headers, body = status_headers_body
+    assert got == status, body
+    assert headers["content-type"] == "application/json", headers
+    err = json.loads(body)["error"]
+    assert err["code"] and err["message"]
+    return err
+
+
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """`drca serve`'s server (service.server.server_config) on a free port, with 1 s timeouts."""
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("server"), port=free_port(),
+                             header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, idle_timeout_s=TIMEOUT_S)
+    srv = uvicorn.Server(server_config(create_app(settings), settings, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError("server not ready")
+    yield srv, settings
+    srv.should_exit = True
+    thread.join(30)
+
+
+# 4. bad numbers and deep JSON: 4xx JSON, never 500; the connection stays usable -------------------------
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def _obj(**raw: str) -> str:
+    """A JSON object from raw (unquoted, unchecked) JSON values."""
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in raw.items()) + "}"
+
+
+BIG = "1" * 5000  # past Python's 4300-digit limit for int()
+HUGE_ID = str(2**63)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("POST", "/v1/search", _obj(text=_deep(30_000)), 400),
+    ("POST", "/v1/search", _obj(text=_deep(5_000)), 400),
+    ("POST", "/v1/search", _obj(text='"a"', k=BIG), 400),
+    ("POST", "/v1/search", '{"text": "a", "min_score": 1e400}', 400),
+    ("POST", "/v1/search", '{"text": "a", "min_score": NaN}', 400),
+    ("POST", "/v1/search", _obj(video_id=HUGE_ID), 422),
+    ("POST", "/v1/search", _obj(video_id="1", exclude_ids=f"[{HUGE_ID}]"), 422),
+    ("POST", "/v1/classify", _obj(video_id=HUGE_ID), 422),
+    ("POST", "/v1/classify", _obj(video_id="9" * 4000), 422),
+    ("GET", f"/v1/videos/{HUGE_ID}", "", 422),
+    ("DELETE", f"/v1/videos/{HUGE_ID}", "", 422),
+    ("GET", f"/v1/videos/{HUGE_ID}/thumbnail", "", 422),
+    ("GET", f"/v1/videos/{HUGE_ID}/content", "", 422),
+    ("GET", f"/v1/jobs/{HUGE_ID}", "", 422),
+    ("GET", f"/v1/videos/{BIG}", "", 422),
+    ("GET", "/v1/videos?offset=" + str(10**20), "", 422),
+    ("GET", "/v1/videos/-1", "", 422),
+])
+def test_bad_numbers_and_deep_json_are_4xx_and_keep_the_connection(server, method, path, body, status):
+    port = server[1].port
+    c = Conn(port)
+    try:
+        c.request(method, path, body.encode(), {"Content-Type": "application/json"} if body else None)
+        got = c.response()
+        _json_error(got, status)
+        assert got[1].get("connection") != "close"
+        c.request("GET", "/healthz")  # the same connection still serves
+        assert c.response()[0] == 200
+    finally:
+        c.close()
+
+
+def test_bad_numbers_in_forms_metadata_and_range(client, media):
+    def post(**data):
+        with open(media["rgb"], "rb") as f:
+            return client.post("/v1/videos", files={"file": ("a.mp4", f, "video/mp4")}, data=data)
+
+    for meta in (_obj(a=_deep(30_000)), _obj(a=_deep(600)), _obj(a=BIG), '{"a": 1e400}',
+                 '{"a": Infinity}'):
+        assert _error(post(metadata=meta), 400)["code"] == "bad_request"
+    _error(client.post("/v1/classify", data={"video_id": HUGE_ID}, files={"x": ("x", b"x")}), 422)
+    _error(client.post("/v1/search", data={"video_id": "1", "exclude_ids": HUGE_ID}, files={"x": ("x", b"x")}), 422)
+    _error(client.post("/v1/search", data={"video_id": BIG}, files={"x": ("x", b"x")}), 422)
+    vid = post().json()["video_id"]
+    for rng in ("bytes=0-" + BIG, "bytes=" + BIG + "-", "bytes=-" + "9" * 30):
+        _error(client.get(f"/v1/videos/{vid}/content", headers={"Range": rng}), 400)
+    assert client.get("/v1/videos").status_code == 200  # nothing stored that the listing cannot show
+
+
+def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
+    srv, settings = server
+    rt = srv.config.loaded_app
+    while not hasattr(rt, "state"):  # uvicorn wraps the app in its own middleware
+        rt = rt.app
+    store = rt.state.runtime.store
+
+    def broken(*a, **kw):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(store, "count_videos", broken)
+    c = Conn(settings.port)
+    try:
+        c.request("GET", "/v1/videos")
+        got = c.response()
+        assert _json_error(got, 500)["code"] == "internal_error"
+        assert "injected" not in got[2].decode()
+        c.request("GET", "/healthz")
+        assert c.response()[0] == 200
+    finally:
+        c.close()
+
+
+# 8. server-side timeouts: header, body, idle; a stalled upload leaves no part file -----------------------
+def _closes_within(c: Conn, seconds: float) -> None:
+    c.sock.settimeout(seconds)
+    assert c.closed(), f"the server kept the connection open for more than {seconds} s"
+
+
+def test_partial_headers_get_408_and_are_closed(server):
+    port = server[1].port
+    c = Conn(port)
+    try:
+        c.send(b"GET /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        for _ in range(4):  # a header byte now and then does not keep it open (the limit is for all headers)
+            time.sleep(TIMEOUT_S / 3)
+            c.send(b"a")
+        c.sock.settimeout(10 * TIMEOUT_S)
+        assert _json_error(c.response(), 408)["code"] == "request_timeout"
+        _closes_within(c, 10 * TIMEOUT_S)
+    finally:
+        c.close()
+
+
+def test_silent_and_idle_connections_are_closed(server):
+    port = server[1].port
+    silent = Conn(port)  # connects, never sends a byte
+    idle = Conn(port)  # one request, then nothing
+    try:
+        idle.request("GET", "/healthz")
+        assert idle.response()[0] == 200
+        _closes_within(silent, 10 * TIMEOUT_S)
+        _closes_within(idle, 10 * TIMEOUT_S)
+    finally:
+        silent.close()
+        idle.close()
+
+
+def test_stalled_upload_gets_408_and_its_part_file_is_removed(server, media):
+    _, settings = server
+    tmp = settings.tmp_dir
+    boundary = "BoUnDaRy"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    data = media["bars"].read_bytes()
+    c = Conn(settings.port)
+    try:
+        c.send((f"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(head) + len(data) + 100}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode() + head + data[:1000])
+        deadline = time.monotonic() + 10
+        while not list(tmp.glob("upload-*.part")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(tmp.glob("upload-*.part")), "the upload was not being spooled"
+        c.sock.settimeout(10 * TIMEOUT_S)  # then the client stalls
+        status, headers, body = c.response()
+        assert status == 408 and headers["connection"] == "close", body
+        assert json.loads(body)["error"]["code"] == "request_timeout"
+        _closes_within(c, 10 * TIMEOUT_S)
+        assert list(tmp.glob("upload-*.part")) == []
+    finally:
+        c.close()
