@@ -94,8 +94,9 @@ def parse_external_id(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     ext = raw.strip()
-    if len(ext) > _EXTERNAL_ID or any(ord(ch) < 32 for ch in ext):
-        raise InvalidInput(f"external_id must be at most {_EXTERNAL_ID} printable characters")
+    if len(ext) > _EXTERNAL_ID or not ext.isprintable():  # no control, format (U+200B, U+202E) or DEL
+        raise InvalidInput(f"external_id must be at most {_EXTERNAL_ID} printable characters "
+                           "(no control or invisible formatting characters)")
     return ext
 
 

@@ -272,3 +272,20 @@ def test_stalled_upload_gets_408_and_its_part_file_is_removed(server, media):
         assert list(tmp.glob("upload-*.part")) == []
     finally:
         c.close()
+
+
+# 9. external_id: printable characters only ------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["a\x7fb", "zero\u200bwidth", "rtl\u202eoverride", "line\nbreak", "nb\u00a0sp",
+                                 "bom\ufeff", "tab\tx", "x" * 257])
+def test_external_id_must_be_printable(client, media, bad):
+    with open(media["life"], "rb") as f:
+        r = client.post("/v1/videos", files={"file": ("a.mp4", f, "video/mp4")}, data={"external_id": bad})
+    assert _error(r, 422)["code"] == "invalid_input"
+
+
+def test_external_id_printable_unicode_is_kept(client, media):
+    data = media["life"].read_bytes() + b"ext-id-case"  # unique content (trailing bytes still decode)
+    r = client.post("/v1/videos", files={"file": ("a.mp4", data, "video/mp4")},
+                    data={"external_id": "  Clip 7 – été/№5  "})
+    assert r.status_code == 202, r.text
+    assert client.get(f"/v1/videos/{r.json()['video_id']}").json()["external_id"] == "Clip 7 – été/№5"
