@@ -18,6 +18,7 @@ import torch
 
 from indexer import Segment
 from model.checkpoint import load_checkpoint
+from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
 from training.data.video import VideoLimits, open_video
 from training.embed import segment_clips
@@ -95,7 +96,7 @@ class VideoEncoder:
     def embed_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """texts -> MiniLM sentence embeddings (N, 384) and text-head projections (N, E) | None."""
         if self.text_encoder is None:
-            raise RuntimeError("text search is disabled (text_search=false)")
+            raise TextSearchDisabled(TEXT_SEARCH_OFF)
         sent = self.text_encoder.encode(list(texts))
         proj = None
         if self.text_head is not None:

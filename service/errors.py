@@ -75,6 +75,13 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+class TextSearchDisabled(ServiceError):
+    status, code = 503, "text_search_disabled"
+
+
+TEXT_SEARCH_OFF = "text search is disabled on this server (text_search=false: no text encoder is loaded)"
+
+
 class BrokerUnavailable(ServiceError):
     status, code = 503, "broker_unavailable"
 

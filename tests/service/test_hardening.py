@@ -11,11 +11,14 @@ import time
 import httpx
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.broker import InferenceRequest
+from service.errors import ServiceError
 from service.server import server_config
 from tests.procs import free_port
-from tests.service.conftest import make_settings
+from tests.service.conftest import ingest, make_settings
 
 
 def _error(r, status: int) -> dict:
@@ -289,3 +292,25 @@ def test_external_id_printable_unicode_is_kept(client, media):
                     data={"external_id": "  Clip 7 – été/№5  "})
     assert r.status_code == 202, r.text
     assert client.get(f"/v1/videos/{r.json()['video_id']}").json()["external_id"] == "Clip 7 – été/№5"
+
+
+# 6. text search switched off: a 503 that says so ------------------------------------------------------
+@pytest.fixture(scope="module")
+def no_text(checkpoint, tmp_path_factory):
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("notext"), text_search=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_text_query_with_text_search_off_is_503(no_text, media):
+    err = _error(no_text.post("/v1/search", json={"text": "a dog", "k": 3}), 503)
+    assert err["code"] == "text_search_disabled" and "text_search=false" in err["message"]
+    # the worker says the same when a gateway with other settings asks it (scale-out)
+    rt = no_text.app.state.runtime
+    with pytest.raises(ServiceError) as e:
+        rt.broker.infer(InferenceRequest("embed_text", texts=("a dog",)), 30)
+    assert (e.value.status, e.value.code) == (503, "text_search_disabled")
+    # video queries and uploads still work
+    vid = ingest(no_text, media["bars"])
+    r = no_text.post("/v1/search", json={"video_id": vid, "k": 3})
+    assert r.status_code == 200, r.text
