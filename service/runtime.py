@@ -81,7 +81,8 @@ class ServiceRuntime:
         storage = VideoStorage(s.videos_dir)
         if self.role != "worker":
             self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
-            self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads)
+            self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads,
+                                             max_bytes=s.thumbnail_cache_bytes)
         if s.redis_url:
             self._open_redis(storage)
         else:

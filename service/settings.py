@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(3 * 3600.0, gt=0)
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
+    thumbnail_cache_bytes: int = Field(256 * 1024**2, ge=1)  # on disk; least recently used files go first
 
     # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
     header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this

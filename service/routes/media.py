@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -65,22 +65,22 @@ def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]
     return path, video.duration
 
 
-@router.get("/videos/{video_id}/thumbnail", response_class=FileResponse, responses={
+@router.get("/videos/{video_id}/thumbnail", response_class=Response, responses={
     200: {"content": {"image/jpeg": {}}, "description": "JPEG, at most 320 pixels wide"}, **ERRORS})
 async def get_thumbnail(
     video_id: VideoIdPath,
-    t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 0.1 s, clamped)"),
+    t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 1 s, clamped)"),
     rt: ServiceRuntime = Depends(runtime),
-) -> FileResponse:
+) -> Response:
     """The frame at `t` seconds as a JPEG; rendered on first request, then served from the cache."""
     path, duration = await run_in_threadpool(_stored_file, rt, video_id)
-    thumb = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
+    jpeg = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
     try:
         await run_in_threadpool(rt.store.get_video, video_id)
     except NotFound:  # deleted while it was rendered: do not leave its thumbnail behind
         rt.thumbnails.drop(video_id)
         raise
-    return FileResponse(thumb, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/videos/{video_id}/content", response_class=FileResponse, responses={

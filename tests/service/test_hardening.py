@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +18,10 @@ from service.app import create_app
 from service.broker import InferenceRequest
 from service.errors import ServiceError
 from service.server import server_config
+from service.thumbnails import ThumbnailCache
 from tests.procs import free_port
 from tests.service.conftest import ingest, make_settings
+from training.data.video import DEFAULT_LIMITS
 
 
 def _error(r, status: int) -> dict:
@@ -314,3 +317,60 @@ def test_text_query_with_text_search_off_is_503(no_text, media):
     vid = ingest(no_text, media["bars"])
     r = no_text.post("/v1/search", json={"video_id": vid, "k": 3})
     assert r.status_code == 200, r.text
+
+
+# 7. the thumbnail cache: quantised t, capped size, least recently used evicted first -------------------
+@pytest.fixture(scope="module")
+def small_cache(checkpoint, tmp_path_factory):
+    data = tmp_path_factory.mktemp("thumbs")
+    settings = make_settings(checkpoint, data, text_search=False, thumbnail_cache_bytes=6_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c, data / "thumbnails"
+
+
+def _cached(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.jpg"))
+
+
+def test_thumbnail_times_are_quantised(small_cache, media):
+    c, root = small_cache
+    vid = ingest(c, media["two_segments"])  # 7 s
+    for i in range(200):  # 200 distinct t values
+        r = c.get(f"/v1/videos/{vid}/thumbnail", params={"t": f"{i * 0.0371:.4f}"})
+        assert r.status_code == 200
+    files = [p for p in _cached(root) if p.parent.name == str(vid)]
+    assert 1 <= len(files) <= 8, files  # at most one file per second of video (0 s .. 7 s)
+    assert c.get(f"/v1/videos/{vid}/thumbnail", params={"t": "2.4"}).content == \
+        c.get(f"/v1/videos/{vid}/thumbnail", params={"t": "1.6"}).content  # both are the frame at 2 s
+
+
+def test_thumbnail_cache_is_capped_lru(small_cache, media):
+    c, root = small_cache
+    rt = c.app.state.runtime
+    vids = [ingest(c, media[name]) for name in ("bars", "testsrc", "life", "rgb")]
+    keep = c.get(f"/v1/videos/{vids[0]}/thumbnail", params={"t": "1"}).content
+    for vid in vids[1:]:
+        for t in range(4):
+            c.get(f"/v1/videos/{vid}/thumbnail", params={"t": t})
+            # the first one stays in use, so it is never the least recently used
+            assert c.get(f"/v1/videos/{vids[0]}/thumbnail", params={"t": "1"}).content == keep
+            on_disk = sum(p.stat().st_size for p in _cached(root))
+            assert on_disk <= rt.settings.thumbnail_cache_bytes, on_disk
+            assert on_disk == rt.thumbnails.size_bytes
+    assert (root / str(vids[0]) / "1s.jpg").is_file()
+    evicted = root / str(vids[1]) / "0s.jpg"
+    assert not evicted.exists()  # used once, long ago: evicted
+    assert c.get(f"/v1/videos/{vids[1]}/thumbnail", params={"t": "0"}).status_code == 200  # rendered again
+
+
+def test_thumbnail_cache_reloads_within_its_cap(tmp_path, media):
+    root = tmp_path / "thumbs"
+    cache = ThumbnailCache(root, DEFAULT_LIMITS, max_bytes=10**9)
+    for t in range(4):
+        cache.get(1, media["two_segments"], t, 7.0)
+    (root / "1" / "25.jpg").write_bytes(b"old layout")  # tenths of a second, before the cap
+    sizes = sorted(p.stat().st_size for p in _cached(root) if p.name.endswith("s.jpg"))
+    reopened = ThumbnailCache(root, DEFAULT_LIMITS, max_bytes=sum(sizes[-2:]))
+    assert reopened.size_bytes <= sum(sizes[-2:])
+    assert not (root / "1" / "25.jpg").exists()
+    assert sum(p.stat().st_size for p in _cached(root)) == reopened.size_bytes
