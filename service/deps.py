@@ -38,38 +38,47 @@ def search_service(request: Request) -> SearchService:
     return request.app.state.search
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def require_api_key(request: Request) -> None:
-    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare)."""
+    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare).
+    Wrong keys are counted per client address (`AuthFailureLimiter`): past the limit, 429."""
     keys = request.app.state.settings.api_keys
     if not keys:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    limiter = getattr(getattr(request.app.state, "runtime", None), "auth_limiter", None)
+    address = client_address(request)
+    if limiter is not None:
+        limiter.check(address)
+    token = _bearer(request)
+    if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
-    given = token.strip().encode()
+    given = token.encode()
     ok = False
     for key in keys:  # compare against every key, so timing does not reveal which one matched
         ok |= hmac.compare_digest(given, key.get_secret_value().encode())
     if not ok:
+        if limiter is not None:
+            limiter.failed(address)
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def rate_limit(request: Request) -> None:
-    """Scale-out deployment with `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per
-    client address without keys), from a bucket in Redis that every gateway replica shares."""
-    rt = getattr(request.app.state, "runtime", None)
-    limiter = getattr(rt, "rate_limiter", None)
+    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per client address without
+    keys), from a bucket in this process (embedded) or in Redis, shared by every gateway replica."""
+    limiter = getattr(getattr(request.app.state, "runtime", None), "rate_limiter", None)
     if limiter is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        key = "key:" + token.strip()
-    else:
-        key = "addr:" + (request.client.host if request.client else "unknown")
-    limiter.check(key)
+    token = _bearer(request)
+    limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 
 def is_multipart(request: Request) -> bool:

@@ -63,7 +63,8 @@ class ServiceRuntime:
         self.broker: Broker = InProcessBroker()
         self.redis = None  # the client, in the scale-out deployment
         self.follower = None  # VectorFollower: this gateway replica's index follows the vector stream
-        self.rate_limiter = None
+        self.rate_limiter = None  # RateLimiter, with rate_limit_per_s > 0
+        self.auth_limiter = None  # AuthFailureLimiter, with API keys and auth_fail_limit_per_s > 0
         self.encoder = None
         self.worker = None
         self._stop = threading.Event()
@@ -88,6 +89,8 @@ class ServiceRuntime:
         else:
             self.store = SQLiteMetadataStore(s.store_path)
             self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker)
+        if self.role != "worker":
+            self._open_limiters()
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
         if self.with_worker:
             from service.encoder import VideoEncoder
@@ -105,7 +108,6 @@ class ServiceRuntime:
 
     def _open_redis(self, storage: VideoStorage) -> None:
         from indexer.redis_store import RedisMetadataStore
-        from service.ratelimit import RateLimiter
         from service.redis_broker import RedisBroker, RedisLock, connect
         from service.vector_stream import RedisVectorLog, VectorFollower
 
@@ -124,10 +126,27 @@ class ServiceRuntime:
             self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock)
             self.follower.on_change = self.catalog.vector_applied
             self.follower.start()
-            self.rate_limiter = RateLimiter(self.redis, s) if s.rate_limit_per_s > 0 else None
             self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)
             self._sweeper.start()
         broker.on_dead_letter = lambda job, reason: self.catalog.fail(job, reason, {})
+
+    def _open_limiters(self) -> None:
+        """The request and failed-authentication limits: in Redis when there is one (shared by every
+        gateway replica), else in this process."""
+        from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimiter, RedisBuckets
+
+        s = self.settings
+
+        def buckets(name: str, rate: float, burst: int):
+            if self.redis is not None:
+                return RedisBuckets(self.redis, s.redis_prefix, name, rate, burst)
+            return LocalBuckets(rate, burst)
+
+        if s.rate_limit_per_s > 0:
+            self.rate_limiter = RateLimiter(buckets("ratelimit", s.rate_limit_per_s, s.rate_limit_burst))
+        if s.api_keys and s.auth_fail_limit_per_s > 0:
+            self.auth_limiter = AuthFailureLimiter(
+                buckets("authfail", s.auth_fail_limit_per_s, s.auth_fail_limit_burst))
 
     def _sweep_loop(self) -> None:
         """Queue the jobs that have no stream entry: a gateway died between creating a job and queueing

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(2.0, gt=0)  # a worker counts as gone after 3 missed heartbeats
     rate_limit_per_s: float = Field(0.0, ge=0)  # token bucket per API key (or client address); 0: off
     rate_limit_burst: int = Field(20, ge=1)  # bucket size
+    # wrong API keys per client address: `burst` in a row, then one more per 1/rate s (429 until then)
+    auth_fail_limit_per_s: float = Field(0.1, ge=0)  # 0: off
+    auth_fail_limit_burst: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

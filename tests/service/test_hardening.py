@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.broker import InferenceRequest
 from service.errors import ServiceError
+from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
 from service.server import server_config
 from service.thumbnails import ThumbnailCache
 from tests.procs import free_port
@@ -374,3 +375,70 @@ def test_thumbnail_cache_reloads_within_its_cap(tmp_path, media):
     assert reopened.size_bytes <= sum(sizes[-2:])
     assert not (root / "1" / "25.jpg").exists()
     assert sum(p.stat().st_size for p in _cached(root)) == reopened.size_bytes
+
+
+# 5. rate limits: failed authentication per address in every mode; request limits embedded too ---------
+KEY = "the-right-key"
+
+
+def test_wrong_keys_are_rate_limited_per_address(checkpoint, tmp_path):
+    settings = make_settings(checkpoint, tmp_path, api_keys=[KEY], auth_fail_limit_per_s=0.001,
+                             auth_fail_limit_burst=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        good = {"Authorization": f"Bearer {KEY}"}
+        assert c.get("/v1/videos", headers=good).status_code == 200
+        for _ in range(5):  # a missing key is not a guess: not counted
+            assert c.get("/v1/videos").status_code == 401
+        codes = [c.get("/v1/videos", headers={"Authorization": f"Bearer guess-{i}"}).status_code for i in range(6)]
+        assert codes == [401, 401, 401, 429, 429, 429]
+        r = c.get("/v1/videos", headers=good)  # blocked: even the right key, so guessing cannot go on
+        assert _error(r, 429)["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+        assert c.get("/healthz").status_code == 200
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=("10.0.0.9", 5000)) as other:
+        assert other.get("/v1/videos", headers=good).status_code == 200  # another address is not blocked
+
+
+def test_failed_auth_bucket_refills():
+    now = [0.0]
+    limiter = AuthFailureLimiter(LocalBuckets(rate=0.5, burst=2, clock=lambda: now[0]))
+    limiter.failed("a")
+    limiter.failed("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+    limiter.check("b")
+    now[0] += 2.0  # one failure forgiven per 2 s
+    limiter.check("a")
+    limiter.failed("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+
+
+def test_local_buckets_are_bounded():
+    buckets = LocalBuckets(rate=1.0, burst=1, max_keys=100)
+    for i in range(1000):
+        buckets.take(f"addr-{i}")
+    assert len(buckets._buckets) == 100
+
+
+def test_rate_limit_settings_are_honoured_embedded(checkpoint, tmp_path):
+    settings = make_settings(checkpoint, tmp_path, rate_limit_per_s=0.01, rate_limit_burst=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        codes = [c.get("/v1/videos").status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        r = c.get("/v1/videos")
+        assert _error(r, 429)["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+        assert c.get("/healthz").status_code == 200
+
+
+def test_wrong_keys_are_limited_across_gateway_replicas(redis_server, checkpoint, tmp_path):
+    common = {"redis_url": redis_server.url, "api_keys": [KEY], "auth_fail_limit_per_s": 0.001,
+              "auth_fail_limit_burst": 2}
+    a = create_app(make_settings(checkpoint, tmp_path / "a", **common))
+    b = create_app(make_settings(checkpoint, tmp_path / "b", **common))
+    with TestClient(a, raise_server_exceptions=False) as ca, TestClient(b, raise_server_exceptions=False) as cb:
+        wrong = {"Authorization": "Bearer nope"}
+        assert ca.get("/v1/videos", headers=wrong).status_code == 401
+        assert cb.get("/v1/videos", headers=wrong).status_code == 401
+        for c in (ca, cb):  # the failures on both replicas count against the one address
+            assert _error(c.get("/v1/videos", headers={"Authorization": f"Bearer {KEY}"}), 429)["code"] == \
+                "rate_limited"
