@@ -65,6 +65,7 @@ def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]
     return path, video.duration
 
 
+@router.head("/videos/{video_id}/thumbnail", include_in_schema=False)
 @router.get("/videos/{video_id}/thumbnail", response_class=Response, responses={
     200: {"content": {"image/jpeg": {}}, "description": "JPEG, at most 320 pixels wide"}, **ERRORS})
 async def get_thumbnail(
@@ -83,6 +84,7 @@ async def get_thumbnail(
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
+@router.head("/videos/{video_id}/content", include_in_schema=False)
 @router.get("/videos/{video_id}/content", response_class=FileResponse, responses={
     200: {"content": {"video/mp4": {}}, "description": "The stored file"},
     206: {"description": "The requested byte range(s)"},
