@@ -458,3 +458,33 @@ def test_head_on_content_and_thumbnail(client, media):
     ranged = client.head(f"/v1/videos/{vid}/content", headers={"Range": "bytes=0-9"})
     assert ranged.status_code == 206 and ranged.headers["content-range"] == f"bytes 0-9/{size}"
     assert client.head("/v1/videos/987654/content").status_code == 404
+
+
+# 10. minor: what h11 refuses (a Content-Length mismatch, ...) gets the JSON error body -------------------
+def test_content_length_mismatch_and_bad_framing_are_json(server):
+    port = server[1].port
+    c = Conn(port)
+    try:  # body longer than its Content-Length: the rest is read as the next request, which is garbage
+        body = b'{"text": "a"}\r\n\r\n'
+        c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"
+               + body)
+        _json_error(c.response(), 400)  # the 5 bytes: malformed JSON
+        assert _json_error(c.response(), 400)["code"] == "bad_request"  # the rest
+        _closes_within(c, 10 * TIMEOUT_S)
+    finally:
+        c.close()
+    for head in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 7\r\n",
+                 b"Transfer-Encoding: gzip\r\n"):
+        c = Conn(port)
+        try:
+            c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n{}")
+            assert _json_error(c.response(), 400)["code"] == "bad_request"
+        finally:
+            c.close()
+    c = Conn(port)
+    try:  # shorter than its Content-Length, and the client waits: the body timeout answers
+        c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
+        c.sock.settimeout(10 * TIMEOUT_S)
+        assert _json_error(c.response(), 408)["code"] == "request_timeout"
+    finally:
+        c.close()
