@@ -18,10 +18,12 @@ import torch
 
 from indexer import Segment
 from model.checkpoint import load_checkpoint
+from model.config import InputConfig
 from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
-from training.data.video import VideoLimits, open_video
-from training.embed import segment_clips
+from training.data.sampling import Segment as PlannedSegment
+from training.data.video import VideoLimits, VideoReader, VideoTooLong, open_video
+from training.embed import decode_segments, plan_segments
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,30 @@ class DecodedVideo:
     clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
     segments: list[Segment]
     duration: float
+
+
+def check_segment_count(n: int, settings: Settings) -> None:
+    """`max_segments` per video (indexed or query): the worker's time and the index size per video."""
+    if n > settings.max_segments:
+        raise VideoTooLong(f"the video has {n} segments (at {settings.segment_fps:g} frames/s), above the limit "
+                           f"of {settings.max_segments} segments per video")
+
+
+class OpenedVideo:
+    """A validated video and its planned segments; `clips(a, b)` decodes segments a..b-1 only, so the
+    worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
+
+    def __init__(self, reader: VideoReader, planned: list[PlannedSegment], inp: InputConfig) -> None:
+        self._reader, self._planned, self._inp = reader, planned, inp
+        self.segments = [Segment(s.start_s, max(s.start_s, s.end_s)) for s in planned]
+        self.duration = reader.info.duration
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        """(stop - start, C, T, H, W) preprocessed clips."""
+        return decode_segments(self._reader, self._planned[start:stop], self._inp)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class VideoEncoder:
@@ -77,11 +103,25 @@ class VideoEncoder:
         )
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
+    def open(self, path: str | Path) -> OpenedVideo:
+        """Probe, open and plan the segments (nothing decoded yet). Raises `VideoError` for bad input,
+        `VideoTooLong` past `max_segments`."""
+        reader = open_video(path, self.limits)
+        try:
+            planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
+            check_segment_count(len(planned), self.settings)
+        except BaseException:
+            reader.close()
+            raise
+        return OpenedVideo(reader, planned, self.config.input)
+
     def decode(self, path: str | Path) -> DecodedVideo:
-        with open_video(path, self.limits) as reader:
-            clips, segs = segment_clips(reader, self.config.input, self.settings.segment_fps)
-            duration = reader.info.duration
-        return DecodedVideo(clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
+        """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""
+        video = self.open(path)
+        try:
+            return DecodedVideo(video.clips(0, len(video.segments)), video.segments, video.duration)
+        finally:
+            video.close()
 
     # the model ---------------------------------------------------------------------------------
     @torch.inference_mode()

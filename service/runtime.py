@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 Role = Literal["embedded", "gateway", "worker"]
 
 
-def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
-    """The checkpoint's card and embedding dim, without loading its weights (the gateway needs only these)."""
+def read_card(checkpoint: Path) -> tuple[ModelCard, int, int]:
+    """The checkpoint's card, embedding dim and clip length in frames, without loading its weights (the
+    gateway needs only these)."""
     try:
         card = ModelCard.model_validate_json((checkpoint / CARD).read_text())
-        dim = int(json.loads((checkpoint / CONFIG).read_text())["head"]["embed_dim"])
+        config = json.loads((checkpoint / CONFIG).read_text())
+        dim = int(config["head"]["embed_dim"])
+        num_frames = int(config["input"]["num_frames"])
     except FileNotFoundError:
         raise CheckpointError(
             f"no checkpoint at {checkpoint} (card.json/config.json missing); "
@@ -39,7 +42,9 @@ def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
         raise CheckpointError(f"{checkpoint}: unreadable card or config: {e}") from None
     if dim <= 0:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no embedding head")
-    return card, dim
+    if num_frames <= 0:
+        raise CheckpointError(f"{checkpoint}: input.num_frames must be positive")
+    return card, dim, num_frames
 
 
 class ServiceRuntime:
@@ -54,7 +59,7 @@ class ServiceRuntime:
         self.role = role
         self.with_worker = role != "gateway"
         self.metrics = ServiceMetrics()
-        self.card, self.embed_dim = read_card(Path(settings.checkpoint))
+        self.card, self.embed_dim, self.clip_frames = read_card(Path(settings.checkpoint))
         self.class_names = list(self.card.class_names)
         self.store: MetadataStore | None = None
         self.index: VideoIndex | None = None

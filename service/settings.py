@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024**2, gt=0)
     max_pixels: int = Field(4096 * 2304, gt=0)  # per frame, width x height
     max_duration_s: float = Field(3 * 3600.0, gt=0)
+    max_segments: int = Field(2048, ge=1)  # segments per video (indexed or query); more: 422 video_too_long
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
     thumbnail_cache_bytes: int = Field(256 * 1024**2, ge=1)  # on disk; least recently used files go first
@@ -55,7 +56,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1)  # clips per forward pass
     max_wait_ms: float = Field(10.0, ge=0)  # how long a partial batch waits for more clips
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
-    prefetch: int = Field(4, ge=1)  # decoded videos waiting for the model, at most
+    prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
+    decode_ahead_clips: int = Field(64, ge=1)  # decoded clips waiting for the model, at most (bounds memory)
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
     segment_fps: float = Field(1.0, gt=0)  # retrieval protocol: 1 frame per second, model-length clips
     inference_timeout_s: float = Field(60.0, gt=0)  # classify / query embedding: 503 after this

@@ -70,12 +70,15 @@ def job_out(j: JobRecord) -> JobResponse:
 
 
 async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
-    """Probe + open the spooled upload with the service's limits; its duration. VideoError -> 4xx."""
-    from service.encoder import video_limits
+    """Probe + open the spooled upload with the service's limits (pixels, duration, `max_segments`); its
+    duration. VideoError -> 4xx."""
+    from service.encoder import check_segment_count, video_limits
     from training.data.video import open_video
+    from training.embed import plan_segments
 
     def _probe() -> float:
         with open_video(upload.path, video_limits(rt.settings)) as reader:
+            check_segment_count(len(plan_segments(reader, rt.clip_frames, rt.settings.segment_fps)), rt.settings)
             return reader.info.duration
 
     return await run_in_threadpool(_probe)

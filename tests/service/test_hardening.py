@@ -21,8 +21,17 @@ from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
 from service.server import server_config
 from service.thumbnails import ThumbnailCache
 from tests.procs import free_port
-from tests.service.conftest import ingest, make_settings
+from tests.service.conftest import ingest, make_settings, wait_job
+from tests.service.media import lavfi_video
 from training.data.video import DEFAULT_LIMITS
+
+
+def unique_copy(src: Path, dst_dir: Path, tag: str) -> Path:
+    """`src` with trailing bytes (it still decodes): new content, so the shared `client`'s other tests
+    still see their own uploads as new."""
+    dst = dst_dir / f"{tag}-{src.name}"
+    dst.write_bytes(src.read_bytes() + tag.encode())
+    return dst
 
 
 def _error(r, status: int) -> dict:
@@ -181,9 +190,11 @@ def test_bad_numbers_and_deep_json_are_4xx_and_keep_the_connection(server, metho
         c.close()
 
 
-def test_bad_numbers_in_forms_metadata_and_range(client, media):
+def test_bad_numbers_in_forms_metadata_and_range(client, media, tmp_path):
+    video = unique_copy(media["rgb"], tmp_path, "bad-numbers")
+
     def post(**data):
-        with open(media["rgb"], "rb") as f:
+        with open(video, "rb") as f:
             return client.post("/v1/videos", files={"file": ("a.mp4", f, "video/mp4")}, data=data)
 
     for meta in (_obj(a=_deep(30_000)), _obj(a=_deep(600)), _obj(a=BIG), '{"a": 1e400}',
@@ -290,8 +301,8 @@ def test_external_id_must_be_printable(client, media, bad):
     assert _error(r, 422)["code"] == "invalid_input"
 
 
-def test_external_id_printable_unicode_is_kept(client, media):
-    data = media["life"].read_bytes() + b"ext-id-case"  # unique content (trailing bytes still decode)
+def test_external_id_printable_unicode_is_kept(client, media, tmp_path):
+    data = unique_copy(media["life"], tmp_path, "ext-id").read_bytes()
     r = client.post("/v1/videos", files={"file": ("a.mp4", data, "video/mp4")},
                     data={"external_id": "  Clip 7 – été/№5  "})
     assert r.status_code == 202, r.text
@@ -445,9 +456,10 @@ def test_wrong_keys_are_limited_across_gateway_replicas(redis_server, checkpoint
 
 
 # 10. minor: HEAD on content and thumbnail -------------------------------------------------------------
-def test_head_on_content_and_thumbnail(client, media):
-    vid = ingest(client, media["testsrc"])
-    size = media["testsrc"].stat().st_size
+def test_head_on_content_and_thumbnail(client, media, tmp_path):
+    video = unique_copy(media["testsrc"], tmp_path, "head")
+    vid = ingest(client, video)
+    size = video.stat().st_size
     for path, ctype in ((f"/v1/videos/{vid}/content", "video/mp4"), (f"/v1/videos/{vid}/thumbnail?t=1", "image/jpeg")):
         get = client.get(path)
         head = client.head(path)
@@ -488,3 +500,87 @@ def test_content_length_mismatch_and_bad_framing_are_json(server):
         assert _json_error(c.response(), 408)["code"] == "request_timeout"
     finally:
         c.close()
+
+
+# 3. long videos: bounded memory per job, a segments cap, synchronous requests first ----------------------
+LONG_S = 400  # 1 frame per second, 64x64: 100 segments of 4 s for the tiny 4-frame model
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    return lavfi_video(tmp_path_factory.mktemp("long") / "long400.mp4", f"testsrc2=size=64x64:rate=1:duration={LONG_S}")
+
+
+@pytest.fixture(scope="module")
+def chunked(checkpoint, tmp_path_factory):
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("chunked"), max_duration_s=1000.0,
+                             decode_ahead_clips=8, max_segments=150)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_a_long_video_is_decoded_and_embedded_in_bounded_chunks(chunked, long_video, monkeypatch):
+    import service.encoder as encoder_module
+
+    calls: list[int] = []
+    real = encoder_module.decode_segments
+
+    def counting(reader, segs, inp, *a, **kw):
+        calls.append(len(segs))
+        return real(reader, segs, inp, *a, **kw)
+
+    monkeypatch.setattr(encoder_module, "decode_segments", counting)
+    worker = chunked.app.state.runtime.worker
+    worker.peak_clips = 0
+    vid = ingest(chunked, long_video)
+    s = chunked.app.state.settings
+    assert len(chunked.get(f"/v1/videos/{vid}").json()["segments"]) == LONG_S // 4
+    assert sum(calls) == LONG_S // 4 and max(calls) <= s.batch_size  # never all 100 clips at once
+    assert 0 < worker.peak_clips <= s.decode_ahead_clips + s.batch_size
+    assert "drca_worker_decoded_clips 0.0" in chunked.get("/metrics").text  # all released
+
+
+def test_more_segments_than_max_segments_is_422(checkpoint, tmp_path, long_video, media):
+    settings = make_settings(checkpoint, tmp_path, max_duration_s=1000.0, max_segments=50)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        with open(long_video, "rb") as f:
+            err = _error(c.post("/v1/videos", files={"file": ("long.mp4", f, "video/mp4")}), 422)
+        assert err["code"] == "video_too_long" and "100 segments" in err["message"] and "50" in err["message"]
+        with open(long_video, "rb") as f:  # a query video too (the worker checks)
+            assert _error(c.post("/v1/classify", files={"file": ("long.mp4", f, "video/mp4")}), 422)["code"] == \
+                "video_too_long"
+        assert c.get("/v1/videos").json()["total"] == 0
+        assert c.post("/v1/classify", files={"file": ("a.mp4", media["bars"].read_bytes())}).status_code == 200
+
+
+def test_synchronous_requests_do_not_wait_behind_a_long_ingest(chunked, long_video, media, monkeypatch):
+    """The job's decoding is held after its first chunk; classify, a video query and a text query must
+    all complete meanwhile (before: they queued behind the whole video, and only then the job finished)."""
+    import service.encoder as encoder_module
+
+    first_chunk, release = threading.Event(), threading.Event()
+    real = encoder_module.OpenedVideo.clips
+
+    def gated(self, start, stop):
+        if self.duration > LONG_S - 5 and start > 0:  # the long video, after its first chunk
+            first_chunk.set()
+            assert release.wait(60), "never released"
+        return real(self, start, stop)
+
+    monkeypatch.setattr(encoder_module.OpenedVideo, "clips", gated)
+    video = unique_copy(long_video, long_video.parent, "prio")
+    r = chunked.post("/v1/videos", files={"file": ("long.mp4", video.read_bytes(), "video/mp4")})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    try:
+        assert first_chunk.wait(60)
+        classify = chunked.post("/v1/classify", files={"file": ("q.mp4", media["bars"].read_bytes())})
+        assert classify.status_code == 200, classify.text
+        query = chunked.post("/v1/search", files={"file": ("q.mp4", media["testsrc"].read_bytes())})
+        assert query.status_code == 200, query.text
+        text = chunked.post("/v1/search", json={"text": "colour bars", "k": 3})
+        assert text.status_code == 200, text.text
+        assert chunked.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # still held
+    finally:
+        release.set()
+    assert wait_job(chunked, job_id)["status"] == "done"
