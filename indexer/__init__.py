@@ -1,6 +1,6 @@
 """drca indexer: segment vectors in FAISS aggregated per video, durable log + snapshots, metadata store."""
 
-from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, NotFound, RecoveryError
+from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, RecoveryError
 from indexer.faiss_index import IndexConfig
 from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
 
@@ -11,7 +11,6 @@ __all__ = [
     "IndexerError",
     "IndexLocked",
     "InvalidVectors",
-    "NotFound",
     "RecoveryError",
     "Segment",
     "StoredVideo",

@@ -28,11 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexer import Segment, VideoIndex
-from indexer.errors import DuplicateContent, NotFound
-from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
 from service.broker import Broker, IngestJob
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
+from service.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)

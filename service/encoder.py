@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from indexer import Segment
+from media.segments import segment_clips
+from media.video import VideoLimits, open_video
 from model.checkpoint import load_checkpoint
 from service.settings import Settings
-from training.data.video import VideoLimits, open_video
-from training.embed import segment_clips
 
 log = logging.getLogger(__name__)
 

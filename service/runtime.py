@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from indexer import IndexConfig, VideoIndex
-from indexer.store import MetadataStore, SQLiteMetadataStore
 from model.checkpoint import CARD, CONFIG, CheckpointError, ModelCard
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.settings import Settings
 from service.storage import VideoStorage
+from service.store import MetadataStore
+from service.store.sqlite import SQLiteMetadataStore
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ class ServiceRuntime:
                 log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
 
     def _open_redis(self, storage: VideoStorage) -> None:
-        from indexer.redis_store import RedisMetadataStore
         from service.ratelimit import RateLimiter
         from service.redis_broker import RedisBroker, RedisLock, connect
+        from service.store.redis import RedisMetadataStore
         from service.vector_stream import RedisVectorLog, VectorFollower
 
         s = self.settings

@@ -37,10 +37,10 @@ RECIPE_HELP = "A named set of overrides from training/recipes.py (applied first)
 
 def _train(kind: str, overrides: list[str], resume: bool) -> None:
     """Build the trainer's config (recipe, then --set) and run it; bad input is a one-line error."""
+    from media.video import VideoError
     from training import classify, retrieval, text
     from training.config import ClassifyConfig, RetrievalConfig, TextConfig
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
 
     config_cls, run = {
         "classify": (ClassifyConfig, classify.train_classify),
@@ -97,8 +97,8 @@ def eval_classify(
     out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """top-1, top-5 and mean class accuracy of a checkpoint on a labelled list."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
     from training.evaluate import evaluate_classification
 
     try:
@@ -121,8 +121,8 @@ def eval_retrieval(
     out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """mAP (and R@1) with 1-fps 8-frame clips and Chamfer similarity, the DRCA / 3D-CSL protocol."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
     from training.evaluate import evaluate_retrieval
 
     try:
@@ -151,9 +151,9 @@ def train_shipped(
 ) -> None:
     """Reproduce the shipped default checkpoint from scratch: synth data, real videos, retrieval + classifier
     training, text head, evaluation, model card (docs/training.md)."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
     from training.data.synth import SynthError
-    from training.data.video import VideoError
     from training.engine import command_line
     from training.shipped import ShippedConfig, build_shipped
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from indexer.errors import NotFound
 from service.deps import runtime
 from service.errors import BadRequest, NotFoundError, ServiceError
 from service.routes.videos import ERRORS
 from service.runtime import ServiceRuntime
+from service.store import NotFound
 
 router = APIRouter(tags=["videos"])
 

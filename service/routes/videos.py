@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from indexer.store import JobRecord, VideoRecord
 from service.deps import read_multipart, runtime
 from service.errors import BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
@@ -23,6 +22,7 @@ from service.schemas import (
     VideoResponse,
 )
 from service.storage import SpooledUpload
+from service.store import JobRecord, VideoRecord
 
 router = APIRouter(tags=["videos"])
 
@@ -71,8 +71,8 @@ def job_out(j: JobRecord) -> JobResponse:
 
 async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
     """Probe + open the spooled upload with the service's limits; its duration. VideoError -> 4xx."""
+    from media.video import open_video
     from service.encoder import video_limits
-    from training.data.video import open_video
 
     def _probe() -> float:
         with open_video(upload.path, video_limits(rt.settings)) as reader:

@@ -12,9 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer import Segment
-from indexer.errors import DuplicateContent, NotFound
-from indexer.redis_store import RedisMetadataStore
-from indexer.store import InvalidTransition
 from service.app import create_app
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
@@ -22,6 +19,8 @@ from service.errors import ServiceError, WorkerUnavailable
 from service.redis_broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
 from service.runtime import ServiceRuntime
 from service.storage import VideoStorage
+from service.store import DuplicateContent, InvalidTransition, NotFound
+from service.store.redis import RedisMetadataStore
 from service.vector_stream import RedisVectorLog
 from tests.service.conftest import make_settings, upload, wait_job
 
@@ -204,7 +203,7 @@ def test_rate_limit_is_per_key_with_retry_after(redis_server, checkpoint, tmp_pa
 def test_unusable_redis_url_exits_2_at_start(command, url, checkpoint):
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, [command, "--redis", url, "--checkpoint", str(checkpoint)])
     assert r.exit_code == 2, r.output
@@ -218,7 +217,7 @@ def test_worker_health_check(redis_server, checkpoint, tmp_path):
 
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from cli.main import app
 
     args = ["worker", "--check", "--redis", redis_server.url, "--checkpoint", str(checkpoint)]
     assert CliRunner().invoke(app, args).exit_code == 1

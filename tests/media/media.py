@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.video import ffmpeg_exe
+from media.video import ffmpeg_exe
 
 BITS = 10  # frame indices up to 1023
 BLOCK = 16  # each bit is a BLOCK x BLOCK black/white square: survives any sane encoder
