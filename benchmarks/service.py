@@ -44,7 +44,8 @@ import torch
 
 from benchmarks._env import write_result
 from media.video import ffmpeg_exe
-from service.settings import SHIPPED_CHECKPOINT, Settings
+from model.checkpoint import SHIPPED_CHECKPOINT
+from service.settings import Settings
 
 log = logging.getLogger("benchmarks.service")
 ROOT = Path(__file__).resolve().parents[1]

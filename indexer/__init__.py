@@ -2,7 +2,7 @@
 
 from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, RecoveryError
 from indexer.faiss_index import IndexConfig
-from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
+from indexer.index import IndexStats, Span, StoredVideo, VideoHit, VideoIndex
 
 __all__ = [
     "IndexClosed",
@@ -12,7 +12,7 @@ __all__ = [
     "IndexLocked",
     "InvalidVectors",
     "RecoveryError",
-    "Segment",
+    "Span",
     "StoredVideo",
     "VideoHit",
     "VideoIndex",

@@ -24,6 +24,7 @@ from media.video import (
     VideoTooLong,
     VideoUnavailable,
 )
+from service.schemas import ErrorResponse
 from service.store import NotFound, StoreError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class NotReady(ServiceError):
 class BrokerUnavailable(ServiceError):
     status, code = 503, "broker_unavailable"
 
+
+#: The error responses every route documents in the OpenAPI schema (the body is always `ErrorResponse`).
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
 
 #: Redis could not be reached (scale-out deployment): passing, the request can be retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)

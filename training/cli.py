@@ -145,7 +145,8 @@ def _report(metrics: dict, out: Path | None) -> None:
 @train_app.command("shipped")
 def train_shipped(
     work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
-    out: Path = typer.Option(Path("model/checkpoints/drca-cpu"), help="Where the checkpoint is written."),
+    out: Path = typer.Option(None, help="Where the checkpoint is written (default: the shipped one, "
+                             "model/checkpoints/drca-cpu)."),
     seed: int = typer.Option(0, help="Seeds the synth data and both training runs."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
 ) -> None:
@@ -157,7 +158,8 @@ def train_shipped(
     from training.engine import command_line
     from training.shipped import ShippedConfig, build_shipped
 
-    cfg = ShippedConfig(work_dir=str(work_dir), out=str(out), seed=seed, real_dir=str(real_dir) if real_dir else "")
+    cfg = ShippedConfig(work_dir=str(work_dir), seed=seed, real_dir=str(real_dir) if real_dir else "",
+                        **({"out": str(out)} if out else {}))
     try:
         ckpt = build_shipped(cfg, command=command_line())
     except (ValueError, OSError, RuntimeError, AnnotationError, VideoError, SynthError) as e:

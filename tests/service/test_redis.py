@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer import Segment
+from indexer import Span
 from service.app import create_app
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
@@ -58,7 +58,7 @@ def test_store_keeps_records_statuses_and_jobs(redis_server):
 
 def test_reply_encoding_round_trip():
     res = InferenceResult(probs=np.arange(3, dtype=np.float32), vectors=np.eye(2, 4, dtype=np.float32),
-                          segments=[Segment(0.0, 4.0), Segment(4.0, 6.5)], duration=6.5)
+                          segments=[Span(0.0, 4.0), Span(4.0, 6.5)], duration=6.5)
     back = decode_reply(encode_reply(res, None))
     assert back.probs.tolist() == [0, 1, 2] and back.vectors.shape == (2, 4) and back.segments[1].end == 6.5
     assert back.sentence is None and back.duration == 6.5
