@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from tests.media.media import Cfg, frames
 from training.data import augment as T
-
-
-@dataclass(frozen=True)
-class Cfg:  # stands in for model.config.InputConfig (duck-typed)
-    num_frames: int = 4
-    img_size: int = 32
-    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
-    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
-
-
-def frames(t: int = 4, h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (t, h, w, 3), generator=g, dtype=torch.uint8)
 
 
 def test_gaussian_blur_preserves_constant_and_smooths() -> None:
