@@ -1,8 +1,9 @@
 """The encoder: one checkpoint loaded once; decode a video into segment clips; one forward pass gives
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
-Decoding uses the one shared path (`training.data.video`, `sampling.fixed_segments`,
-`transforms.preprocess`), so serving sees exactly what training and evaluation saw. Retrieval protocol:
+Decoding uses the one shared path (`media.segments`: `media.video`, `sampling.fixed_segments`,
+`transforms.preprocess`), so serving sees exactly what training and evaluation saw; the worker decodes a
+chunk of segments at a time (`VideoEncoder.open`, `OpenedVideo.clips`). Retrieval protocol:
 `segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
 a video shorter than one clip still gives one segment spread over the whole video.
 """
@@ -16,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import Segment
+from indexer import Span
+from media.sampling import Segment
+from media.segments import decode_segments, plan_segments
+from media.video import VideoReader, VideoTooLong, open_video
 from model.checkpoint import load_checkpoint
 from model.config import InputConfig
 from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
-from training.data.sampling import Segment as PlannedSegment
-from training.data.video import VideoLimits, VideoReader, VideoTooLong, open_video
-from training.embed import decode_segments, plan_segments
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,10 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def video_limits(settings: Settings) -> VideoLimits:
-    return VideoLimits(
-        max_pixels=settings.max_pixels,
-        max_duration_s=settings.max_duration_s,
-        max_file_bytes=settings.max_upload_bytes,
-    )
-
-
 @dataclass
 class DecodedVideo:
     clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
-    segments: list[Segment]
+    segments: list[Span]
     duration: float
 
 
@@ -62,9 +55,9 @@ class OpenedVideo:
     """A validated video and its planned segments; `clips(a, b)` decodes segments a..b-1 only, so the
     worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
 
-    def __init__(self, reader: VideoReader, planned: list[PlannedSegment], inp: InputConfig) -> None:
+    def __init__(self, reader: VideoReader, planned: list[Segment], inp: InputConfig) -> None:
         self._reader, self._planned, self._inp = reader, planned, inp
-        self.segments = [Segment(s.start_s, max(s.start_s, s.end_s)) for s in planned]
+        self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned]
         self.duration = reader.info.duration
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
@@ -90,7 +83,7 @@ class VideoEncoder:
         self.embed_dim = ckpt.config.head.embed_dim
         if not self.embed_dim:
             raise RuntimeError(f"{settings.checkpoint}: the checkpoint has no embedding head (head.embed_dim=0)")
-        self.limits = video_limits(settings)
+        self.limits = settings.video_limits
         self.text_encoder = None
         if settings.text_search:
             from model.text import TextEncoder

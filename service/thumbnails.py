@@ -3,7 +3,7 @@
 A request for time `t` is rounded to the nearest second (clamped to the video), so one video has at
 most one file per second: `data/thumbnails/<video_id>/<seconds>s.jpg`. The whole cache is capped at
 `max_bytes` (setting `thumbnail_cache_bytes`): past it, the least recently used files are deleted. The
-frame is decoded with the one video decoding path (`training.data.video`) and encoded with Pillow.
+frame is decoded with the one video decoding path (`media.video`) and encoded with Pillow.
 Deleting a video drops its folder.
 
 The cache's book of files and their last use lives in this process (rebuilt from the folder at start,
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.video import VideoLimits, open_video
+from media.video import VideoLimits, open_video
 
 log = logging.getLogger(__name__)
 

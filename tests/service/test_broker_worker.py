@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import Segment
+from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
 from service.errors import WorkerUnavailable
 from service.settings import Settings
@@ -54,7 +54,7 @@ def test_requests_jump_ahead_of_jobs():
 class FakeVideo:
     """Two segments; decoding a chunk takes 0.1 s."""
 
-    segments = [Segment(0, 1), Segment(1, 2)]
+    segments = [Span(0, 1), Span(1, 2)]
     duration = 2.0
 
     def __init__(self, encoder: FakeEncoder) -> None:

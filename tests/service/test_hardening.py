@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from media.video import DEFAULT_LIMITS
 from service.app import create_app
 from service.broker import InferenceRequest
 from service.errors import ServiceError
@@ -23,7 +24,6 @@ from service.thumbnails import ThumbnailCache
 from tests.procs import free_port
 from tests.service.conftest import ingest, make_settings, wait_job
 from tests.service.media import lavfi_video
-from training.data.video import DEFAULT_LIMITS
 
 
 def unique_copy(src: Path, dst_dir: Path, tag: str) -> Path:
