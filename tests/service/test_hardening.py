@@ -23,7 +23,7 @@ from service.server import server_config
 from service.thumbnails import ThumbnailCache
 from tests.procs import free_port
 from tests.service.conftest import ingest, make_settings, wait_job
-from tests.service.media import lavfi_video
+from tests.service.media import ffmpeg, lavfi_video
 
 
 def unique_copy(src: Path, dst_dir: Path, tag: str) -> Path:
@@ -584,3 +584,15 @@ def test_synchronous_requests_do_not_wait_behind_a_long_ingest(chunked, long_vid
     finally:
         release.set()
     assert wait_job(chunked, job_id)["status"] == "done"
+
+
+# 2. a second, larger video stream cannot slip past the pixel limit -------------------------------------
+def test_two_stream_upload_over_the_pixel_limit_is_413(client, media, tmp_path):
+    two = tmp_path / "two.mp4"  # 96x96 first, then the 640x480 stream decord would decode
+    ffmpeg("-i", str(media["bars"]), "-i", str(media["large"]), "-map", "0:v", "-map", "1:v", "-c", "copy", str(two))
+    before = client.get("/v1/videos").json()["total"]
+    for url in ("/v1/videos", "/v1/classify", "/v1/search"):
+        with open(two, "rb") as f:
+            err = _error(client.post(url, files={"file": ("two.mp4", f, "video/mp4")}), 413)
+        assert err["code"] == "video_too_large" and "640x480" in err["message"]
+    assert client.get("/v1/videos").json()["total"] == before
