@@ -11,11 +11,23 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from media.video import VideoLimits
 from model.checkpoint import SHIPPED_CHECKPOINT
+
+
+def read_key_file(path: Path) -> list[str]:
+    """API keys from a file, one a line; blank lines and `#` comments are skipped. ValueError if none."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the key file {path}: {e}") from None
+    keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"the key file {path} has no keys")
+    return keys
 
 
 class Settings(BaseSettings):
@@ -48,6 +60,9 @@ class Settings(BaseSettings):
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # or (better: not in `ps` or the environment of every child) a file of keys, one a line (blank lines and
+    # `#` comments skipped); its keys are added to api_keys
+    api_keys_file: Path | None = None
 
     # encoder worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -82,8 +97,17 @@ class Settings(BaseSettings):
     auth_fail_limit_per_s: float = Field(0.1, ge=0)  # 0: off
     auth_fail_limit_burst: int = Field(20, ge=1)
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_key_file(path)  # a clear error naming the setting, now rather than at the first request
+        return path
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.api_keys_file is not None:
+            self.api_keys = [*self.api_keys, *(SecretStr(k) for k in read_key_file(self.api_keys_file))]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ from service.errors import ServiceError
 from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
 from service.server import server_config
 from service.thumbnails import ThumbnailCache
-from tests.procs import free_port
+from tests.procs import ROOT, free_port
 from tests.service.conftest import ingest, make_settings, wait_job
 from tests.service.media import ffmpeg, lavfi_video
 
@@ -596,3 +599,53 @@ def test_two_stream_upload_over_the_pixel_limit_is_413(client, media, tmp_path):
             err = _error(client.post(url, files={"file": ("two.mp4", f, "video/mp4")}), 413)
         assert err["code"] == "video_too_large" and "640x480" in err["message"]
     assert client.get("/v1/videos").json()["total"] == before
+
+
+# 10. minor: --api-key warns (keys belong in a file or the environment); a missing faiss is one line ---------
+def test_api_key_flag_warns_and_key_files_work(checkpoint, tmp_path, monkeypatch):
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from service.cli import app as service_cli
+
+    keys = tmp_path / "keys"
+    keys.write_text("# deployment keys\nkey-one\n\n  key-two  \n")
+    s = make_settings(checkpoint, tmp_path, api_keys_file=keys)
+    assert [k.get_secret_value() for k in s.api_keys] == ["key-one", "key-two"]
+    (tmp_path / "empty").write_text("# nothing\n")
+    for bad in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(ValidationError, match="key file"):
+            make_settings(checkpoint, tmp_path, api_keys_file=bad)
+
+    runner = CliRunner()
+    missing_ckpt = str(tmp_path / "no-checkpoint")  # exits 2 right after the flags are read
+    r = runner.invoke(service_cli, ["serve", "--api-key", "s3cret", "--checkpoint", missing_ckpt])
+    assert r.exit_code == 2 and "warning" in r.output and "ps" in r.output and "--api-key-file" in r.output
+    r = runner.invoke(service_cli, ["serve", "--api-key-file", str(keys), "--checkpoint", missing_ckpt])
+    assert r.exit_code == 2 and "warning" not in r.output
+    r = runner.invoke(service_cli, ["serve", "--api-key-file", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "api_keys_file" in r.output and "Traceback" not in r.output
+
+    empty = tmp_path / "no-videos"
+    empty.mkdir()
+    r = runner.invoke(service_cli, ["ingest", str(empty), "--api-key", "s3cret"])
+    assert r.exit_code == 2 and "warning" in r.output
+    monkeypatch.setenv("DRCA_API_KEY", "s3cret")
+    r = runner.invoke(service_cli, ["ingest", str(empty)])
+    assert r.exit_code == 2 and "warning" not in r.output
+    r = runner.invoke(service_cli, ["ingest", str(empty), "--api-key-file", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "has no keys" in r.output
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["ingest", "."]])
+def test_missing_faiss_is_a_one_line_error(tmp_path, command):
+    fake = tmp_path / "site" / "faiss"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'faiss\'", name="faiss")\n')
+    env = {**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"}
+    r = subprocess.run([sys.executable, "-m", "cli.main", *command], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "faiss" in lines[0] and ".[cpu]" in lines[0] and ".[gpu]" in lines[0]
