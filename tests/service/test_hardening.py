@@ -295,6 +295,26 @@ def test_stalled_upload_gets_408_and_its_part_file_is_removed(server, media):
         c.close()
 
 
+
+def test_aborted_upload_leaves_no_part_file(server, media):
+    _, settings = server
+    tmp = settings.tmp_dir
+    boundary = "BoUnDaRy"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    c = Conn(settings.port)
+    c.send((f"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode() + head + b"\0" * 5000)
+    deadline = time.monotonic() + 10
+    while not list(tmp.glob("upload-*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(tmp.glob("upload-*.part")), "the upload was not being spooled"
+    c.close()  # the client goes away mid-body
+    deadline = time.monotonic() + 10
+    while list(tmp.glob("upload-*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(tmp.glob("upload-*.part")) == []
+
 # 9. external_id: printable characters only ------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["a\x7fb", "zero\u200bwidth", "rtl\u202eoverride", "line\nbreak", "nb\u00a0sp",
                                  "bom\ufeff", "tab\tx", "x" * 257])
