@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32  # nesting of arrays/objects in a JSON body or the `metadata` field
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small fields beside the file
 
 #: A video or job id in a path: 0..2^63-1 (422 otherwise).
 VideoIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A video id")]
 JobIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A job id")]
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small fields beside the file
 
 
 def runtime(request: Request) -> ServiceRuntime:
@@ -129,7 +129,8 @@ def loads_json(raw: bytes | str, what: str) -> Any:
     except json.JSONDecodeError as e:
         raise BadRequest(f"{what} is not valid JSON: {e}") from None
     except ValueError as e:  # a 4300+ digit integer, a non-finite number, or bytes that are not UTF-8
-        raise BadRequest(f"{what} is not acceptable JSON: {str(e)[:120]}") from None
+        why = "an integer has too many digits" if "integer string conversion" in str(e) else str(e)[:120]
+        raise BadRequest(f"{what} is not acceptable JSON: {why}") from None
     if _depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
     return data
