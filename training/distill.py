@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from media import transforms as T
 from model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from model.config import DRCAConfig
 from model.drca import DRCA
 from model.presets import get_preset
 from training import engine
 from training.config import RunConfig, SolverConfig
-from training.data import transforms as T
+from training.data import augment as A
 from training.data.datasets import item_seed
 from training.data.distill import SPLIT_FILE, ClipCache, ClipCacheConfig, build_clip_cache, load_split
 from training.data.imagenet import class_names
@@ -67,7 +68,7 @@ class DistillDataConfig:
     batch_size: int = 24
     num_workers: int = 1
     flip_p: float = 0.5  # mirror the distillation view (the teacher's distribution does not change)
-    nce_augment: T.AugmentConfig = field(default_factory=lambda: T.NEAR_DUPLICATE_AUGMENT)
+    nce_augment: A.AugmentConfig = field(default_factory=lambda: A.NEAR_DUPLICATE_AUGMENT)
 
 
 def _student() -> DRCAConfig:
@@ -122,11 +123,11 @@ class DistillDataset(Dataset):
             return T.to_cthw(T.normalize(x, self.input_cfg.mean, self.input_cfg.std)), torch.empty(0), target
         g = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, i))
         if self.cfg.flip_p > 0 and bool(torch.rand((), generator=g) < self.cfg.flip_p):
-            x = T.hflip(x)
+            x = A.hflip(x)
         a = T.to_cthw(T.normalize(x, self.input_cfg.mean, self.input_cfg.std))
         b = torch.empty(0)
         if self.two_views:
-            y = T.augment(x, int(self.input_cfg.img_size), self.cfg.nce_augment, g)
+            y = A.augment(x, int(self.input_cfg.img_size), self.cfg.nce_augment, g)
             b = T.to_cthw(T.normalize(y, self.input_cfg.mean, self.input_cfg.std))
         return a, b, target
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from media.segments import segment_clips
+from media.video import open_video
 from model.checkpoint import load_checkpoint
 from model.config import InputConfig
-from training.data.video import open_video
-from training.embed import embed_clips, segment_clips
+from training.embed import embed_clips
 from training.teacher import TEACHER_SIZE, EfficientNetLite0, run_teacher
 
 log = logging.getLogger(__name__)

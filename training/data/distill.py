@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from training.data import transforms as T
+from media import transforms as T
 from training.data.datasets import CacheConfig, cache_video, jittered_indices
 from training.data.real import load_image_manifest, load_manifest
 
