@@ -15,7 +15,7 @@ from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBl
 
 @dataclass
 class DRCAOutput:
-    features: Tensor  # (B, D): the final-norm cls token
+    features: Tensor  # (B, D): the final norm of the pooled token (the cls token, or the mean token)
     logits: Tensor | None  # (B, num_classes)
     embedding: Tensor | None  # (B, E), L2-normalised
     saliency_indices: Tensor | None  # (B, K): frames kept at full resolution, None without compression
@@ -36,17 +36,18 @@ class DRCA(nn.Module):
         self.pos_drop = nn.Dropout(b.dropout)
 
         insert = b.comp_insert_layer if b.comp_insert_layer >= 0 else b.depth
-        drop = torch.linspace(0, b.drop_path, b.depth).tolist()
+        drop = [b.drop_path * i / max(1, b.depth - 1) for i in range(b.depth)]  # linspace(0, drop_path, depth)
         args = dict(dim=dim, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, dropout=b.dropout, use_sdpa=b.use_sdpa)
         self.blocks = nn.ModuleList(DividedSTBlock(drop_path=drop[i], **args) for i in range(insert))
         self.dccm = DCCM(b) if b.comp_insert_layer >= 0 else None
-        self.align_blocks = nn.ModuleList(
-            ResolutionAlignBlock(drop_path=drop[i], **args) for i in range(insert, b.depth)
-        )
+        align = ResolutionAlignBlock
+        if b.legacy_cpu:
+            from model.legacy_cpu import LegacyResolutionAlignBlock as align
+        self.align_blocks = nn.ModuleList(align(drop_path=drop[i], **args) for i in range(insert, b.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(head.dropout)
         self.cls_head = nn.Linear(dim, head.num_classes) if head.num_classes > 0 else None
-        self.embed_head = nn.Linear(dim, head.embed_dim) if head.embed_dim > 0 else None
+        self.embed_head = nn.Linear(dim, head.embed_dim) if head.embed_dim and head.embedding == "linear" else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -92,7 +93,11 @@ class DRCA(nn.Module):
         features = self.norm(pooled_tokens)
         pooled = self.head_drop(features)
         logits = self.cls_head(pooled) if self.cls_head is not None else None
-        embedding = F.normalize(self.embed_head(pooled), dim=-1) if self.embed_head is not None else None
+        embedding = None
+        if self.embed_head is not None:
+            embedding = F.normalize(self.embed_head(pooled), dim=-1)
+        elif self.cfg.head.embed_dim:  # head.embedding == "feature"
+            embedding = F.normalize(features, dim=-1)
         return DRCAOutput(features=features, logits=logits, embedding=embedding, saliency_indices=saliency)
 
     def _full_resolution(self, x: Tensor) -> tuple[Tensor, Tensor]:

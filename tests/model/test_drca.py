@@ -1,4 +1,5 @@
 import itertools
+import math
 from typing import get_args
 
 import pytest
@@ -56,14 +57,22 @@ def test_perturbed_topk_matches_hard_topk_for_separated_scores_and_its_gradient_
     assert torch.isfinite(scores.grad).all()
 
 
-def test_perturbed_topk_gradient_raises_a_score_that_is_rewarded() -> None:
-    # Reward selecting frame 1: its score's gradient must be positive (it is near the top-k boundary).
+def test_perturbed_topk_gradient_is_the_references_diagonal_estimator_over_ten() -> None:
+    # Two frames, K=1, delta = s0 - s1. Frame 0 is selected when delta + sigma (Z0 - Z1) > 0, so with
+    # c = phi(delta / (sigma sqrt 2)) / (sqrt 2 sigma), E[y Z0] / sigma = c and E[y Z1] / sigma = -c.
+    # The loss top[frame 0] + 2 rest[frame 1] (both are P(frame 0 selected)) then gets, from the diagonal
+    # estimator divided by 10: d/ds0 = c / 10 (only top's frame-0 entry), d/ds1 = -2 c / 10 (only rest's
+    # frame-1 entry). The full Jacobian would give 3c and -3c instead.
     torch.manual_seed(0)
-    scores = torch.tensor([[0.9, 0.49, 0.5, 0.1]], requires_grad=True)
-    top, _ = PerturbedTopK.apply(scores, 2, 5000, 0.1)
-    top[..., 1].sum().backward()
-    assert scores.grad[0, 1] > 0
-    assert scores.grad[0, 2] < 0
+    sigma, delta = 0.5, 0.3
+    scores = torch.tensor([[0.6, 0.6 - delta]], requires_grad=True)
+    top, rest = PerturbedTopK.apply(scores, 1, 400_000, sigma)
+    (top[0, 0, 0] + 2 * rest[0, 0, 1]).backward()
+    c = math.exp(-0.5 * (delta / (sigma * math.sqrt(2))) ** 2) / math.sqrt(2 * math.pi) / (math.sqrt(2) * sigma)
+    torch.testing.assert_close(scores.grad, torch.tensor([[c / 10, -2 * c / 10]]), rtol=0.03, atol=0.0)
+    # and the forward is the Monte-Carlo selection probability P(frame 0) = Phi(delta / (sigma sqrt 2))
+    p0 = 0.5 * (1 + math.erf(delta / (sigma * math.sqrt(2)) / math.sqrt(2)))
+    assert abs(top[0, 0, 0].item() - p0) < 0.01
 
 
 def test_uniform_picks_evenly_spaced_frames() -> None:
