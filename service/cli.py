@@ -25,6 +25,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 app.command("flops")(model_cli.flops)
 app.command("demo")(model_cli.demo)
+app.command("convert-seed")(model_cli.convert_seed)
 app.command("synth")(data_cli.synth)
 app.add_typer(data_cli.media_app, name="media")
 app.add_typer(training_cli.train_app, name="train")
