@@ -298,6 +298,26 @@ def build_compression(cfg: BackboneConfig) -> nn.Module:
     return modules[cfg.comp_module](dim)
 
 
+def reference_init(m: nn.Module) -> None:
+    """The reference's initialisation of everything in its DCCM (ScoreNet and compression module; use
+    with `module.apply`): Xavier-normal conv and linear weights, N(0, 1) conv biases, zero linear biases,
+    BatchNorm2d weights N(1, 0.02) (its BatchNorm3d layers keep PyTorch's defaults), LayerNorm 1 and 0."""
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        nn.init.xavier_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.normal_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, mean=1.0, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class DCCM(nn.Module):
     """Splits (B, T, H, W, C) into K saliency frames at full resolution and T-K compressed frames."""
 
@@ -309,6 +329,7 @@ class DCCM(nn.Module):
         self.num_samples = cfg.num_samples
         self.score_net = score_net(cfg) if cfg.frame_choice != "uniform" else None
         self.compression = build_compression(cfg)
+        self.apply(reference_init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Returns (high (B, K, H, W, C), low (B, T-K, H/2, W/2, C), saliency indices (B, K), scores)."""

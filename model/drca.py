@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from model.config import DRCAConfig
 from model.dccm import DCCM
-from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
+from model.layers import Attention, ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
 
 
 @dataclass
@@ -51,20 +51,30 @@ class DRCA(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """The reference's initialisation (dun-research/DRCA on mmaction2 0.24): the cls token, position and
+        time embeddings truncated-normal (std 0.02); the linear patch embedding LeCun-normal (Kaiming normal,
+        fan-in, linear gain) with zero bias; the transformer layers as nn.MultiheadAttention and nn.Linear
+        initialise themselves (q/k/v Xavier-uniform, zero attention biases), `temporal_fc` zero (each layer
+        starts spatial-only, as TimeSformer); the DCCM as `model.dccm.reference_init`; the classifier
+        truncated-normal (std 0.02), zero bias. Our embedding projection is initialised like the classifier;
+        the conv stem keeps PyTorch's defaults."""
         for p in (self.pos_embed, self.cls_token, self.time_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # TimeSformer starts the temporal fc at zero so each layer begins as a spatial-only layer.
+        if isinstance(self.patch_embed, PatchEmbed):
+            nn.init.kaiming_normal_(self.patch_embed.proj.weight, mode="fan_in", nonlinearity="linear")
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for blk in [*self.blocks, *self.align_blocks]:
+            for m in blk.modules():
+                if isinstance(m, Attention):
+                    nn.init.xavier_uniform_(m.qkv.weight)
+                    nn.init.zeros_(m.qkv.bias)
+                    nn.init.zeros_(m.proj.bias)
             nn.init.zeros_(blk.temporal.temporal_fc.weight)
             nn.init.zeros_(blk.temporal.temporal_fc.bias)
+        for head in (self.cls_head, self.embed_head):
+            if head is not None:
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the paper's solver excludes from weight decay."""

@@ -246,6 +246,21 @@ def reference_name(key: str, cfg: DRCAConfig) -> str:
     raise KeyError(key)
 
 
+def shared_names(cfg: DRCAConfig) -> dict[str, str]:
+    """Every state-dict key of a DRCA built from `cfg` -> its reference name, or the key itself where the
+    reference has no such tensor (our embedding head, the conv stem, the legacy modules). Checkpoints of
+    two configs share a tensor when they share its name here (fine-tuning across configs)."""
+    with torch.device("meta"):
+        keys = list(DRCA(cfg).state_dict())
+    out = {}
+    for k in keys:
+        try:
+            out[k] = reference_name(k, cfg)
+        except KeyError:
+            out[k] = k
+    return out
+
+
 def key_map(cfg: DRCAConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Every state-dict key of a DRCA built from `cfg` -> (the reference's name, the shape)."""
     with torch.device("meta"):
