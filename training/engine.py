@@ -407,14 +407,11 @@ def init_from_checkpoint(model: DRCA, ckpt_dir: str) -> list[str]:
     every layer of a K4 network; what the K8 network has no counterpart for (the DCCM, the low-resolution
     spatial attention of the align layers) stays as initialised.
     """
-    from safetensors.torch import load_file
-
-    from model.checkpoint import CONFIG, TEXT_PREFIX, WEIGHTS
-    from model.config import DRCAConfig
+    from model.checkpoint import read_config_and_card, read_weights
     from model.seed import shared_names
 
-    src = {k: v for k, v in load_file(str(Path(ckpt_dir) / WEIGHTS)).items() if not k.startswith(TEXT_PREFIX)}
-    src_cfg = DRCAConfig.from_dict(json.loads((Path(ckpt_dir) / CONFIG).read_text()))
+    src = read_weights(ckpt_dir, include_text_head=False)
+    src_cfg, _ = read_config_and_card(ckpt_dir)
     by_shared = {shared: src[k] for k, shared in shared_names(src_cfg).items() if k in src}
     own = model.state_dict()
     usable = {}

@@ -28,7 +28,7 @@ CASES = [c for c, v in MANIFEST["cases"].items() if "checkpoint" in v]  # k4_res
 
 
 def drca_app():
-    from service.cli import app
+    from cli.main import app
 
     return app
 
