@@ -53,6 +53,8 @@ class ModelCard(BaseModel):
     wall_time_s: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: str = ""
+    # where imported weights came from (drca convert-seed): file, sha256, kind, format, reference_config
+    source: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass
