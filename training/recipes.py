@@ -1,7 +1,8 @@
 """Named override sets for `drca train ... --recipe NAME` (applied before any --set).
 
-`cpu-retrieval`, `cpu-classify` and `cpu-text` are the three training runs of the shipped checkpoint (`drca train shipped`,
-`training/shipped.py`, which adds the data paths); see `docs/training.md`.
+`cpu-distill` is the training run of the shipped checkpoint (`drca train shipped`, `training/shipped.py`, which adds
+the data paths); `cpu-retrieval`, `cpu-classify` and `cpu-text` made the earlier, synthetic-class one and stay as
+CPU recipes for the embedding-only, linear-probe and text-head trainers; see `docs/training.md`.
 """
 
 from __future__ import annotations
