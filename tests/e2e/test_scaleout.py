@@ -3,8 +3,13 @@ processes on loopback, killed with SIGKILL at awkward moments. Each test has its
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,8 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from indexer.redis_store import RedisMetadataStore
+from service.catalog import Catalog
+from service.redis_broker import RedisLock
+from service.storage import SpooledUpload, VideoStorage
+from service.vector_stream import RedisVectorLog
 from tests.commits import assert_committed_once, stream_commits
-from tests.procs import Gateway, RedisServer, Worker, start_all, wait_jobs
+from tests.procs import ROOT, Gateway, RedisServer, Worker, start_all, wait_jobs
 from tests.service.media import distinct_videos, tiny_checkpoint
 from tests.waiting import wait_until
 
@@ -247,3 +257,102 @@ def test_killed_gateway_restarts_without_losing_videos_and_replicas_agree(cluste
         assert c2.delete(f"/v1/videos/{ids[1]}").status_code == 204
         wait_index(g1, len(ids) - 1)
         assert c1.get(f"/v1/videos/{ids[1]}").status_code == 404
+
+
+def spool(path: Path, tmp_dir: Path) -> SpooledUpload:
+    """A copy of `path` as the gateway spools an upload: in data_dir/tmp, with its sha256."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    data = path.read_bytes()
+    part = tmp_dir / f"upload-test-{path.stem}.part"
+    part.write_bytes(data)
+    return SpooledUpload(part, hashlib.sha256(data).hexdigest(), len(data), path.name)
+
+
+def test_gateway_killed_mid_upload_acknowledges_nothing_and_blocks_nothing(cluster, assets):
+    """The architecture table's "a gateway dies mid-upload", at each point the upload can be cut:
+
+    1. mid-body (spooling to data_dir/tmp): no answer, no record; the restarted gateway removes the part
+       file, and the same upload then succeeds;
+    2. after the file was moved into place, before any record: the orphan file is reused by the next upload
+       of the same content;
+    3. after the records, before the job entry (`Catalog.register` without its enqueue): no 202 was sent, and
+       the gateway's sweep queues the job, which is indexed once."""
+    videos = assets[1][:3]
+    gw, w = cluster.gateway("a"), cluster.worker("a")
+    start_all(gw, w)
+    tmp_dir, videos_dir = cluster.data / "tmp", cluster.data / "videos"
+    r = cluster.redis.client()
+    store = RedisMetadataStore(r, "drca")
+
+    # 1. kill -9 while the body is streaming in
+    data, boundary = videos[0].read_bytes(), "cut-here"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    body_len = len(head) + len(data) + len(f"\r\n--{boundary}--\r\n")
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    sock.sendall((f"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}"
+                  f"\r\nContent-Length: {body_len}\r\n\r\n").encode() + head + data[: len(data) // 2])
+    parts = wait_until(lambda: [p for p in tmp_dir.glob("upload-*.part") if p.stat().st_size > 0], 30,
+                       "the upload spooling")
+    gw.kill()
+    try:
+        answer = sock.recv(4096)
+    except ConnectionResetError:
+        answer = b""
+    assert answer == b"", answer  # no answer at all: nothing was acknowledged
+    sock.close()
+    assert all(p.exists() for p in parts) and store.count_videos() == 0
+    gw.start()
+    assert not any(p.exists() for p in parts)  # removed at start
+    with gw.client() as c:
+        first = upload(c, videos[0])
+        assert first.status_code == 202 and first.json()["created"], first.text
+
+        # 2. the file was moved into place, then the gateway died before writing any record
+        orphan = VideoStorage(videos_dir).keep(spool(videos[1], tmp_dir))
+        second = upload(c, videos[1])
+        assert second.status_code == 202 and second.json()["created"], second.text
+        assert list(videos_dir.rglob(f"{orphan.stem}.*")) == [orphan]  # the orphan is the stored file
+
+        # 3. records written, then the gateway died before queueing the job: the same code up to the enqueue
+        dying = Catalog(store, RedisVectorLog(r, "drca", 16), VideoStorage(videos_dir), broker=None,
+                        lock=RedisLock(r, "drca:lock:catalog"))
+        reg = dying.register(spool(videos[2], tmp_dir), 6.0, None, None)
+        assert reg.job.status == "queued" and not r.hexists("drca:jobs:msg", reg.job.job_id)
+        jobs = [first.json()["job_id"], second.json()["job_id"], reg.job.job_id]
+        finished = wait_jobs(c, jobs, timeout_s=120, procs=(gw, w))
+    assert all(j["status"] == "done" for j in finished.values()), finished
+    assert f"queueing job {reg.job.job_id} of video {reg.video.video_id} (it had no stream entry)" in gw.tail(100_000)
+    ids = [first.json()["video_id"], second.json()["video_id"], reg.video.video_id]
+    wait_index(gw, len(ids))
+    assert_indexed_once(cluster, gw, ids)
+
+
+def test_catalog_lock_holder_killed_blocks_writes_until_the_lock_expires(cluster, assets):
+    """The architecture table's "the catalog lock holder dies": a process holding the catalog lock is killed
+    -9; catalog writes (an upload here) wait for the lock's expiry (10 s), then succeed."""
+    gw = cluster.gateway("a")
+    gw.start()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from service.redis_broker import RedisLock, connect\n"
+         f"RedisLock(connect({cluster.redis.url!r}), 'drca:lock:catalog').__enter__()\n"
+         "print('held', flush=True)\ntime.sleep(600)\n"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        holder.kill()
+        holder.wait(10)
+        r = cluster.redis.client()
+        left_s = r.pttl("drca:lock:catalog") / 1000
+        assert 5 < left_s <= 10, left_s  # still held by the dead process
+        t0 = time.monotonic()
+        with gw.client() as c:
+            resp = upload(c, assets[1][0])
+        waited = time.monotonic() - t0
+        assert resp.status_code == 202, resp.text
+        assert left_s - 0.5 <= waited < left_s + 5, (left_s, waited)  # waited for the expiry, then went on
+        assert RedisMetadataStore(r, "drca").count_videos() == 1
+    finally:
+        holder.kill()
+        holder.wait(10)
