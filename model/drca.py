@@ -36,7 +36,7 @@ class DRCA(nn.Module):
         self.pos_drop = nn.Dropout(b.dropout)
 
         insert = b.comp_insert_layer if b.comp_insert_layer >= 0 else b.depth
-        drop = torch.linspace(0, b.drop_path, b.depth).tolist()
+        drop = torch.linspace(0, b.drop_path, b.depth, device="cpu").tolist()  # also under a meta device
         args = dict(dim=dim, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, dropout=b.dropout, use_sdpa=b.use_sdpa)
         self.blocks = nn.ModuleList(DividedSTBlock(drop_path=drop[i], **args) for i in range(insert))
         self.dccm = DCCM(b) if b.comp_insert_layer >= 0 else None

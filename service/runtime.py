@@ -4,7 +4,6 @@ and the worker role (scale-out) without the index and HTTP."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Literal
 
 from indexer import IndexConfig, VideoIndex
 from indexer.store import MetadataStore, SQLiteMetadataStore
-from model.checkpoint import CARD, CONFIG, CheckpointError, ModelCard
+from model.checkpoint import CARD, CONFIG, CheckpointError, ModelCard, read_config_and_card
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
@@ -27,19 +26,15 @@ Role = Literal["embedded", "gateway", "worker"]
 
 def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
     """The checkpoint's card and embedding dim, without loading its weights (the gateway needs only these)."""
-    try:
-        card = ModelCard.model_validate_json((checkpoint / CARD).read_text())
-        dim = int(json.loads((checkpoint / CONFIG).read_text())["head"]["embed_dim"])
-    except FileNotFoundError:
+    if not (checkpoint / CARD).is_file() or not (checkpoint / CONFIG).is_file():
         raise CheckpointError(
             f"no checkpoint at {checkpoint} (card.json/config.json missing); "
             "set DRCA_CHECKPOINT or --checkpoint to a checkpoint directory"
-        ) from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{checkpoint}: unreadable card or config: {e}") from None
-    if dim <= 0:
+        )
+    cfg, card = read_config_and_card(checkpoint)  # validated: a hostile config is a one-line error
+    if cfg.head.embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no embedding head")
-    return card, dim
+    return card, cfg.head.embed_dim
 
 
 class ServiceRuntime:
