@@ -28,9 +28,16 @@ CONFIG = "config.json"
 CARD = "card.json"
 TEXT_PREFIX = "text_head."
 
+#: The checkpoint shipped inside the `model` package (the service's default; `drca train shipped` rebuilds it).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "drca-cpu"
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, malformed, or does not match its config."""
+
+
+class CheckpointMissing(CheckpointError):
+    """The directory lacks one of the checkpoint files."""
 
 
 class ModelCard(BaseModel):
@@ -96,17 +103,55 @@ def _rmtree(p: Path) -> None:
     p.rmdir()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    path = Path(path)
-    for name in (WEIGHTS, CONFIG, CARD):
+def _require(path: Path, *names: str) -> None:
+    for name in names:
         if not (path / name).is_file():
-            raise CheckpointError(f"{path} is not a drca checkpoint: {name} is missing")
-    cfg, card = read_config_and_card(path)
+            raise CheckpointMissing(f"{path} is not a drca checkpoint: {name} is missing")
+
+
+def read_config_and_card(path: str | Path) -> tuple[DRCAConfig, ModelCard]:
+    """The checkpoint's config and card, validated, without its weights (what the gateway needs); a one-line
+    CheckpointError for a malformed or hostile file (deeply nested, sizes out of `SIZE_LIMITS`)."""
+    path = Path(path)
+    _require(path, CONFIG, CARD)
     try:
-        with safe_open(str(path / WEIGHTS), framework="pt") as f:  # the header only: names and shapes
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
+        card = ModelCard.model_validate_json((path / CARD).read_text())
+    except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
+        raise CheckpointError(f"{path}: bad config or card: {_one_line(e)}") from None
+    return cfg, card
+
+
+def read_weights(path: str | Path, map_location: str | torch.device = "cpu",
+                 include_text_head: bool = True) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors by name (safetensors); without the `text_head.` ones if not `include_text_head`."""
+    path = Path(path)
+    _require(path, WEIGHTS)
+    try:
+        tensors = load_file(str(path / WEIGHTS), device=str(map_location))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
+    if not include_text_head:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
+    return tensors
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header, without reading any weight."""
+    path = Path(path)
+    _require(path, WEIGHTS)
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:
+        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    path = Path(path)
+    _require(path, WEIGHTS)
+    cfg, card = read_config_and_card(path)
+    shapes = read_shapes(path)
     text_shapes = {k[len(TEXT_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_PREFIX)}
     if text_shapes and not card.text_dim:
         raise CheckpointError(f"{path}: weights hold a text head but card.text_dim is 0")
@@ -114,18 +159,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: card has {len(card.class_names)} class names for {cfg.head.num_classes} classes"
         )
-    # the networks the config and card describe, on the meta device (no memory), against the file's shapes:
-    # nothing is allocated for a config that does not match its weights
+    # the networks the config and card describe, built on the meta device (no memory) and checked against
+    # the file's shapes: nothing is allocated for a config that does not match its weights
     with torch.device("meta"):
         skeleton = DRCA(cfg).state_dict()
         text_skeleton = TextHead(card.text_dim, cfg.head.embed_dim).state_dict() if text_shapes else {}
     _check_shapes(skeleton, {k: v for k, v in shapes.items() if not k.startswith(TEXT_PREFIX)}, path)
     _check_shapes(text_skeleton, text_shapes, path, prefix=TEXT_PREFIX)
 
-    try:
-        tensors = load_file(str(path / WEIGHTS), device=str(map_location))
-    except Exception as e:
-        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
+    tensors = read_weights(path, map_location)
     model = DRCA(cfg)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}, strict=True)
     text_head = None
@@ -138,27 +180,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return LoadedCheckpoint(model=model, config=cfg, card=card, text_head=text_head)
 
 
-def read_config_and_card(path: str | Path) -> tuple[DRCAConfig, ModelCard]:
-    """A checkpoint's config and card, validated, without its weights; a one-line CheckpointError for any
-    malformed, hostile (deeply nested, out-of-range sizes) or missing file."""
-    path = Path(path)
-    try:
-        cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
-        card = ModelCard.model_validate_json((path / CARD).read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is not a drca checkpoint: {Path(e.filename).name} is missing") from None
-    except (ValueError, TypeError, RecursionError, OSError) as e:
-        raise CheckpointError(f"{path}: bad config or card: {_one_line(e)}") from None
-    return cfg, card
-
-
 def _one_line(e: BaseException) -> str:
     if isinstance(e, ValidationError):
         return "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()[:3])
     if isinstance(e, RecursionError):
         return "nested too deeply"
-    text = " ".join(str(e).split())
-    return text[:300] or type(e).__name__
+    return " ".join(str(e).split())[:300] or type(e).__name__
 
 
 def _check_shapes(expected: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], path: Path,

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from indexer.redis_store import RedisMetadataStore
 from service.catalog import Catalog
 from service.redis_broker import RedisLock
 from service.storage import SpooledUpload, VideoStorage
+from service.store.redis import RedisMetadataStore
 from service.vector_stream import RedisVectorLog
 from tests.commits import assert_committed_once, stream_commits
 from tests.procs import ROOT, Gateway, RedisServer, Worker, start_all, wait_jobs
