@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,12 +18,15 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.config import apply_overrides
+from tests.waiting import wait_until
 from training.classify import train_classify
 from training.config import ClassifyConfig, RetrievalConfig, TextConfig
 from training.data.synth import SynthConfig, generate
 from training.evaluate import evaluate_classification, evaluate_retrieval
 from training.retrieval import train_retrieval
 from training.text import train_text
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY_MODEL = (
     "model.name=tiny", "model.backbone.num_saliency=2", "model.input.num_frames=4", "model.input.img_size=32",
@@ -79,6 +83,61 @@ def test_resume_continues_where_it_stopped(synth: Path, tmp_path: Path) -> None:
     steps = [r["step"] for r in _records(out) if r["kind"] == "train"]
     assert epochs == [1, 2]  # epoch 1 was not run again
     assert steps[: len(steps_one)] == steps_one and steps[-1] == 2 * steps_one[-1]
+
+
+def _train_cmd(synth: Path, out: Path, epochs: int) -> list[str]:
+    overrides = [*TINY_MODEL, *TINY_DATA, f"data.train_list={synth}/train.txt", "data.batch_size=2",
+                 "solver.optimizer=adamw", "solver.lr=2e-3", f"solver.epochs={epochs}", f"run.out_dir={out}"]
+    return [sys.executable, "-m", "cli.main", "train", "classify", *[a for o in overrides for a in ("--set", o)]]
+
+
+def _saved_step(out: Path) -> int:
+    state = out / "last.pt"
+    return torch.load(state, weights_only=True)["step"] if state.exists() else 0
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
+    """A run killed (-9) in the middle of an epoch resumes from its last saved epoch and ends with the same
+    weights as a run that was never interrupted; its metric log holds each step and each epoch once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    epochs = 4
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = subprocess.run(_train_cmd(synth, whole, epochs), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(_train_cmd(synth, cut, epochs), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def mid_epoch() -> bool:  # steps logged beyond the saved state, before the last epoch's end
+            assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
+            steps = [r["step"] for r in _records(cut) if r["kind"] == "train"] if (cut / "metrics.jsonl").exists() else []
+            return bool(steps) and max(steps) > _saved_step(cut) > 0
+
+        while True:
+            wait_until(mid_epoch, 240, "mid-epoch", interval_s=0.005)
+            proc.send_signal(signal.SIGSTOP)  # frozen: its state file and log are what the kill leaves
+            if mid_epoch():
+                break
+            proc.send_signal(signal.SIGCONT)
+        saved = torch.load(cut / "last.pt", weights_only=True)
+        assert 0 < saved["epoch"] < epochs
+    finally:
+        proc.kill()
+        proc.wait(30)
+    resumed = subprocess.run(_train_cmd(synth, cut, epochs), capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {cut / 'last.pt'} at epoch {saved['epoch']}" in resumed.stderr
+
+    a = load_checkpoint(whole / "checkpoint").model.state_dict()
+    b = load_checkpoint(cut / "checkpoint").model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    recs = _records(cut)
+    per_epoch = len([r for r in _records(whole) if r["kind"] == "train"]) // epochs
+    assert [r["step"] for r in recs if r["kind"] == "train"] == list(range(1, epochs * per_epoch + 1))
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == list(range(1, epochs + 1))
 
 
 def test_retrieval_with_cross_entropy_then_text(synth: Path, tmp_path: Path) -> None:
