@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from model.checkpoint import load_checkpoint
 from model.config import apply_overrides
@@ -204,6 +205,30 @@ def test_ddp_two_cpu_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
     n = len((synth / "train.txt").read_text().splitlines())
     assert [r["step"] for r in train] == list(range(1, n // 4 + 1))
     assert load_checkpoint(out / "checkpoint").config.head.num_classes == 4
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_equal_parameters_after_training_steps(tmp_path: Path) -> None:
+    """Two ranks on gloo start from different random weights (per-rank seeds) and train on different
+    shards; DDP broadcasts rank 0's weights and averages the gradients, so after the steps every parameter
+    is equal on both ranks, and it moved."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "tests.training.ddp_step", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert int(r0["steps"]) == int(r1["steps"]) == 2  # 8 samples, 2 ranks, batch 2
+    assert sorted(r0["shard"].tolist() + r1["shard"].tolist()) == sorted((torch.arange(8) % 5).tolist())
+    names = [k[len("trained."):] for k in r0 if k.startswith("trained.")]
+    assert names
+    assert any(not torch.equal(r0[f"initial.{n}"], r1[f"initial.{n}"]) for n in names)  # seeds differ per rank
+    moved = 0
+    for n in names:
+        torch.testing.assert_close(r1[f"wrapped.{n}"], r0[f"initial.{n}"], rtol=0, atol=0, msg=n)  # broadcast
+        torch.testing.assert_close(r1[f"trained.{n}"], r0[f"trained.{n}"], rtol=0, atol=0, msg=n)  # in sync
+        moved += not torch.equal(r0[f"trained.{n}"], r0[f"wrapped.{n}"])
+    assert moved > len(names) // 2  # the steps changed most parameters
 
 
 def test_bad_configuration_is_a_clear_error(synth: Path, tmp_path: Path) -> None:
