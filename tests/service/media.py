@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -76,9 +77,24 @@ def make_media(root: Path) -> dict[str, Path]:
     good = out["bars"].read_bytes()
     (root / "corrupt.mp4").write_bytes(good[:48] + bytes(range(256)) * 20)
     out["corrupt"] = root / "corrupt.mp4"
+    out["bad_frames"] = undecodable_frames(root / "bad_frames.mp4")
     (root / "notes.txt").write_text("this is not a video\n" * 50)
     out["text"] = root / "notes.txt"
     return out
+
+
+def undecodable_frames(path: Path) -> Path:
+    """A file that passes the upload probe (its header, with the index at the front, is intact) but fails
+    in the worker: the frame data after the first 30 % is overwritten with seeded random bytes."""
+    src = lavfi_video(path.with_name(path.stem + "_src.mp4"), "testsrc2=size=96x96:rate=10:duration=8",
+                      "-movflags", "+faststart")
+    data = bytearray(src.read_bytes())
+    src.unlink()
+    start = data.index(b"mdat") + 4
+    start += (len(data) - start) * 3 // 10
+    data[start:] = random.Random(0).randbytes(len(data) - start)
+    path.write_bytes(bytes(data))
+    return path
 
 
 def distinct_videos(root: Path, n: int, seconds: int = 6, size: int = 96) -> list[Path]:

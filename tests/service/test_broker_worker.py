@@ -15,6 +15,7 @@ from service.broker import InferenceRequest, InferenceResult, IngestJob, InProce
 from service.errors import WorkerUnavailable
 from service.settings import Settings
 from service.worker import EncoderWorker
+from tests.waiting import wait_until
 
 
 def test_infer_without_worker_is_503_at_once():
@@ -42,7 +43,7 @@ def test_requests_jump_ahead_of_jobs():
     result: dict = {}
     t = threading.Thread(target=lambda: result.setdefault("r", b.infer(InferenceRequest("embed_text"), 5)))
     t.start()
-    time.sleep(0.1)
+    wait_until(lambda: b._q.qsize() == 4, 5, "the request queued behind the 3 jobs")  # noqa: SLF001
     item = b.take(1)
     assert not isinstance(item, IngestJob)
     b.reply(item, InferenceResult(probs=np.ones(2)))
