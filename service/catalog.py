@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,13 +32,14 @@ from indexer import Segment, VideoIndex
 from indexer.errors import DuplicateContent, NotFound
 from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
 from service.broker import Broker, IngestJob
+from service.concepts import concept_scores
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
-TOP_LABELS = 5
+TOP_LABELS = 5  # labels a video shows (GET /v1/videos); it stores `stored_labels` of them
 
 
 class Conflict(ServiceError):
@@ -63,23 +65,100 @@ def metadata_text(video: VideoRecord) -> str:
 
 
 class TextTable:
-    """Per indexed video: top class probabilities and the metadata's sentence embedding (text search)."""
+    """What text search reads per indexed video, packed for vectorised scoring: its stored class
+    probabilities (`label_ids` into `vocab`, the class names seen so far; id 0 pads a short row) and the
+    sentence embedding of its metadata. A slot per video; a dropped video's slot is reused."""
 
     def __init__(self) -> None:
-        self.labels: dict[int, list[Label]] = {}
-        self.meta: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.vocab: list[str] = [""]  # id 0: padding
+        self._vocab_id: dict[str, int] = {}
+        self._slot: dict[int, int] = {}
+        self._free: list[int] = []
+        self.video_ids = np.zeros(0, dtype=np.int64)  # (S,) -1: a free slot
+        self.label_ids = np.zeros((0, 0), dtype=np.int32)  # (S, K)
+        self.label_probs = np.zeros((0, 0), dtype=np.float32)  # (S, K)
+        self.meta = np.zeros((0, 0), dtype=np.float32)  # (S, D); a zero row: no metadata
+
+    def __len__(self) -> int:
+        return len(self._slot)
 
     def put(self, video: VideoRecord) -> None:
-        self.labels[video.video_id] = list(video.labels)
         emb = video.extra.get("text_embedding")
-        if emb:
-            self.meta[video.video_id] = np.asarray(emb, dtype=np.float32)
-        else:
-            self.meta.pop(video.video_id, None)
+        with self._lock:
+            slot = self._slot.get(video.video_id)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._grow()
+                self._slot[video.video_id] = slot
+            self.video_ids[slot] = video.video_id
+            self._set_labels(slot, video.labels)
+            self.meta[slot] = 0.0
+            if emb:
+                row = np.asarray(emb, dtype=np.float32)
+                if not self.meta.shape[1]:  # the first metadata embedding fixes the width
+                    self.meta = np.zeros((len(self.video_ids), row.shape[0]), dtype=np.float32)
+                if row.shape[0] == self.meta.shape[1]:
+                    self.meta[slot] = row
+                else:
+                    log.warning("video %d: metadata embedding of %d dims, expected %d; not used",
+                                video.video_id, row.shape[0], self.meta.shape[1])
 
     def drop(self, video_id: int) -> None:
-        self.labels.pop(video_id, None)
-        self.meta.pop(video_id, None)
+        with self._lock:
+            slot = self._slot.pop(video_id, None)
+            if slot is None:
+                return
+            self.video_ids[slot] = -1
+            self.label_probs[slot] = 0.0
+            self.meta[slot] = 0.0
+            self._free.append(slot)
+
+    def _grow(self) -> int:
+        n = len(self.video_ids)
+        cap = max(64, 2 * n)
+        self.video_ids = np.concatenate([self.video_ids, np.full(cap - n, -1, dtype=np.int64)])
+        self.label_ids = np.vstack([self.label_ids, np.zeros((cap - n, self.label_ids.shape[1]), np.int32)])
+        self.label_probs = np.vstack([self.label_probs, np.zeros((cap - n, self.label_probs.shape[1]), np.float32)])
+        self.meta = np.vstack([self.meta, np.zeros((cap - n, self.meta.shape[1]), np.float32)])
+        self._free.extend(range(cap - 1, n, -1))
+        return n
+
+    def _set_labels(self, slot: int, labels: list[Label]) -> None:
+        k = len(labels)
+        if k > self.label_ids.shape[1]:
+            pad = k - self.label_ids.shape[1]
+            self.label_ids = np.pad(self.label_ids, ((0, 0), (0, pad)))
+            self.label_probs = np.pad(self.label_probs, ((0, 0), (0, pad)))
+        self.label_ids[slot] = 0
+        self.label_probs[slot] = 0.0
+        for j, lb in enumerate(labels):
+            vid = self._vocab_id.get(lb.name)
+            if vid is None:
+                vid = self._vocab_id[lb.name] = len(self.vocab)
+                self.vocab.append(lb.name)
+            self.label_ids[slot, j] = vid
+            self.label_probs[slot, j] = lb.prob
+
+    def scores(self, vocab_weights: Callable[[list[str]], np.ndarray] | None,
+               query: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For every video: (video_ids, concept scores, metadata cosines, has metadata). `vocab_weights`
+        maps the table's vocabulary (id 0 first) to one weight per name; `query` is the query's
+        sentence embedding. A missing side gives zeros."""
+        with self._lock:
+            live = self.video_ids >= 0
+            ids = self.video_ids[live]
+            concept = np.zeros(len(ids))
+            if vocab_weights is not None and self.label_ids.shape[1]:
+                w = np.asarray(vocab_weights(self.vocab), dtype=np.float64)
+                w[0] = 0.0
+                concept = concept_scores(w, self.label_ids[live], self.label_probs[live])
+            meta = np.zeros(len(ids))
+            has_meta = np.zeros(len(ids), dtype=bool)
+            if query is not None and self.meta.shape[1] == np.shape(query)[0]:
+                rows = self.meta[live]
+                has_meta = rows.any(axis=1)
+                meta = rows @ np.asarray(query, dtype=np.float32)
+            return ids, concept, meta, has_meta
 
 
 class VectorWriter(Protocol):
@@ -92,8 +171,9 @@ class VectorWriter(Protocol):
 class Catalog:
     def __init__(self, store: MetadataStore, index: VectorWriter | VideoIndex, storage: VideoStorage,
                  thumbnails: ThumbnailCache | None = None, broker: Broker | None = None,
-                 lock: AbstractContextManager | None = None) -> None:
+                 lock: AbstractContextManager | None = None, stored_labels: int = TOP_LABELS) -> None:
         self.store = store
+        self.stored_labels = stored_labels  # class probabilities kept per video (the top this many)
         self.index = index
         self.storage = storage
         self.thumbnails = thumbnails
@@ -199,7 +279,7 @@ class Catalog:
                  timings: dict[str, float]) -> None:
         labels = []
         if probs is not None:
-            top = np.argsort(-probs)[:TOP_LABELS]
+            top = np.argsort(-probs, kind="stable")[: self.stored_labels]
             labels = [Label(class_names[i], round(float(probs[i]), 6)) for i in top]
         extra: dict[str, Any] = {"segments": len(segments)}
         if text_embedding is not None:

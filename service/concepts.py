@@ -1,0 +1,98 @@
+"""The concept bank: text search by what the classifier sees in a video.
+
+The checkpoint's classes are the concepts. For each class c the bank holds MiniLM sentence embeddings of
+its phrases: its name (underscores and dashes read as spaces) and, when the checkpoint's card gives
+class descriptions, "name: description". For a query q and a video v with class probabilities p_v:
+
+    s_c(q)        = max over the phrases t of c of cos(MiniLM(q), MiniLM(t))
+    w_c(q)        = exp((s_c(q) - max_c' s_c'(q)) / T)           # softmax over the bank at temperature T,
+                                                                  # divided by its largest weight
+    concept(v, q) = sum over the stored classes c of v of w_c(q) * p_v(c)
+
+`w` is the softmax of the similarities rescaled so that the class nearest to the query has weight 1:
+the ranking it gives is the softmax's, and `concept` reads as the probability mass of the video on the
+classes the query names (1.0: all of it on the nearest class), whatever the number of classes. A query
+close to several classes (a dog, and ImageNet's 120 dog breeds) spreads its weight over them.
+
+Classes that share a name are one concept (their phrases are pooled), so probabilities stored by name
+add up. Nothing here knows which checkpoint it serves: the bank is built from any list of class names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Embed = Callable[[list[str]], np.ndarray]  # texts -> (N, D) L2-normalised sentence embeddings
+
+
+def class_phrase(name: str) -> str:
+    """A class name as text: `playing_guitar` -> `playing guitar`."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split())
+
+
+def bank_phrases(class_names: Sequence[str], descriptions: Sequence[str] = ()) -> tuple[list[str], list[str], list[int]]:
+    """The concepts (unique class names, first-seen order) and every phrase with the concept it names."""
+    if descriptions and len(descriptions) != len(class_names):
+        raise ValueError(f"{len(descriptions)} class descriptions for {len(class_names)} classes")
+    names: list[str] = []
+    index: dict[str, int] = {}
+    phrases: list[str] = []
+    owner: list[int] = []
+    seen: set[tuple[int, str]] = set()
+    for i, name in enumerate(class_names):
+        c = index.setdefault(name, len(names))
+        if c == len(names):
+            names.append(name)
+        text = class_phrase(name)
+        cand = [text]
+        if descriptions and descriptions[i].strip():
+            cand.append(f"{text}: {descriptions[i].strip()}")
+        for p in cand:
+            if p and (c, p) not in seen:
+                seen.add((c, p))
+                phrases.append(p)
+                owner.append(c)
+    return names, phrases, owner
+
+
+@dataclass(frozen=True)
+class ConceptBank:
+    names: tuple[str, ...]  # the concepts: unique class names
+    phrase_emb: np.ndarray  # (P, D) float32, L2-normalised
+    phrase_concept: np.ndarray  # (P,) int64: the concept of each phrase
+
+    @classmethod
+    def build(cls, class_names: Sequence[str], embed: Embed, descriptions: Sequence[str] = ()) -> ConceptBank:
+        names, phrases, owner = bank_phrases(class_names, descriptions)
+        emb = np.asarray(embed(phrases), dtype=np.float32) if phrases else np.zeros((0, 0), np.float32)
+        if emb.shape[0] != len(phrases):
+            raise ValueError(f"embed returned {emb.shape[0]} embeddings for {len(phrases)} phrases")
+        return cls(tuple(names), emb, np.asarray(owner, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def similarities(self, query: np.ndarray) -> np.ndarray:
+        """s_c(q): (C,) the best cosine between the query's embedding (D,) and each concept's phrases."""
+        sims = self.phrase_emb @ np.asarray(query, dtype=np.float32)
+        out = np.full(len(self.names), -np.inf, dtype=np.float32)
+        np.maximum.at(out, self.phrase_concept, sims)
+        return out
+
+    def weights(self, query: np.ndarray, temperature: float) -> np.ndarray:
+        """w_c(q): (C,) in (0, 1], the nearest concept at 1."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        s = self.similarities(query).astype(np.float64)
+        return np.exp((s - s.max()) / temperature)
+
+
+def concept_scores(weights: np.ndarray, label_ids: np.ndarray, label_probs: np.ndarray) -> np.ndarray:
+    """concept(v, q) for N videos: `weights` (V,) per concept id, `label_ids` (N, K) the ids of each
+    video's stored classes, `label_probs` (N, K) their probabilities (0 where a row is padded)."""
+    if label_ids.size == 0:
+        return np.zeros(label_ids.shape[0], dtype=np.float64)
+    return (np.asarray(weights, dtype=np.float64)[label_ids] * label_probs).sum(axis=1)
