@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from indexer import Segment
+from indexer import Span
 from service.errors import ServiceError, WorkerUnavailable
 
 
@@ -54,7 +54,7 @@ class InferenceResult:
     # classify and embed_video
     probs: np.ndarray | None = None  # (C,) video-level class probabilities (mean over segments)
     vectors: np.ndarray | None = None  # (S, E) segment embeddings, L2-normalised
-    segments: list[Segment] | None = None
+    segments: list[Span] | None = None
     duration: float | None = None
     # embed_text
     sentence: np.ndarray | None = None  # (N, 384) MiniLM sentence embeddings, L2-normalised

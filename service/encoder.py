@@ -1,7 +1,7 @@
 """The encoder: one checkpoint loaded once; decode a video into segment clips; one forward pass gives
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
-Decoding uses the one shared path (`training.data.video`, `sampling.fixed_segments`,
+Decoding uses the one shared path (`media.segments.segment_clips`: `media.video`, `sampling.fixed_segments`,
 `transforms.preprocess`), so serving sees exactly what training and evaluation saw. Retrieval protocol:
 `segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
 a video shorter than one clip still gives one segment spread over the whole video.
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import Segment
+from indexer import Span
+from media.segments import segment_clips
+from media.video import open_video
 from model.checkpoint import load_checkpoint
 from service.settings import Settings
-from training.data.video import VideoLimits, open_video
-from training.embed import segment_clips
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,10 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def video_limits(settings: Settings) -> VideoLimits:
-    return VideoLimits(
-        max_pixels=settings.max_pixels,
-        max_duration_s=settings.max_duration_s,
-        max_file_bytes=settings.max_upload_bytes,
-    )
-
-
 @dataclass
 class DecodedVideo:
     clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
-    segments: list[Segment]
+    segments: list[Span]
     duration: float
 
 
@@ -63,7 +55,7 @@ class VideoEncoder:
         self.embed_dim = ckpt.config.head.embed_dim
         if not self.embed_dim:
             raise RuntimeError(f"{settings.checkpoint}: the checkpoint has no embedding head (head.embed_dim=0)")
-        self.limits = video_limits(settings)
+        self.limits = settings.video_limits
         self.text_encoder = None
         if settings.text_search:
             from model.text import TextEncoder
@@ -80,7 +72,7 @@ class VideoEncoder:
         with open_video(path, self.limits) as reader:
             clips, segs = segment_clips(reader, self.config.input, self.settings.segment_fps)
             duration = reader.info.duration
-        return DecodedVideo(clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
+        return DecodedVideo(clips, [Span(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
 
     # the model ---------------------------------------------------------------------------------
     @torch.inference_mode()

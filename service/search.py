@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from indexer import Segment, VideoHit
+from indexer import Span, VideoHit
 from service.broker import InferenceRequest
 from service.concepts import ConceptBank
 from service.errors import InvalidInput
@@ -86,7 +86,7 @@ class SearchService:
         return lookup
 
     # queries ------------------------------------------------------------------------------------
-    def video_query(self, vectors: np.ndarray, segments: list[Segment] | None, k: int, min_score: float | None,
+    def video_query(self, vectors: np.ndarray, segments: list[Span] | None, k: int, min_score: float | None,
                     exclude: set[int]) -> list[VideoHit]:
         return self.rt.index.search(vectors, k=k, query_segments=segments, aggregation=self.rt.settings.aggregation,
                                     min_score=min_score, exclude_ids=exclude)
@@ -94,7 +94,7 @@ class SearchService:
     def stored_vectors(self, video_id: int):
         stored = self.rt.index.get(video_id)
         if stored is None:
-            self.rt.store.get_video(video_id)  # NotFound -> 404
+            self.rt.catalog.get_video(video_id)  # NotFound -> 404
             raise InvalidInput(f"video {video_id} is not indexed yet (see its job)")
         return stored
 
@@ -151,7 +151,7 @@ def external_ids(rt: ServiceRuntime, hits: list[VideoHit]) -> dict[int, str | No
     out = {}
     for h in hits:
         try:
-            out[h.video_id] = rt.store.get_video(h.video_id).external_id
+            out[h.video_id] = rt.catalog.get_video(h.video_id).external_id
         except KeyError:
             out[h.video_id] = None
     return out

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="what the checkpoint is, recorded in the JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("training.data.video").setLevel(logging.ERROR)  # per-file timestamp warnings
+    logging.getLogger("media.video").setLevel(logging.ERROR)  # per-file timestamp warnings
 
     import torch
 
