@@ -16,14 +16,23 @@ close to several classes (a dog, and ImageNet's 120 dog breeds) spreads its weig
 
 Classes that share a name are one concept (their phrases are pooled), so probabilities stored by name
 add up. Nothing here knows which checkpoint it serves: the bank is built from any list of class names.
+The phrase embeddings can be cached in a folder, keyed by the phrases and the text encoder's identity,
+so a restarted service does not embed them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (N, D) L2-normalised sentence embeddings
 
@@ -65,11 +74,21 @@ class ConceptBank:
     phrase_concept: np.ndarray  # (P,) int64: the concept of each phrase
 
     @classmethod
-    def build(cls, class_names: Sequence[str], embed: Embed, descriptions: Sequence[str] = ()) -> ConceptBank:
+    def build(cls, class_names: Sequence[str], embed: Embed, descriptions: Sequence[str] = (),
+              cache_dir: Path | None = None, embedder_id: str = "") -> ConceptBank:
+        """Embed the phrases of `class_names` (with `descriptions`), or read them from `cache_dir`, where
+        `<sha256 of embedder_id and the phrases>.npy` holds them once computed."""
         names, phrases, owner = bank_phrases(class_names, descriptions)
-        emb = np.asarray(embed(phrases), dtype=np.float32) if phrases else np.zeros((0, 0), np.float32)
-        if emb.shape[0] != len(phrases):
-            raise ValueError(f"embed returned {emb.shape[0]} embeddings for {len(phrases)} phrases")
+        cached = None
+        if cache_dir is not None and phrases:
+            digest = hashlib.sha256(json.dumps([embedder_id, phrases]).encode()).hexdigest()[:32]
+            cached = Path(cache_dir) / f"{digest}.npy"
+        emb = _read_cache(cached, len(phrases))
+        if emb is None:
+            emb = np.asarray(embed(phrases), dtype=np.float32) if phrases else np.zeros((0, 0), np.float32)
+            if emb.shape[0] != len(phrases):
+                raise ValueError(f"embed returned {emb.shape[0]} embeddings for {len(phrases)} phrases")
+            _write_cache(cached, emb)
         return cls(tuple(names), emb, np.asarray(owner, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -96,3 +115,30 @@ def concept_scores(weights: np.ndarray, label_ids: np.ndarray, label_probs: np.n
     if label_ids.size == 0:
         return np.zeros(label_ids.shape[0], dtype=np.float64)
     return (np.asarray(weights, dtype=np.float64)[label_ids] * label_probs).sum(axis=1)
+
+
+def _read_cache(path: Path | None, rows: int) -> np.ndarray | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the concept bank cache %s: %s", path, e)
+        return None
+    if emb.ndim != 2 or emb.shape[0] != rows or emb.dtype != np.float32:
+        log.warning("ignoring the concept bank cache %s: shape %s, expected %d rows", path, emb.shape, rows)
+        return None
+    return emb
+
+
+def _write_cache(path: Path | None, emb: np.ndarray) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, emb, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only data dir: the bank works, it is just not kept
+        log.warning("could not keep the concept bank in %s: %s", path.parent, e)

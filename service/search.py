@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from indexer import Span, VideoHit
+from model.text import text_encoder_id
 from service.broker import InferenceRequest
 from service.concepts import ConceptBank
 from service.errors import InvalidInput
@@ -55,7 +56,9 @@ class SearchService:
         with self._bank_lock:
             if self._bank is None:
                 self._bank = ConceptBank.build(self.rt.class_names, self._sentences,
-                                               self.rt.card.class_descriptions)
+                                               self.rt.card.class_descriptions,
+                                               cache_dir=self.rt.settings.concepts_dir,
+                                               embedder_id=text_encoder_id())
                 log.info("concept bank: %d concepts, %d phrases", len(self._bank), len(self._bank.phrase_concept))
             return self._bank
 

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         return self.data_dir / "tmp"
 
     @property
+    def concepts_dir(self) -> Path:  # the concept bank's phrase embeddings, once per checkpoint
+        return self.data_dir / "concepts"
+
+    @property
     def thumbnails_dir(self) -> Path:
         return self.data_dir / "thumbnails"
 

@@ -71,6 +71,27 @@ def test_bank_rejects_bad_input():
         toy_bank().weights(np.ones(3, np.float32), temperature=0.0)
 
 
+def test_bank_embeddings_are_kept_once_per_phrase_list_and_encoder(tmp_path):
+    calls: list[list[str]] = []
+
+    def counting_embed(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return toy_embed(texts)
+
+    def build(names: list[str], embedder_id: str = "enc-1") -> ConceptBank:
+        return ConceptBank.build(names, counting_embed, cache_dir=tmp_path, embedder_id=embedder_id)
+
+    first = build(["cat", "dog"])
+    again = build(["cat", "dog"])
+    assert len(calls) == 1 and np.array_equal(first.phrase_emb, again.phrase_emb)
+    build(["cat", "car"])  # other phrases
+    build(["cat", "dog"], embedder_id="enc-2")  # another text encoder
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.npy"))) == 3
+    for f in tmp_path.glob("*.npy"):
+        f.write_bytes(b"not an array")  # a damaged cache is embedded again, not trusted
+    assert np.array_equal(build(["cat", "dog"]).phrase_emb, first.phrase_emb) and len(calls) == 4
+
+
 def _video(video_id: int, labels: list[tuple[str, float]], emb: list[float] | None = None) -> VideoRecord:
     extra = {"text_embedding": emb} if emb is not None else {}
     return VideoRecord(video_id=video_id, content_hash=f"h{video_id}", external_id=None, source_name=None,
