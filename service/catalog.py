@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,7 +76,11 @@ class TextTable:
         self.video_ids = np.zeros(0, dtype=np.int64)  # (S,) -1: a free slot
         self.label_ids = np.zeros((0, 0), dtype=np.int32)  # (S, K)
         self.label_probs = np.zeros((0, 0), dtype=np.float32)  # (S, K)
-        self.meta = np.zeros((0, 0), dtype=np.float32)  # (S, D); a zero row: no metadata
+        self.meta = np.zeros((0, 0), dtype=np.float32)  # (S, D)
+        self.has_meta = np.zeros(0, dtype=bool)  # (S,)
+        self._map_names: tuple[str, ...] | None = None  # the bank `_map` maps the vocabulary into
+        self._map = np.full(1, -1, dtype=np.int64)
+        self._map_index: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -92,12 +95,14 @@ class TextTable:
             self.video_ids[slot] = video.video_id
             self._set_labels(slot, video.labels)
             self.meta[slot] = 0.0
+            self.has_meta[slot] = False
             if emb:
                 row = np.asarray(emb, dtype=np.float32)
                 if not self.meta.shape[1]:  # the first metadata embedding fixes the width
                     self.meta = np.zeros((len(self.video_ids), row.shape[0]), dtype=np.float32)
                 if row.shape[0] == self.meta.shape[1]:
                     self.meta[slot] = row
+                    self.has_meta[slot] = True
                 else:
                     log.warning("video %d: metadata embedding of %d dims, expected %d; not used",
                                 video.video_id, row.shape[0], self.meta.shape[1])
@@ -110,6 +115,7 @@ class TextTable:
             self.video_ids[slot] = -1
             self.label_probs[slot] = 0.0
             self.meta[slot] = 0.0
+            self.has_meta[slot] = False
             self._free.append(slot)
 
     def _grow(self) -> int:
@@ -119,6 +125,7 @@ class TextTable:
         self.label_ids = np.vstack([self.label_ids, np.zeros((cap - n, self.label_ids.shape[1]), np.int32)])
         self.label_probs = np.vstack([self.label_probs, np.zeros((cap - n, self.label_probs.shape[1]), np.float32)])
         self.meta = np.vstack([self.meta, np.zeros((cap - n, self.meta.shape[1]), np.float32)])
+        self.has_meta = np.concatenate([self.has_meta, np.zeros(cap - n, dtype=bool)])
         self._free.extend(range(cap - 1, n, -1))
         return n
 
@@ -138,26 +145,36 @@ class TextTable:
             self.label_ids[slot, j] = vid
             self.label_probs[slot, j] = lb.prob
 
-    def scores(self, vocab_weights: Callable[[list[str]], np.ndarray] | None,
+    def scores(self, concepts: tuple[str, ...], weights: np.ndarray | None,
                query: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For every video: (video_ids, concept scores, metadata cosines, has metadata). `vocab_weights`
-        maps the table's vocabulary (id 0 first) to one weight per name; `query` is the query's
-        sentence embedding. A missing side gives zeros."""
+        """For every video: (video_ids, concept scores, metadata cosines, has metadata). `weights` (C,) are
+        a query's weights of the `concepts` (a bank's names; a stored class not among them weighs 0),
+        `query` its sentence embedding; a side that is None gives zeros. Free slots are scored too (they
+        hold zeros) and dropped at the end, so nothing large is copied."""
         with self._lock:
-            live = self.video_ids >= 0
-            ids = self.video_ids[live]
-            concept = np.zeros(len(ids))
-            if vocab_weights is not None and self.label_ids.shape[1]:
-                w = np.asarray(vocab_weights(self.vocab), dtype=np.float64)
-                w[0] = 0.0
-                concept = concept_scores(w, self.label_ids[live], self.label_probs[live])
-            meta = np.zeros(len(ids))
-            has_meta = np.zeros(len(ids), dtype=bool)
+            n = len(self.video_ids)
+            concept = np.zeros(n, dtype=np.float32)
+            if weights is not None and self.label_ids.shape[1]:
+                m = self._concept_map(concepts)
+                w = np.where(m >= 0, np.asarray(weights, dtype=np.float32)[np.maximum(m, 0)], np.float32(0))
+                concept = concept_scores(w, self.label_ids, self.label_probs)
+            meta = np.zeros(n, dtype=np.float32)
             if query is not None and self.meta.shape[1] == np.shape(query)[0]:
-                rows = self.meta[live]
-                has_meta = rows.any(axis=1)
-                meta = rows @ np.asarray(query, dtype=np.float32)
-            return ids, concept, meta, has_meta
+                # einsum, not BLAS: one thread (see ConceptBank.similarities)
+                meta = np.einsum("sd,d->s", self.meta, np.asarray(query, dtype=np.float32))
+            live = self.video_ids >= 0
+            return self.video_ids[live], concept[live], meta[live], self.has_meta[live]
+
+    def _concept_map(self, concepts: tuple[str, ...]) -> np.ndarray:
+        """vocabulary id -> index in `concepts` (-1: none, and for the padding id 0); extended as the
+        vocabulary grows, rebuilt for another bank."""
+        if self._map_names is not concepts:
+            self._map_names, self._map = concepts, np.full(1, -1, dtype=np.int64)
+            self._map_index = {n: i for i, n in enumerate(concepts)}
+        if len(self._map) < len(self.vocab):
+            tail = [self._map_index.get(n, -1) for n in self.vocab[len(self._map):]]
+            self._map = np.concatenate([self._map, np.asarray(tail, dtype=np.int64)])
+        return self._map
 
 
 class VectorWriter(Protocol):

@@ -73,6 +73,16 @@ class ConceptBank:
     phrase_emb: np.ndarray  # (P, D) float32, L2-normalised
     phrase_concept: np.ndarray  # (P,) int64: the concept of each phrase
 
+    def __post_init__(self) -> None:
+        # (C, most phrases of a concept): each concept's phrase rows, padded with P (a -inf similarity)
+        counts = np.bincount(self.phrase_concept, minlength=len(self.names))
+        table = np.full((len(self.names), max(1, int(counts.max(initial=0)))), len(self.phrase_concept))
+        fill = np.zeros(len(self.names), dtype=np.int64)
+        for p, c in enumerate(self.phrase_concept.tolist()):
+            table[c, fill[c]] = p
+            fill[c] += 1
+        object.__setattr__(self, "_phrases_of", table)
+
     @classmethod
     def build(cls, class_names: Sequence[str], embed: Embed, descriptions: Sequence[str] = (),
               cache_dir: Path | None = None, embedder_id: str = "") -> ConceptBank:
@@ -96,25 +106,25 @@ class ConceptBank:
 
     def similarities(self, query: np.ndarray) -> np.ndarray:
         """s_c(q): (C,) the best cosine between the query's embedding (D,) and each concept's phrases."""
-        sims = self.phrase_emb @ np.asarray(query, dtype=np.float32)
-        out = np.full(len(self.names), -np.inf, dtype=np.float32)
-        np.maximum.at(out, self.phrase_concept, sims)
-        return out
+        # einsum, not BLAS: one thread (BLAS threads on a busy machine make this small product erratic)
+        sims = np.append(np.einsum("pd,d->p", self.phrase_emb, np.asarray(query, dtype=np.float32)),
+                         np.float32(-np.inf))
+        return sims[self._phrases_of].max(axis=1)
 
     def weights(self, query: np.ndarray, temperature: float) -> np.ndarray:
         """w_c(q): (C,) in (0, 1], the nearest concept at 1."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        s = self.similarities(query).astype(np.float64)
-        return np.exp((s - s.max()) / temperature)
+        s = self.similarities(query)
+        return np.exp((s - s.max()) / np.float32(temperature))
 
 
 def concept_scores(weights: np.ndarray, label_ids: np.ndarray, label_probs: np.ndarray) -> np.ndarray:
     """concept(v, q) for N videos: `weights` (V,) per concept id, `label_ids` (N, K) the ids of each
     video's stored classes, `label_probs` (N, K) their probabilities (0 where a row is padded)."""
     if label_ids.size == 0:
-        return np.zeros(label_ids.shape[0], dtype=np.float64)
-    return (np.asarray(weights, dtype=np.float64)[label_ids] * label_probs).sum(axis=1)
+        return np.zeros(label_ids.shape[0], dtype=np.float32)
+    return np.einsum("nk,nk->n", np.asarray(weights, dtype=np.float32)[label_ids], label_probs)
 
 
 def _read_cache(path: Path | None, rows: int) -> np.ndarray | None:

@@ -24,9 +24,11 @@ import numpy as np
 from indexer import Span, VideoHit
 from model.text import text_encoder_id
 from service.broker import InferenceRequest
+from service.catalog import TextTable
 from service.concepts import ConceptBank
 from service.errors import InvalidInput
 from service.runtime import ServiceRuntime
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ class SearchService:
         self.rt = rt
         self._bank: ConceptBank | None = None
         self._bank_lock = threading.Lock()
-        self._vocab_map = np.zeros(0, dtype=np.int64)  # the text table's vocabulary -> bank concept (-1: none)
 
     def _texts(self, texts: list[str]):
         return self.rt.broker.infer(InferenceRequest("embed_text", texts=tuple(texts)),
@@ -76,18 +77,6 @@ class SearchService:
         t.start()
         return t
 
-    def _vocab_weights(self, bank: ConceptBank, weights: np.ndarray):
-        """The text table's vocabulary (class names as stored) -> concept weights; unknown names get 0."""
-
-        def lookup(vocab: list[str]) -> np.ndarray:
-            if len(self._vocab_map) != len(vocab):  # the vocabulary only grows
-                index = {n: i for i, n in enumerate(bank.names)}
-                self._vocab_map = np.array([index.get(n, -1) for n in vocab], dtype=np.int64)
-            m = self._vocab_map
-            return np.where(m >= 0, weights[np.maximum(m, 0)], 0.0)
-
-        return lookup
-
     # queries ------------------------------------------------------------------------------------
     def video_query(self, vectors: np.ndarray, segments: list[Span] | None, k: int, min_score: float | None,
                     exclude: set[int]) -> list[VideoHit]:
@@ -113,7 +102,7 @@ class SearchService:
                 cand.add(h.video_id)
         ids, side = self.side_scores(q_sent)
         if len(ids):
-            top = np.argsort(-side, kind="stable")[:n_cand]
+            top = np.argpartition(-side, n_cand - 1)[:n_cand] if len(ids) > n_cand else np.arange(len(ids))
             cand.update(ids[top].tolist())
         in_cand = np.isin(ids, np.fromiter(cand, dtype=np.int64, count=len(cand)))
         side_of = dict(zip(ids[in_cand].tolist(), side[in_cand].tolist(), strict=True))
@@ -137,17 +126,21 @@ class SearchService:
         return hits[:k]
 
     def side_scores(self, q_sent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(video ids, w_concept * concept + w_meta * max(0, meta - floor)) over every indexed video."""
+        """(video ids, concept + metadata terms) over every indexed video."""
         s = self.rt.settings
         bank = self.concept_bank() if s.text_weight_concept else None
-        weights = None
-        if bank is not None:
-            weights = self._vocab_weights(bank, bank.weights(q_sent, s.text_concept_temperature))
-        ids, concept, meta, has_meta = self.rt.catalog.text_table().scores(
-            weights, q_sent if s.text_weight_meta else None)
-        total = s.text_weight_concept * concept
-        total += s.text_weight_meta * np.where(has_meta, np.maximum(0.0, meta - s.text_meta_floor), 0.0)
-        return ids, total
+        return side_scores(self.rt.catalog.text_table(), bank, q_sent, s)
+
+
+def side_scores(table: TextTable, bank: ConceptBank | None, q_sent: np.ndarray,
+                s: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(video ids, w_concept * concept + w_meta * max(0, meta - floor)) for every video of `table`."""
+    weights = bank.weights(q_sent, s.text_concept_temperature) if bank is not None else None
+    ids, concept, meta, has_meta = table.scores(bank.names if bank is not None else (), weights,
+                                                q_sent if s.text_weight_meta else None)
+    total = s.text_weight_concept * concept
+    total += s.text_weight_meta * np.where(has_meta, np.maximum(0.0, meta - s.text_meta_floor), 0.0)
+    return ids, total
 
 
 def external_ids(rt: ServiceRuntime, hits: list[VideoHit]) -> dict[int, str | None]:

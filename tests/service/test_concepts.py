@@ -106,12 +106,7 @@ def test_text_table_scores_every_video_and_reuses_slots():
     table.put(_video(11, [("unicorn", 1.0)]))  # a class the bank does not know scores 0
     bank = toy_bank()
     w = bank.weights(np.array([0.6, 0.8, 0.0], np.float32), 0.1)
-    index = {n: i for i, n in enumerate(bank.names)}
-
-    def vocab_weights(vocab: list[str]) -> np.ndarray:
-        return np.array([w[index[n]] if n in index else 0.0 for n in vocab])
-
-    ids, concept, meta, has_meta = table.scores(vocab_weights, np.array([0.0, 1.0], np.float32))
+    ids, concept, meta, has_meta = table.scores(bank.names, w, np.array([0.0, 1.0], np.float32))
     got = dict(zip(ids.tolist(), concept.tolist(), strict=True))
     assert got == pytest.approx({7: 0.7036677, 9: 0.0164886, 11: 0.0}, rel=1e-5)
     assert dict(zip(ids.tolist(), has_meta.tolist(), strict=True)) == {7: True, 9: False, 11: False}
@@ -119,12 +114,12 @@ def test_text_table_scores_every_video_and_reuses_slots():
 
     table.drop(9)
     table.put(_video(12, [("dog", 1.0)]))  # takes 9's slot
-    ids, concept, _, _ = table.scores(vocab_weights, None)
+    ids, concept, _, _ = table.scores(bank.names, w, None)
     assert sorted(ids.tolist()) == [7, 11, 12] and len(table) == 3
     assert dict(zip(ids.tolist(), concept.tolist(), strict=True))[12] == pytest.approx(1.0)
     for i in range(13, 13 + 100):  # past the first allocation
         table.put(_video(i, [("car", 1.0)]))
-    assert len(table.scores(vocab_weights, None)[0]) == 103
+    assert len(table.scores(bank.names, w, None)[0]) == 103
 
 
 # -------------------------------------------------------------------------------- through the API
