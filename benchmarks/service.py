@@ -126,6 +126,18 @@ def make_long_video(path: Path, seconds: float, period_s: float, hue: int) -> Pa
     return path
 
 
+async def _job(c: httpx.AsyncClient, job_id: int) -> dict:
+    """Poll a job; a poll on a keep-alive connection that the server closed at that moment is retried."""
+    for attempt in range(3):
+        try:
+            return (await c.get(f"/v1/jobs/{job_id}")).json()
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def _status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -144,7 +156,7 @@ async def _upload_and_wait(c: httpx.AsyncClient, path: Path, on_running=None) ->
     r.raise_for_status()
     job_id = r.json()["job_id"]
     while True:
-        job = (await c.get(f"/v1/jobs/{job_id}")).json()
+        job = await _job(c, job_id)
         if job["status"] == "done":
             return job
         if job["status"] == "failed":
@@ -261,7 +273,7 @@ async def ingest(url: str, videos: list[Path], concurrency: int = 4) -> dict:
                 r.raise_for_status()
                 job_id = r.json()["job_id"]
             while True:  # the job's own clock gives the finish time, so polling can be slow (cheap)
-                job = (await c.get(f"/v1/jobs/{job_id}")).json()
+                job = await _job(c, job_id)
                 if job["status"] == "done":
                     return job["created_at"] + job["timings"]["total_s"]
                 if job["status"] == "failed":

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
     header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this
     body_timeout_s: float = Field(30.0, gt=0)  # longest pause between two pieces of a request body
-    idle_timeout_s: float = Field(5.0, gt=0)  # a keep-alive connection without a new request is closed
+    # a keep-alive connection without a new request is closed; longer than common clients' own idle expiry
+    # (httpx: 5 s), so that a client drops an idle pooled connection before the server closes it under it
+    idle_timeout_s: float = Field(15.0, gt=0)
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
