@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -46,6 +46,8 @@ class ModelCard(BaseModel):
     preset: str = ""
     overrides: list[str] = Field(default_factory=list)
     class_names: list[str] = Field(default_factory=list)
+    # optional, one per class (e.g. its WordNet definition): text search embeds "name: description" too
+    class_descriptions: list[str] = Field(default_factory=list)
     embed_dim: int = Field(0, ge=0)
     text_dim: int = Field(0, ge=0, le=8192)  # input dim of the text head (MiniLM: 384), 0 without one
     training_data: str = ""
@@ -54,6 +56,14 @@ class ModelCard(BaseModel):
     wall_time_s: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: str = ""
+    # where imported weights came from (drca convert-seed): file, sha256, kind, format, reference_config
+    source: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_descriptions(self) -> ModelCard:
+        if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):
+            raise ValueError(f"{len(self.class_descriptions)} class descriptions for {len(self.class_names)} classes")
+        return self
 
 
 @dataclass

@@ -51,14 +51,20 @@ class BackboneConfig:
     num_samples: int = 500  # Monte-Carlo samples of the perturbed top-k
     sal_ref_heads: int = 4
     use_sdpa: bool = True  # False: explicit softmax(QK^T)V, identical maths (used to count FLOPs exactly)
+    # True only in the shipped drca-cpu checkpoint's config.json: its pre-parity sal_ref, ScoreNet and
+    # upsampling (model/legacy_cpu.py). To be deleted with that checkpoint.
+    legacy_cpu: bool = False
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    num_classes: int = 0  # 0: no classification head
+    num_classes: int = 0  # 0: no classification head; else a linear layer on the feature (the reference's fc_cls)
     embed_dim: int = 256  # 0: no embedding head
+    # "linear": a linear projection of the feature to embed_dim, L2-normalised; "feature": the L2-normalised
+    # feature itself, no parameters (the reference's retrieval embedding; embed_dim = backbone.embed_dim)
+    embedding: Literal["linear", "feature"] = "linear"
     dropout: float = 0.0
-    # "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
+    # the feature is the final norm of "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
     # resolutions after the DCCM), which trains much faster from scratch on small data
     pool: Literal["cls", "mean"] = "cls"
 
@@ -125,6 +131,14 @@ def validate(cfg: DRCAConfig) -> None:
             )
         if b.comp_module == "sal_ref" and b.embed_dim % b.sal_ref_heads:
             raise ValueError(f"backbone.embed_dim must be divisible by backbone.sal_ref_heads={b.sal_ref_heads}")
+        if b.frame_choice != "uniform" and grid < 3:
+            raise ValueError(f"the ScoreNet's unpadded 3x3 conv needs a patch grid of at least 3x3, got {grid}x{grid}")
+    h = cfg.head
+    if h.embedding == "feature" and h.embed_dim not in (0, b.embed_dim):
+        raise ValueError(
+            f"head.embedding=feature embeds the {b.embed_dim}-d feature itself: head.embed_dim must be "
+            f"{b.embed_dim} (or 0), got {h.embed_dim}"
+        )
     for name, value in (("frame_choice", b.frame_choice), ("comp_module", b.comp_module)):
         allowed = get_args(FrameChoice if name == "frame_choice" else CompModule)
         if value not in allowed:

@@ -23,15 +23,17 @@ RECIPES: dict[str, tuple[str, ...]] = {
         *CPU_MODEL,
         "data.cache.short_side=80", "data.batch_size=24", "data.num_workers=1",
         "loss.kind=info_nce", "loss.temperature=0.1",
-        "solver.lr=5e-4", "solver.weight_decay=0.05", "solver.warmup_epochs=0.5", "solver.epochs=16",
-        "solver.min_lr_ratio=0.01", "run.threads=2", "run.log_every=10",
+        "solver.lr=5e-4", "solver.weight_decay=0.05", "solver.decay_norm_and_bias=false",
+        "solver.warmup_epochs=0.5", "solver.epochs=16", "solver.min_lr_ratio=0.01", "run.threads=2",
+        "run.log_every=10",
     ),
     # The 12-class classifier: a linear probe on the frozen network of cpu-retrieval (cross-entropy trained
     # jointly with InfoNCE stayed at chance for 4 epochs, docs/training.md).
     "cpu-classify": (
         *CPU_MODEL, "freeze_backbone=true",
         "data.cache.short_side=80", "data.sampler=uniform", "data.batch_size=32", "data.num_workers=1",
-        "solver.optimizer=adamw", "solver.lr=3e-3", "solver.weight_decay=1e-4", "solver.schedule=cosine",
+        "solver.optimizer=adamw", "solver.lr=3e-3", "solver.weight_decay=1e-4", "solver.decay_norm_and_bias=false",
+        "solver.schedule=cosine",
         "solver.epochs=6", "solver.warmup_epochs=0", "run.threads=2", "run.log_every=10",
     ),
     # The text head on the synth captions, video encoder frozen (its embeddings are computed once).

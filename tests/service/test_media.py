@@ -38,7 +38,7 @@ def test_thumbnail_rendered_once_and_cached(app_client, media, monkeypatch):
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     img = jpeg(r.content)
     assert img.size == (64, 64) and img.mode == "RGB"  # small frames are not enlarged
-    cached = data / "thumbnails" / str(vid) / "50.jpg"
+    cached = data / "thumbnails" / str(vid) / "5s.jpg"
     assert cached.read_bytes() == r.content
 
     rt = c.app.state.runtime
@@ -47,7 +47,7 @@ def test_thumbnail_rendered_once_and_cached(app_client, media, monkeypatch):
         raise AssertionError("rendered again")
 
     monkeypatch.setattr(rt.thumbnails, "render", no_render)
-    again = c.get(f"/v1/videos/{vid}/thumbnail?t=5.04")  # rounds to the same 0.1 s
+    again = c.get(f"/v1/videos/{vid}/thumbnail?t=5.4")  # rounds to the same second
     assert again.status_code == 200 and again.content == r.content
     monkeypatch.undo()
 
@@ -56,7 +56,7 @@ def test_thumbnail_rendered_once_and_cached(app_client, media, monkeypatch):
     late = c.get(f"/v1/videos/{vid}/thumbnail?t=99999")  # clamped to the duration: the last frame
     assert late.status_code == 200
     duration = c.get(f"/v1/videos/{vid}").json()["duration"]
-    assert (data / "thumbnails" / str(vid) / f"{round(duration * 10)}.jpg").is_file()
+    assert (data / "thumbnails" / str(vid) / f"{round(duration)}s.jpg").is_file()
 
 
 def test_thumbnail_bad_requests(app_client, media):
