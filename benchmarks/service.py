@@ -15,7 +15,13 @@ Measured in one run:
   pipeline efficiency = ingest rate / min(decode rate, encoder rate). When decoding and the model share
   the same CPU cores (no GPU), the best a pipeline can do is 1 / (1/decode + 1/encode), reported too;
 - search: latency p50/p99 and QPS at concurrency 1 and 16, for video queries (an upload of a clip each
-  time: decode + embed + index search) and text queries.
+  time: decode + embed + index search) and text queries;
+- long video (`--long-seconds`, default the issue's probe: 64x64, 10,000 s at 1 frame per 30 s, about
+  290 KB, 1250 segments for an 8-frame model): the server's peak RSS during one such job and during one
+  ordinary benchmark-video job (each alone; the peak is the kernel's VmHWM, reset before the job through
+  /proc/<pid>/clear_refs, minus the RSS before it), then a second long video's ingest with text and video
+  queries sent one after another (concurrency 1) until its job is done: their p50/p99 latency while it
+  ingests. Needs the server this run starts (its pid); skipped with --server.
 Without --checkpoint, the shipped checkpoint is used if present, else a randomly initialised drca-cpu-112
 with a 10-class head and a text head (speed does not depend on the weights; the JSON says which).
 Timings from the stage measurements and the server compete for the same cores only when they overlap,
@@ -66,23 +72,23 @@ def random_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, DRCA(cfg).eval(), card, TextHead(MINILM_DIM, cfg.head.embed_dim).eval())
 
 
-def make_videos(root: Path, n: int, seconds: float, size: str) -> list[Path]:
+def make_video(root: Path, i: int, seconds: float, size: str) -> Path:
+    """Benchmark video number `i` (its own source, seed and hue: distinct content)."""
     root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        src = SOURCES[i % len(SOURCES)]
-        opts = f"size={size}:rate=25" + ("" if src in ("mandelbrot", "life", "cellauto", "gradients")
-                                          else f":duration={seconds}")
-        if src == "life":
-            opts += f":seed={i}"
-        if src == "gradients":
-            opts += f":seed={i}"
-        p = root / f"v{i:03d}_{src}.mp4"
-        subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i", f"{src}={opts}",
-                        "-t", str(seconds), "-vf", f"hue=h={i * 37 % 360}", "-c:v", "libx264", "-preset", "veryfast",
-                        "-pix_fmt", "yuv420p", str(p)], check=True)
-        out.append(p)
-    return out
+    src = SOURCES[i % len(SOURCES)]
+    opts = f"size={size}:rate=25" + ("" if src in ("mandelbrot", "life", "cellauto", "gradients")
+                                      else f":duration={seconds}")
+    if src in ("life", "gradients"):
+        opts += f":seed={i}"
+    p = root / f"v{i:03d}_{src}.mp4"
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i", f"{src}={opts}",
+                    "-t", str(seconds), "-vf", f"hue=h={i * 37 % 360}", "-c:v", "libx264", "-preset", "veryfast",
+                    "-pix_fmt", "yuv420p", str(p)], check=True)
+    return p
+
+
+def make_videos(root: Path, n: int, seconds: float, size: str) -> list[Path]:
+    return [make_video(root, i, seconds, size) for i in range(n)]
 
 
 def free_port() -> int:
@@ -110,6 +116,101 @@ def start_server(checkpoint: Path, data_dir: Path) -> tuple[subprocess.Popen, st
         time.sleep(0.3)
     proc.kill()
     raise SystemExit("drca serve did not become ready")
+
+
+def make_long_video(path: Path, seconds: float, period_s: float, hue: int) -> Path:
+    """A 64x64 video with one frame every `period_s` seconds: tiny on disk, many segments."""
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i",
+                    f"testsrc2=size=64x64:rate=1/{period_s:g}:duration={seconds:g}", "-vf", f"hue=h={hue}",
+                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+async def _job(c: httpx.AsyncClient, job_id: int) -> dict:
+    """Poll a job; a poll on a keep-alive connection that the server closed at that moment is retried."""
+    for attempt in range(3):
+        try:
+            return (await c.get(f"/v1/jobs/{job_id}")).json()
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+async def _upload_and_wait(c: httpx.AsyncClient, path: Path, on_running=None) -> dict:
+    with open(path, "rb") as f:
+        r = await c.post("/v1/videos", files={"file": (path.name, f.read())})
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        job = await _job(c, job_id)
+        if job["status"] == "done":
+            return job
+        if job["status"] == "failed":
+            raise RuntimeError(f"{path}: {job['error']}")
+        if job["status"] == "running" and on_running is not None:
+            await on_running(job_id)
+            on_running = None
+        await asyncio.sleep(0.2)
+
+
+async def job_peak_rss(url: str, pid: int, path: Path) -> dict:
+    """One job alone: the server's RSS before it and its peak during it (VmHWM after a reset)."""
+    before = _status_kb(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM (the peak RSS) to the current RSS
+    async with httpx.AsyncClient(base_url=url, timeout=600) as c:
+        job = await _upload_and_wait(c, path)
+    peak = _status_kb(pid, "VmHWM")
+    video = httpx.get(f"{url}/v1/videos/{job['video_id']}", timeout=60).json()
+    return {"file_bytes": path.stat().st_size, "duration_s": video["duration"], "segments": len(video["segments"]),
+            "job_total_s": job["timings"]["total_s"], "decode_s": job["timings"].get("decode_s"),
+            "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "peak_growth_mb": (peak - before) / 1024}
+
+
+async def queries_while_ingesting(url: str, path: Path, queries: list[Path], texts: list[str]) -> dict:
+    """Text and video queries, one at a time, from the moment the long video's job runs until it is done."""
+    lat: dict[str, list[float]] = {"text": [], "video": []}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as c:
+        done = asyncio.Event()
+
+        async def query_loop(_job_id: int) -> None:
+            async def run() -> None:
+                i = 0
+                while not done.is_set():
+                    t0 = time.perf_counter()
+                    if i % 2 == 0:
+                        r = await c.post("/v1/search", json={"text": texts[i // 2 % len(texts)], "k": 10})
+                    else:
+                        q = queries[i // 2 % len(queries)]
+                        r = await c.post("/v1/search", files={"file": ("q.mp4", q.read_bytes())}, data={"k": "10"})
+                    r.raise_for_status()
+                    lat["text" if i % 2 == 0 else "video"].append(time.perf_counter() - t0)
+                    i += 1
+
+            tasks.append(asyncio.create_task(run()))
+
+        tasks: list[asyncio.Task] = []
+        job = await _upload_and_wait(c, path, on_running=query_loop)
+        done.set()
+        await asyncio.gather(*tasks)
+    out: dict = {"job_total_s": job["timings"]["total_s"]}
+    for kind, values in lat.items():
+        out[kind] = {"requests": len(values), "p50_ms": 1000 * statistics.median(values),
+                     "p99_ms": 1000 * _percentile(values, 0.99), "max_ms": 1000 * max(values)}
+    return out
 
 
 def stage_rates(enc, videos: list[Path], repeats: int = 3) -> dict:
@@ -172,7 +273,7 @@ async def ingest(url: str, videos: list[Path], concurrency: int = 4) -> dict:
                 r.raise_for_status()
                 job_id = r.json()["job_id"]
             while True:  # the job's own clock gives the finish time, so polling can be slow (cheap)
-                job = (await c.get(f"/v1/jobs/{job_id}")).json()
+                job = await _job(c, job_id)
                 if job["status"] == "done":
                     return job["created_at"] + job["timings"]["total_s"]
                 if job["status"] == "failed":
@@ -223,6 +324,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="ingest rounds (each with its own stage rates)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="DRCA_TORCH_THREADS for the server and the stage measurement (default: the setting's)")
+    ap.add_argument("--long-seconds", type=float, default=10_000.0, help="length of the long video (0: skip)")
+    ap.add_argument("--long-period", type=float, default=30.0, help="seconds between its frames")
     ap.add_argument("--out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -267,6 +370,18 @@ def main() -> None:
             asyncio.run(load(url, fn, 1, 2))  # warm-up
             search[name] = [asyncio.run(load(url, fn, conc, args.requests)) for conc in (1, 16)]
             log.info("%s search: %s", name, search[name])
+        long_video = None
+        if args.long_seconds > 0 and proc is not None:
+            longs = [make_long_video(work / f"long{i}.mp4", args.long_seconds, args.long_period, 60 * i)
+                     for i in range(2)]
+            ordinary = make_video(work / "one", args.videos, args.seconds, args.size)  # content not indexed yet
+            long_video = {
+                "seconds": args.long_seconds, "frame_period_s": args.long_period, "size": "64x64",
+                "peak_rss_long_job": asyncio.run(job_peak_rss(url, proc.pid, longs[0])),
+                "peak_rss_ordinary_job": asyncio.run(job_peak_rss(url, proc.pid, ordinary)),
+                "queries_while_ingesting": asyncio.run(queries_while_ingesting(url, longs[1], queries, texts)),
+            }
+            log.info("long video: %s", long_video)
         results = {
             "weights": weights,
             "checkpoint": str(ckpt),
@@ -274,12 +389,14 @@ def main() -> None:
             "video_seconds_each": args.seconds,
             "video_size": args.size,
             "server_settings": Settings().model_dump(include={
-                "torch_threads", "decode_threads", "batch_size", "max_wait_ms", "prefetch", "device"}),
+                "torch_threads", "decode_threads", "batch_size", "max_wait_ms", "prefetch", "decode_ahead_clips",
+                "max_segments", "device"}),
             "rounds": rounds,
             "median": {k: statistics.median(r[k] for r in rounds) for k in (
                 "decode_videos_per_s", "encode_videos_per_s", "ingest_videos_per_s", "ingest_video_seconds_per_s",
                 "pipeline_efficiency", "efficiency_vs_shared_cpu_bound")},
             "search": search,
+            "long_video": long_video,
             "note": "2-core machine shared with other jobs; decode and encode share the same cores when pipelined",
         }
         path = write_result("service", results, args.out)

@@ -17,14 +17,24 @@ from media.video import VideoReader
 from model.config import InputConfig
 
 
+def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0) -> list[Segment]:
+    """The retrieval protocol's segments of a video (from its frame times; nothing is decoded)."""
+    info = reader.info
+    window = num_frames / segment_fps
+    return fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=window,
+                          frames_per_segment=num_frames, frame_times=reader.frame_times, duration=info.duration)
+
+
+def decode_segments(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: Fit = "crop") -> Tensor:
+    """Decode exactly the frames of these segments (one `get_frames` call per segment) and preprocess
+    them: clips ``(len(segs), C, T, H, W)``. The service passes a chunk of segments at a time, so its
+    memory does not grow with a video's length."""
+    return torch.stack([preprocess(reader.get_frames(s.indices).frames, inp, fit) for s in segs])
+
+
 def segment_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0,
                   fit: Fit = "crop") -> tuple[Tensor, list[Segment]]:
-    """Decode exactly the frames of every segment (one `get_frames` call per segment, so memory stays
-    bounded for long videos) and preprocess them: clips ``(S, C, T, H, W)`` and their segments."""
-    info = reader.info
-    window = inp.num_frames / segment_fps
-    segs = fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=window,
-                          frames_per_segment=inp.num_frames, frame_times=reader.frame_times,
-                          duration=info.duration)
-    clips = [preprocess(reader.get_frames(s.indices).frames, inp, fit) for s in segs]
-    return torch.stack(clips), segs
+    """Every segment's clip at once: clips ``(S, C, T, H, W)`` and their segments (evaluation and
+    training, whose videos are short; the service uses `plan_segments` + `decode_segments` in chunks)."""
+    segs = plan_segments(reader, inp.num_frames, segment_fps)
+    return decode_segments(reader, segs, inp, fit), segs

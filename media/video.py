@@ -17,6 +17,7 @@ coded size although the header says 90/270 degrees), we rotate with torch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -107,8 +108,19 @@ class Clip:
 
 # ------------------------------------------------------------------------------------------ probe
 @dataclass(frozen=True)
+class StreamHeader:
+    """One video stream of the ``ffmpeg -i`` header."""
+
+    codec: str
+    width: int  # coded size, before rotation
+    height: int
+    rotation: int
+
+
+@dataclass(frozen=True)
 class HeaderProbe:
-    """Parsed ``ffmpeg -i`` header of the first video stream."""
+    """Parsed ``ffmpeg -i`` header: the first video stream's fields, and every video stream in ``streams``
+    (the decoder may pick another one than the first, so the limits are checked on all of them)."""
 
     container: str
     codec: str
@@ -117,6 +129,10 @@ class HeaderProbe:
     rotation: int
     duration: float | None
     fps: float | None
+    streams: tuple[StreamHeader, ...] = ()
+
+    def with_stream(self, st: StreamHeader) -> HeaderProbe:
+        return dataclasses.replace(self, codec=st.codec, width=st.width, height=st.height, rotation=st.rotation)
 
 
 _IMAGE_CONTAINERS = ("_pipe", "image2", "gif", "apng", "webp")
@@ -160,7 +176,8 @@ def probe_header(path: Path, timeout_s: float = DEFAULT_LIMITS.probe_timeout_s) 
         raise VideoDecodeError(
             f"{container} playlists/references are not accepted; send the media file itself"
         )
-    m_video = _RE_VIDEO.search(text)
+    videos = list(_RE_VIDEO.finditer(text))
+    m_video = videos[0] if videos else None
     if m_video is None:
         if " Audio: " in text:
             raise NoVideoStream("the file has no video stream (audio only)")
@@ -169,17 +186,26 @@ def probe_header(path: Path, timeout_s: float = DEFAULT_LIMITS.probe_timeout_s) 
         raise NoVideoStream("the file has no video stream")
     codec, rest = m_video.group(1), m_video.group(2)
     if any(container.endswith(k) or container == k for k in _IMAGE_CONTAINERS):
+        if container in ("gif", "apng", "webp"):  # may well be animated: say what to do instead
+            raise NoVideoStream(f"an image file ({container}), not a video: animated GIF, APNG and WebP images "
+                                "are not accepted; convert it to a video file (e.g. MP4)")
         raise NoVideoStream(f"a still image ({codec}), not a video")
-    m_size = _RE_SIZE.search(rest + " ")
-    if m_size is None:
-        raise VideoDecodeError(f"the video stream ({codec}) has no frame size; the file is probably corrupt")
-    width, height = int(m_size.group(1)), int(m_size.group(2))
+    streams = tuple(_stream_header(text, m) for m in videos)
     duration = None
     if m_dur := _RE_DURATION.search(text):
         duration = int(m_dur.group(1)) * 3600 + int(m_dur.group(2)) * 60 + float(m_dur.group(3))
     fps = None
     if m_fps := _RE_FPS.search(rest):
         fps = float(m_fps.group(1)) * (1000 if m_fps.group(2) else 1)
+    first = streams[0]
+    return HeaderProbe(container, codec, first.width, first.height, first.rotation, duration, fps, streams)
+
+
+def _stream_header(text: str, m_video: re.Match) -> StreamHeader:
+    codec, rest = m_video.group(1), m_video.group(2)
+    m_size = _RE_SIZE.search(rest + " ")
+    if m_size is None:
+        raise VideoDecodeError(f"the video stream ({codec}) has no frame size; the file is probably corrupt")
     # The rotation lines follow the video stream line (side data / metadata of that stream).
     after = text[m_video.end() :]
     nxt = re.search(r"Stream #0:\d+", after)
@@ -187,18 +213,21 @@ def probe_header(path: Path, timeout_s: float = DEFAULT_LIMITS.probe_timeout_s) 
     rotation = 0
     if m_rot := _RE_ROT.search(stream_block):
         rotation = int(round(float(m_rot.group(1) or m_rot.group(2)))) % 360
-    return HeaderProbe(container, codec, width, height, rotation, duration, fps)
+    return StreamHeader(codec, int(m_size.group(1)), int(m_size.group(2)), rotation)
 
 
 def _check_header(probe: HeaderProbe, limits: VideoLimits) -> None:
-    if probe.width <= 0 or probe.height <= 0:
-        raise EmptyVideo(f"the video stream has an empty frame size {probe.width}x{probe.height}")
-    pixels = probe.width * probe.height
-    if pixels > limits.max_pixels:
-        raise VideoTooLarge(
-            f"frame size {probe.width}x{probe.height} ({pixels} pixels) is above the limit of "
-            f"{limits.max_pixels} pixels per frame"
-        )
+    """Every video stream, not only the first: the decoder picks its own (usually the largest)."""
+    for i, st in enumerate(probe.streams or (StreamHeader(probe.codec, probe.width, probe.height, probe.rotation),)):
+        which = f"video stream {i + 1} of {len(probe.streams)}: " if len(probe.streams) > 1 else ""
+        if st.width <= 0 or st.height <= 0:
+            raise EmptyVideo(f"{which}the video stream has an empty frame size {st.width}x{st.height}")
+        pixels = st.width * st.height
+        if pixels > limits.max_pixels:
+            raise VideoTooLarge(
+                f"{which}frame size {st.width}x{st.height} ({pixels} pixels) is above the limit of "
+                f"{limits.max_pixels} pixels per frame"
+            )
     if probe.duration is not None and probe.duration > limits.max_duration_s:
         raise VideoTooLong(
             f"duration {probe.duration:.1f} s is above the limit of {limits.max_duration_s:g} s"
@@ -266,6 +295,7 @@ class VideoReader:
             )
         if fps <= 0:
             fps = num_frames / duration
+        probe = self._probe = self._decoded_stream(probe)
         rot = probe.rotation
         w, h = (probe.height, probe.width) if rot in (90, 270) else (probe.width, probe.height)
         self.info = VideoInfo(
@@ -278,6 +308,22 @@ class VideoReader:
             codec=probe.codec,
             variable_frame_rate=vfr,
         )
+
+    def _decoded_stream(self, probe: HeaderProbe) -> HeaderProbe:
+        """The header of the stream decord decodes. With several video streams of different sizes it
+        picks one itself (by bitrate, not order): decode the first frame (every stream passed the
+        limits) and take the stream whose size it has."""
+        sizes = {(st.width, st.height) for st in probe.streams}
+        if len(sizes) < 2:
+            return probe
+        try:
+            h, w = self._vr.get_batch([0]).shape[1:3]
+        except Exception as e:
+            raise self._decode_error("cannot decode the first frame", e) from e
+        for st in probe.streams:
+            if (w, h) in ((st.width, st.height), (st.height, st.width)):
+                return probe.with_stream(st)
+        raise VideoDecodeError(f"decoded frames are {w}x{h}, which no video stream of the header has", self.source)
 
     def _decode_error(self, what: str, e: BaseException) -> VideoError:
         if _stat_key(self.path) != self._stat:

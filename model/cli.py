@@ -97,9 +97,6 @@ def convert_seed(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     cfg = result.config
-    if result.kind == "classification" and not result.class_names_given:
-        typer.echo(f"warning: no --classes file; the {cfg.head.num_classes} classes are named class_0 .. "
-                   f"class_{cfg.head.num_classes - 1}", err=True)
     b = cfg.backbone
     comp = (f"K={b.num_saliency} of {cfg.input.num_frames} from layer {b.comp_insert_layer}, {b.comp_module}, "
             f"{b.frame_choice}" if b.comp_insert_layer >= 0 else "no compression")

@@ -92,8 +92,27 @@ class DRCAConfig:
         return _from_dict(cls, data, prefix="")
 
 
+#: The range of every size a config may ask for: far beyond any real DRCA, but bounded, so that a hostile
+#: config.json can neither build a network that does not fit in memory nor make a forward pass allocate
+#: without limit (`num_samples` has no weights to check it against).
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "input.num_frames": (1, 1024), "input.img_size": (1, 4096),
+    "backbone.patch_size": (1, 512), "backbone.embed_dim": (1, 8192), "backbone.depth": (1, 256),
+    "backbone.num_heads": (1, 256), "backbone.num_saliency": (1, 1024), "backbone.num_samples": (1, 100_000),
+    "backbone.sal_ref_heads": (1, 256),
+    "head.num_classes": (0, 100_000), "head.embed_dim": (0, 8192),
+}
+
+
 def validate(cfg: DRCAConfig) -> None:
     b, i = cfg.backbone, cfg.input
+    for key, (low, high) in SIZE_LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not low <= value <= high:
+            raise ValueError(f"{key}={value} is outside [{low}, {high}]")
+    if not 0 < b.mlp_ratio <= 16:
+        raise ValueError(f"backbone.mlp_ratio={b.mlp_ratio} is outside (0, 16]")
     if i.img_size % b.patch_size:
         raise ValueError(f"input.img_size={i.img_size} is not a multiple of backbone.patch_size={b.patch_size}")
     if b.stem == "conv" and (b.patch_size < 2 or b.patch_size & (b.patch_size - 1)):

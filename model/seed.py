@@ -497,7 +497,6 @@ class Converted:
     path: Path
     config: DRCAConfig
     kind: str
-    class_names_given: bool
 
 
 def convert_seed(src: str | Path, out_dir: str | Path, classes_file: str | Path | None = None,
@@ -520,7 +519,7 @@ def convert_seed(src: str | Path, out_dir: str | Path, classes_file: str | Path 
                             f"{cfg.head.num_classes} classes")
     elif arch.kind == "classification":
         names = [f"class_{i}" for i in range(cfg.head.num_classes)]
-        log.warning("no --classes file: naming the %d classes class_0 .. class_%d", len(names), len(names) - 1)
+        log.warning("no --classes file: the %d classes are named class_0 .. class_%d", len(names), len(names) - 1)
     model = load_reference_weights(ref, cfg)
     card = ModelCard(
         preset=cfg.name,
@@ -535,4 +534,4 @@ def convert_seed(src: str | Path, out_dir: str | Path, classes_file: str | Path 
                 "reference_config": ref.config_text or ""},
     )
     path = save_checkpoint(out_dir, model, card)
-    return Converted(path=path, config=cfg, kind=arch.kind, class_names_given=classes_file is not None)
+    return Converted(path=path, config=cfg, kind=arch.kind)

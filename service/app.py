@@ -15,11 +15,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import rate_limit, require_api_key
-from service.errors import install_error_handlers
+from service.errors import ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
+from service.server import BodyTimeoutMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,14 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
+#: HTTP methods with their own `method` label; any other method name is counted as `other`.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class _LatencyMiddleware:
-    """Request latency by route template (`/v1/videos/{video_id}`, not the raw path)."""
+    """Request latency by route template (`/v1/videos/{video_id}`, not the raw path). Every label has a
+    bounded set of values, whatever clients send: the known methods or `other`, the app's route templates
+    or `unmatched`, and the status code."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -50,11 +57,42 @@ class _LatencyMiddleware:
             await self.app(scope, receive, _send)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            if scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
+            path = getattr(route, "path", None)
+            if path is None:
+                path = "unmatched"
+            elif scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
                 path = "/v1" + path  # routers included with a prefix report their own path
-            self.metrics.request_latency.labels(scope["method"], path, str(status["code"])).observe(
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.request_latency.labels(method, path, str(status["code"])).observe(
                 time.perf_counter() - t0)
+
+
+class _UnexpectedErrorMiddleware:
+    """An unexpected exception becomes the JSON 500 here, inside the app, and the connection stays open.
+    (Starlette's outermost handler answers too, but then re-raises, and uvicorn drops the keep-alive
+    connection, so the client's next request on it fails.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def _send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        except Exception:
+            if started:  # half a response is out: only closing the connection can say it failed
+                raise
+            log.exception("unhandled error")
+            await error_response(ServiceError("internal error"))(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, with_worker: bool = True) -> FastAPI:
@@ -70,6 +108,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         rt.start()
         app.state.runtime = rt
         app.state.search = SearchService(rt)
+        app.state.search.warm_up()  # the concept bank, once per checkpoint
         log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir, len(rt.index))
         try:
             yield
@@ -100,5 +139,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(_UnexpectedErrorMiddleware)
+    app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)  # outermost: sees every status
     return app

@@ -15,10 +15,10 @@ implements the same `Broker` protocol for the scale-out deployment: every field 
 
 from __future__ import annotations
 
-import itertools
-import queue
 import threading
+import time
 import uuid
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -80,7 +80,9 @@ class Broker(Protocol):
     # worker side
     def register_worker(self) -> None: ...
     def unregister_worker(self) -> None: ...
-    def take(self, timeout_s: float) -> WorkItem | None: ...
+    def take(self, timeout_s: float, jobs: bool = True) -> WorkItem | None:
+        """The next synchronous request, else (if `jobs`) the next ingest job; None after `timeout_s`."""
+        ...
     def ack(self, job: IngestJob) -> None: ...
     def fail(self, job: IngestJob, reason: str) -> None: ...
     def release(self, job: IngestJob) -> None: ...
@@ -89,23 +91,20 @@ class Broker(Protocol):
 
 
 class InProcessBroker:
-    """Queue + futures for one process. Synchronous requests jump ahead of queued ingestion jobs."""
-
-    _REQUEST, _JOB = 0, 1
+    """Queues + futures for one process. Synchronous requests go before queued ingestion jobs."""
 
     def __init__(self) -> None:
-        self._q: queue.PriorityQueue[tuple[int, int, WorkItem | None]] = queue.PriorityQueue()
-        self._seq = itertools.count()
+        self._requests: deque[InferenceTask] = deque()
+        self._jobs: deque[IngestJob] = deque()
+        self._cond = threading.Condition()
         self._workers = 0
-        self._jobs_waiting = 0
-        self._lock = threading.Lock()
         self._closed = False
 
     # gateway side ------------------------------------------------------------------------------
     def enqueue(self, job: IngestJob) -> None:
-        with self._lock:
-            self._jobs_waiting += 1
-        self._q.put((self._JOB, next(self._seq), job))
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
 
     def infer(self, request: InferenceRequest, timeout_s: float) -> InferenceResult:
         if self._closed:
@@ -113,7 +112,9 @@ class InProcessBroker:
         if self._workers == 0:
             raise WorkerUnavailable("no encoder worker is running")
         fut: Future[InferenceResult] = Future()
-        self._q.put((self._REQUEST, next(self._seq), InferenceTask(request, fut)))
+        with self._cond:
+            self._requests.append(InferenceTask(request, fut))
+            self._cond.notify_all()
         try:
             return fut.result(timeout=timeout_s)
         except FutureTimeout:
@@ -121,33 +122,33 @@ class InProcessBroker:
             raise WorkerUnavailable(f"no encoder worker answered within {timeout_s:g} s") from None
 
     def queue_depth(self) -> int:
-        return self._jobs_waiting
+        return len(self._jobs)
 
     # worker side -------------------------------------------------------------------------------
     def register_worker(self) -> None:
-        with self._lock:
+        with self._cond:
             self._workers += 1
 
     def unregister_worker(self) -> None:
-        with self._lock:
+        with self._cond:
             self._workers -= 1
 
-    def take(self, timeout_s: float) -> WorkItem | None:
-        while True:
-            try:
-                _, _, item = self._q.get(timeout=timeout_s)
-            except queue.Empty:
-                return None
-            if item is None:  # close() wake-up
-                return None
-            if isinstance(item, IngestJob):
-                with self._lock:
-                    self._jobs_waiting -= 1
-                return item
-            fut: Future = item.handle  # type: ignore[assignment]
-            if fut.set_running_or_notify_cancel():
-                return item
-            # the caller gave up (timeout): skip it
+    def take(self, timeout_s: float, jobs: bool = True) -> WorkItem | None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._closed:
+                while self._requests:
+                    task = self._requests.popleft()
+                    if task.handle.set_running_or_notify_cancel():  # type: ignore[union-attr]
+                        return task
+                    # the caller gave up (timeout): skip it
+                if jobs and self._jobs:
+                    return self._jobs.popleft()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return None
 
     def ack(self, job: IngestJob) -> None:
         """Nothing to do in process: the job's state lives in the metadata store."""
@@ -169,5 +170,6 @@ class InProcessBroker:
             fut.set_result(result)
 
     def close(self) -> None:
-        self._closed = True
-        self._q.put((-1, next(self._seq), None))
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -35,6 +35,22 @@ def _settings(settings_file: Path | None, **given: object):
     return settings
 
 
+def _check_faiss() -> None:
+    """The service needs faiss, an extra (two wheels install the same module): one line, not a traceback,
+    when it is missing."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError as e:
+        typer.echo(f"error: faiss is not installed ({e}); install the extra: pip install -e '.[cpu]' "
+                   "(or '.[gpu]' on a CUDA host)", err=True)
+        raise typer.Exit(2) from None
+
+
+def _warn_key_on_command_line(instead: str) -> None:
+    typer.echo(f"warning: a key given with --api-key is visible to every user of this machine (ps, "
+               f"/proc/*/cmdline) and stays in the shell history; use {instead} instead", err=True)
+
+
 def _check_redis(url: str) -> None:
     import redis
 
@@ -54,21 +70,25 @@ def serve(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
     data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
-    api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable)."),
+    api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable). Visible "
+                                      "in `ps`: prefer --api-key-file or DRCA_API_KEYS."),
+    api_key_file: Path = typer.Option(None, "--api-key-file", help="Require the bearer keys in this file (one "
+                                      "a line; default: DRCA_API_KEYS_FILE)."),
     redis_url: str = typer.Option(None, "--redis", help="Gateway only, with Redis as broker and store "
                                   "(default: DRCA_REDIS_URL; unset: the embedded service)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
 ) -> None:
     """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
     --redis URL: one gateway replica; encoding is done by `drca worker --redis URL` processes."""
-    import uvicorn
-
+    _check_faiss()
+    from service import server
     from service.app import create_app
 
+    if api_key:
+        _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, api_keys=api_key or None, redis_url=redis_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=30)
+                         device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url)
+    server.run(create_app(settings), settings)
 
 
 @app.command("worker")
@@ -83,6 +103,7 @@ def worker(
 ) -> None:
     """Run one encoder worker: take ingest jobs and inference requests from Redis until SIGTERM/SIGINT,
     then finish what it holds."""
+    _check_faiss()
     import signal
     import threading
 
@@ -125,10 +146,14 @@ def _worker_alive_here(settings) -> bool:
 
 @app.command("ingest")
 def ingest(
+    ctx: typer.Context,
     target: Path = typer.Argument(..., help="A folder (walked recursively) or a list file (.txt: one path a line)."),
     server: str = typer.Option("http://127.0.0.1:8000", help="Base URL of a running `drca serve`."),
     concurrency: int = typer.Option(4, min=1, max=64, help="Uploads in flight."),
-    api_key: str = typer.Option(None, envvar="DRCA_API_KEY", help="Bearer key, if the server needs one."),
+    api_key: str = typer.Option(None, envvar="DRCA_API_KEY", help="Bearer key, if the server needs one "
+                                "(default: DRCA_API_KEY; on the command line it is visible in `ps`)."),
+    api_key_file: Path = typer.Option(None, "--api-key-file", help="Read the bearer key from this file (its "
+                                      "first key line)."),
     job_timeout: float = typer.Option(3600.0, help="Seconds to wait for one job."),
 ) -> None:
     """Upload every video under TARGET, wait for the jobs, print a summary. Skips content already indexed;
@@ -137,7 +162,20 @@ def ingest(
 
     from tqdm import tqdm
 
+    _check_faiss()  # the client shares the service's error types, which import the indexer
+
     from service.ingest import IngestInputError, collect_files, ingest_files
+    from service.settings import read_key_file
+
+    source = ctx.get_parameter_source("api_key")
+    if api_key and source is not None and source.name == "COMMANDLINE":
+        _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEY")
+    if api_key_file is not None:
+        try:
+            api_key = read_key_file(api_key_file)[0]
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
 
     try:
         files = collect_files(target)

@@ -5,19 +5,25 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
 from service.runtime import ServiceRuntime
+from service.schemas import MAX_ID
 from service.search import SearchService
 from service.storage import UploadForm, parse_upload
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects in a JSON body or the `metadata` field
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small fields beside the file
+
+#: A video or job id in a path: 0..2^63-1 (422 otherwise).
+VideoIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A video id")]
+JobIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A job id")]
 
 
 def runtime(request: Request) -> ServiceRuntime:
@@ -32,38 +38,47 @@ def search_service(request: Request) -> SearchService:
     return request.app.state.search
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def require_api_key(request: Request) -> None:
-    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare)."""
+    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare).
+    Wrong keys are counted per client address (`AuthFailureLimiter`): past the limit, 429."""
     keys = request.app.state.settings.api_keys
     if not keys:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    limiter = getattr(getattr(request.app.state, "runtime", None), "auth_limiter", None)
+    address = client_address(request)
+    if limiter is not None:
+        limiter.check(address)
+    token = _bearer(request)
+    if token is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
-    given = token.strip().encode()
+    given = token.encode()
     ok = False
     for key in keys:  # compare against every key, so timing does not reveal which one matched
         ok |= hmac.compare_digest(given, key.get_secret_value().encode())
     if not ok:
+        if limiter is not None:
+            limiter.failed(address)
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def rate_limit(request: Request) -> None:
-    """Scale-out deployment with `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per
-    client address without keys), from a bucket in Redis that every gateway replica shares."""
-    rt = getattr(request.app.state, "runtime", None)
-    limiter = getattr(rt, "rate_limiter", None)
+    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per client address without
+    keys), from a bucket in this process (embedded) or in Redis, shared by every gateway replica."""
+    limiter = getattr(getattr(request.app.state, "runtime", None), "rate_limiter", None)
     if limiter is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        key = "key:" + token.strip()
-    else:
-        key = "addr:" + (request.client.host if request.client else "unknown")
-    limiter.check(key)
+    token = _bearer(request)
+    limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 
 def is_multipart(request: Request) -> bool:
@@ -87,13 +102,52 @@ async def read_json(request: Request) -> dict[str, Any]:
         body += chunk
         if len(body) > MAX_JSON_BYTES:
             raise PayloadTooLarge(f"JSON body exceeds {MAX_JSON_BYTES} bytes")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+    data = loads_json(bytes(body), "the JSON body")
     if not isinstance(data, dict):
         raise InvalidInput("the JSON body must be an object")
     return data
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_json(raw: bytes | str, what: str) -> Any:
+    """Parse client JSON: 400 for anything malformed, nested deeper than `MAX_JSON_DEPTH`, integers past
+    Python's digit limit, NaN/Infinity or numbers that overflow a float (they could not be sent back)."""
+    try:
+        data = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"{what} is not valid JSON: {e}") from None
+    except ValueError as e:  # a 4300+ digit integer, a non-finite number, or bytes that are not UTF-8
+        why = "an integer has too many digits" if "integer string conversion" in str(e) else str(e)[:120]
+        raise BadRequest(f"{what} is not acceptable JSON: {why}") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise BadRequest(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:
+            stack.extend((c, d + 1) for c in children)
+    return deepest
 
 
 def check_k(k: int, rt: ServiceRuntime) -> int:

@@ -1,8 +1,9 @@
 """The encoder: one checkpoint loaded once; decode a video into segment clips; one forward pass gives
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
-Decoding uses the one shared path (`media.segments.segment_clips`: `media.video`, `sampling.fixed_segments`,
-`transforms.preprocess`), so serving sees exactly what training and evaluation saw. Retrieval protocol:
+Decoding uses the one shared path (`media.segments`: `media.video`, `sampling.fixed_segments`,
+`transforms.preprocess`), so serving sees exactly what training and evaluation saw; the worker decodes a
+chunk of segments at a time (`VideoEncoder.open`, `OpenedVideo.clips`). Retrieval protocol:
 `segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
 a video shorter than one clip still gives one segment spread over the whole video.
 """
@@ -17,9 +18,12 @@ import numpy as np
 import torch
 
 from indexer import Span
-from media.segments import segment_clips
-from media.video import open_video
+from media.sampling import Segment
+from media.segments import decode_segments, plan_segments
+from media.video import VideoReader, VideoTooLong, open_video
 from model.checkpoint import load_checkpoint
+from model.config import InputConfig
+from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,30 @@ class DecodedVideo:
     clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
     segments: list[Span]
     duration: float
+
+
+def check_segment_count(n: int, settings: Settings) -> None:
+    """`max_segments` per video (indexed or query): the worker's time and the index size per video."""
+    if n > settings.max_segments:
+        raise VideoTooLong(f"the video has {n} segments (at {settings.segment_fps:g} frames/s), above the limit "
+                           f"of {settings.max_segments} segments per video")
+
+
+class OpenedVideo:
+    """A validated video and its planned segments; `clips(a, b)` decodes segments a..b-1 only, so the
+    worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
+
+    def __init__(self, reader: VideoReader, planned: list[Segment], inp: InputConfig) -> None:
+        self._reader, self._planned, self._inp = reader, planned, inp
+        self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned]
+        self.duration = reader.info.duration
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        """(stop - start, C, T, H, W) preprocessed clips."""
+        return decode_segments(self._reader, self._planned[start:stop], self._inp)
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class VideoEncoder:
@@ -68,11 +96,25 @@ class VideoEncoder:
         )
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
+    def open(self, path: str | Path) -> OpenedVideo:
+        """Probe, open and plan the segments (nothing decoded yet). Raises `VideoError` for bad input,
+        `VideoTooLong` past `max_segments`."""
+        reader = open_video(path, self.limits)
+        try:
+            planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
+            check_segment_count(len(planned), self.settings)
+        except BaseException:
+            reader.close()
+            raise
+        return OpenedVideo(reader, planned, self.config.input)
+
     def decode(self, path: str | Path) -> DecodedVideo:
-        with open_video(path, self.limits) as reader:
-            clips, segs = segment_clips(reader, self.config.input, self.settings.segment_fps)
-            duration = reader.info.duration
-        return DecodedVideo(clips, [Span(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
+        """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""
+        video = self.open(path)
+        try:
+            return DecodedVideo(video.clips(0, len(video.segments)), video.segments, video.duration)
+        finally:
+            video.close()
 
     # the model ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -87,7 +129,7 @@ class VideoEncoder:
     def embed_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """texts -> MiniLM sentence embeddings (N, 384) and text-head projections (N, E) | None."""
         if self.text_encoder is None:
-            raise RuntimeError("text search is disabled (text_search=false)")
+            raise TextSearchDisabled(TEXT_SEARCH_OFF)
         sent = self.text_encoder.encode(list(texts))
         proj = None
         if self.text_head is not None:

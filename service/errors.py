@@ -61,6 +61,10 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
+
+
 class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 
@@ -71,6 +75,13 @@ class WorkerUnavailable(ServiceError):
 
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
+
+
+class TextSearchDisabled(ServiceError):
+    status, code = 503, "text_search_disabled"
+
+
+TEXT_SEARCH_OFF = "text search is disabled on this server (text_search=false: no text encoder is loaded)"
 
 
 class BrokerUnavailable(ServiceError):

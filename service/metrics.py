@@ -52,6 +52,8 @@ class ServiceMetrics:
         self.jobs_finished = Counter("drca_jobs_finished", "Ingest jobs finished, by outcome", ["status"],
                                      registry=self.registry)
         self.worker_up = Gauge("drca_worker_up", "1 while the in-process encoder worker runs", registry=self.registry)
+        self.worker_clips = Gauge("drca_worker_decoded_clips", "Decoded clips held by the worker, waiting for "
+                                  "the model (at most decode_ahead_clips + batch_size)", registry=self.registry)
 
     def add_state(self, videos_by_status: Callable[[], dict[str, int]], queue_depth: Callable[[], int],
                   index_size: Callable[[], tuple[int, int]]) -> None:

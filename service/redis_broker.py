@@ -212,9 +212,9 @@ class RedisBroker:
             if ids:
                 self.r.xclaim(self.k_jobs, GROUP, self.name, 0, ids, justid=True)
 
-    def take(self, timeout_s: float) -> WorkItem | None:
+    def take(self, timeout_s: float, jobs: bool = True) -> WorkItem | None:
         try:
-            return self._take(timeout_s)
+            return self._take(timeout_s, jobs)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -222,13 +222,13 @@ class RedisBroker:
             self.ensure_group()
             return None
 
-    def _take(self, timeout_s: float) -> WorkItem | None:
+    def _take(self, timeout_s: float, jobs: bool) -> WorkItem | None:
         deadline = time.monotonic() + timeout_s
         while True:
             item = self._request(self.r.rpop(self.k_requests))
             if item is not None:
                 return item
-            job = self._reclaim() or self._read_new()
+            job = (self._reclaim() or self._read_new()) if jobs else None
             if job is not None:
                 return job
             left = deadline - time.monotonic()

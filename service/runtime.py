@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 Role = Literal["embedded", "gateway", "worker"]
 
 
-def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
-    """The checkpoint's card and embedding dim, without loading its weights (the gateway needs only these)."""
+def read_card(checkpoint: Path) -> tuple[ModelCard, int, int]:
+    """The checkpoint's card, embedding dim and clip length in frames, without loading its weights (the
+    gateway needs only these)."""
     try:
         cfg, card = read_config_and_card(checkpoint)
     except CheckpointMissing:
@@ -36,7 +37,7 @@ def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
         ) from None
     if cfg.head.embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no embedding head")
-    return card, cfg.head.embed_dim
+    return card, cfg.head.embed_dim, cfg.input.num_frames
 
 
 class ServiceRuntime:
@@ -51,7 +52,7 @@ class ServiceRuntime:
         self.role = role
         self.with_worker = role != "gateway"
         self.metrics = ServiceMetrics()
-        self.card, self.embed_dim = read_card(Path(settings.checkpoint))
+        self.card, self.embed_dim, self.clip_frames = read_card(Path(settings.checkpoint))
         self.class_names = list(self.card.class_names)
         self.store: MetadataStore | None = None
         self.index: VideoIndex | None = None
@@ -60,7 +61,8 @@ class ServiceRuntime:
         self.broker: Broker = InProcessBroker()
         self.redis = None  # the client, in the scale-out deployment
         self.follower = None  # VectorFollower: this gateway replica's index follows the vector stream
-        self.rate_limiter = None
+        self.rate_limiter = None  # RateLimiter, with rate_limit_per_s > 0
+        self.auth_limiter = None  # AuthFailureLimiter, with API keys and auth_fail_limit_per_s > 0
         self.encoder = None
         self.worker = None
         self._stop = threading.Event()
@@ -77,12 +79,16 @@ class ServiceRuntime:
         storage = VideoStorage(s.videos_dir)
         if self.role != "worker":
             self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
-            self.thumbnails = ThumbnailCache(s.thumbnails_dir, s.video_limits, max_concurrent=s.decode_threads)
+            self.thumbnails = ThumbnailCache(s.thumbnails_dir, s.video_limits, max_concurrent=s.decode_threads,
+                                             max_bytes=s.thumbnail_cache_bytes)
         if s.redis_url:
             self._open_redis(storage)
         else:
             self.store = SQLiteMetadataStore(s.store_path)
-            self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker)
+            self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker,
+                                   stored_labels=s.stored_labels)
+        if self.role != "worker":
+            self._open_limiters()
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
         if self.with_worker:
             from service.encoder import VideoEncoder
@@ -99,7 +105,6 @@ class ServiceRuntime:
                 log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
 
     def _open_redis(self, storage: VideoStorage) -> None:
-        from service.ratelimit import RateLimiter
         from service.redis_broker import RedisBroker, RedisLock, connect
         from service.store.redis import RedisMetadataStore
         from service.vector_stream import RedisVectorLog, VectorFollower
@@ -112,17 +117,36 @@ class ServiceRuntime:
         lock = RedisLock(self.redis, f"{s.redis_prefix}:lock:catalog")
         if self.role == "worker":
             vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim)
-            self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock)
+            self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock,
+                                   stored_labels=s.stored_labels)
         else:
             self.follower = VectorFollower(self.redis, s.redis_prefix, self.index)
             vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim, follower=self.follower)
-            self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock)
+            self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock,
+                                   stored_labels=s.stored_labels)
             self.follower.on_change = self.catalog.vector_applied
             self.follower.start()
-            self.rate_limiter = RateLimiter(self.redis, s) if s.rate_limit_per_s > 0 else None
             self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)
             self._sweeper.start()
         broker.on_dead_letter = lambda job, reason: self.catalog.fail(job, reason, {})
+
+    def _open_limiters(self) -> None:
+        """The request and failed-authentication limits: in Redis when there is one (shared by every
+        gateway replica), else in this process."""
+        from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimiter, RedisBuckets
+
+        s = self.settings
+
+        def buckets(name: str, rate: float, burst: int):
+            if self.redis is not None:
+                return RedisBuckets(self.redis, s.redis_prefix, name, rate, burst)
+            return LocalBuckets(rate, burst)
+
+        if s.rate_limit_per_s > 0:
+            self.rate_limiter = RateLimiter(buckets("ratelimit", s.rate_limit_per_s, s.rate_limit_burst))
+        if s.api_keys and s.auth_fail_limit_per_s > 0:
+            self.auth_limiter = AuthFailureLimiter(
+                buckets("authfail", s.auth_fail_limit_per_s, s.auth_fail_limit_burst))
 
     def _sweep_loop(self) -> None:
         """Queue the jobs that have no stream entry: a gateway died between creating a job and queueing

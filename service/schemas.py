@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: Ids are stored as signed 64-bit integers (SQLite, FAISS): anything outside 0..MAX_ID is 422, never
+#: an overflow deeper down.
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
 class ErrorDetail(BaseModel):
@@ -65,8 +70,8 @@ class VideoPage(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    video_id: int
-    k: int = Field(5, ge=1)
+    video_id: Id
+    k: int = Field(5, ge=1, le=MAX_ID)
 
 
 class ClassifyResponse(BaseModel):
@@ -79,10 +84,10 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(None, min_length=1, max_length=1000)
-    video_id: int | None = None
-    k: int = Field(10, ge=1)
+    video_id: Id | None = None
+    k: int = Field(10, ge=1, le=MAX_ID)
     min_score: float | None = Field(None, ge=-1.0, le=10.0)
-    exclude_ids: list[int] = Field(default_factory=list, max_length=1000)
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=1000)
 
 
 class SearchHit(BaseModel):

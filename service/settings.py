@@ -11,11 +11,23 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from media.video import VideoLimits
 from model.checkpoint import SHIPPED_CHECKPOINT
+
+
+def read_key_file(path: Path) -> list[str]:
+    """API keys from a file, one a line; blank lines and `#` comments are skipped. ValueError if none."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the key file {path}: {e}") from None
+    keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"the key file {path} has no keys")
+    return keys
 
 
 class Settings(BaseSettings):
@@ -36,18 +48,31 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024**2, gt=0)
     max_pixels: int = Field(4096 * 2304, gt=0)  # per frame, width x height
     max_duration_s: float = Field(3 * 3600.0, gt=0)
+    max_segments: int = Field(2048, ge=1)  # segments per video (indexed or query); more: 422 video_too_long
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
+    thumbnail_cache_bytes: int = Field(256 * 1024**2, ge=1)  # on disk; least recently used files go first
+
+    # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
+    header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this
+    body_timeout_s: float = Field(30.0, gt=0)  # longest pause between two pieces of a request body
+    # a keep-alive connection without a new request is closed; longer than common clients' own idle expiry
+    # (httpx: 5 s), so that a client drops an idle pooled connection before the server closes it under it
+    idle_timeout_s: float = Field(15.0, gt=0)
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # or (better: not in `ps` or the environment of every child) a file of keys, one a line (blank lines and
+    # `#` comments skipped); its keys are added to api_keys
+    api_keys_file: Path | None = None
 
     # encoder worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(16, ge=1)  # clips per forward pass
     max_wait_ms: float = Field(10.0, ge=0)  # how long a partial batch waits for more clips
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
-    prefetch: int = Field(4, ge=1)  # decoded videos waiting for the model, at most
+    prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
+    decode_ahead_clips: int = Field(64, ge=1)  # decoded clips waiting for the model, at most (bounds memory)
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
     segment_fps: float = Field(1.0, gt=0)  # retrieval protocol: 1 frame per second, model-length clips
     inference_timeout_s: float = Field(60.0, gt=0)  # classify / query embedding: 503 after this
@@ -55,11 +80,14 @@ class Settings(BaseSettings):
 
     # search
     aggregation: Literal["max", "chamfer"] = "max"
-    # text search: score = w_head * head + w_class * class + w_meta * meta (docs/api.md)
+    # text search: score = w_head * head + w_concept * concept + w_meta * max(0, meta - floor) (docs/api.md)
     text_weight_head: float = 1.0
-    text_weight_class: float = 0.5
+    text_weight_concept: float = 1.0
     text_weight_meta: float = 0.5
+    text_concept_temperature: float = Field(0.05, gt=0)  # softmax temperature over the concept bank
+    text_meta_floor: float = Field(0.3, ge=-1, le=1)  # metadata cosines below this add nothing
     text_candidates: int = Field(200, ge=1)  # videos re-scored per text query
+    stored_labels: int = Field(64, ge=1)  # class probabilities stored per video at ingest (the top this many)
 
     # scale-out (docs/architecture.md): set redis_url and run `drca serve --redis` + `drca worker --redis`
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service
@@ -70,9 +98,21 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(2.0, gt=0)  # a worker counts as gone after 3 missed heartbeats
     rate_limit_per_s: float = Field(0.0, ge=0)  # token bucket per API key (or client address); 0: off
     rate_limit_burst: int = Field(20, ge=1)  # bucket size
+    # wrong API keys per client address: `burst` in a row, then one more per 1/rate s (429 until then)
+    auth_fail_limit_per_s: float = Field(0.1, ge=0)  # 0: off
+    auth_fail_limit_burst: int = Field(20, ge=1)
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_key_file(path)  # a clear error naming the setting, now rather than at the first request
+        return path
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.api_keys_file is not None:
+            self.api_keys = [*self.api_keys, *(SecretStr(k) for k in read_key_file(self.api_keys_file))]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self
@@ -85,6 +125,10 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def concepts_dir(self) -> Path:  # the concept bank's phrase embeddings, once per checkpoint
+        return self.data_dir / "concepts"
 
     @property
     def thumbnails_dir(self) -> Path:

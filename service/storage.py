@@ -21,7 +21,7 @@ from pathlib import Path
 from python_multipart import MultipartParser
 from python_multipart.multipart import MultipartState, parse_options_header
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, ServiceError
 
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (external_id, metadata, k, ...)
 MAX_FIELDS = 32
@@ -175,14 +175,14 @@ async def parse_upload(
         parser.finalize()
         if parser.state not in (MultipartState.END, MultipartState.BOUNDARY_PADDING):
             raise BadRequest("the multipart body is truncated (no closing boundary)")
-    except Exception as e:
+    except BaseException as e:  # also a cancelled request (server shutdown): no part file outlives it
         for p in parts:
             if p.fh is not None:
                 p.fh.close()
             if p.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.path.unlink()
-        if isinstance(e, BadRequest | PayloadTooLarge):
+        if isinstance(e, ServiceError) or not isinstance(e, Exception):  # e.g. 408 from a stalled body
             raise
         raise BadRequest(f"malformed multipart body: {e}") from None
     return form

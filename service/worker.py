@@ -1,16 +1,23 @@
-"""The encoder worker: takes work from the broker, decodes ahead of the model, micro-batches clips.
+"""The encoder worker: takes work from the broker, decodes ahead of the model in bounded chunks,
+micro-batches clips, and serves synchronous requests before ingestion.
 
-Three stages run concurrently:
+Every video (an ingest job's, or a classify / video-query upload) is decoded in chunks of `batch_size`
+segments, never all at once, so a worker's memory does not grow with a video's length:
 
-1. the feeder thread `take`s items from the broker and submits their decoding to a thread pool
-   (`decode_threads`); at most `prefetch` decoded-or-decoding items wait for the model;
-2. the pool decodes + samples + preprocesses (`VideoEncoder.decode`) while the model works;
-3. the runner thread gathers clips of the items in arrival order into batches of up to `batch_size`
-   clips, waiting at most `max_wait_ms` for a partial batch to fill, runs one forward pass per batch
-   under `torch.inference_mode`;
-4. the committer thread finishes each item once all its clips are embedded: an ingest job is indexed
-   (one durable add) and then marked done; a synchronous request gets its reply. Its fsyncs do not
-   stall the model.
+1. the feeder thread `take`s items from the broker: synchronous requests always, ingest jobs only while
+   it holds fewer than `prefetch` (so a queue of long videos cannot fill it);
+2. `decode_threads` decode threads open each video (probe, decoder, segment plan: `VideoEncoder.open`)
+   and decode one chunk at a time, synchronous requests first, while at most `decode_ahead_clips`
+   decoded clips wait for the model;
+3. the runner thread answers text requests, then gathers clips (synchronous requests' first, then jobs'
+   in arrival order) into batches of up to `batch_size`, waiting at most `max_wait_ms` for a partial
+   batch to fill, and runs one forward pass per batch under `torch.inference_mode`;
+4. the committer thread finishes each item once all its segments are embedded: an ingest job is indexed
+   (one durable add of all its segments, at most `max_segments`) and then marked done; a synchronous
+   request gets its reply. Its fsyncs do not stall the model.
+
+So a classify or query issued while a long video ingests waits for at most the chunk being decoded and
+the batch in the model, not for the whole video.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +36,7 @@ import torch
 
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
-from service.encoder import DecodedVideo, VideoEncoder
+from service.encoder import OpenedVideo, VideoEncoder
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -37,19 +44,40 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Work:
+    """One video in the worker: its decoded chunks waiting for the model, and its embeddings so far."""
+
     item: WorkItem
-    decoded: DecodedVideo
-    t_taken: float
-    timings: dict[str, float]
+    path: str
+    timings: dict[str, float] = field(default_factory=dict)
+    video: OpenedVideo | None = None  # opened by the first decode thread that takes it
+    next_decode: int = 0  # next segment to decode
+    chunks: deque[torch.Tensor] = field(default_factory=deque)  # decoded clips, in segment order
+    offset: int = 0  # clips of chunks[0] already forwarded
+    forwarded: int = 0  # segments embedded
+    busy: bool = False  # a decode thread is working on it
+    failed: bool = False  # failed and out of its lane (a decode thread may still hold it)
     emb: list[np.ndarray] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
-    next_clip: int = 0
+    decode_s: float = 0.0
 
     @property
-    def remaining(self) -> int:
-        return len(self.decoded.segments) - self.next_clip
+    def sync(self) -> bool:
+        return isinstance(self.item, InferenceTask)
+
+    @property
+    def needs_decode(self) -> bool:
+        return not self.busy and not self.failed and (
+            self.video is None or self.next_decode < len(self.video.segments))
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(c) for c in self.chunks) - self.offset
+
+    @property
+    def complete(self) -> bool:
+        return self.video is not None and self.forwarded == len(self.video.segments)
 
 
 class EncoderWorker:
@@ -60,10 +88,17 @@ class EncoderWorker:
         self.catalog = catalog
         self.settings = settings
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="drca-decode")
-        self._ready: queue.Queue[tuple[WorkItem, Future | None, float]] = queue.Queue(maxsize=settings.prefetch)
-        self._done: queue.Queue[_Work | None] = queue.Queue(maxsize=4 * settings.prefetch)
-        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._sync: deque[_Work] = deque()  # synchronous video requests, in arrival order
+        self._jobs: deque[_Work] = deque()  # ingest jobs, in arrival order
+        self._texts: deque[InferenceTask] = deque()  # text embedding requests
+        self._held_jobs = 0  # taken and not yet finished (lanes + committer)
+        self._clips = 0  # decoded clips waiting for the model, plus those being decoded (reserved)
+        self.peak_clips = 0  # the most that were ever held (reported by tests and benchmarks)
+        self._first_ready: float | None = None  # when the oldest waiting clip became available
+        self._done: queue.Queue[_Work | None] = queue.Queue()
+        self._stop = threading.Event()  # stop taking work
+        self._draining = False  # taken work is finished, then the threads end
         self._threads: list[threading.Thread] = []
         self._committer: threading.Thread | None = None
 
@@ -73,6 +108,8 @@ class EncoderWorker:
         self._threads = [
             threading.Thread(target=self._feed, name="drca-feeder", daemon=True),
             threading.Thread(target=self._run, name="drca-encoder", daemon=True),
+            *(threading.Thread(target=self._decode_loop, name=f"drca-decode-{i}", daemon=True)
+              for i in range(self.settings.decode_threads)),
         ]
         self._committer = threading.Thread(target=self._commit, name="drca-committer", daemon=True)
         for t in [*self._threads, self._committer]:
@@ -84,12 +121,15 @@ class EncoderWorker:
         """Stop taking work, finish what was taken, then return."""
         self.broker.unregister_worker()
         self._stop.set()
-        for t in self._threads:
+        self._threads[0].join(timeout_s)  # the feeder: nothing new after this
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+        for t in self._threads[1:]:
             t.join(timeout_s)
         self._done.put(None)
         if self._committer is not None:
             self._committer.join(timeout_s)
-        self._pool.shutdown(wait=True, cancel_futures=False)
         if self.metrics:
             self.metrics.worker_up.set(0)
 
@@ -98,120 +138,233 @@ class EncoderWorker:
         threads = [*self._threads, self._committer]
         return bool(self._threads) and all(t is not None and t.is_alive() for t in threads)
 
-    # stage 1: take + submit decoding --------------------------------------------------------------
+    # stage 1: take --------------------------------------------------------------------------------
     def _feed(self) -> None:
         while not self._stop.is_set():
             try:
-                item = self.broker.take(timeout_s=0.2)
+                with self._cond:
+                    jobs_ok = self._held_jobs < self.settings.prefetch
+                # holding `prefetch` jobs: only requests, and look again soon (a job may finish any time)
+                item = self.broker.take(timeout_s=0.2 if jobs_ok else 0.02, jobs=jobs_ok)
                 if item is None:
                     continue
                 if isinstance(item, IngestJob):
+                    with self._cond:
+                        self._held_jobs += 1
                     try:
                         started = self.catalog.start(item)
                     except Exception as e:  # e.g. Redis unreachable: released for another delivery
                         self._finish_error(item, e, {})
                         continue
                     if not started:
+                        self._job_finished()
                         self.broker.ack(item)  # deleted while queued, finished, or run by another worker
                         continue
-                fut = None
-                path = item.path if isinstance(item, IngestJob) else item.request.video_path
-                if path is not None:
-                    fut = self._pool.submit(self._decode, path)
-                t0 = time.perf_counter()
-                while not self._stop.is_set():
-                    try:
-                        self._ready.put((item, fut, t0), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                    with self._cond:
+                        self._jobs.append(_Work(item, item.path))
+                        self._cond.notify_all()
+                elif item.request.kind == "embed_text":
+                    with self._cond:
+                        self._texts.append(item)
+                        self._cond.notify_all()
+                elif item.request.video_path is None:
+                    self._finish_error(item, ServiceError("the request names no video", status=422,
+                                                          code="invalid_input"), {})
                 else:
-                    self._finish_error(item, ServiceError("the worker is shutting down", status=503,
-                                                          code="worker_unavailable"), {})
+                    with self._cond:
+                        self._sync.append(_Work(item, item.request.video_path))
+                        self._cond.notify_all()
             except Exception:  # keep feeding: one bad item must not stop the worker
                 log.exception("feeder error")
 
-    def _decode(self, path: str) -> tuple[DecodedVideo, float]:
-        t0 = time.perf_counter()
-        decoded = self.encoder.decode(path)
-        dt = time.perf_counter() - t0
-        if self.metrics:
-            self.metrics.decode_seconds.observe(dt)
-        return decoded, dt
+    def _lanes(self) -> Iterator[_Work]:
+        """Synchronous requests first, then jobs, each in arrival order (lock held)."""
+        yield from self._sync
+        yield from self._jobs
 
-    # stage 3: batch + forward + finish ----------------------------------------------------------
+    def _fail(self, w: _Work, exc: BaseException) -> None:
+        """Fail one item: out of its lane now; its decoder is closed by whoever holds it last."""
+        with self._cond:
+            w.failed = True
+            self._remove(w)
+            busy = w.busy
+        if not busy:
+            self._close(w)
+        self._finish_error(w.item, exc, {**w.timings, "decode_s": round(w.decode_s, 4)})
+
+    def _remove(self, w: _Work) -> None:
+        """Take a finished or failed item out of its lane, releasing its decoded clips (lock held)."""
+        lane = self._sync if w.sync else self._jobs
+        with contextlib.suppress(ValueError):
+            lane.remove(w)
+        self._clips -= w.buffered
+        w.chunks.clear()
+        w.offset = 0
+        if self.metrics:
+            self.metrics.worker_clips.set(self._clips)
+        self._cond.notify_all()
+
+    # stage 2: decode in chunks ----------------------------------------------------------------------
+    def _pick_decode(self) -> tuple[_Work, int] | None:
+        """The item to decode a chunk of next, and how many clips it reserves (lock held). A chunk is
+        `batch_size` segments; jobs wait while `decode_ahead_clips` are held, synchronous requests may
+        go one chunk past it (so they never wait behind a full buffer of job clips)."""
+        chunk = self.settings.batch_size
+        for w in self._lanes():
+            if not w.needs_decode or len(w.chunks) >= 2:
+                continue
+            n = chunk if w.video is None else min(chunk, len(w.video.segments) - w.next_decode)
+            cap = self.settings.decode_ahead_clips + (chunk if w.sync else 0)
+            if self._clips + n <= cap or self._clips == 0:
+                return w, n
+        return None
+
+    def _decode_loop(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._pick_decode()
+                while picked is None:
+                    if self._draining and not any(w.needs_decode or w.busy for w in self._lanes()):
+                        return
+                    self._cond.wait(0.2)
+                    picked = self._pick_decode()
+                w, reserved = picked
+                w.busy = True
+                self._clips += reserved
+            try:
+                t0 = time.perf_counter()
+                if w.video is None:
+                    w.video = self.encoder.open(w.path)
+                start = w.next_decode
+                stop = min(start + self.settings.batch_size, len(w.video.segments))
+                clips = w.video.clips(start, stop)
+                dt = time.perf_counter() - t0
+            except Exception as e:  # a bad video fails its own item only
+                with self._cond:
+                    w.busy = False
+                    self._clips -= reserved
+                    already = w.failed
+                if already:
+                    self._close(w)
+                else:
+                    self._fail(w, e)
+                continue
+            with self._cond:
+                w.busy = False
+                if w.failed:  # failed meanwhile (its batch's forward pass): drop the chunk
+                    self._clips -= reserved
+                    self._cond.notify_all()
+                    self._close(w)
+                    continue
+                w.decode_s += dt
+                w.next_decode = stop
+                w.chunks.append(clips)
+                self._clips += len(clips) - reserved
+                self.peak_clips = max(self.peak_clips, self._clips)
+                if self._first_ready is None:
+                    self._first_ready = time.perf_counter()
+                if self.metrics:
+                    self.metrics.worker_clips.set(self._clips)
+                self._cond.notify_all()
+            if stop == len(w.video.segments):
+                self._close(w)
+                if self.metrics:
+                    self.metrics.decode_seconds.observe(w.decode_s)
+
+    @staticmethod
+    def _close(w: _Work) -> None:
+        if w.video is not None:
+            with contextlib.suppress(Exception):
+                w.video.close()
+
+    # stage 3: text requests, batch + forward ---------------------------------------------------------
     def _run(self) -> None:
-        pending: deque[_Work] = deque()
-        deadline = 0.0
         max_wait = self.settings.max_wait_ms / 1000
         while True:
-            stopping = self._stop.is_set()
-            if stopping and not pending and self._ready.empty():
-                return
-            timeout = 0.2 if not pending else max(0.0, deadline - time.perf_counter())
-            got = None
-            with contextlib.suppress(queue.Empty):
-                got = self._ready.get(timeout=timeout) if timeout > 0 else self._ready.get_nowait()
-            if got is not None:
-                work = self._resolve(*got)
-                if work is not None:
-                    if not pending:
-                        deadline = time.perf_counter() + max_wait
-                    pending.append(work)
-            clips = sum(w.remaining for w in pending)
-            if pending and (clips >= self.settings.batch_size or got is None or stopping):
-                self._forward(pending)
+            with self._cond:
+                while True:
+                    if self._texts:
+                        task, batch = self._texts.popleft(), None
+                        break
+                    ready = sum(w.buffered for w in self._lanes())
+                    if ready:
+                        more_coming = any(w.busy or w.needs_decode for w in self._lanes())
+                        waited = time.perf_counter() - (self._first_ready or 0.0)
+                        if ready >= self.settings.batch_size or not more_coming or waited >= max_wait:
+                            task, batch = None, self._take_batch()
+                            break
+                        self._cond.wait(max(0.0, max_wait - waited))
+                        continue
+                    if self._draining and not self._sync and not self._jobs:
+                        return
+                    self._cond.wait(0.2)
+            if task is not None:
+                self._embed_text(task)
+            else:
+                self._forward(batch)
 
-    def _resolve(self, item: WorkItem, fut: Future | None, t_taken: float) -> _Work | None:
-        """Wait for the item's decoding; text requests are answered here (no video to decode)."""
-        timings: dict[str, float] = {}
-        try:
-            if isinstance(item, InferenceTask) and item.request.kind == "embed_text":
-                sent, proj = self.encoder.embed_text(list(item.request.texts))
-                self.broker.reply(item, InferenceResult(sentence=sent, projected=proj))
-                return None
-            assert fut is not None
-            decoded, dt = fut.result()
-            timings["decode_s"] = round(dt, 4)
-            return _Work(item, decoded, time.perf_counter(), timings)
-        except Exception as e:  # a bad video fails its own item only
-            self._finish_error(item, e, timings)
-            return None
-
-    def _forward(self, pending: deque[_Work]) -> None:
-        """One forward pass over up to `batch_size` clips from the front of `pending`."""
-        take: list[tuple[_Work, int, int]] = []
+    def _take_batch(self) -> list[tuple[_Work, torch.Tensor]]:
+        """Up to `batch_size` decoded clips, synchronous requests' first (lock held)."""
+        take: list[tuple[_Work, torch.Tensor]] = []
         n = 0
-        for w in pending:
-            if n >= self.settings.batch_size:
-                break
-            k = min(w.remaining, self.settings.batch_size - n)
-            take.append((w, w.next_clip, w.next_clip + k))
-            n += k
-        clips = torch.cat([w.decoded.clips[a:b] for w, a, b in take])  # (N, C, T, H, W)
+        for w in self._lanes():
+            while w.chunks and n < self.settings.batch_size:
+                head = w.chunks[0]
+                k = min(len(head) - w.offset, self.settings.batch_size - n)
+                take.append((w, head[w.offset : w.offset + k]))
+                w.offset += k
+                n += k
+                if w.offset == len(head):
+                    w.chunks.popleft()
+                    w.offset = 0
+        self._clips -= n
+        self._first_ready = time.perf_counter() if any(w.chunks for w in self._lanes()) else None
+        if self.metrics:
+            self.metrics.worker_clips.set(self._clips)
+        self._cond.notify_all()
+        return take
+
+    def _embed_text(self, task: InferenceTask) -> None:
+        try:
+            sent, proj = self.encoder.embed_text(list(task.request.texts))
+            self.broker.reply(task, InferenceResult(sentence=sent, projected=proj))
+        except Exception as e:
+            self._finish_error(task, e, {})
+
+    def _forward(self, take: list[tuple[_Work, torch.Tensor]]) -> None:
+        """One forward pass over the clips taken; an item whose segments are all embedded is committed."""
+        clips = torch.cat([c for _, c in take])  # (N, C, T, H, W)
+        n = len(clips)
         t0 = time.perf_counter()
         try:
             emb, probs = self.encoder.forward(clips)
         except Exception as e:
             log.exception("forward pass failed on %d clips", n)
-            for w, _, _ in take:
-                pending.remove(w)
-                self._finish_error(w.item, e, w.timings)
+            for w in {id(w): w for w, _ in take}.values():
+                self._fail(w, e)
             return
         dt = time.perf_counter() - t0
         if self.metrics:
             self.metrics.batch_clips.observe(n)
             self.metrics.forward_seconds.observe(dt)
         i = 0
-        for w, a, b in take:
-            w.emb.append(emb[i : i + b - a])
-            if probs is not None:
-                w.probs.append(probs[i : i + b - a])
-            w.timings["forward_s"] = round(w.timings.get("forward_s", 0.0) + dt * (b - a) / n, 4)
-            w.next_clip = b
-            i += b - a
-        while pending and pending[0].remaining == 0:
-            self._done.put(pending.popleft())
+        finished = []
+        with self._cond:
+            for w, c in take:
+                k = len(c)
+                w.emb.append(emb[i : i + k])
+                if probs is not None:
+                    w.probs.append(probs[i : i + k])
+                w.timings["forward_s"] = round(w.timings.get("forward_s", 0.0) + dt * k / n, 4)
+                w.forwarded += k
+                i += k
+                if w.complete and w not in finished:
+                    finished.append(w)
+            for w in finished:
+                self._remove(w)
+        for w in finished:
+            w.timings["decode_s"] = round(w.decode_s, 4)
+            self._done.put(w)
 
     # stage 4: index + mark done / reply ---------------------------------------------------------
     def _commit(self) -> None:
@@ -226,17 +379,23 @@ class EncoderWorker:
             if isinstance(w.item, IngestJob):
                 text_emb = self._metadata_embedding(w.item)
                 self.catalog.complete(
-                    w.item, w.decoded.segments, vectors, video_probs, self.encoder.class_names,
-                    w.decoded.duration, text_emb, {**w.timings},
+                    w.item, w.video.segments, vectors, video_probs, self.encoder.class_names,
+                    w.video.duration, text_emb, {**w.timings},
                 )
                 self.broker.ack(w.item)
+                self._job_finished()
                 if self.metrics:
                     self.metrics.jobs_finished.labels("done").inc()
             else:
                 self.broker.reply(w.item, InferenceResult(
-                    probs=video_probs, vectors=vectors, segments=w.decoded.segments, duration=w.decoded.duration))
+                    probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration))
         except Exception as e:
             self._finish_error(w.item, e, w.timings)
+
+    def _job_finished(self) -> None:
+        with self._cond:
+            self._held_jobs -= 1
+            self._cond.notify_all()
 
     def _metadata_embedding(self, job: IngestJob) -> np.ndarray | None:
         if self.encoder.text_encoder is None:
@@ -249,6 +408,8 @@ class EncoderWorker:
 
     def _finish_error(self, item: WorkItem, exc: BaseException, timings: dict[str, float]) -> None:
         err = to_service_error(exc)
+        if isinstance(item, IngestJob):
+            self._job_finished()
         if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
             # Redis is gone for longer than the client retries: record nothing, let another delivery redo it
             log.warning("job %d not finished (%s); it will be delivered again", item.job_id, exc)

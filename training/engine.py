@@ -188,6 +188,26 @@ class MetricLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def rewind(self, state: TrainState) -> None:
+        """Keep only what `state` contains: a run killed mid-epoch logged steps (and maybe a torn last line)
+        that the resumed run does again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by the kill
+            if rec.get("kind") == "train" and rec.get("step", 0) > state.step:
+                continue
+            if rec.get("kind") in ("epoch", "eval") and rec.get("epoch", 0) > state.epoch:
+                continue
+            kept.append(line + "\n")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+
 
 def plot_curves(metrics_path: Path, out: Path) -> None:
     """A PNG with the training loss per step and every evaluation metric per epoch."""
@@ -281,6 +301,7 @@ def fit(
     from tqdm import tqdm
 
     metrics = MetricLog(out_dir / METRICS, enabled=d.is_main)
+    metrics.rewind(state)
     amp = autocast_dtype(run.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
@@ -371,18 +392,17 @@ def prepare_run_dir(out_dir: str, config: Any, d: Dist) -> Path:
 
 def make_loader(dataset: Any, batch_size: int, num_workers: int, d: Dist, shuffle: bool, seed: int,
                 drop_last: bool) -> torch.utils.data.DataLoader:
-    """A DataLoader that shards across DDP ranks (DistributedSampler) when distributed."""
+    """A DataLoader that shards across DDP ranks. Its order is a function of (seed, epoch) only
+    (`DistributedSampler.set_epoch`, with one replica when not distributed), so a resumed run sees the
+    same batches as one that was never interrupted."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = (
-        DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=shuffle, seed=seed,
-                           drop_last=drop_last)
-        if d.enabled else None
-    )
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=shuffle, seed=seed,
+                                 drop_last=drop_last)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=drop_last, generator=g,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, generator=g, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 def epoch_setter(loader: torch.utils.data.DataLoader) -> Callable[[int], None]:

@@ -18,7 +18,7 @@ from service.deps import (
     read_multipart,
     runtime,
 )
-from service.errors import ERRORS, BadRequest, InvalidInput
+from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
 from service.runtime import ServiceRuntime
 from service.schemas import (
     ClassifyRequest,
@@ -147,6 +147,8 @@ async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> Sea
         if req.text is not None:
             if not req.text.strip():
                 raise InvalidInput("text must not be blank")
+            if not rt.settings.text_search:
+                raise TextSearchDisabled(TEXT_SEARCH_OFF)
             hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
             kind = "text"
         else:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import runtime
+from service.deps import VideoIdPath, runtime
 from service.errors import ERRORS, BadRequest, NotFoundError, ServiceError
 from service.runtime import ServiceRuntime
 from service.store import NotFound
@@ -25,6 +25,7 @@ MEDIA_TYPES = {
 }
 _RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$")
 _MAX_RANGES = 16
+_MAX_DIGITS = 18  # byte positions up to 10^18 - 1: far past any stored file, never an overflow
 
 
 class RangeNotSatisfiable(ServiceError):
@@ -45,7 +46,9 @@ def check_range(header: str, size: int) -> None:
         if m is None or part == "-":
             raise BadRequest(f"Range: malformed range {part[:40]!r}")
         first, last = m.group(1), m.group(2)
-        start = int(first) if first else size - int(last)
+        if max(len(first), len(last)) > _MAX_DIGITS:
+            raise BadRequest(f"Range: byte positions have at most {_MAX_DIGITS} digits")
+        start = int(first) if first else max(0, size - int(last))  # a suffix longer than the file: all of it
         if first and last and int(last) < start:
             raise BadRequest(f"Range: the range {part!r} ends before it starts")
         if not 0 <= start < size:
@@ -61,34 +64,46 @@ def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]
     return path, video.duration
 
 
-@router.get("/videos/{video_id}/thumbnail", response_class=FileResponse, responses={
+@router.head("/videos/{video_id}/thumbnail", include_in_schema=False)
+@router.get("/videos/{video_id}/thumbnail", response_class=Response, responses={
     200: {"content": {"image/jpeg": {}}, "description": "JPEG, at most 320 pixels wide"}, **ERRORS})
 async def get_thumbnail(
-    video_id: int,
-    t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 0.1 s, clamped)"),
+    video_id: VideoIdPath,
+    t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 1 s, clamped)"),
     rt: ServiceRuntime = Depends(runtime),
-) -> FileResponse:
+) -> Response:
     """The frame at `t` seconds as a JPEG; rendered on first request, then served from the cache."""
     path, duration = await run_in_threadpool(_stored_file, rt, video_id)
-    thumb = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
+    jpeg = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
     try:
         await run_in_threadpool(rt.catalog.get_video, video_id)
     except NotFound:  # deleted while it was rendered: do not leave its thumbnail behind
         rt.thumbnails.drop(video_id)
         raise
-    return FileResponse(thumb, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
+@router.head("/videos/{video_id}/content", include_in_schema=False)
 @router.get("/videos/{video_id}/content", response_class=FileResponse, responses={
     200: {"content": {"video/mp4": {}}, "description": "The stored file"},
     206: {"description": "The requested byte range(s)"},
     416: {"description": "The range is outside the file"}, **ERRORS})
-async def get_content(video_id: int, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
+async def get_content(video_id: VideoIdPath, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
     """The stored upload, byte for byte. Honours `Range` (206), so browsers can seek."""
     path, _ = await run_in_threadpool(_stored_file, rt, video_id)
-    header = request.headers.get("range")
-    if header is not None:
-        check_range(header, path.stat().st_size)
     ext = path.suffix.lstrip(".").lower()
-    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
-                        headers={"Cache-Control": "private, max-age=3600"})
+    response = FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+                            headers={"Cache-Control": "private, max-age=3600"}, stat_result=path.stat())
+    header = request.headers.get("range")
+    if header is not None and range_applies(request.headers.get("if-range"), response):
+        check_range(header, response.stat_result.st_size)
+    return response
+
+
+def range_applies(if_range: str | None, response: FileResponse) -> bool:
+    """RFC 9110 13.1.5: with `If-Range`, the range applies only if the validator is the file's current
+    (strong) ETag or Last-Modified date; otherwise the whole file is sent (200), as `FileResponse` does."""
+    if if_range is None:
+        return True
+    return not if_range.startswith("W/") and if_range in (response.headers.get("etag"),
+                                                          response.headers.get("last-modified"))

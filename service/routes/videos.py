@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import read_multipart, runtime
+from service.catalog import TOP_LABELS
+from service.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
 from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
+    MAX_ID,
     JobResponse,
     LabelOut,
     SegmentOut,
@@ -57,7 +58,7 @@ def video_out(rt: ServiceRuntime, v: VideoRecord, with_segments: bool = True) ->
     return VideoResponse(
         video_id=v.video_id, external_id=v.external_id, sha256=v.content_hash, source_name=v.source_name,
         duration=v.duration, status=v.status, error=v.error, created_at=v.created_at,
-        metadata=v.extra.get("metadata") or {}, labels=[LabelOut(name=lb.name, prob=lb.prob) for lb in v.labels],
+        metadata=v.extra.get("metadata") or {}, labels=[LabelOut(name=lb.name, prob=lb.prob) for lb in v.labels[:TOP_LABELS]],
         segments=segments,
     )
 
@@ -68,11 +69,15 @@ def job_out(j: JobRecord) -> JobResponse:
 
 
 async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
-    """Probe + open the spooled upload with the service's limits; its duration. VideoError -> 4xx."""
+    """Probe + open the spooled upload with the service's limits (pixels, duration, `max_segments`); its
+    duration. VideoError -> 4xx."""
+    from media.segments import plan_segments
     from media.video import open_video
+    from service.encoder import check_segment_count
 
     def _probe() -> float:
         with open_video(upload.path, rt.settings.video_limits) as reader:
+            check_segment_count(len(plan_segments(reader, rt.clip_frames, rt.settings.segment_fps)), rt.settings)
             return reader.info.duration
 
     return await run_in_threadpool(_probe)
@@ -81,10 +86,7 @@ async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
 def parse_metadata(raw: str | None) -> dict | None:
     if raw is None or not raw.strip():
         return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"metadata is not valid JSON: {e}") from None
+    meta = loads_json(raw, "metadata")
     if not isinstance(meta, dict):
         raise InvalidInput("metadata must be a JSON object")
     return meta
@@ -94,8 +96,9 @@ def parse_external_id(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     ext = raw.strip()
-    if len(ext) > _EXTERNAL_ID or any(ord(ch) < 32 for ch in ext):
-        raise InvalidInput(f"external_id must be at most {_EXTERNAL_ID} printable characters")
+    if len(ext) > _EXTERNAL_ID or not ext.isprintable():  # no control, format (U+200B, U+202E) or DEL
+        raise InvalidInput(f"external_id must be at most {_EXTERNAL_ID} printable characters "
+                           "(no control or invisible formatting characters)")
     return ext
 
 
@@ -130,7 +133,7 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
 
 @router.get("/videos", response_model=VideoPage, responses=ERRORS)
 def list_videos(
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(50, ge=1, le=1000),
     sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
     rt: ServiceRuntime = Depends(runtime),
@@ -149,18 +152,18 @@ def list_videos(
 
 
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
-def get_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
+def get_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
     return video_out(rt, rt.catalog.get_video(video_id))
 
 
 @router.delete("/videos/{video_id}", status_code=204, responses=ERRORS)
-def delete_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> None:
+def delete_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> None:
     """Remove the video from the index, the metadata store and the file store."""
     rt.catalog.delete(video_id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
-def get_job(job_id: int, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
+def get_job(job_id: JobIdPath, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""
     return job_out(rt.catalog.get_job(job_id))

@@ -87,10 +87,11 @@ def test_converted_classifier_card_has_classes_and_provenance(tmp_path: Path) ->
     assert ck.model.embed_head is None
 
 
-def test_without_classes_the_classes_are_numbered_with_a_warning(tmp_path: Path) -> None:
+def test_without_classes_the_classes_are_numbered_with_a_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     result = convert(FIXTURES / "k8_nocomp.pth", tmp_path / "ck")
     assert result.exit_code == 0
-    assert "warning: no --classes file" in result.output
+    assert "no --classes file: the 10 classes are named class_0 .. class_9" in caplog.text
     assert load_checkpoint(tmp_path / "ck").card.class_names == [f"class_{i}" for i in range(10)]
 
 

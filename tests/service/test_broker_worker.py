@@ -12,10 +12,10 @@ import torch
 
 from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
-from service.encoder import DecodedVideo
 from service.errors import WorkerUnavailable
 from service.settings import Settings
 from service.worker import EncoderWorker
+from tests.waiting import wait_until
 
 
 def test_infer_without_worker_is_503_at_once():
@@ -43,13 +43,33 @@ def test_requests_jump_ahead_of_jobs():
     result: dict = {}
     t = threading.Thread(target=lambda: result.setdefault("r", b.infer(InferenceRequest("embed_text"), 5)))
     t.start()
-    time.sleep(0.1)
+    wait_until(lambda: b._q.qsize() == 4, 5, "the request queued behind the 3 jobs")  # noqa: SLF001
     item = b.take(1)
     assert not isinstance(item, IngestJob)
     b.reply(item, InferenceResult(probs=np.ones(2)))
     t.join()
     assert result["r"].probs.tolist() == [1, 1]
     assert [b.take(1).job_id for _ in range(3)] == [0, 1, 2] and b.queue_depth() == 0
+
+
+class FakeVideo:
+    """Two segments; decoding a chunk takes 0.1 s."""
+
+    segments = [Span(0, 1), Span(1, 2)]
+    duration = 2.0
+
+    def __init__(self, encoder: FakeEncoder) -> None:
+        self.encoder = encoder
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        time.sleep(0.1)
+        with self.encoder.lock:
+            self.encoder.events.append(("decode", t0, time.perf_counter()))
+        return torch.zeros(stop - start, 3, 2, 4, 4)
+
+    def close(self) -> None:
+        pass
 
 
 class FakeEncoder:
@@ -63,12 +83,8 @@ class FakeEncoder:
         self.events: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
 
-    def decode(self, path: str) -> DecodedVideo:
-        t0 = time.perf_counter()
-        time.sleep(0.1)
-        with self.lock:
-            self.events.append(("decode", t0, time.perf_counter()))
-        return DecodedVideo(torch.zeros(2, 3, 2, 4, 4), [Span(0, 1), Span(1, 2)], 2.0)
+    def open(self, path: str) -> FakeVideo:
+        return FakeVideo(self)
 
     def forward(self, clips: torch.Tensor):
         t0 = time.perf_counter()

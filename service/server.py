@@ -1,0 +1,128 @@
+"""The HTTP server: uvicorn (h11) with three timeouts and JSON errors for malformed HTTP.
+
+uvicorn on its own waits for ever for the rest of a request's headers and for a stalled body, so a
+slowloris client holds connections (and spooled uploads) open indefinitely. Here:
+
+- `header_timeout_s`: the request line and headers must be complete within this many seconds of the
+  connection opening or of the previous response; otherwise 408 (JSON) and the connection is closed;
+- `body_timeout_s`: the longest pause between two pieces of a request body (`BodyTimeoutMiddleware`, in
+  the app); then 408 with `Connection: close`, and a half-spooled upload is deleted;
+- `idle_timeout_s`: uvicorn's keep-alive timeout, for a connection that sends no new request.
+
+A request h11 cannot parse (bad request line or header, a body longer than its `Content-Length`, ...)
+gets the JSON error body like every other error, instead of uvicorn's plain-text 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import h11
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.errors import RequestTimeout, error_body
+from service.settings import Settings
+
+
+def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps(error_body(code, message)).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and JSON errors for what h11 refuses."""
+
+    header_timeout_s = 10.0  # set per server by `protocol_class`
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm_header_timer()  # a request's headers are in: the app (and the body timeout) take over
+
+    def on_response_complete(self) -> None:
+        self._arm_header_timer()  # first: the parent may go straight on to a pipelined request
+        super().on_response_complete()
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        partial = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]
+        if partial:  # part of a request line or headers: say why before closing
+            self.transport.write(_raw_error(
+                408, "Request Timeout", "request_timeout",
+                f"the request headers were not complete within {self.header_timeout_s:g} s"))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_raw_error(
+            400, "Bad Request", "bad_request",
+            "malformed HTTP request (request line, headers or framing, e.g. a body longer than its "
+            "Content-Length)"))
+        self.transport.close()
+
+
+def protocol_class(settings: Settings) -> type[H11Protocol]:
+    return type("DrcaH11Protocol", (_Protocol,), {"header_timeout_s": settings.header_timeout_s})
+
+
+class BodyTimeoutMiddleware:
+    """408 (and `Connection: close`) when a request body pauses for longer than `timeout_s`. Only reads of
+    the body are timed: once it is complete, `receive` (waiting for a disconnect) is passed through."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def _receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                body_done = True
+                raise RequestTimeout(f"the request body stalled for more than {self.timeout_s:g} s",
+                                     headers={"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, _receive, send)
+
+
+def server_config(app: ASGIApp, settings: Settings, **kw: object) -> uvicorn.Config:
+    """The uvicorn configuration `drca serve` runs with (tests start the same server in a thread)."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol_class(settings),
+                          timeout_keep_alive=settings.idle_timeout_s, timeout_graceful_shutdown=30, **kw)
+
+
+def run(app: ASGIApp, settings: Settings) -> None:
+    uvicorn.Server(server_config(app, settings, log_level="info")).run()
