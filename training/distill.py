@@ -39,7 +39,7 @@ from training.config import RunConfig, SolverConfig
 from training.data import augment as A
 from training.data.datasets import item_seed
 from training.data.distill import SPLIT_FILE, ClipCache, ClipCacheConfig, build_clip_cache, load_split
-from training.data.imagenet import class_names
+from training.data.imagenet import class_descriptions, class_names
 from training.losses import symmetric_info_nce
 from training.teacher import WEIGHTS_SHA256, load_teacher
 
@@ -184,10 +184,11 @@ def train_distill(cfg: DistillConfig, resume: bool = True) -> Path:
 
     model = DRCA(cfg.model)
     names = class_names()
-    card = ModelCard(preset=cfg.model.name, class_names=names)
+    imagenet = {"class_names": names, "class_descriptions": class_descriptions()}
+    card = ModelCard(preset=cfg.model.name, **imagenet)
     if cfg.init_from:
         engine.init_from_checkpoint(model, cfg.init_from)
-        card = load_checkpoint(cfg.init_from).card.model_copy(update={"class_names": names})
+        card = load_checkpoint(cfg.init_from).card.model_copy(update=imagenet)
     model.to(device)
     optimizer = engine.build_optimizer(engine.param_groups(model, cfg.solver, model.no_weight_decay()), cfg.solver)
     state = engine.TrainState()

@@ -22,6 +22,7 @@ def test_shipped_checkpoint_has_the_imagenet_classes_an_embedding_and_its_card()
     ck = load_checkpoint(SHIPPED_CHECKPOINT)
     assert ck.config.name == "drca-cpu-160" and ck.config.input.img_size == 160 and ck.config.compressed
     assert ck.card.class_names == class_names() and ck.config.head.num_classes == 1000
+    assert len(ck.card.class_descriptions) == 1000 and "large feline" in ck.card.class_descriptions[292]
     assert ck.config.head.embed_dim == 256
     card = ck.card
     assert card.commands and card.commands[0].startswith("drca train shipped")

@@ -130,6 +130,7 @@ def test_train_distill_tiny_writes_an_imagenet_checkpoint(tmp_path: Path) -> Non
     ])
     ckpt = load_checkpoint(train_distill(cfg))
     assert len(ckpt.card.class_names) == 1000 and ckpt.card.class_names[207] == "golden retriever"
+    assert ckpt.card.class_descriptions[207].startswith("golden retriever; ")
     assert "heldout_still_top1_in_top5" in ckpt.card.metrics
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("kd" in r and "nce" in r for r in records)

@@ -77,3 +77,8 @@ def load_classes(path: Path = CLASSES_FILE) -> list[ImageNetClass]:
 def class_names(path: Path = CLASSES_FILE) -> list[str]:
     """The 1,000 names in the teacher's output order (what a distilled checkpoint's card carries)."""
     return [c.name for c in load_classes(path)]
+
+
+def class_descriptions(path: Path = CLASSES_FILE) -> list[str]:
+    """One text per class for a checkpoint card's ``class_descriptions``: its lemmas and WordNet definition."""
+    return [f"{c.lemmas}; {c.definition}" for c in load_classes(path)]
