@@ -51,9 +51,6 @@ class BackboneConfig:
     num_samples: int = 500  # Monte-Carlo samples of the perturbed top-k
     sal_ref_heads: int = 4
     use_sdpa: bool = True  # False: explicit softmax(QK^T)V, identical maths (used to count FLOPs exactly)
-    # True only in the shipped drca-cpu checkpoint's config.json: its pre-parity sal_ref, ScoreNet and
-    # upsampling (model/legacy_cpu.py). To be deleted with that checkpoint.
-    legacy_cpu: bool = False
 
 
 @dataclass(frozen=True)

@@ -273,20 +273,12 @@ class ResBlock3dCompression(nn.Module):
 
 
 def score_net(cfg: BackboneConfig) -> ScoreNet:
-    if cfg.legacy_cpu:
-        from model.legacy_cpu import LegacyScoreNet
-
-        return LegacyScoreNet(cfg.embed_dim)
     return ScoreNet(cfg.embed_dim)
 
 
 def build_compression(cfg: BackboneConfig) -> nn.Module:
     dim = cfg.embed_dim
     if cfg.comp_module == "sal_ref":
-        if cfg.legacy_cpu:
-            from model.legacy_cpu import LegacySaliencyReference
-
-            return LegacySaliencyReference(dim, cfg.sal_ref_heads, cfg.use_sdpa)
         return SaliencyReference(dim, cfg.sal_ref_heads, cfg.use_sdpa)
     modules = {
         "conv2d": Conv2dCompression,

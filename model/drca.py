@@ -40,10 +40,7 @@ class DRCA(nn.Module):
         args = dict(dim=dim, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, dropout=b.dropout, use_sdpa=b.use_sdpa)
         self.blocks = nn.ModuleList(DividedSTBlock(drop_path=drop[i], **args) for i in range(insert))
         self.dccm = DCCM(b) if b.comp_insert_layer >= 0 else None
-        align = ResolutionAlignBlock
-        if b.legacy_cpu:
-            from model.legacy_cpu import LegacyResolutionAlignBlock as align
-        self.align_blocks = nn.ModuleList(align(drop_path=drop[i], **args) for i in range(insert, b.depth))
+        self.align_blocks = nn.ModuleList(ResolutionAlignBlock(drop_path=drop[i], **args) for i in range(insert, b.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(head.dropout)
         self.cls_head = nn.Linear(dim, head.num_classes) if head.num_classes > 0 else None

@@ -248,7 +248,7 @@ def reference_name(key: str, cfg: DRCAConfig) -> str:
 
 def shared_names(cfg: DRCAConfig) -> dict[str, str]:
     """Every state-dict key of a DRCA built from `cfg` -> its reference name, or the key itself where the
-    reference has no such tensor (our embedding head, the conv stem, the legacy modules). Checkpoints of
+    reference has no such tensor (our embedding head, the conv stem). Checkpoints of
     two configs share a tensor when they share its name here (fine-tuning across configs)."""
     with torch.device("meta"):
         keys = list(DRCA(cfg).state_dict())
