@@ -43,7 +43,7 @@ def test_requests_jump_ahead_of_jobs():
     result: dict = {}
     t = threading.Thread(target=lambda: result.setdefault("r", b.infer(InferenceRequest("embed_text"), 5)))
     t.start()
-    wait_until(lambda: b._q.qsize() == 4, 5, "the request queued behind the 3 jobs")  # noqa: SLF001
+    wait_until(lambda: len(b._requests) == 1, 5, "the request queued after the 3 jobs")  # noqa: SLF001
     item = b.take(1)
     assert not isinstance(item, IngestJob)
     b.reply(item, InferenceResult(probs=np.ones(2)))
