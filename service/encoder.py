@@ -2,7 +2,10 @@
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
 Decoding uses the one shared path (`training.data.video`, `sampling.fixed_segments`,
-`transforms.preprocess`), so serving sees exactly what training and evaluation saw. Retrieval protocol:
+`transforms.preprocess`, through `media.views.view_clips`), so serving sees exactly what training and
+evaluation saw. Every video is embedded from its active picture (constant-colour borders removed, both at
+ingest and for queries); a query video is embedded in extra views as well (`query_views`: its mirror
+image, and the inner picture of a picture-in-picture when one is found). Retrieval protocol:
 `segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
 a video shorter than one clip still gives one segment spread over the whole video.
 """
@@ -17,10 +20,10 @@ import numpy as np
 import torch
 
 from indexer import Segment
+from media.views import view_clips
 from model.checkpoint import load_checkpoint
 from service.settings import Settings
 from training.data.video import VideoLimits, open_video
-from training.embed import segment_clips
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,11 @@ def video_limits(settings: Settings) -> VideoLimits:
 
 @dataclass
 class DecodedVideo:
-    clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
-    segments: list[Segment]
+    clips: torch.Tensor  # (N, C, T, H, W) float, normalised: one clip per segment and view
+    segments: list[Segment]  # per clip
     duration: float
+    views: list[str] | None = None  # per clip (query videos); None: every clip is the "original" view
+    boxes: dict[str, list[int]] | None = None  # view -> [x, y, w, h] of the frame it shows, when not all of it
 
 
 class VideoEncoder:
@@ -76,11 +81,17 @@ class VideoEncoder:
         )
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
-    def decode(self, path: str | Path) -> DecodedVideo:
+    def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
+        """Segment clips of the video's active picture (borders removed when `remove_borders`); a query
+        video (`query=True`) also in the `query_views` (mirror image, inner picture)."""
+        views = ("original", *self.settings.query_views) if query else ("original",)
         with open_video(path, self.limits) as reader:
-            clips, segs = segment_clips(reader, self.config.input, self.settings.segment_fps)
+            vc = view_clips(reader, self.config.input, self.settings.segment_fps,
+                            remove_borders=self.settings.remove_borders, views=views)
             duration = reader.info.duration
-        return DecodedVideo(clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in segs], duration)
+        boxes = {v: b.as_list() for v, b in vc.boxes.items() if not b.is_full(*vc.frame_size)}
+        return DecodedVideo(vc.clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in vc.segments], duration,
+                            views=list(vc.views) if query else None, boxes=boxes or None)
 
     # the model ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     # search
     aggregation: Literal["max", "chamfer"] = "max"
+    # near-duplicate robustness (docs/api.md#views): embed the picture inside constant-colour borders
+    # (at ingest and for queries; changing it needs a re-ingest), and embed query videos in these extra views
+    remove_borders: bool = True
+    query_views: list[Literal["mirrored", "inner"]] = Field(default_factory=lambda: ["mirrored", "inner"])
     # text search: score = w_head * head + w_class * class + w_meta * meta (docs/api.md)
     text_weight_head: float = 1.0
     text_weight_class: float = 0.5

@@ -117,7 +117,8 @@ class EncoderWorker:
                 fut = None
                 path = item.path if isinstance(item, IngestJob) else item.request.video_path
                 if path is not None:
-                    fut = self._pool.submit(self._decode, path)
+                    query = isinstance(item, InferenceTask) and item.request.kind == "embed_video"
+                    fut = self._pool.submit(self._decode, path, query)
                 t0 = time.perf_counter()
                 while not self._stop.is_set():
                     try:
@@ -131,9 +132,9 @@ class EncoderWorker:
             except Exception:  # keep feeding: one bad item must not stop the worker
                 log.exception("feeder error")
 
-    def _decode(self, path: str) -> tuple[DecodedVideo, float]:
+    def _decode(self, path: str, query: bool = False) -> tuple[DecodedVideo, float]:
         t0 = time.perf_counter()
-        decoded = self.encoder.decode(path)
+        decoded = self.encoder.decode(path, query=query)
         dt = time.perf_counter() - t0
         if self.metrics:
             self.metrics.decode_seconds.observe(dt)
@@ -234,7 +235,8 @@ class EncoderWorker:
                     self.metrics.jobs_finished.labels("done").inc()
             else:
                 self.broker.reply(w.item, InferenceResult(
-                    probs=video_probs, vectors=vectors, segments=w.decoded.segments, duration=w.decoded.duration))
+                    probs=video_probs, vectors=vectors, segments=w.decoded.segments, duration=w.decoded.duration,
+                    views=w.decoded.views, boxes=w.decoded.boxes))
         except Exception as e:
             self._finish_error(w.item, e, w.timings)
 

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="what the checkpoint is, recorded in the JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("training.data.video", "httpx", "service", "indexer"):
+    for noisy in ("training.data.video", "httpx", "httpx2", "service", "indexer", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("training.data.video").setLevel(logging.ERROR)  # per-file timestamp warnings
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     db = database_order(bench, distractors, args.seed)
     sizes = sorted({len(db) if s == "all" else min(int(s), len(db)) for s in args.sizes.split(",") if s})
     queries = list(bench.set.queries)
-    overrides = dict(kv.split("=", 1) for kv in args.setting)
+    overrides = {k: _setting_value(v) for k, v in (kv.split("=", 1) for kv in args.setting)}
     tmp = None
     if args.random_init:
         if args.checkpoint is not None:
@@ -339,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"wrote {path}")
     return 0
+
+
+def _setting_value(raw: str) -> Any:
+    """JSON when it parses (`[]`, `false`, `["mirrored"]`), else the string (`chamfer`)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def _version(package: str) -> str | None:
