@@ -1,4 +1,4 @@
-"""Decode throughput of the one video path (``training.data.video``): what an ingest or a query pays.
+"""Decode throughput of the one video path (``media.video``): what an ingest or a query pays.
 
 For each file: the standard classification clip (``SampleFrames(8, 32, 1, test_mode=True)``) and the
 retrieval segments (1 frame per second, 8-frame segments: ``fixed_segments(window_s=8, stride_s=8,
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from benchmarks._env import write_result
-from training.data.sampling import SampleFrames, fixed_segments
-from training.data.transforms import preprocess
-from training.data.video import open_video
+from media.sampling import SampleFrames, fixed_segments
+from media.transforms import preprocess
+from media.video import open_video
 
 log = logging.getLogger("benchmarks.decode")
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("training.data.video").setLevel(logging.ERROR)  # per-open warnings would flood
+    logging.getLogger("media.video").setLevel(logging.ERROR)  # per-open warnings would flood
     torch.set_num_threads(args.threads)
     files = args.files or find_media(args.media_dir)
     if not files:

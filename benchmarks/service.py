@@ -43,8 +43,9 @@ import httpx
 import torch
 
 from benchmarks._env import write_result
-from service.settings import SHIPPED_CHECKPOINT, Settings
-from training.data.video import ffmpeg_exe
+from media.video import ffmpeg_exe
+from model.checkpoint import SHIPPED_CHECKPOINT
+from service.settings import Settings
 
 log = logging.getLogger("benchmarks.service")
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def start_server(checkpoint: Path, data_dir: Path) -> tuple[subprocess.Popen, st
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--checkpoint",
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--checkpoint",
                              str(checkpoint), "--data-dir", str(data_dir)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180

@@ -13,9 +13,11 @@ WORKDIR /app
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY model/ model/
+COPY media/ media/
 COPY training/ training/
 COPY indexer/ indexer/
 COPY service/ service/
+COPY cli/ cli/
 RUN pip install '.[cpu]'
 
 USER drca

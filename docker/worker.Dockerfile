@@ -22,9 +22,11 @@ WORKDIR /app
 RUN pip install torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY model/ model/
+COPY media/ media/
 COPY training/ training/
 COPY indexer/ indexer/
 COPY service/ service/
+COPY cli/ cli/
 RUN pip install '.[gpu]'
 
 USER drca

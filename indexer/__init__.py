@@ -1,8 +1,8 @@
 """drca indexer: segment vectors in FAISS aggregated per video, durable log + snapshots, metadata store."""
 
-from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, NotFound, RecoveryError
+from indexer.errors import IndexClosed, IndexerError, IndexLocked, InvalidVectors, RecoveryError
 from indexer.faiss_index import IndexConfig
-from indexer.index import IndexStats, Segment, StoredVideo, VideoHit, VideoIndex
+from indexer.index import IndexStats, Span, StoredVideo, VideoHit, VideoIndex
 
 __all__ = [
     "IndexClosed",
@@ -11,9 +11,8 @@ __all__ = [
     "IndexerError",
     "IndexLocked",
     "InvalidVectors",
-    "NotFound",
     "RecoveryError",
-    "Segment",
+    "Span",
     "StoredVideo",
     "VideoHit",
     "VideoIndex",

@@ -19,13 +19,5 @@ class IndexClosed(IndexerError):
     """The index was used after `close()`."""
 
 
-class DuplicateContent(IndexerError):
-    """A video with this content hash (or external id) is already in the metadata store."""
-
-
-class NotFound(IndexerError, KeyError):
-    """No video (or job) with this id."""
-
-
 class IndexLocked(IndexerError):
     """Another process (or another `VideoIndex` in this one) has this index directory open."""

@@ -36,7 +36,9 @@ Aggregation = Literal["max", "chamfer"]
 
 
 @dataclass(frozen=True)
-class Segment:
+class Span:
+    """The time span (seconds) of one stored vector: what a hit points back to."""
+
     start: float  # seconds
     end: float
 
@@ -45,14 +47,14 @@ class Segment:
 class VideoHit:
     video_id: int
     score: float
-    segment: Segment  # the matched segment of the indexed video (best pair)
-    query_segment: Segment | None  # the query segment of that pair (None when the query had none)
+    segment: Span  # the matched segment of the indexed video (best pair)
+    query_segment: Span | None  # the query segment of that pair (None when the query had none)
 
 
 @dataclass(frozen=True)
 class StoredVideo:
     video_id: int
-    segments: list[Segment]
+    segments: list[Span]
     vectors: np.ndarray  # (S, D) float32, L2-normalised
 
 
@@ -90,7 +92,7 @@ def normalise(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarra
     return np.ascontiguousarray(v / norms)
 
 
-def _segments_array(segments: list[Segment], n: int, what: str = "segments") -> np.ndarray:
+def spans_array(segments: list[Span], n: int, what: str = "segments") -> np.ndarray:
     if len(segments) != n:
         raise InvalidVectors(f"{len(segments)} {what} for {n} vectors")
     arr = np.array([[s.start, s.end] for s in segments], dtype=np.float64).reshape(n, 2)
@@ -247,18 +249,18 @@ class VideoIndex:
 
     # --- writes ------------------------------------------------------------------------------------
 
-    def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None:
+    def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None:
         """Add (or replace, atomically) a video's segments. Returns once the write is durable."""
         self.add_videos([(video_id, segments, vectors)])
 
-    def add_videos(self, items: list[tuple[int, list[Segment], np.ndarray]]) -> None:
+    def add_videos(self, items: list[tuple[int, list[Span], np.ndarray]]) -> None:
         """Add several videos with one fsync (group commit). All are validated before anything is
         written; each video is still its own log record, and all are durable when this returns."""
         checked = []
         for video_id, segments, vectors in items:
             vid = _check_id(video_id)
             vecs = normalise(vectors, self.config.dim)
-            checked.append((vid, _segments_array(segments, len(vecs)), vecs))
+            checked.append((vid, spans_array(segments, len(vecs)), vecs))
         if not checked:
             return
         with self._lock.write():
@@ -434,7 +436,7 @@ class VideoIndex:
         if v is None:
             return None
         return StoredVideo(
-            int(video_id), [Segment(float(a), float(b)) for a, b in v.segments], v.vectors.copy()
+            int(video_id), [Span(float(a), float(b)) for a, b in v.segments], v.vectors.copy()
         )
 
     def __len__(self) -> int:
@@ -458,7 +460,7 @@ class VideoIndex:
         self,
         queries: np.ndarray,
         k: int = 10,
-        query_segments: list[Segment] | None = None,
+        query_segments: list[Span] | None = None,
         aggregation: Aggregation = "max",
         min_score: float | None = None,
         exclude_ids: set[int] | frozenset[int] = frozenset(),
@@ -475,7 +477,7 @@ class VideoIndex:
             raise InvalidVectors(f"unknown aggregation {aggregation!r}")
         q = normalise(queries, self.config.dim, "queries")
         qsegs = (
-            _segments_array(query_segments, len(q), "query segments") if query_segments is not None else None
+            spans_array(query_segments, len(q), "query segments") if query_segments is not None else None
         )
         with self._lock.read(exclusive=faiss_index.on_gpu(self._index)):
             self._check_open()
@@ -510,8 +512,8 @@ class VideoIndex:
         for score, vid in ranked[:k]:
             _, qi, si = scored[vid]
             seg = self._videos[vid].segments[si]
-            qseg = Segment(float(qsegs[qi, 0]), float(qsegs[qi, 1])) if qsegs is not None else None
-            hits.append(VideoHit(vid, float(score), Segment(float(seg[0]), float(seg[1])), qseg))
+            qseg = Span(float(qsegs[qi, 0]), float(qsegs[qi, 1])) if qsegs is not None else None
+            hits.append(VideoHit(vid, float(score), Span(float(seg[0]), float(seg[1])), qseg))
         return hits
 
     @staticmethod

@@ -27,9 +27,16 @@ CONFIG = "config.json"
 CARD = "card.json"
 TEXT_PREFIX = "text_head."
 
+#: The checkpoint shipped inside the `model` package (the service's default; `drca train shipped` rebuilds it).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "drca-cpu"
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, malformed, or does not match its config."""
+
+
+class CheckpointMissing(CheckpointError):
+    """The directory lacks one of the checkpoint files."""
 
 
 class ModelCard(BaseModel):
@@ -95,20 +102,43 @@ def _rmtree(p: Path) -> None:
     p.rmdir()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    path = Path(path)
-    for name in (WEIGHTS, CONFIG, CARD):
+def _require(path: Path, *names: str) -> None:
+    for name in names:
         if not (path / name).is_file():
-            raise CheckpointError(f"{path} is not a drca checkpoint: {name} is missing")
+            raise CheckpointMissing(f"{path} is not a drca checkpoint: {name} is missing")
+
+
+def read_config_and_card(path: str | Path) -> tuple[DRCAConfig, ModelCard]:
+    """The checkpoint's config and card, without its weights (what the gateway needs)."""
+    path = Path(path)
+    _require(path, CONFIG, CARD)
     try:
         cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
         card = ModelCard.model_validate_json((path / CARD).read_text())
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: bad config or card: {e}") from None
+    return cfg, card
+
+
+def read_weights(path: str | Path, map_location: str | torch.device = "cpu",
+                 include_text_head: bool = True) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors by name (safetensors); without the `text_head.` ones if not `include_text_head`."""
+    path = Path(path)
+    _require(path, WEIGHTS)
     try:
         tensors = load_file(str(path / WEIGHTS), device=str(map_location))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+    if not include_text_head:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
+    return tensors
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    path = Path(path)
+    _require(path, WEIGHTS)
+    cfg, card = read_config_and_card(path)
+    tensors = read_weights(path, map_location)
 
     model = DRCA(cfg)
     model_state = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}

@@ -26,7 +26,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from indexer import Segment
+from indexer import Span
 from service.errors import ServiceError, WorkerUnavailable
 
 
@@ -54,7 +54,7 @@ class InferenceResult:
     # classify and embed_video
     probs: np.ndarray | None = None  # (C,) video-level class probabilities (mean over segments)
     vectors: np.ndarray | None = None  # (S, E) segment embeddings, L2-normalised
-    segments: list[Segment] | None = None
+    segments: list[Span] | None = None
     # embed_video: the query view of each row of `vectors` ("original", "mirrored", ...; None: all
     # "original") and each view's region of the frame, [x, y, w, h] in the video's pixels (None: all of it)
     views: list[str] | None = None

@@ -27,12 +27,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer import Segment, VideoIndex
-from indexer.errors import DuplicateContent, NotFound
-from indexer.store import JobRecord, Label, MetadataStore, VideoRecord
+from indexer import Span, VideoIndex
 from service.broker import Broker, IngestJob
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
+from service.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class TextTable:
 class VectorWriter(Protocol):
     """The index writes the catalog makes: `VideoIndex` itself, or `RedisVectorLog` (scale-out)."""
 
-    def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None: ...
+    def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None: ...
     def delete_video(self, video_id: int) -> bool: ...
 
 
@@ -101,6 +100,24 @@ class Catalog:
         self._lock = lock if lock is not None else threading.RLock()
         self._text_lock = threading.Lock()
         self._text: TextTable | None = None
+
+    # reads (routes, search and the worker read records here, never from the store directly) -----------
+    def get_video(self, video_id: int) -> VideoRecord:
+        """The video record; `NotFound` (HTTP 404) when there is none."""
+        return self.store.get_video(video_id)
+
+    def find_by_hash(self, content_hash: str) -> VideoRecord | None:
+        return self.store.find_by_hash(content_hash)
+
+    def list_videos(self, *, offset: int = 0, limit: int = 50) -> list[VideoRecord]:
+        return self.store.list_videos(offset=offset, limit=limit)
+
+    def count_videos(self) -> int:
+        return self.store.count_videos()
+
+    def get_job(self, job_id: int) -> JobRecord:
+        """The job record; `NotFound` (HTTP 404) when there is none."""
+        return self.store.get_job(job_id)
 
     # uploads ------------------------------------------------------------------------------------
     def register(self, upload: SpooledUpload, duration: float, external_id: str | None,
@@ -194,7 +211,7 @@ class Catalog:
                 self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
             return True
 
-    def complete(self, job: IngestJob, segments: list[Segment], vectors: np.ndarray, probs: np.ndarray | None,
+    def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
                  class_names: list[str], duration: float, text_embedding: np.ndarray | None,
                  timings: dict[str, float]) -> None:
         labels = []

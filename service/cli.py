@@ -1,4 +1,4 @@
-"""The `drca` command line. Each package keeps its own commands in its `cli.py`; this module wires them."""
+"""`drca serve`, `drca worker` and `drca ingest`: the service's commands (wired into the root CLI by ``cli/main.py``)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,7 @@ from pathlib import Path
 
 import typer
 
-from model import cli as model_cli
-from training import cli as training_cli
-from training.data import cli as data_cli
-
-app = typer.Typer(help="drca: DRCA video classification and retrieval.", no_args_is_help=True)
-
-
-@app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
-
-
-app.command("flops")(model_cli.flops)
-app.command("demo")(model_cli.demo)
-app.command("synth")(data_cli.synth)
-app.add_typer(data_cli.media_app, name="media")
-app.add_typer(training_cli.train_app, name="train")
-app.add_typer(training_cli.eval_app, name="eval")
+app = typer.Typer(help="The service: gateway, encoder worker, batch ingest.", no_args_is_help=True)
 
 
 def _settings(settings_file: Path | None, **given: object):
@@ -178,6 +157,3 @@ def ingest(
     if summary.failed:
         raise typer.Exit(1)
 
-
-if __name__ == "__main__":
-    app()

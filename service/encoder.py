@@ -1,8 +1,8 @@
 """The encoder: one checkpoint loaded once; decode a video into segment clips; one forward pass gives
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
-Decoding uses the one shared path (`training.data.video`, `sampling.fixed_segments`,
-`transforms.preprocess`, through `media.views.view_clips`), so serving sees exactly what training and
+Decoding uses the one shared path (`media.views.view_clips`: `media.video`, `sampling.fixed_segments`,
+`transforms.preprocess`), so serving sees exactly what training and
 evaluation saw. Every video is embedded from its active picture (constant-colour borders removed, both at
 ingest and for queries); a query video is embedded in extra views as well (`query_views`: its mirror
 image, and the inner picture of a picture-in-picture when one is found). Retrieval protocol:
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import Segment
-from media.views import view_clips
+from indexer import Span
+from media.segments import view_clips
+from media.video import open_video
 from model.checkpoint import load_checkpoint
 from service.settings import Settings
-from training.data.video import VideoLimits, open_video
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,10 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def video_limits(settings: Settings) -> VideoLimits:
-    return VideoLimits(
-        max_pixels=settings.max_pixels,
-        max_duration_s=settings.max_duration_s,
-        max_file_bytes=settings.max_upload_bytes,
-    )
-
-
 @dataclass
 class DecodedVideo:
     clips: torch.Tensor  # (N, C, T, H, W) float, normalised: one clip per segment and view
-    segments: list[Segment]  # per clip
+    segments: list[Span]  # per clip
     duration: float
     views: list[str] | None = None  # per clip (query videos); None: every clip is the "original" view
     boxes: dict[str, list[int]] | None = None  # view -> [x, y, w, h] of the frame it shows, when not all of it
@@ -68,7 +60,7 @@ class VideoEncoder:
         self.embed_dim = ckpt.config.head.embed_dim
         if not self.embed_dim:
             raise RuntimeError(f"{settings.checkpoint}: the checkpoint has no embedding head (head.embed_dim=0)")
-        self.limits = video_limits(settings)
+        self.limits = settings.video_limits
         self.text_encoder = None
         if settings.text_search:
             from model.text import TextEncoder
@@ -90,7 +82,7 @@ class VideoEncoder:
                             remove_borders=self.settings.remove_borders, views=views)
             duration = reader.info.duration
         boxes = {v: b.as_list() for v, b in vc.boxes.items() if not b.is_full(*vc.frame_size)}
-        return DecodedVideo(vc.clips, [Segment(s.start_s, max(s.start_s, s.end_s)) for s in vc.segments], duration,
+        return DecodedVideo(vc.clips, [Span(s.start_s, max(s.start_s, s.end_s)) for s in vc.segments], duration,
                             views=list(vc.views) if query else None, boxes=boxes or None)
 
     # the model ---------------------------------------------------------------------------------

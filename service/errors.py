@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.errors import IndexerError, InvalidVectors, NotFound
-from training.data.video import (
+from indexer.errors import IndexerError, InvalidVectors
+from media.video import (
     EmptyVideo,
     NoVideoStream,
     VideoDecodeError,
@@ -24,6 +24,8 @@ from training.data.video import (
     VideoTooLong,
     VideoUnavailable,
 )
+from service.schemas import ErrorResponse
+from service.store import NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,9 @@ class BrokerUnavailable(ServiceError):
     status, code = 503, "broker_unavailable"
 
 
+#: The error responses every route documents in the OpenAPI schema (the body is always `ErrorResponse`).
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
+
 #: Redis could not be reached (scale-out deployment): passing, the request can be retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -106,6 +111,8 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return InvalidInput(str(exc))
     if isinstance(exc, IndexerError):
         return ServiceError(f"index error: {exc}", status=500, code="index_error")
+    if isinstance(exc, StoreError):
+        return ServiceError(f"metadata store error: {exc}", status=500, code="store_error")
     return ServiceError("internal error", status=500, code="internal_error")
 
 
@@ -129,10 +136,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(to_service_error(exc))
 
     @app.exception_handler(IndexerError)
-    async def _indexer(_: Request, exc: IndexerError) -> JSONResponse:
+    @app.exception_handler(StoreError)
+    async def _library(_: Request, exc: Exception) -> JSONResponse:
         err = to_service_error(exc)
         if err.status >= 500:
-            log.error("indexer error: %s", exc)
+            log.error("%s: %s", type(exc).__name__, exc)
         return error_response(err)
 
     @app.exception_handler(redis.ConnectionError)

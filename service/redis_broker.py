@@ -33,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import LockError, ResponseError
 from redis.retry import Retry
 
-from indexer import Segment
+from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.errors import ServiceError, WorkerUnavailable
 from service.settings import Settings
@@ -114,7 +114,7 @@ def decode_reply(data: bytes) -> InferenceResult:
     offset = 4 + n
     out = InferenceResult(duration=header["duration"], views=header.get("views"), boxes=header.get("boxes"))
     if header["segments"] is not None:
-        out.segments = [Segment(a, b) for a, b in header["segments"]]
+        out.segments = [Span(a, b) for a, b in header["segments"]]
     for name, (dtype, shape) in header["arrays"].items():
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
         setattr(out, name, np.frombuffer(data[offset : offset + size], dtype=dtype).reshape(shape).copy())

@@ -4,20 +4,20 @@ and the worker role (scale-out) without the index and HTTP."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
 from typing import Literal
 
 from indexer import IndexConfig, VideoIndex
-from indexer.store import MetadataStore, SQLiteMetadataStore
-from model.checkpoint import CARD, CONFIG, CheckpointError, ModelCard
+from model.checkpoint import CheckpointError, CheckpointMissing, ModelCard, read_config_and_card
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.settings import Settings
 from service.storage import VideoStorage
+from service.store import MetadataStore
+from service.store.sqlite import SQLiteMetadataStore
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,15 @@ Role = Literal["embedded", "gateway", "worker"]
 def read_card(checkpoint: Path) -> tuple[ModelCard, int]:
     """The checkpoint's card and embedding dim, without loading its weights (the gateway needs only these)."""
     try:
-        card = ModelCard.model_validate_json((checkpoint / CARD).read_text())
-        dim = int(json.loads((checkpoint / CONFIG).read_text())["head"]["embed_dim"])
-    except FileNotFoundError:
+        cfg, card = read_config_and_card(checkpoint)
+    except CheckpointMissing:
         raise CheckpointError(
             f"no checkpoint at {checkpoint} (card.json/config.json missing); "
             "set DRCA_CHECKPOINT or --checkpoint to a checkpoint directory"
         ) from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{checkpoint}: unreadable card or config: {e}") from None
-    if dim <= 0:
+    if cfg.head.embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no embedding head")
-    return card, dim
+    return card, cfg.head.embed_dim
 
 
 class ServiceRuntime:
@@ -76,12 +73,11 @@ class ServiceRuntime:
         if self.role != "worker":  # spooled uploads of a previous run: never acknowledged
             for stale in s.tmp_dir.glob("upload-*.part"):
                 stale.unlink(missing_ok=True)
-        from service.encoder import video_limits
 
         storage = VideoStorage(s.videos_dir)
         if self.role != "worker":
             self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
-            self.thumbnails = ThumbnailCache(s.thumbnails_dir, video_limits(s), max_concurrent=s.decode_threads)
+            self.thumbnails = ThumbnailCache(s.thumbnails_dir, s.video_limits, max_concurrent=s.decode_threads)
         if s.redis_url:
             self._open_redis(storage)
         else:
@@ -103,9 +99,9 @@ class ServiceRuntime:
                 log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
 
     def _open_redis(self, storage: VideoStorage) -> None:
-        from indexer.redis_store import RedisMetadataStore
         from service.ratelimit import RateLimiter
         from service.redis_broker import RedisBroker, RedisLock, connect
+        from service.store.redis import RedisMetadataStore
         from service.vector_stream import RedisVectorLog, VectorFollower
 
         s = self.settings

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer import Segment, VideoHit
+from indexer import Span, VideoHit
 from indexer.index import Aggregation
 from service.broker import InferenceRequest
 from service.errors import InvalidInput
@@ -37,7 +37,7 @@ def class_phrase(name: str) -> str:
 class QueryView:
     name: str  # "original", "mirrored", ... (service.encoder.QUERY_VIEWS)
     vectors: np.ndarray  # (S, E) L2-normalised
-    segments: list[Segment] | None
+    segments: list[Span] | None
     box: list[int] | None = None  # the region of the query's frame embedded, [x, y, w, h]; None: all
 
 
@@ -53,7 +53,7 @@ class VideoMatch:
     box: list[int] | None  # that view's region of the query frame
 
 
-def video_query_from(vectors: np.ndarray, segments: list[Segment] | None, views: list[str] | None = None,
+def video_query_from(vectors: np.ndarray, segments: list[Span] | None, views: list[str] | None = None,
                      boxes: dict[str, list[int]] | None = None) -> VideoQuery:
     """Group an embedding result's rows by view (rows without a view name are all "original")."""
     if views is None:
@@ -99,7 +99,7 @@ class SearchService:
         """"More like this": an indexed video's own segments, as stored (one view)."""
         stored = self.rt.index.get(video_id)
         if stored is None:
-            self.rt.store.get_video(video_id)  # NotFound -> 404
+            self.rt.catalog.get_video(video_id)  # NotFound -> 404
             raise InvalidInput(f"video {video_id} is not indexed yet (see its job)")
         return video_query_from(stored.vectors, stored.segments)
 
@@ -159,7 +159,7 @@ def external_ids(rt: ServiceRuntime, hits: list[VideoHit] | list[VideoMatch]) ->
     out = {}
     for h in (m.hit if isinstance(m, VideoMatch) else m for m in hits):
         try:
-            out[h.video_id] = rt.store.get_video(h.video_id).external_id
+            out[h.video_id] = rt.catalog.get_video(h.video_id).external_id
         except KeyError:
             out[h.video_id] = None
     return out

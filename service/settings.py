@@ -14,10 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-import model as _model_pkg
-
-#: The checkpoint shipped inside the installed `model` package.
-SHIPPED_CHECKPOINT = Path(_model_pkg.__file__).resolve().parent / "checkpoints" / "drca-cpu"
+from media.video import VideoLimits
+from model.checkpoint import SHIPPED_CHECKPOINT
 
 
 class Settings(BaseSettings):
@@ -103,3 +101,13 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "metadata.sqlite3"
+
+    # derived limits ------------------------------------------------------------------------------
+    @property
+    def video_limits(self) -> VideoLimits:
+        """The decoder limits of every video this service opens (uploads, queries, thumbnails)."""
+        return VideoLimits(
+            max_pixels=self.max_pixels,
+            max_duration_s=self.max_duration_s,
+            max_file_bytes=self.max_upload_bytes,
+        )

@@ -2,7 +2,7 @@
 
 A request for time `t` is rounded to the nearest 0.1 s (clamped to the video), so the cache holds at most
 ten files per second of video: `data/thumbnails/<video_id>/<t * 10>.jpg`. The frame is decoded with the one
-video decoding path (`training.data.video`) and encoded with Pillow. Deleting a video drops its folder.
+video decoding path (`media.video`) and encoded with Pillow. Deleting a video drops its folder.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.video import VideoLimits, open_video
+from media.video import VideoLimits, open_video
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from indexer import InvalidVectors, Segment, VideoIndex
-from indexer.index import _segments_array, normalise
+from indexer import InvalidVectors, Span, VideoIndex
+from indexer.index import normalise, spans_array
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ class RedisVectorLog:
         self.follower = follower
         self.wait_s = wait_s
 
-    def add_video(self, video_id: int, segments: list[Segment], vectors: np.ndarray) -> None:
+    def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None:
         vecs = normalise(vectors, self.dim)  # a bad write fails here, never in the replicas
-        segs = _segments_array(segments, len(vecs))
+        segs = spans_array(segments, len(vecs))
         self._append({"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist()),
                       "vectors": vecs.astype("<f4").tobytes()})
 
@@ -121,7 +121,7 @@ class VectorFollower:
                 self._stop.wait(0.5)
 
     def _apply(self, entries: list) -> None:
-        adds: list[tuple[int, list[Segment], np.ndarray]] = []
+        adds: list[tuple[int, list[Span], np.ndarray]] = []
         changed: list[tuple[int, bool]] = []
 
         def flush_adds() -> None:
@@ -141,7 +141,7 @@ class VectorFollower:
             try:
                 op, vid = f[b"op"].decode(), int(f[b"video_id"])
                 if op == "add":
-                    segs = [Segment(a, b) for a, b in json.loads(f[b"segments"])]
+                    segs = [Span(a, b) for a, b in json.loads(f[b"segments"])]
                     vecs = np.frombuffer(f[b"vectors"], dtype="<f4").reshape(len(segs), -1)
                     adds.append((vid, segs, vecs))
                     changed.append((vid, True))

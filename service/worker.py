@@ -243,7 +243,7 @@ class EncoderWorker:
     def _metadata_embedding(self, job: IngestJob) -> np.ndarray | None:
         if self.encoder.text_encoder is None:
             return None
-        text = metadata_text(self.catalog.store.get_video(job.video_id))
+        text = metadata_text(self.catalog.get_video(job.video_id))
         if not text:
             return None
         sent, _ = self.encoder.embed_text([text])

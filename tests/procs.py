@@ -112,7 +112,7 @@ class HttpServer(Proc):
     def __init__(self, extra_args: list[str], log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+        super().__init__([sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
                           "--port", str(self.port), *extra_args], log, env)
 
     def start(self, timeout_s: float = 120) -> None:
@@ -149,7 +149,7 @@ class Worker(Proc):
 
     def __init__(self, checkpoint: Path, data_dir: Path, redis_url: str, log: Path, **settings: str) -> None:
         self.redis_url = redis_url
-        super().__init__([sys.executable, "-m", "service.cli", "worker"], log,
+        super().__init__([sys.executable, "-m", "cli.main", "worker"], log,
                          _env(checkpoint, data_dir, redis_url, **settings))
 
     @property

@@ -37,10 +37,10 @@ RECIPE_HELP = "A named set of overrides from training/recipes.py (applied first)
 
 def _train(kind: str, overrides: list[str], resume: bool) -> None:
     """Build the trainer's config (recipe, then --set) and run it; bad input is a one-line error."""
+    from media.video import VideoError
     from training import classify, retrieval, text
     from training.config import ClassifyConfig, RetrievalConfig, TextConfig
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
 
     config_cls, run = {
         "classify": (ClassifyConfig, classify.train_classify),
@@ -97,8 +97,8 @@ def eval_classify(
     out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """top-1, top-5 and mean class accuracy of a checkpoint on a labelled list."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
     from training.evaluate import evaluate_classification
 
     try:
@@ -121,8 +121,8 @@ def eval_retrieval(
     out: Path = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """mAP (and R@1) with 1-fps 8-frame clips and Chamfer similarity, the DRCA / 3D-CSL protocol."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
-    from training.data.video import VideoError
     from training.evaluate import evaluate_retrieval
 
     try:
@@ -145,19 +145,21 @@ def _report(metrics: dict, out: Path | None) -> None:
 @train_app.command("shipped")
 def train_shipped(
     work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
-    out: Path = typer.Option(Path("model/checkpoints/drca-cpu"), help="Where the checkpoint is written."),
+    out: Path = typer.Option(None, help="Where the checkpoint is written (default: the shipped one, "
+                             "model/checkpoints/drca-cpu)."),
     seed: int = typer.Option(0, help="Seeds the synth data and both training runs."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
 ) -> None:
     """Reproduce the shipped default checkpoint from scratch: synth data, real videos, retrieval + classifier
     training, text head, evaluation, model card (docs/training.md)."""
+    from media.video import VideoError
     from training.data.annotations import AnnotationError
     from training.data.synth import SynthError
-    from training.data.video import VideoError
     from training.engine import command_line
     from training.shipped import ShippedConfig, build_shipped
 
-    cfg = ShippedConfig(work_dir=str(work_dir), out=str(out), seed=seed, real_dir=str(real_dir) if real_dir else "")
+    cfg = ShippedConfig(work_dir=str(work_dir), seed=seed, real_dir=str(real_dir) if real_dir else "",
+                        **({"out": str(out)} if out else {}))
     try:
         ckpt = build_shipped(cfg, command=command_line())
     except (ValueError, OSError, RuntimeError, AnnotationError, VideoError, SynthError) as e:

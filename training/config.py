@@ -13,8 +13,8 @@ from typing import Literal
 
 from model.config import DRCAConfig, HeadConfig
 from model.presets import get_preset
+from training.data.augment import NEAR_DUPLICATE_AUGMENT, AugmentConfig
 from training.data.datasets import CacheConfig
-from training.data.transforms import NEAR_DUPLICATE_AUGMENT, AugmentConfig
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

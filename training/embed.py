@@ -1,10 +1,5 @@
-"""Video -> segment clips -> embeddings: the one path used by evaluation, text training and the service.
-
-Retrieval protocol (DRCA / 3D-CSL): ``segment_fps`` frames per second (default 1) grouped into clips of
-the model's ``num_frames`` (8 s windows every 8 s for an 8-frame model), one L2-normalised embedding per
-clip. A partial last window becomes a full-length window ending at the end of the video; a video shorter
-than one window gives one clip spread over all of it (`sampling.fixed_segments`).
-"""
+"""Segment clips -> embeddings for evaluation and text training: one L2-normalised embedding per clip
+(the clips come from `media.segments.segment_clips`)."""
 
 from __future__ import annotations
 
@@ -13,24 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from model.config import InputConfig
-from training.data.sampling import Segment, fixed_segments
-from training.data.transforms import Fit, preprocess
-from training.data.video import VideoReader
-
-
-def segment_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0,
-                  fit: Fit = "crop") -> tuple[Tensor, list[Segment]]:
-    """Decode exactly the frames of every segment (one `get_frames` call per segment, so memory stays
-    bounded for long videos) and preprocess them: clips ``(S, C, T, H, W)`` and their segments."""
-    info = reader.info
-    window = inp.num_frames / segment_fps
-    segs = fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=window,
-                          frames_per_segment=inp.num_frames, frame_times=reader.frame_times,
-                          duration=info.duration)
-    clips = [preprocess(reader.get_frames(s.indices).frames, inp, fit) for s in segs]
-    return torch.stack(clips), segs
 
 
 @dataclass

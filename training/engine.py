@@ -397,11 +397,9 @@ def init_from_checkpoint(model: nn.Module, ckpt_dir: str) -> list[str]:
 
     This is the fine-tuning path (e.g. the seed's K8 -> K4 schedule, or a classifier over new classes).
     """
-    from safetensors.torch import load_file
+    from model.checkpoint import read_weights
 
-    from model.checkpoint import TEXT_PREFIX, WEIGHTS
-
-    src = {k: v for k, v in load_file(str(Path(ckpt_dir) / WEIGHTS)).items() if not k.startswith(TEXT_PREFIX)}
+    src = read_weights(ckpt_dir, include_text_head=False)
     own = model.state_dict()
     usable = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)

@@ -5,7 +5,7 @@ seed's mmaction ``SampleFrames(num_frames, frame_interval, num_clips, test_mode=
 softmax averaged; top-1, top-5 and mean class accuracy.
 
 Retrieval (DRCA / 3D-CSL protocol): every video is embedded with the service's segment path
-(`training.embed.segment_clips`: 1 frame per second, 8-frame clips, one L2-normalised embedding per
+(`media.segments.segment_clips`: 1 frame per second, 8-frame clips, one L2-normalised embedding per
 clip); video similarity is Chamfer (mean over query clips of the max cosine over database clips); AP per
 query over the database list, the query itself excluded. FIVR sets are scored under DSVR, CSVR and ISVR.
 """
@@ -21,14 +21,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from media.sampling import SampleFrames
+from media.segments import segment_clips
+from media.video import open_video
 from model.checkpoint import load_checkpoint
 from training.data.annotations import load_video_list
 from training.data.datasets import DecodedClipDataset
 from training.data.real import VIDEO_EXTENSIONS
 from training.data.retrieval_sets import Protocol, load_fivr, load_near_duplicate, relevant_ids
-from training.data.sampling import SampleFrames
-from training.data.video import open_video
-from training.embed import embed_clips, segment_clips
+from training.embed import embed_clips
 from training.metrics import chamfer_matrix, classification_metrics, retrieval_metrics
 
 log = logging.getLogger(__name__)

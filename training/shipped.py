@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint
 from model.config import apply_overrides
 from training.classify import train_classify
 from training.config import ClassifyConfig, RetrievalConfig, TextConfig
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ShippedConfig:
     work_dir: str = "runs/shipped"
-    out: str = "model/checkpoints/drca-cpu"
+    out: str = str(SHIPPED_CHECKPOINT)
     seed: int = 0
     synth_videos_per_class: int = 200
     synth_overrides: tuple[tuple[str, object], ...] = ()  # (field, value) pairs for SynthConfig (tests)

@@ -1,7 +1,7 @@
 """Baselines of the NDVR benchmark: tiny grey thumbnails and Meta's vPDQ. Both implement :class:`Method`.
 
 **Thumbnails** (``thumb``). Per video: 16 frames at the centres of 16 equal spans of the frame index
-(``training.data.sampling.uniform_sample`` in test mode), decoded with the repo's reader; each frame to grey
+(``media.sampling.uniform_sample`` in test mode), decoded with the repo's reader; each frame to grey
 (ITU-R 601 luma), area-resized to 16x16 (the whole frame, aspect not kept), flattened to 256 values, the
 frame's mean subtracted, L2-normalised (a flat frame stays a zero vector). Video similarity is Chamfer,
 the same aggregation as the DRCA method: the mean over the query's 16 frames of the best cosine against
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.sampling import uniform_sample
-from training.data.video import open_video
+from media.sampling import uniform_sample
+from media.video import open_video
 from training.metrics import chamfer_matrix as training_chamfer_matrix
 
 

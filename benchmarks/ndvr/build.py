@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from media.video import VideoError, ffmpeg_exe, open_video
 from training.data.retrieval_sets import NearDuplicateSet, load_near_duplicate, write_id_list, write_relevance
-from training.data.video import VideoError, ffmpeg_exe, open_video
 
 log = logging.getLogger(__name__)
 

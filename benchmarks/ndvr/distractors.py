@@ -39,8 +39,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.ndvr.build import BuildConfig, _encode_args, _run_ffmpeg
+from media.video import open_video
 from training.data.synth import SynthConfig, generate
-from training.data.video import open_video
 
 log = logging.getLogger(__name__)
 

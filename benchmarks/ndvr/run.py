@@ -62,6 +62,7 @@ class ServiceRun:
     the timings."""
 
     scores: dict[str, np.ndarray]  # aggregation -> (Q, N) scores; -inf where a video was not returned
+    view_scores: dict[str, np.ndarray]  # "original+mirrored", ...: the default aggregation over those views only
     views: dict[str, list[str | None]]  # aggregation -> the view of each query's top hit
     boxes: list[list[int] | None]  # each query's "original" view box (the active picture), None: all
     route_latency_s: list[float]  # POST /v1/search (file upload, k=10), whole route, per query
@@ -87,6 +88,7 @@ class ServiceMethod:
         from fastapi.testclient import TestClient
 
         from service.app import create_app
+        from service.search import VideoQuery
         from service.settings import Settings
 
         with tempfile.TemporaryDirectory(prefix="drca-ndvr-") as tmp:
@@ -102,6 +104,8 @@ class ServiceMethod:
                 views: dict[str, list[str | None]] = {a: [] for a in aggs}
                 boxes, route_s, embed_s = [], [], []
                 search_s: dict[str, list[float]] = {a: [] for a in aggs}
+                subsets = [("original", *extra) for extra in _subsets(settings.query_views)]
+                view_scores = {"+".join(v): np.full((len(queries), len(database)), -np.inf) for v in subsets}
                 for qi, q in enumerate(tqdm(queries, desc="drca queries", unit="query")):
                     t0 = time.perf_counter()
                     with paths[q].open("rb") as f:
@@ -122,8 +126,20 @@ class ServiceMethod:
                         for m in ranked:
                             scores[agg][qi, col[ids[m.hit.video_id]]] = m.hit.score
                         views[agg].append(ranked[0].view if ranked else None)
-        return ServiceRun(scores, views, boxes, route_s, embed_s, search_s, ingest,
+                    for subset in subsets:  # what each view adds: the same embeddings, fewer views searched
+                        part = VideoQuery([v for v in query.views if v.name in subset])
+                        for m in svc.video_query(part, len(ids), None, set()):
+                            view_scores["+".join(subset)][qi, col[ids[m.hit.video_id]]] = m.hit.score
+        return ServiceRun(scores, view_scores, views, boxes, route_s, embed_s, search_s, ingest,
                           json.loads(settings.model_dump_json(include=SETTINGS_RECORDED)))
+
+
+def _subsets(names: list[str]) -> list[tuple[str, ...]]:
+    """Every proper subset of the extra query views (the full set is the main result)."""
+    out: list[tuple[str, ...]] = [()]
+    for n in names:
+        out += [(*o, n) for o in out]
+    return [o for o in out if len(o) < len(names)]
 
 
 #: the settings that decide what the benchmark measures, recorded in the JSON
@@ -263,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="what the checkpoint is, recorded in the JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("training.data.video", "httpx", "httpx2", "service", "indexer", "faiss"):
+    for noisy in ("media.video", "httpx", "httpx2", "service", "indexer", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("training.data.video").setLevel(logging.ERROR)  # per-file timestamp warnings
+    logging.getLogger("media.video").setLevel(logging.ERROR)  # per-file timestamp warnings
 
     import torch
 
@@ -316,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                     "search_latency": percentiles(run.search_s[agg]),
                     "top_hit_view": view_counts(run.views[agg], queries, bench.transform),
                 }
+            results["methods"][f"drca_{run.settings['aggregation']}"]["views_searched"] = {
+                name: by_size(sc, db, sizes, bench, keep_per_query=False) for name, sc in run.view_scores.items()}
             results["service"] = {
                 "settings": run.settings, "ingest": run.ingest,
                 "route_latency": percentiles(run.route_latency_s), "embed_latency": percentiles(run.embed_s),

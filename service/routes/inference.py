@@ -18,8 +18,7 @@ from service.deps import (
     read_multipart,
     runtime,
 )
-from service.errors import BadRequest, InvalidInput
-from service.routes.videos import ERRORS
+from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
     ClassifyRequest,
@@ -72,7 +71,7 @@ async def _infer(rt: ServiceRuntime, req: InferenceRequest):
 
 
 def _stored_path(rt: ServiceRuntime, video_id: int) -> str:
-    video = rt.store.get_video(video_id)  # NotFound -> 404
+    video = rt.catalog.get_video(video_id)  # NotFound -> 404
     return str(video.extra["path"])
 
 

@@ -10,11 +10,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from indexer.errors import NotFound
 from service.deps import runtime
-from service.errors import BadRequest, NotFoundError, ServiceError
-from service.routes.videos import ERRORS
+from service.errors import ERRORS, BadRequest, NotFoundError, ServiceError
 from service.runtime import ServiceRuntime
+from service.store import NotFound
 
 router = APIRouter(tags=["videos"])
 
@@ -55,7 +54,7 @@ def check_range(header: str, size: int) -> None:
 
 
 def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]:
-    video = rt.store.get_video(video_id)  # NotFound -> 404
+    video = rt.catalog.get_video(video_id)  # NotFound -> 404
     path = Path(video.extra.get("path", ""))
     if not path.is_file():
         raise NotFoundError(f"the file of video {video_id} is no longer stored")
@@ -73,7 +72,7 @@ async def get_thumbnail(
     path, duration = await run_in_threadpool(_stored_file, rt, video_id)
     thumb = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
     try:
-        await run_in_threadpool(rt.store.get_video, video_id)
+        await run_in_threadpool(rt.catalog.get_video, video_id)
     except NotFound:  # deleted while it was rendered: do not leave its thumbnail behind
         rt.thumbnails.drop(video_id)
         raise

@@ -9,12 +9,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from indexer.store import JobRecord, VideoRecord
 from service.deps import read_multipart, runtime
-from service.errors import BadRequest, InvalidInput
+from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
-    ErrorResponse,
     JobResponse,
     LabelOut,
     SegmentOut,
@@ -23,10 +21,10 @@ from service.schemas import (
     VideoResponse,
 )
 from service.storage import SpooledUpload
+from service.store import JobRecord, VideoRecord
 
 router = APIRouter(tags=["videos"])
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EXTERNAL_ID = 256
 
@@ -71,11 +69,10 @@ def job_out(j: JobRecord) -> JobResponse:
 
 async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
     """Probe + open the spooled upload with the service's limits; its duration. VideoError -> 4xx."""
-    from service.encoder import video_limits
-    from training.data.video import open_video
+    from media.video import open_video
 
     def _probe() -> float:
-        with open_video(upload.path, video_limits(rt.settings)) as reader:
+        with open_video(upload.path, rt.settings.video_limits) as reader:
             return reader.info.duration
 
     return await run_in_threadpool(_probe)
@@ -115,7 +112,7 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
         metadata = parse_metadata(form.fields.get("metadata"))
         if form.file.size == 0:
             raise BadRequest("the upload is empty (0 bytes)", code="empty_file")
-        existing = await run_in_threadpool(rt.store.find_by_hash, form.file.sha256)
+        existing = await run_in_threadpool(rt.catalog.find_by_hash, form.file.sha256)
         if existing is not None and existing.status != "failed":
             form.discard()
             reg = await run_in_threadpool(rt.catalog.register, form.file, existing.duration or 0.0, external_id,
@@ -142,19 +139,19 @@ def list_videos(
     if sha256 is not None:
         if not _SHA256.match(sha256):
             raise InvalidInput("sha256 must be 64 lowercase hex characters")
-        v = rt.store.find_by_hash(sha256)
+        v = rt.catalog.find_by_hash(sha256)
         videos = [v] if v is not None else []
         return VideoPage(total=len(videos), offset=0, limit=limit,
                          videos=[video_out(rt, v, with_segments=False) for v in videos])
-    videos = rt.store.list_videos(offset=offset, limit=limit)
-    return VideoPage(total=rt.store.count_videos(), offset=offset, limit=limit,
+    videos = rt.catalog.list_videos(offset=offset, limit=limit)
+    return VideoPage(total=rt.catalog.count_videos(), offset=offset, limit=limit,
                      videos=[video_out(rt, v, with_segments=False) for v in videos])
 
 
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
 def get_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
-    return video_out(rt, rt.store.get_video(video_id))
+    return video_out(rt, rt.catalog.get_video(video_id))
 
 
 @router.delete("/videos/{video_id}", status_code=204, responses=ERRORS)
@@ -166,4 +163,4 @@ def delete_video(video_id: int, rt: ServiceRuntime = Depends(runtime)) -> None:
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
 def get_job(job_id: int, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""
-    return job_out(rt.store.get_job(job_id))
+    return job_out(rt.catalog.get_job(job_id))

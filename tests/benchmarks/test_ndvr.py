@@ -21,8 +21,8 @@ from benchmarks.ndvr.baselines import (
     query_match_fraction,
 )
 from benchmarks.ndvr.metrics import average_precision, evaluate, hit_at_1
+from media.video import open_video
 from training.data.retrieval_sets import load_near_duplicate
-from training.data.video import open_video
 
 # ------------------------------------------------------------------------------------- metrics
 

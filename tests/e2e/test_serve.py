@@ -30,7 +30,7 @@ def wait_job(c: httpx.Client, job_id: int, timeout_s: float = 60) -> dict:
 
 
 def ingest_cli(folder: Path, url: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", "ingest", str(folder), "--server", url,
+    return subprocess.run([sys.executable, "-m", "cli.main", "ingest", str(folder), "--server", url,
                            "--concurrency", "3"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=300)
 

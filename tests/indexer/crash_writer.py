@@ -13,16 +13,16 @@ import sys
 
 import numpy as np
 
-from indexer import IndexConfig, Segment, VideoIndex
+from indexer import IndexConfig, Span, VideoIndex
 
 DIM = 8
 CONFIG = IndexConfig(dim=DIM, kind="flat", snapshot_every=7)
 
 
-def video(v: int) -> tuple[list[Segment], np.ndarray]:
+def video(v: int) -> tuple[list[Span], np.ndarray]:
     n = 1 + v % 5
     vecs = np.random.default_rng(v).standard_normal((n, DIM)).astype(np.float32)
-    return [Segment(float(i), float(i) + 0.5) for i in range(n)], vecs
+    return [Span(float(i), float(i) + 0.5) for i in range(n)], vecs
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from indexer import IndexConfig, InvalidVectors, Segment, VideoIndex
+from indexer import IndexConfig, InvalidVectors, Span, VideoIndex
 
 D = 16
 KINDS = ["flat", "ivf_flat", "ivf_pq", "hnsw"]
@@ -19,8 +19,8 @@ def config(kind: str, **kw) -> IndexConfig:
     )
 
 
-def segs(n: int) -> list[Segment]:
-    return [Segment(float(i), float(i + 1)) for i in range(n)]
+def segs(n: int) -> list[Span]:
+    return [Span(float(i), float(i + 1)) for i in range(n)]
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -51,9 +51,9 @@ def test_kind_after_training(filled):
 def test_search_finds_own_segment(filled):
     idx, vecs, _ = filled
     for v in (0, 17, 99):
-        hits = idx.search(vecs[v][1:2], k=1, query_segments=[Segment(5, 6)])
+        hits = idx.search(vecs[v][1:2], k=1, query_segments=[Span(5, 6)])
         assert hits[0].video_id == v
-        assert hits[0].segment == Segment(1.0, 2.0) and hits[0].query_segment == Segment(5, 6)
+        assert hits[0].segment == Span(1.0, 2.0) and hits[0].query_segment == Span(5, 6)
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
@@ -64,9 +64,9 @@ def test_delete_and_upsert(filled, tmp_path):
     assert idx.get(5) is None
     assert all(h.video_id != 5 for h in idx.search(vecs[5], k=100))
     new = unit(np.random.default_rng(7), 2)
-    idx.add_video(6, [Segment(10, 12), Segment(12, 14)], new)  # upsert: replaces all 3 segments
+    idx.add_video(6, [Span(10, 12), Span(12, 14)], new)  # upsert: replaces all 3 segments
     got = idx.get(6)
-    assert got is not None and got.segments == [Segment(10, 12), Segment(12, 14)]
+    assert got is not None and got.segments == [Span(10, 12), Span(12, 14)]
     assert idx.stats().segments == 300 - 3 - 1
     assert all(h.video_id != 6 for h in idx.search(vecs[6], k=100) if h.score > 0.999)
     assert idx.search(new[1], k=1)[0].video_id == 6
@@ -104,14 +104,14 @@ def test_aggregation_max_vs_chamfer(tmp_path):
     e = np.eye(D, dtype=np.float32)
     q = np.stack([e[0], e[1]])
     idx = VideoIndex.open(tmp_path, config("flat"))
-    idx.add_video(1, [Segment(0, 2), Segment(2, 4)], np.stack([e[0], e[5]]))  # max 1.0, chamfer 0.5
+    idx.add_video(1, [Span(0, 2), Span(2, 4)], np.stack([e[0], e[5]]))  # max 1.0, chamfer 0.5
     b = np.stack([e[0] + 0.6 * e[1], e[1] + 0.6 * e[0]])
-    idx.add_video(2, [Segment(10, 11), Segment(11, 12)], b)  # each ~0.857: chamfer 0.857
-    qs = [Segment(0, 1), Segment(1, 2)]
+    idx.add_video(2, [Span(10, 11), Span(11, 12)], b)  # each ~0.857: chamfer 0.857
+    qs = [Span(0, 1), Span(1, 2)]
     mx = idx.search(q, k=2, query_segments=qs, aggregation="max")
     assert [h.video_id for h in mx] == [1, 2]
     assert (
-        mx[0].score == pytest.approx(1.0) and mx[0].segment == Segment(0, 2) and mx[0].query_segment == qs[0]
+        mx[0].score == pytest.approx(1.0) and mx[0].segment == Span(0, 2) and mx[0].query_segment == qs[0]
     )
     ch = idx.search(q, k=2, query_segments=qs, aggregation="chamfer")
     assert [h.video_id for h in ch] == [2, 1]
@@ -158,7 +158,7 @@ def test_bad_input_is_a_typed_error(tmp_path):
     with pytest.raises(InvalidVectors):
         idx.add_video(1, segs(1), np.full((1, D), np.nan))
     with pytest.raises(InvalidVectors):
-        idx.add_video(1, [Segment(3, 2)], np.ones((1, D)))
+        idx.add_video(1, [Span(3, 2)], np.ones((1, D)))
     with pytest.raises(InvalidVectors):
         idx.search(np.zeros((1, D)))
     with pytest.raises(InvalidVectors):

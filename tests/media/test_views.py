@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from media.views import Box, active_box, crop, inner_box, mirror, view_clips
+from media.segments import view_clips
+from media.video import ffmpeg_exe, open_video
+from media.views import Box, active_box, crop, inner_box, mirror
 from model.config import InputConfig
-from training.data.video import ffmpeg_exe, open_video
 
 H264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p"]
 
@@ -29,6 +30,9 @@ def _frames(path: Path, n: int = 16) -> torch.Tensor:
 
 
 SRC = "testsrc2=size=160x90:rate=10:duration=3"
+# a smooth, slowly moving colour field (deterministic, unlike ffmpeg's `gradients`, whose geometry is random)
+BACKGROUND = ("color=c=black:size=320x180:rate=10:duration=3,format=rgb24,"
+              "geq=r='110+60*sin(X/50+T/2)':g='90+50*cos(Y/40-T/3)':b='120+40*sin((X+Y)/70)'")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +49,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # the video at 40 % of its width, over a moving gradient of the full size
         "pip": _render(root / "pip.mp4", "[0:v]scale=128:72[s];[1:v][s]overlay=100:60:shortest=1[out]",
                        *lavfi, "testsrc2=size=320x180:rate=10:duration=3", *lavfi,
-                       "gradients=size=320x180:rate=10:speed=0.02:c0=0x203060:c1=0xa06020:nb_colors=2,"
-                       "trim=duration=3"),
+                       BACKGROUND),
         "gradient": _render(root / "gradient.mp4", "[0:v]null[out]", *lavfi,
-                            "gradients=size=320x180:rate=10:speed=0.02:c0=0x203060:c1=0xa06020:nb_colors=2,"
-                            "trim=duration=3"),
+                            BACKGROUND),
         "square_letterbox": _render(root / "sq.mp4", "[0:v]pad=96:140:0:22:black[out]", *lavfi,
                                     "testsrc2=size=96x96:rate=10:duration=3"),
         "flat": _render(root / "flat.mp4", "[0:v]null[out]", *lavfi, "color=c=0x336699:size=96x64:rate=10:d=2"),

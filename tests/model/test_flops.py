@@ -1,9 +1,9 @@
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from model.flops import count_flops
 from model.presets import get_preset
-from service.cli import app
 
 
 @pytest.mark.slow

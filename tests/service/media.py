@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from media.video import ffmpeg_exe
 from model.checkpoint import ModelCard, save_checkpoint
 from model.config import BackboneConfig, DRCAConfig, HeadConfig, InputConfig
 from model.drca import DRCA
 from model.text import MINILM_DIM, TextHead
-from training.data.video import ffmpeg_exe
 
 CLASS_NAMES = ["playing guitar", "riding a bike", "cooking", "swimming", "dancing"]
 

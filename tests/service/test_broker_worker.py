@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import Segment
+from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
 from service.encoder import DecodedVideo
 from service.errors import WorkerUnavailable
@@ -68,7 +68,7 @@ class FakeEncoder:
         time.sleep(0.1)
         with self.lock:
             self.events.append(("decode", t0, time.perf_counter()))
-        return DecodedVideo(torch.zeros(2, 3, 2, 4, 4), [Segment(0, 1), Segment(1, 2)], 2.0)
+        return DecodedVideo(torch.zeros(2, 3, 2, 4, 4), [Span(0, 1), Span(1, 2)], 2.0)
 
     def forward(self, clips: torch.Tensor):
         t0 = time.perf_counter()

@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from media.video import DEFAULT_LIMITS
 from service.app import STATIC_DIR, create_app
 from service.routes.media import MEDIA_TYPES
 from service.storage import VIDEO_EXTENSIONS
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings
-from training.data.video import DEFAULT_LIMITS
 
 
 @pytest.fixture(scope="module")

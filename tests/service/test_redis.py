@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer import Segment
-from indexer.errors import DuplicateContent, NotFound
-from indexer.redis_store import RedisMetadataStore
-from indexer.store import InvalidTransition
+from indexer import Span
 from service.app import create_app
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
@@ -22,6 +19,8 @@ from service.errors import ServiceError, WorkerUnavailable
 from service.redis_broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
 from service.runtime import ServiceRuntime
 from service.storage import VideoStorage
+from service.store import DuplicateContent, InvalidTransition, NotFound
+from service.store.redis import RedisMetadataStore
 from service.vector_stream import RedisVectorLog
 from tests.service.conftest import make_settings, upload, wait_job
 
@@ -59,7 +58,7 @@ def test_store_keeps_records_statuses_and_jobs(redis_server):
 
 def test_reply_encoding_round_trip():
     res = InferenceResult(probs=np.arange(3, dtype=np.float32), vectors=np.eye(2, 4, dtype=np.float32),
-                          segments=[Segment(0.0, 4.0), Segment(4.0, 6.5)], duration=6.5)
+                          segments=[Span(0.0, 4.0), Span(4.0, 6.5)], duration=6.5)
     back = decode_reply(encode_reply(res, None))
     assert back.probs.tolist() == [0, 1, 2] and back.vectors.shape == (2, 4) and back.segments[1].end == 6.5
     assert back.sentence is None and back.duration == 6.5
@@ -204,7 +203,7 @@ def test_rate_limit_is_per_key_with_retry_after(redis_server, checkpoint, tmp_pa
 def test_unusable_redis_url_exits_2_at_start(command, url, checkpoint):
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, [command, "--redis", url, "--checkpoint", str(checkpoint)])
     assert r.exit_code == 2, r.output
@@ -218,7 +217,7 @@ def test_worker_health_check(redis_server, checkpoint, tmp_path):
 
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from cli.main import app
 
     args = ["worker", "--check", "--redis", redis_server.url, "--checkpoint", str(checkpoint)]
     assert CliRunner().invoke(app, args).exit_code == 1

@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from model.checkpoint import SHIPPED_CHECKPOINT
 from service.app import create_app
-from service.settings import SHIPPED_CHECKPOINT, Settings
+from service.settings import Settings
 from tests.service.conftest import make_settings
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from service.encoder import VideoEncoder
-from service.settings import SHIPPED_CHECKPOINT, Settings
+from service.settings import Settings
 from training.data.synth import SynthConfig, generate
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from media.video import ffmpeg_exe
 from model.checkpoint import load_checkpoint
 from tests.training.test_trainers import TINY_MODEL
-from training.data.video import ffmpeg_exe
 from training.shipped import ShippedConfig, build_shipped
 
 

@@ -127,7 +127,7 @@ def test_ddp_two_cpu_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
     overrides = [*TINY_MODEL, *TINY_DATA, f"data.train_list={synth}/train.txt", "data.batch_size=2",
                  "solver.optimizer=adamw", "solver.lr=1e-3", "solver.epochs=1", f"run.out_dir={out}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "service.cli", "train", "classify", *[a for o in overrides for a in ("--set", o)]]
+           "-m", "cli.main", "train", "classify", *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -144,6 +144,6 @@ def test_bad_configuration_is_a_clear_error(synth: Path, tmp_path: Path) -> None
         train_classify(replace(classify_cfg(synth, tmp_path / "x"), data=replace(ClassifyConfig().data)))
     with pytest.raises(ValueError, match="unknown config key"):
         apply_overrides(ClassifyConfig(), ["solver.nope=1"])
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "train", "classify", "--set", "solver.lr=abc"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "classify", "--set", "solver.lr=abc"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr

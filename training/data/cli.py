@@ -1,4 +1,4 @@
-"""`drca synth` and `drca media ...` commands (wired into the root CLI by ``service/cli.py``)."""
+"""`drca synth` and `drca media ...` commands (wired into the root CLI by ``cli/main.py``)."""
 
 from __future__ import annotations
 

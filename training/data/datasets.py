@@ -1,7 +1,7 @@
 """Training datasets over video lists: decode once into an in-memory frame cache, then sample and augment.
 
 Decoding an H.264 file for every training step costs more than the CPU model's forward pass, so the
-trainers decode each video once (the one reader, `training.data.video`) into a `FrameCache`: ``frames``
+trainers decode each video once (the one reader, `media.video`) into a `FrameCache`: ``frames``
 frames evenly spread over the video (or, for long videos, ``cache_fps`` frames per second in windows of
 ``window_frames``), resized to ``short_side`` pixels. Steps then only index and augment.
 
@@ -31,9 +31,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from training.data import transforms as T
-from training.data.sampling import SampleFrames, frame_timeline, uniform_sample
-from training.data.video import VideoError, VideoLimits, open_video
+from media.sampling import SampleFrames, frame_timeline, uniform_sample
+from media.transforms import InputSpec, preprocess, resize_short_side, to_float_tchw
+from media.video import VideoError, VideoLimits, open_video
+from training.data.augment import NEAR_DUPLICATE_AUGMENT, AugmentConfig, preprocess_train
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def cache_video(path: Path, cfg: CacheConfig, limits: VideoLimits | None = None)
             for wt in _window_times(info.duration, cfg):
                 idx = np.clip(np.searchsorted(times, wt, side="right") - 1, 0, info.num_frames - 1)
                 frames = reader.get_frames(idx).frames  # (n, H, W, 3) uint8
-                x = T.resize_short_side(T.to_float_tchw(frames), cfg.short_side)
+                x = resize_short_side(to_float_tchw(frames), cfg.short_side)
                 windows.append(x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous())
             return windows
     except VideoError as e:
@@ -118,7 +119,7 @@ def jittered_indices(available: int, num_frames: int, rng: np.random.Generator, 
 class ClipDataset(Dataset):
     """Classification clips from a `FrameCache` (labelled windows only)."""
 
-    def __init__(self, cache: FrameCache, input_cfg: T.InputSpec, num_frames: int, aug: T.AugmentConfig | None,
+    def __init__(self, cache: FrameCache, input_cfg: InputSpec, num_frames: int, aug: AugmentConfig | None,
                  seed: int = 0, min_span: float = 0.75) -> None:
         self.windows = [w for w in cache.windows if w.label >= 0]
         self.input_cfg, self.num_frames, self.aug = input_cfg, num_frames, aug
@@ -134,18 +135,18 @@ class ClipDataset(Dataset):
         w = self.windows[i]
         if self.aug is None:  # evaluation: the centre frame of each of T equal parts, centre crop
             idx = uniform_sample(len(w.frames), 1.0, self.num_frames, test_mode=True).indices
-            return T.preprocess(w.frames[idx], self.input_cfg), w.label
+            return preprocess(w.frames[idx], self.input_cfg), w.label
         seed = item_seed(self.seed, self.epoch, i)
         rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
         idx = jittered_indices(len(w.frames), self.num_frames, rng, self.min_span)
-        return T.preprocess_train(w.frames[idx], self.input_cfg, self.aug, g), w.label
+        return preprocess_train(w.frames[idx], self.input_cfg, self.aug, g), w.label
 
 
 class InstanceDataset(Dataset):
     """Near-duplicate instances: every cached window; ``views`` independently sampled, augmented clips."""
 
-    def __init__(self, cache: FrameCache, input_cfg: T.InputSpec, num_frames: int, views: int = 2,
-                 aug: T.AugmentConfig = T.NEAR_DUPLICATE_AUGMENT, seed: int = 0, min_span: float = 0.6) -> None:
+    def __init__(self, cache: FrameCache, input_cfg: InputSpec, num_frames: int, views: int = 2,
+                 aug: AugmentConfig = NEAR_DUPLICATE_AUGMENT, seed: int = 0, min_span: float = 0.6) -> None:
         self.windows = cache.windows
         self.input_cfg, self.num_frames, self.views, self.aug = input_cfg, num_frames, views, aug
         self.seed, self.min_span, self.epoch = seed, min_span, 0
@@ -160,7 +161,7 @@ class InstanceDataset(Dataset):
         w = self.windows[i]
         seed = item_seed(self.seed, self.epoch, i)
         rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-        out = [T.preprocess_train(w.frames[jittered_indices(len(w.frames), self.num_frames, rng, self.min_span)],
+        out = [preprocess_train(w.frames[jittered_indices(len(w.frames), self.num_frames, rng, self.min_span)],
                                   self.input_cfg, self.aug, g) for _ in range(self.views)]
         return torch.stack(out), i, w.label
 
@@ -168,7 +169,7 @@ class InstanceDataset(Dataset):
 class DecodedClipDataset(Dataset):
     """Evaluation clips decoded from the files: ``(clips (K, C, T, S, S), label)``, K test clips a video."""
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], input_cfg: T.InputSpec, num_frames: int,
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], input_cfg: InputSpec, num_frames: int,
                  sampler: SampleFrames | None = None, limits: VideoLimits | None = None) -> None:
         self.paths, self.labels = list(paths), list(labels)
         self.input_cfg, self.num_frames, self.sampler, self.limits = input_cfg, num_frames, sampler, limits
@@ -189,5 +190,5 @@ class DecodedClipDataset(Dataset):
         except VideoError as e:
             raise type(e)(f"{path}: {e.reason}") from None
         t = self.num_frames
-        clips = [T.preprocess(frames[k : k + t], self.input_cfg) for k in range(0, len(frames), t)]
+        clips = [preprocess(frames[k : k + t], self.input_cfg) for k in range(0, len(frames), t)]
         return torch.stack(clips), self.labels[i]

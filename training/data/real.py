@@ -177,7 +177,7 @@ def _unpack_wheel(wheel: Path, out: Path) -> tuple[str, Path]:
 def probe_video(path: Path) -> tuple[float, int, int, int]:
     """Return (fps, frames, width, height); raises if the file does not decode a frame.
 
-    Uses decord directly; once ``training.data.video`` is on main this should go through its reader.
+    Uses decord directly; once ``media.video`` is on main this should go through its reader.
     """
     import decord
 

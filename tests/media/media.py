@@ -1,13 +1,16 @@
-"""Generated test media: videos whose frames encode their own index, and a table of bad inputs."""
+"""Generated test media: videos whose frames encode their own index, a table of bad inputs, and random
+decoded frames with a stand-in input config for the preprocessing tests."""
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from training.data.video import ffmpeg_exe
+from media.video import ffmpeg_exe
 
 BITS = 10  # frame indices up to 1023
 BLOCK = 16  # each bit is a BLOCK x BLOCK black/white square: survives any sane encoder
@@ -79,3 +82,16 @@ def write_vfr_video(path: Path, num_frames: int = 40) -> Path:
 def lavfi(path: Path, src: str, *args: str) -> Path:
     ffmpeg("-f", "lavfi", "-i", src, *args, str(path))
     return path
+
+
+@dataclass(frozen=True)
+class Cfg:  # stands in for model.config.InputConfig (duck-typed)
+    num_frames: int = 4
+    img_size: int = 32
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+
+def frames(t: int = 4, h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (t, h, w, 3), generator=g, dtype=torch.uint8)

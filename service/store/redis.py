@@ -22,14 +22,15 @@ from dataclasses import replace as _replace
 
 import redis
 
-from indexer.errors import DuplicateContent, NotFound
-from indexer.store import (
+from service.store import (
     JOB_TRANSITIONS,
     VIDEO_TRANSITIONS,
+    DuplicateContent,
     InvalidTransition,
     JobRecord,
     JobStatus,
     Label,
+    NotFound,
     VideoRecord,
     VideoStatus,
 )

@@ -14,17 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.data.media import (
-    CODE_H,
-    CODE_W,
-    ffmpeg,
-    lavfi,
-    read_index,
-    write_index_video,
-    write_vfr_video,
-)
-from training.data import video as video_mod
-from training.data.video import (
+from media import video as video_mod
+from media.video import (
     EmptyVideo,
     NoVideoStream,
     VideoDecodeError,
@@ -35,6 +26,15 @@ from training.data.video import (
     VideoUnavailable,
     ffmpeg_exe,
     open_video,
+)
+from tests.media.media import (
+    CODE_H,
+    CODE_W,
+    ffmpeg,
+    lavfi,
+    read_index,
+    write_index_video,
+    write_vfr_video,
 )
 
 # Every case must finish in < 2 s (media are generated in fixtures, outside the timed part).
@@ -353,7 +353,7 @@ def test_bad_inputs_never_crash_the_process(bad_media: dict[str, Path]) -> None:
     """Run every bad case in a child process: a C-level crash (segfault/abort) would show as rc < 0."""
     code = (
         "import sys\n"
-        "from training.data.video import open_video, VideoError\n"
+        "from media.video import open_video, VideoError\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n"
         "        r = open_video(p); r.get_frames(list(range(len(r))))\n"

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from indexer.errors import DuplicateContent, NotFound
-from indexer.store import InvalidTransition, Label, MetadataStore, SQLiteMetadataStore
+from service.store import DuplicateContent, InvalidTransition, Label, MetadataStore, NotFound
+from service.store.sqlite import SQLiteMetadataStore
 
 
 def h(i: int) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.data.media import read_index
-from training.data.sampling import SampleFrames, fixed_segments, frame_timeline, uniform_sample
-from training.data.video import open_video
+from media.sampling import SampleFrames, fixed_segments, frame_timeline, uniform_sample
+from media.video import open_video
+from tests.media.media import read_index
 
 
 def decoded_indices(path: Path, indices: np.ndarray) -> list[int]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.data.media import write_index_video
+from tests.media.media import write_index_video
 
 
 @pytest.fixture(scope="session")
