@@ -20,7 +20,7 @@ from torch import Tensor
 from media.sampling import Segment, fixed_segments
 from media.transforms import Fit, preprocess
 from media.video import VideoReader
-from media.views import Box, active_box, crop, inner_box, mirror
+from media.views import Box, Picture, active_box, crop, grey_normalised, inner_box, mirror
 from model.config import InputConfig
 
 
@@ -55,13 +55,16 @@ def _probe(frames: list[Tensor]) -> Tensor:
 
 
 def view_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0, fit: Fit = "crop",
-               remove_borders: bool = False, views: tuple[View, ...] = ("original",)) -> ViewClips:
+               remove_borders: bool = False, views: tuple[View, ...] = ("original",),
+               picture: Picture = "rgb") -> ViewClips:
     """The retrieval segments of ``reader`` (``fixed_segments``: ``segment_fps`` frames a second, clips
     of ``num_frames``), each preprocessed in every view asked for:
 
     * ``original``: the active picture (inside the borders when ``remove_borders``, else the whole frame);
     * ``mirrored``: its left-right mirror image;
     * ``inner``: the inner picture found inside it (``inner_box``); left out when none is found.
+
+    ``picture="grey"``: every clip is then replaced by its normalised grey view (``grey_normalised``).
 
     Borders and the inner picture are found once per video, on frames of its first ``PROBE_SEGMENTS``
     segments. Frames are decoded one segment at a time (memory stays bounded for long videos)."""
@@ -99,7 +102,8 @@ def view_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0, 
                 x = crop(frames, inner)
             else:
                 raise ValueError(f"unknown view {v!r}")
-            clips.append(preprocess(x, inp, fit))
+            clip = preprocess(x, inp, fit)
+            clips.append(grey_normalised(clip) if picture == "grey" else clip)
             rows.append(seg)
             names.append(v)
     return ViewClips(torch.stack(clips), rows, names, boxes, (full.w, full.h))

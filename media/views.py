@@ -23,9 +23,12 @@ score is the inner picture (edges of the content can close smaller rectangles in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+Picture = Literal["rgb", "grey"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,16 @@ def inner_box(frames: torch.Tensor, cfg: InnerConfig = InnerConfig()) -> Box | N
     bx, by = round((int(x0[i]) + 1) / scale), round((int(y0[j]) + 1) / scale)
     bw, bh = round(int(x1[i] - x0[i]) / scale), round(int(y1[j] - y0[j]) / scale)
     return Box(bx, by, min(bw, w - bx), min(bh, h - by))
+
+
+def grey_normalised(clip: torch.Tensor, std: float = 0.5) -> torch.Tensor:
+    """A photometric normal form of a preprocessed clip ``(C, T, H, W)``: each frame's luma (ITU-R 601),
+    standardised to mean 0 and standard deviation ``std`` (a flat frame stays 0), in all three channels.
+    Grey copies, hue and saturation changes (which leave luma alone) and brightness/contrast changes
+    (affine in luma, up to clipping) give the same clip."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=clip.dtype).view(3, 1, 1, 1)
+    y = (clip * w).sum(0)  # (T, H, W)
+    mean = y.mean(dim=(1, 2), keepdim=True)
+    dev = y.std(dim=(1, 2), keepdim=True, correction=0)
+    y = torch.where(dev > 1e-3, (y - mean) / dev.clamp_min(1e-3) * std, torch.zeros_like(y))
+    return y.unsqueeze(0).expand(3, -1, -1, -1).contiguous()

@@ -79,7 +79,8 @@ class VideoEncoder:
         views = ("original", *self.settings.query_views) if query else ("original",)
         with open_video(path, self.limits) as reader:
             vc = view_clips(reader, self.config.input, self.settings.segment_fps,
-                            remove_borders=self.settings.remove_borders, views=views)
+                            remove_borders=self.settings.remove_borders, views=views,
+                            picture=self.settings.picture)
             duration = reader.info.duration
         boxes = {v: b.as_list() for v, b in vc.boxes.items() if not b.is_full(*vc.frame_size)}
         return DecodedVideo(vc.clips, [Span(s.start_s, max(s.start_s, s.end_s)) for s in vc.segments], duration,

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # near-duplicate robustness (docs/api.md#views): embed the picture inside constant-colour borders
     # (at ingest and for queries; changing it needs a re-ingest), and embed query videos in these extra views
     remove_borders: bool = True
+    picture: Literal["rgb", "grey"] = "rgb"  # "grey": embed a normalised grey view (media.views.grey_normalised)
     query_views: list[Literal["mirrored", "inner"]] = Field(default_factory=lambda: ["mirrored", "inner"])
     # text search: score = w_head * head + w_class * class + w_meta * meta (docs/api.md)
     text_weight_head: float = 1.0

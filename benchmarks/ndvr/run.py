@@ -144,7 +144,7 @@ def _subsets(names: list[str]) -> list[tuple[str, ...]]:
 
 #: the settings that decide what the benchmark measures, recorded in the JSON
 SETTINGS_RECORDED = {"checkpoint", "aggregation", "segment_fps", "batch_size", "decode_threads", "torch_threads",
-                     "query_views", "remove_borders"}
+                     "query_views", "remove_borders", "picture"}
 
 
 def _ingest(client, database: list[str], paths: dict[str, Path], seconds: float,

@@ -10,7 +10,7 @@ import torch
 
 from media.segments import view_clips
 from media.video import ffmpeg_exe, open_video
-from media.views import Box, active_box, crop, inner_box, mirror
+from media.views import Box, active_box, crop, grey_normalised, inner_box, mirror
 from model.config import InputConfig
 
 H264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p"]
@@ -120,3 +120,17 @@ def test_inner_view_is_left_out_when_there_is_no_inner_picture(clips: dict[str, 
     with open_video(clips["pip"]) as r:
         vc = view_clips(r, inp, views=("original", "inner"))
     assert set(vc.views) == {"original", "inner"} and _close(vc.boxes["inner"], (100, 60, 128, 72), tol=3)
+
+
+def test_grey_normalised_is_invariant_to_grey_and_affine_brightness() -> None:
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(3, 2, 16, 16, generator=g) * 2 - 1  # a preprocessed clip in [-1, 1]
+    luma = (clip * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)
+    grey = luma.expand(3, -1, -1, -1)  # the same picture without colour
+    brighter = 0.6 * clip + 0.2  # contrast and brightness: affine in every channel
+    ref = grey_normalised(clip)
+    assert ref.shape == clip.shape and torch.equal(ref[0], ref[2])
+    assert torch.allclose(grey_normalised(grey), ref, atol=1e-5)
+    assert torch.allclose(grey_normalised(brighter), ref, atol=1e-5)
+    assert not torch.allclose(grey_normalised(clip.flip(-1)), ref, atol=1e-2)
+    assert torch.equal(grey_normalised(torch.full((3, 1, 4, 4), 0.3)), torch.zeros(3, 1, 4, 4))  # flat
