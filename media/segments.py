@@ -77,13 +77,14 @@ def view_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0, 
     full = Box(0, 0, info.width, info.height)
     if head and (head[0].shape[2], head[0].shape[1]) != (info.width, info.height):  # rotated upright
         full = Box(0, 0, int(head[0].shape[2]), int(head[0].shape[1]))
-    active = active_box(_probe(head)) if remove_borders else full
+    probe = _probe(head)
+    active = active_box(probe) if remove_borders else full
     boxes: dict[str, Box] = {"original": active}
     if "mirrored" in views:
         boxes["mirrored"] = active
     inner = None
     if "inner" in views:
-        inner = inner_box(crop(_probe(head), active))
+        inner = inner_box(crop(probe, active))
         if inner is not None:
             boxes["inner"] = Box(active.x + inner.x, active.y + inner.y, inner.w, inner.h)
     clips: list[Tensor] = []

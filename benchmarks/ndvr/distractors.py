@@ -18,7 +18,8 @@ Three kinds, all short (2-6 s) and small (320 px wide), so that 1,000+ of them c
 * ``tail``: cuts of the long allowed video ``opencv-doc__vtest`` after the 30 s the benchmark's original
   keeps (the same fixed camera and street, other people: a hard distractor, not a copy).
 
-Every distractor is H.264 (the build's encoding settings). Choices come from
+Every distractor is H.264 (the build's encoding settings); byte-identical results (one image shipped
+twice under the same file name) are kept once. Choices come from
 ``numpy.random.default_rng([seed, crc32(kind:source)])``. Output (``OUT``): ``videos/<id>.mp4``,
 ``distractors.tsv`` (id, kind, source, parameters as JSON) and ``distractors.json`` (counts, durations).
 """
@@ -26,6 +27,7 @@ Every distractor is H.264 (the build's encoding settings). Choices come from
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -186,6 +188,23 @@ def render(job: Job, out: Path, cfg: BuildConfig) -> None:
     tmp.replace(dst)
 
 
+def _distinct(jobs: list[Job], out: Path) -> tuple[list[Job], list[str]]:
+    """Drop byte-identical videos (the same image shipped twice under one name gets the same motion):
+    the service stores one video per content, so the database would silently hold fewer."""
+    seen: set[str] = set()
+    keep, dropped = [], []
+    for j in jobs:
+        path = out / "videos" / f"{j.id}.mp4"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen:
+            dropped.append(j.id)
+            path.unlink()
+            continue
+        seen.add(digest)
+        keep.append(j)
+    return keep, dropped
+
+
 def make_synth(out: Path, seeds: list[int], per_class: int) -> list[Path]:
     dirs = []
     for s in seeds:
@@ -216,6 +235,7 @@ def build(stills: Path, real: Path, out: Path, seed: int, stills_count: int, syn
 
     with ThreadPoolExecutor(workers) as pool:
         done = [j for j in tqdm(pool.map(one, jobs), total=len(jobs), desc="distractors", unit="video") if j]
+    done, dropped = _distinct(done, out)
     durations = {}
     for j in done:
         with open_video(out / "videos" / f"{j.id}.mp4") as r:
@@ -226,7 +246,7 @@ def build(stills: Path, real: Path, out: Path, seed: int, stills_count: int, syn
     kinds: dict[str, int] = {}
     for j in done:
         kinds[j.kind] = kinds.get(j.kind, 0) + 1
-    meta = {"seed": seed, "count": len(done), "kinds": kinds, "failed": failed,
+    meta = {"seed": seed, "count": len(done), "kinds": kinds, "failed": failed, "identical_dropped": dropped,
             "video_seconds": round(sum(durations.values()), 3), "durations_s": durations}
     path = out / "distractors.json"
     path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")

@@ -66,6 +66,7 @@ class ServiceRun:
     views: dict[str, list[str | None]]  # aggregation -> the view of each query's top hit
     boxes: list[list[int] | None]  # each query's "original" view box (the active picture), None: all
     route_latency_s: list[float]  # POST /v1/search (file upload, k=10), whole route, per query
+    route_cpu_s: list[float]  # CPU time of this process (all threads: gateway, worker) during that call
     embed_s: list[float]  # SearchService.embed_video_query, per query
     search_s: dict[str, list[float]]  # aggregation -> SearchService.video_query(k=10), per query
     ingest: dict[str, Any]
@@ -102,15 +103,16 @@ class ServiceMethod:
                 aggs = ("max", "chamfer")
                 scores = {a: np.full((len(queries), len(database)), -np.inf) for a in aggs}
                 views: dict[str, list[str | None]] = {a: [] for a in aggs}
-                boxes, route_s, embed_s = [], [], []
+                boxes, route_s, route_cpu_s, embed_s = [], [], [], []
                 search_s: dict[str, list[float]] = {a: [] for a in aggs}
                 subsets = [("original", *extra) for extra in _subsets(settings.query_views)]
                 view_scores = {"+".join(v): np.full((len(queries), len(database)), -np.inf) for v in subsets}
                 for qi, q in enumerate(tqdm(queries, desc="drca queries", unit="query")):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     with paths[q].open("rb") as f:
                         r = client.post("/v1/search", files={"file": (paths[q].name, f)}, data={"k": "10"})
                     route_s.append(time.perf_counter() - t0)
+                    route_cpu_s.append(time.process_time() - c0)
                     if r.status_code != 200:
                         raise RuntimeError(f"{q}: POST /v1/search -> {r.status_code} {r.text[:300]}")
                     t0 = time.perf_counter()
@@ -130,7 +132,7 @@ class ServiceMethod:
                         part = VideoQuery([v for v in query.views if v.name in subset])
                         for m in svc.video_query(part, len(ids), None, set()):
                             view_scores["+".join(subset)][qi, col[ids[m.hit.video_id]]] = m.hit.score
-        return ServiceRun(scores, view_scores, views, boxes, route_s, embed_s, search_s, ingest,
+        return ServiceRun(scores, view_scores, views, boxes, route_s, route_cpu_s, embed_s, search_s, ingest,
                           json.loads(settings.model_dump_json(include=SETTINGS_RECORDED)))
 
 
@@ -159,6 +161,9 @@ def _ingest(client, database: list[str], paths: dict[str, Path], seconds: float,
         if r.status_code not in (200, 202):
             raise RuntimeError(f"{vid}: POST /v1/videos -> {r.status_code} {r.text[:300]}")
         body = r.json()
+        if body["video_id"] in ids:  # the service keeps one video per content
+            raise RuntimeError(f"{vid} has the same content as {ids[body['video_id']]}: the database would "
+                               "hold one video fewer; rebuild the distractors (they drop identical files)")
         jobs[body["job_id"]] = vid
         ids[body["video_id"]] = vid
     failed: dict[str, str] = {}
@@ -336,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 name: by_size(sc, db, sizes, bench, keep_per_query=False) for name, sc in run.view_scores.items()}
             results["service"] = {
                 "settings": run.settings, "ingest": run.ingest,
-                "route_latency": percentiles(run.route_latency_s), "embed_latency": percentiles(run.embed_s),
+                "route_latency": percentiles(run.route_latency_s), "route_cpu": percentiles(run.route_cpu_s),
+                "embed_latency": percentiles(run.embed_s),
                 "query_boxes": {q: b for q, b in zip(queries, run.boxes, strict=True) if b is not None},
             }
             continue
