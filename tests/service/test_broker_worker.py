@@ -63,7 +63,7 @@ class FakeEncoder:
         self.events: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
 
-    def decode(self, path: str) -> DecodedVideo:
+    def decode(self, path: str, query: bool = False) -> DecodedVideo:
         t0 = time.perf_counter()
         time.sleep(0.1)
         with self.lock:
