@@ -1,7 +1,9 @@
 """Video and text search over the index.
 
 Video query: the query's segment embeddings against every indexed segment, aggregated per video
-(`max` by default: the best pair of segments; `chamfer` in settings).
+(`max` by default: the best pair of segments; `chamfer` in settings). An uploaded query is embedded in
+several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoder`);
+each view is searched on its own and a video scores its best view, which the hit names (`VideoMatch`).
 
 Text query, for each candidate video v (weights and the rest in settings; docs/api.md has examples):
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from indexer import Span, VideoHit
+from indexer.index import Aggregation
 from model.text import text_encoder_id
 from service.broker import InferenceRequest
 from service.catalog import TextTable
@@ -34,6 +38,39 @@ log = logging.getLogger(__name__)
 
 #: Texts per embedding request while the concept bank is built (each request is one worker pass).
 BANK_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class QueryView:
+    name: str  # "original", "mirrored", ... (service.encoder.QUERY_VIEWS)
+    vectors: np.ndarray  # (S, E) L2-normalised
+    segments: list[Span] | None
+    box: list[int] | None = None  # the region of the query's frame embedded, [x, y, w, h]; None: all
+
+
+@dataclass(frozen=True)
+class VideoQuery:
+    views: list[QueryView]
+
+
+@dataclass(frozen=True)
+class VideoMatch:
+    hit: VideoHit
+    view: str | None  # the query view that gave the hit's score (None: a text query)
+    box: list[int] | None  # that view's region of the query frame
+
+
+def video_query_from(vectors: np.ndarray, segments: list[Span] | None, views: list[str] | None = None,
+                     boxes: dict[str, list[int]] | None = None) -> VideoQuery:
+    """Group an embedding result's rows by view (rows without a view name are all "original")."""
+    if views is None:
+        return VideoQuery([QueryView("original", vectors, segments, (boxes or {}).get("original"))])
+    out = []
+    for name in dict.fromkeys(views):
+        rows = [i for i, v in enumerate(views) if v == name]
+        segs = [segments[i] for i in rows] if segments is not None else None
+        out.append(QueryView(name, vectors[rows], segs, (boxes or {}).get(name)))
+    return VideoQuery(out)
 
 
 class SearchService:
@@ -78,17 +115,33 @@ class SearchService:
         return t
 
     # queries ------------------------------------------------------------------------------------
-    def video_query(self, vectors: np.ndarray, segments: list[Span] | None, k: int, min_score: float | None,
-                    exclude: set[int]) -> list[VideoHit]:
-        return self.rt.index.search(vectors, k=k, query_segments=segments, aggregation=self.rt.settings.aggregation,
-                                    min_score=min_score, exclude_ids=exclude)
+    def embed_video_query(self, path: str) -> VideoQuery:
+        """An uploaded query video -> its views' segment embeddings (one request to an encoder worker)."""
+        res = self.rt.broker.infer(InferenceRequest("embed_video", video_path=path),
+                                   self.rt.settings.inference_timeout_s)
+        return video_query_from(res.vectors, res.segments, res.views, res.boxes)
 
-    def stored_vectors(self, video_id: int):
+    def video_query(self, query: VideoQuery, k: int, min_score: float | None, exclude: set[int],
+                    aggregation: Aggregation | None = None) -> list[VideoMatch]:
+        """Top-k videos over all views of the query: each view searched on its own, a video scores its
+        best view (exact: a video in the merged top-k is in the top-k of its best view)."""
+        agg = aggregation or self.rt.settings.aggregation
+        best: dict[int, VideoMatch] = {}
+        for view in query.views:
+            for h in self.rt.index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
+                                          min_score=min_score, exclude_ids=exclude):
+                cur = best.get(h.video_id)
+                if cur is None or h.score > cur.hit.score:
+                    best[h.video_id] = VideoMatch(h, view.name, view.box)
+        return sorted(best.values(), key=lambda m: (-m.hit.score, m.hit.video_id))[:k]
+
+    def stored_query(self, video_id: int) -> VideoQuery:
+        """"More like this": an indexed video's own segments, as stored (one view)."""
         stored = self.rt.index.get(video_id)
         if stored is None:
             self.rt.catalog.get_video(video_id)  # NotFound -> 404
             raise InvalidInput(f"video {video_id} is not indexed yet (see its job)")
-        return stored
+        return video_query_from(stored.vectors, stored.segments)
 
     def text_query(self, text: str, k: int, min_score: float | None, exclude: set[int]) -> list[VideoHit]:
         s = self.rt.settings
@@ -143,9 +196,9 @@ def side_scores(table: TextTable, bank: ConceptBank | None, q_sent: np.ndarray,
     return ids, total
 
 
-def external_ids(rt: ServiceRuntime, hits: list[VideoHit]) -> dict[int, str | None]:
+def external_ids(rt: ServiceRuntime, hits: list[VideoHit] | list[VideoMatch]) -> dict[int, str | None]:
     out = {}
-    for h in hits:
+    for h in (m.hit if isinstance(m, VideoMatch) else m for m in hits):
         try:
             out[h.video_id] = rt.catalog.get_video(h.video_id).external_id
         except KeyError:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
 
     # search
     aggregation: Literal["max", "chamfer"] = "max"
+    # near-duplicate robustness (docs/api.md#views): embed the picture inside constant-colour borders
+    # (at ingest and for queries; changing it needs a re-ingest), and embed query videos in these extra views
+    remove_borders: bool = True
+    picture: Literal["rgb", "grey"] = "rgb"  # "grey": embed a normalised grey view (media.views.grey_normalised)
+    query_views: list[Literal["mirrored", "inner"]] = Field(default_factory=lambda: ["mirrored", "inner"])
     # text search: score = w_head * head + w_concept * concept + w_meta * max(0, meta - floor) (docs/api.md)
     text_weight_head: float = 1.0
     text_weight_concept: float = 1.0

@@ -57,6 +57,8 @@ class FakeVideo:
 
     segments = [Span(0, 1), Span(1, 2)]
     duration = 2.0
+    views = None
+    boxes = None
 
     def __init__(self, encoder: FakeEncoder) -> None:
         self.encoder = encoder
@@ -83,7 +85,7 @@ class FakeEncoder:
         self.events: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
 
-    def open(self, path: str) -> FakeVideo:
+    def open(self, path: str, query: bool = False) -> FakeVideo:
         return FakeVideo(self)
 
     def forward(self, clips: torch.Tensor):

@@ -1,0 +1,53 @@
+"""Query views through the API: a mirrored copy matches in the `mirrored` view, a letterboxed copy is
+embedded from its active picture (`query_box`), and the response fields of every kind of query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.service.conftest import ingest
+from tests.service.media import ffmpeg
+
+ENC = ("-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p")
+
+
+@pytest.fixture(scope="module")
+def copies(media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("copies")
+    out = {"mirrored": root / "mandel_hflip.mp4", "letterbox": root / "testsrc_letterbox.mp4"}
+    ffmpeg("-i", str(media["mandel"]), "-vf", "hflip", *ENC, str(out["mirrored"]))
+    ffmpeg("-i", str(media["testsrc"]), "-vf", "pad=96:140:0:22:black", *ENC, str(out["letterbox"]))
+    return out
+
+
+def _search(client, path: Path, k: int = 3) -> list[dict]:
+    with open(path, "rb") as f:
+        r = client.post("/v1/search", files={"file": (path.name, f)}, data={"k": str(k)})
+    assert r.status_code == 200, r.text
+    return r.json()["hits"]
+
+
+def test_mirrored_copy_matches_in_the_mirrored_view(client, media, copies):
+    vid = ingest(client, media["mandel"])
+    hit = _search(client, copies["mirrored"])[0]
+    assert hit["video_id"] == vid and hit["view"] == "mirrored"
+    assert hit["score"] > 0.98 and hit["query_box"] is None  # no borders: the whole frame
+
+
+def test_letterboxed_copy_is_embedded_from_its_active_picture(client, media, copies):
+    vid = ingest(client, media["testsrc"])
+    hit = _search(client, copies["letterbox"])[0]
+    assert hit["video_id"] == vid and hit["view"] in ("original", "mirrored")
+    x, y, w, h = hit["query_box"]
+    assert (x, w) == (0, 96) and abs(y - 22) <= 2 and abs(h - 96) <= 2
+    assert hit["score"] > 0.98
+
+
+def test_stored_and_text_queries_name_their_view(client, media):
+    vid = ingest(client, media["bars"])
+    hits = client.post("/v1/search", json={"video_id": vid, "k": 3}).json()["hits"]
+    assert hits and all(h["view"] == "original" and h["query_box"] is None for h in hits)
+    hits = client.post("/v1/search", json={"text": "a swimming race", "k": 2}).json()["hits"]
+    assert hits and all(h["view"] is None and h["query_box"] is None for h in hits)
