@@ -190,10 +190,7 @@ def train_distill(cfg: DistillConfig, resume: bool = True) -> Path:
         engine.init_from_checkpoint(model, cfg.init_from)
         card = load_checkpoint(cfg.init_from).card.model_copy(update=imagenet)
     model.to(device)
-    optimizer = engine.build_optimizer(engine.param_groups(model, cfg.solver, model.no_weight_decay()), cfg.solver)
-    state = engine.TrainState()
-    if resume and (out_dir / engine.STATE).exists():
-        state, _ = engine.load_state(out_dir / engine.STATE, model, optimizer)
+    optimizer, state = engine.start_training(model, cfg.solver, out_dir, resume)
     net = engine.wrap_ddp(model, d)
     lc = cfg.loss
 

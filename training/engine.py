@@ -273,6 +273,17 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     return TrainState(epoch=payload["epoch"], step=payload["step"]), payload.get("extra", {})
 
 
+def start_training(model: nn.Module, solver: SolverConfig, out_dir: Path,
+                   resume: bool) -> tuple[torch.optim.Optimizer, TrainState]:
+    """The optimizer over `model`'s parameter groups, and the state to start from: `out_dir/last.pt` when
+    resuming and it exists, else a fresh one."""
+    optimizer = build_optimizer(param_groups(model, solver, model.no_weight_decay()), solver)
+    state = TrainState()
+    if resume and (out_dir / STATE).exists():
+        state, _ = load_state(out_dir / STATE, model, optimizer)
+    return optimizer, state
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
