@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.service.conftest import ingest
 from tests.service.media import ffmpeg
@@ -56,3 +57,24 @@ def test_stored_and_text_queries_name_their_view(client, copies):
     assert hits and all(h["view"] == "original" and h["query_box"] is None for h in hits)
     hits = client.post("/v1/search", json={"text": "a swimming race", "k": 2}).json()["hits"]
     assert hits and all(h["view"] is None and h["query_box"] is None for h in hits)
+
+
+def test_query_views_decode_the_same_in_any_chunks(checkpoint, tmp_path, copies):
+    """Rows are segment-major (every view of a segment together); chunk boundaries inside a segment's
+    views, and the probe frames reused for the first segments, give the same clips as one pass."""
+    from service.encoder import VideoEncoder
+    from tests.service.conftest import make_settings
+
+    long_copy = tmp_path / "long_letterbox.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=112x80:rate=5:duration=14", "-vf", "pad=112:128:0:22:black",
+           *ENC, str(long_copy))
+    enc = VideoEncoder(make_settings(checkpoint, tmp_path / "data", text_search=False, max_duration_s=60.0))
+    whole = enc.open(long_copy, query=True)
+    n = len(whole.segments)
+    assert n >= 6 and whole.views[:2] == ["original", "mirrored"] and whole.boxes["original"][1] in (21, 22, 23)
+    ref = whole.clips(0, n)
+    whole.close()
+    parts = enc.open(long_copy, query=True)
+    got = torch.cat([parts.clips(a, min(a + 3, n)) for a in range(0, n, 3)])  # 3 rows: splits segments
+    parts.close()
+    assert torch.allclose(got, ref)
