@@ -60,8 +60,11 @@ class OpenedVideo:
     the plan, segment-major (one row per segment for an indexed video); `clips(a, b)` decodes rows
     a..b-1 only, so the worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
 
-    def __init__(self, reader: VideoReader, planned: list[Segment], plan: ViewPlan, query: bool) -> None:
+    def __init__(self, reader: VideoReader, planned: list[Segment], plan: ViewPlan, query: bool,
+                 probed: list[torch.Tensor] | None = None) -> None:
         self._reader, self._planned, self._plan = reader, planned, plan
+        # frames plan_views decoded for the probe, by segment: used once, so nothing is decoded twice
+        self._probed: dict[int, torch.Tensor] = dict(enumerate(probed or []))
         n_views = len(plan.views)
         self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned for _ in range(n_views)]
         self.views: list[str] | None = [v for _ in planned for v in plan.views] if query else None
@@ -73,7 +76,23 @@ class OpenedVideo:
         """(stop - start, C, T, H, W) preprocessed clips of rows start..stop-1."""
         n_views = len(self._plan.views)
         first, last = start // n_views, (stop - 1) // n_views + 1
-        rows = decode_segments(self._reader, self._planned[first:last], self._plan)
+        if not any(i in self._probed for i in range(first, last)):
+            rows = decode_segments(self._reader, self._planned[first:last], self._plan)
+        else:
+            parts, i = [], first
+            while i < last:
+                if i in self._probed:
+                    # a chunk may end inside this segment's views: keep its frames for the next chunk
+                    frames = self._probed[i] if (stop - 1) // n_views == i and stop % n_views else self._probed.pop(i)
+                    parts.append(torch.stack(self._plan.clips(frames)))
+                    i += 1
+                    continue
+                j = i
+                while j < last and j not in self._probed:
+                    j += 1
+                parts.append(decode_segments(self._reader, self._planned[i:j], self._plan))
+                i = j
+            rows = torch.cat(parts)
         return rows[start - first * n_views : stop - first * n_views]
 
     def close(self) -> None:
@@ -117,12 +136,12 @@ class VideoEncoder:
         try:
             planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
             check_segment_count(len(planned), self.settings)
-            plan, _ = plan_views(reader, planned, self.config.input, remove_borders=self.settings.remove_borders,
-                                 views=views, picture=self.settings.picture)
+            plan, probed = plan_views(reader, planned, self.config.input, remove_borders=self.settings.remove_borders,
+                                      views=views, picture=self.settings.picture)
         except BaseException:
             reader.close()
             raise
-        return OpenedVideo(reader, planned, plan, query)
+        return OpenedVideo(reader, planned, plan, query, probed)
 
     def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
         """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""

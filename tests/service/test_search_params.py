@@ -22,8 +22,7 @@ def multi_segment_videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]
 
 @pytest.fixture(scope="module", params=["max", "chamfer"])
 def service(request, checkpoint, multi_segment_videos, tmp_path_factory):
-    # query_views=[]: a file query is embedded as it is, like the stored video it is compared with (the
-    # extra views are tested in tests/service/test_views.py)
+    # query_views=[]: a file query is then embedded like its stored copy (one view), so the two rank alike
     settings = make_settings(checkpoint, tmp_path_factory.mktemp(f"search-{request.param}"),
                              aggregation=request.param, query_views=[])
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
