@@ -393,6 +393,8 @@ def main() -> None:
         results = {
             "weights": weights,
             "checkpoint": str(ckpt),
+            "model": {"name": enc.config.name, "img_size": enc.config.input.img_size,
+                      "num_frames": enc.config.input.num_frames},
             "videos": args.videos,
             "video_seconds_each": args.seconds,
             "video_size": args.size,

@@ -1,6 +1,6 @@
 """The `drca` command root. Each package keeps its own commands in its `cli.py`; this module only wires them.
 
-The commands of `model` (flops, demo) and `training` (train, eval, synth, media) are registered directly:
+The commands of `model` (flops, demo, convert-seed) and `training` (train, eval, synth, media) are registered directly:
 their modules import only typer at load time. The service's commands (serve, worker, ingest) are resolved
 when one of them is asked for, so `drca train`, `drca synth`, `drca flops`, `drca eval` and `drca media`
 never import the `service` package (tests/test_layers.py checks this in a fresh interpreter).
@@ -53,6 +53,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 app.command("flops")(model_cli.flops)
 app.command("demo")(model_cli.demo)
+app.command("convert-seed")(model_cli.convert_seed)
 app.command("synth")(data_cli.synth)
 app.add_typer(data_cli.media_app, name="media")
 app.add_typer(training_cli.train_app, name="train")

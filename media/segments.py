@@ -4,9 +4,18 @@ Retrieval protocol (DRCA / 3D-CSL): ``segment_fps`` frames per second (default 1
 the model's ``num_frames`` (8 s windows every 8 s for an 8-frame model), one clip per segment. A partial
 last window becomes a full-length window ending at the end of the video; a video shorter than one window
 gives one clip spread over all of it (`sampling.fixed_segments`).
+
+The near-duplicate views of `media.views` (the active picture inside constant-colour borders, its mirror
+image, the inner picture of a picture-in-picture) are planned once per video (`plan_views`, on frames of
+its first segments) and applied to each segment's frames (`ViewPlan.clips`). `view_clips` does it for a
+whole video at once; the service's worker plans once and decodes a chunk of segments at a time
+(`plan_segments`, `decode_segments`), so its memory does not grow with a video's length.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -14,7 +23,12 @@ from torch import Tensor
 from media.sampling import Segment, fixed_segments
 from media.transforms import Fit, preprocess
 from media.video import VideoReader
+from media.views import Box, Picture, active_box, crop, grey_normalised, inner_box, mirror
 from model.config import InputConfig
+
+View = Literal["original", "mirrored", "inner"]
+PROBE_SEGMENTS = 2  # borders and the inner picture are found on the frames of the first segments
+PROBE_FRAMES = 16
 
 
 def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0) -> list[Segment]:
@@ -25,16 +39,115 @@ def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0
                           frames_per_segment=num_frames, frame_times=reader.frame_times, duration=info.duration)
 
 
-def decode_segments(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: Fit = "crop") -> Tensor:
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which views of a video are embedded, and the regions of its decoded frame they show."""
+
+    views: tuple[View, ...]  # the views present, in row order (``inner`` only when one was found)
+    active: Box  # the active picture, in the decoded frame
+    inner: Box | None  # the inner picture, relative to ``active``
+    frame_size: tuple[int, int]  # (width, height) of the decoded frames
+    inp: InputConfig
+    fit: Fit = "crop"
+    picture: Picture = "rgb"
+
+    @property
+    def boxes(self) -> dict[str, Box]:
+        """view -> the region of the decoded frame it shows."""
+        out: dict[str, Box] = {}
+        for v in self.views:
+            if v == "inner" and self.inner is not None:
+                out[v] = Box(self.active.x + self.inner.x, self.active.y + self.inner.y, self.inner.w, self.inner.h)
+            else:
+                out[v] = self.active
+        return out
+
+    def clips(self, frames: Tensor) -> list[Tensor]:
+        """One segment's decoded frames -> its preprocessed clip in every view, in ``views`` order."""
+        frames = crop(frames, self.active)
+        out = []
+        for v in self.views:
+            if v == "original":
+                x = frames
+            elif v == "mirrored":
+                x = mirror(frames)
+            else:  # "inner": present only when found
+                assert self.inner is not None
+                x = crop(frames, self.inner)
+            clip = preprocess(x, self.inp, self.fit)
+            out.append(grey_normalised(clip) if self.picture == "grey" else clip)
+        return out
+
+
+def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: Fit = "crop",
+               remove_borders: bool = False, views: tuple[View, ...] = ("original",),
+               picture: Picture = "rgb") -> tuple[ViewPlan, list[Tensor]]:
+    """Find the active picture (when ``remove_borders``) and the inner picture (when ``inner`` is asked
+    for) on frames of the first ``PROBE_SEGMENTS`` segments. Returns the plan and those segments' decoded
+    frames (so they are not decoded twice). Unknown view names are a ValueError."""
+    for v in views:
+        if v not in ("original", "mirrored", "inner"):
+            raise ValueError(f"unknown view {v!r}")
+    info = reader.info
+    head = [reader.get_frames(s.indices).frames for s in segs[:PROBE_SEGMENTS]]
+    full = Box(0, 0, info.width, info.height)
+    if head and (head[0].shape[2], head[0].shape[1]) != (info.width, info.height):  # rotated upright
+        full = Box(0, 0, int(head[0].shape[2]), int(head[0].shape[1]))
+    if not head or not (remove_borders or "inner" in views):
+        return ViewPlan(tuple(v for v in views if v != "inner"), full, None, (full.w, full.h), inp, fit,
+                        picture), head
+    sample = torch.cat(head)
+    probe = sample[:: max(1, len(sample) // PROBE_FRAMES)]
+    active = active_box(probe) if remove_borders else full
+    inner = inner_box(crop(probe, active)) if "inner" in views else None
+    present = tuple(v for v in views if v != "inner" or inner is not None)
+    return ViewPlan(present, active, inner, (full.w, full.h), inp, fit, picture), head
+
+
+def decode_segments(reader: VideoReader, segs: list[Segment], plan: ViewPlan) -> Tensor:
     """Decode exactly the frames of these segments (one `get_frames` call per segment) and preprocess
-    them: clips ``(len(segs), C, T, H, W)``. The service passes a chunk of segments at a time, so its
-    memory does not grow with a video's length."""
-    return torch.stack([preprocess(reader.get_frames(s.indices).frames, inp, fit) for s in segs])
+    them in every view of ``plan``: clips ``(len(segs) * len(plan.views), C, T, H, W)``, segment-major."""
+    return torch.stack([c for s in segs for c in plan.clips(reader.get_frames(s.indices).frames)])
+
+
+@dataclass
+class ViewClips:
+    """Clips of every segment in every view: row i is segment ``segments[i]`` seen as ``views[i]``."""
+
+    clips: Tensor  # (N, C, T, H, W) normalised
+    segments: list[Segment]
+    views: list[View]
+    boxes: dict[str, Box]  # view -> the region of the decoded frame it shows
+    frame_size: tuple[int, int]  # (width, height) of the decoded frames
+
+
+def view_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0, fit: Fit = "crop",
+               remove_borders: bool = False, views: tuple[View, ...] = ("original",),
+               picture: Picture = "rgb") -> ViewClips:
+    """The retrieval segments of ``reader``, each preprocessed in every view asked for:
+
+    * ``original``: the active picture (inside the borders when ``remove_borders``, else the whole frame);
+    * ``mirrored``: its left-right mirror image;
+    * ``inner``: the inner picture found inside it (``inner_box``); left out when none is found.
+
+    ``picture="grey"``: every clip is then replaced by its normalised grey view (``grey_normalised``).
+    Frames are decoded one segment at a time."""
+    segs = plan_segments(reader, inp.num_frames, segment_fps)
+    plan, head = plan_views(reader, segs, inp, fit, remove_borders, views, picture)
+    clips: list[Tensor] = []
+    rows: list[Segment] = []
+    names: list[View] = []
+    for i, seg in enumerate(segs):
+        frames = head[i] if i < len(head) else reader.get_frames(seg.indices).frames
+        clips.extend(plan.clips(frames))
+        rows.extend([seg] * len(plan.views))
+        names.extend(plan.views)
+    return ViewClips(torch.stack(clips), rows, names, plan.boxes, plan.frame_size)
 
 
 def segment_clips(reader: VideoReader, inp: InputConfig, segment_fps: float = 1.0,
                   fit: Fit = "crop") -> tuple[Tensor, list[Segment]]:
-    """Every segment's clip at once: clips ``(S, C, T, H, W)`` and their segments (evaluation and
-    training, whose videos are short; the service uses `plan_segments` + `decode_segments` in chunks)."""
-    segs = plan_segments(reader, inp.num_frames, segment_fps)
-    return decode_segments(reader, segs, inp, fit), segs
+    """Every segment's clip of the whole frame at once: clips ``(S, C, T, H, W)`` and their segments
+    (evaluation and training, whose videos are short; `view_clips` with its defaults)."""
+    vc = view_clips(reader, inp, segment_fps, fit)
+    return vc.clips, vc.segments

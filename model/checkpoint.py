@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.config import DRCAConfig
@@ -45,14 +46,24 @@ class ModelCard(BaseModel):
     preset: str = ""
     overrides: list[str] = Field(default_factory=list)
     class_names: list[str] = Field(default_factory=list)
-    embed_dim: int = 0
-    text_dim: int = 0  # input dim of the text head (MiniLM: 384), 0 without one
+    # optional, one per class (e.g. its WordNet definition): text search embeds "name: description" too
+    class_descriptions: list[str] = Field(default_factory=list)
+    embed_dim: int = Field(0, ge=0)
+    text_dim: int = Field(0, ge=0, le=8192)  # input dim of the text head (MiniLM: 384), 0 without one
     training_data: str = ""
     commands: list[str] = Field(default_factory=list)
     seed: int | None = None
     wall_time_s: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: str = ""
+    # where imported weights came from (drca convert-seed): file, sha256, kind, format, reference_config
+    source: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_descriptions(self) -> ModelCard:
+        if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):
+            raise ValueError(f"{len(self.class_descriptions)} class descriptions for {len(self.class_names)} classes")
+        return self
 
 
 @dataclass
@@ -109,14 +120,15 @@ def _require(path: Path, *names: str) -> None:
 
 
 def read_config_and_card(path: str | Path) -> tuple[DRCAConfig, ModelCard]:
-    """The checkpoint's config and card, without its weights (what the gateway needs)."""
+    """The checkpoint's config and card, validated, without its weights (what the gateway needs); a one-line
+    CheckpointError for a malformed or hostile file (deeply nested, sizes out of `SIZE_LIMITS`)."""
     path = Path(path)
     _require(path, CONFIG, CARD)
     try:
         cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
         card = ModelCard.model_validate_json((path / CARD).read_text())
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: bad config or card: {e}") from None
+    except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
+        raise CheckpointError(f"{path}: bad config or card: {_one_line(e)}") from None
     return cfg, card
 
 
@@ -128,41 +140,68 @@ def read_weights(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         tensors = load_file(str(path / WEIGHTS), device=str(map_location))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
     if not include_text_head:
         tensors = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
     return tensors
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header, without reading any weight."""
+    path = Path(path)
+    _require(path, WEIGHTS)
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:
+        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     path = Path(path)
     _require(path, WEIGHTS)
     cfg, card = read_config_and_card(path)
-    tensors = read_weights(path, map_location)
-
-    model = DRCA(cfg)
-    model_state = {k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}
-    _load_strict(model, model_state, path)
-    text_head = None
-    text_state = {k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)}
-    if text_state:
-        if not card.text_dim:
-            raise CheckpointError(f"{path}: weights hold a text head but card.text_dim is 0")
-        text_head = TextHead(card.text_dim, cfg.head.embed_dim)
-        _load_strict(text_head, text_state, path, prefix=TEXT_PREFIX)
-        text_head.to(map_location).eval()
+    shapes = read_shapes(path)
+    text_shapes = {k[len(TEXT_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_PREFIX)}
+    if text_shapes and not card.text_dim:
+        raise CheckpointError(f"{path}: weights hold a text head but card.text_dim is 0")
     if cfg.head.num_classes and len(card.class_names) != cfg.head.num_classes:
         raise CheckpointError(
             f"{path}: card has {len(card.class_names)} class names for {cfg.head.num_classes} classes"
         )
+    # the networks the config and card describe, built on the meta device (no memory) and checked against
+    # the file's shapes: nothing is allocated for a config that does not match its weights
+    with torch.device("meta"):
+        skeleton = DRCA(cfg).state_dict()
+        text_skeleton = TextHead(card.text_dim, cfg.head.embed_dim).state_dict() if text_shapes else {}
+    _check_shapes(skeleton, {k: v for k, v in shapes.items() if not k.startswith(TEXT_PREFIX)}, path)
+    _check_shapes(text_skeleton, text_shapes, path, prefix=TEXT_PREFIX)
+
+    tensors = read_weights(path, map_location)
+    model = DRCA(cfg)
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}, strict=True)
+    text_head = None
+    if text_shapes:
+        text_head = TextHead(card.text_dim, cfg.head.embed_dim)
+        text_head.load_state_dict({k[len(TEXT_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)},
+                                  strict=True)
+        text_head.to(map_location).eval()
     model.to(map_location).eval()
     return LoadedCheckpoint(model=model, config=cfg, card=card, text_head=text_head)
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()[:3])
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _check_shapes(expected: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], path: Path,
+                  prefix: str = "") -> None:
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -172,9 +211,8 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
                 f"unexpected {', '.join(prefix + k for k in unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
             )
         raise CheckpointError(f"{path}: weights do not match config.json: {'; '.join(parts)}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
+    for k, shape in shapes.items():
+        if shape != tuple(expected[k].shape):
             raise CheckpointError(
-                f"{path}: tensor {prefix + k} has shape {tuple(v.shape)}, the config expects {tuple(expected[k].shape)}"
+                f"{path}: tensor {prefix + k} has shape {shape}, the config expects {tuple(expected[k].shape)}"
             )
-    module.load_state_dict(state, strict=True)

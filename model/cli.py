@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 
@@ -73,3 +74,34 @@ def demo(
     if out.logits is not None:
         typer.echo(f"logits        {tuple(out.logits.shape)}")
     typer.echo(f"latency       {ms:.1f} ms per clip (batch 1, {torch.get_num_threads()} threads)")
+
+
+def convert_seed(
+    src: Path = typer.Argument(..., help="A checkpoint saved by the reference DRCA code (.pth)."),
+    out_dir: Path = typer.Argument(..., help="The drca checkpoint directory to write."),
+    classes: Path = typer.Option(None, "--classes", help="Class names, one a line (classification checkpoints)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key.path=value (repeatable), e.g. "
+                                   "backbone.num_heads=6 when the checkpoint's config lacks it."),
+) -> None:
+    """Convert a reference DRCA checkpoint (dun-research/DRCA, mmaction2) into a drca checkpoint directory."""
+    import shlex
+
+    from model.seed import SeedError
+    from model.seed import convert_seed as convert
+
+    args = [str(src), str(out_dir)] + (["--classes", str(classes)] if classes else [])
+    command = shlex.join(["drca", "convert-seed", *args, *(a for o in set_ for a in ("--set", o))])
+    try:
+        result = convert(src, out_dir, classes, set_, command=command)
+    except SeedError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    cfg = result.config
+    b = cfg.backbone
+    comp = (f"K={b.num_saliency} of {cfg.input.num_frames} from layer {b.comp_insert_layer}, {b.comp_module}, "
+            f"{b.frame_choice}" if b.comp_insert_layer >= 0 else "no compression")
+    typer.echo(f"wrote         {result.path}")
+    typer.echo(f"network       {cfg.name}: {b.embed_dim}-d, {b.depth} layers, {b.num_heads} heads, "
+               f"{cfg.input.num_frames}x{cfg.input.img_size}px, {comp}")
+    typer.echo(f"kind          {result.kind}" + (f", {cfg.head.num_classes} classes" if cfg.head.num_classes else ""))
+    typer.echo(f"embedding     the L2-normalised {cfg.head.embed_dim}-d feature")

@@ -55,10 +55,13 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    num_classes: int = 0  # 0: no classification head
+    num_classes: int = 0  # 0: no classification head; else a linear layer on the feature (the reference's fc_cls)
     embed_dim: int = 256  # 0: no embedding head
+    # "linear": a linear projection of the feature to embed_dim, L2-normalised; "feature": the L2-normalised
+    # feature itself, no parameters (the reference's retrieval embedding; embed_dim = backbone.embed_dim)
+    embedding: Literal["linear", "feature"] = "linear"
     dropout: float = 0.0
-    # "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
+    # the feature is the final norm of "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
     # resolutions after the DCCM), which trains much faster from scratch on small data
     pool: Literal["cls", "mean"] = "cls"
 
@@ -86,8 +89,27 @@ class DRCAConfig:
         return _from_dict(cls, data, prefix="")
 
 
+#: The range of every size a config may ask for: far beyond any real DRCA, but bounded, so that a hostile
+#: config.json can neither build a network that does not fit in memory nor make a forward pass allocate
+#: without limit (`num_samples` has no weights to check it against).
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "input.num_frames": (1, 1024), "input.img_size": (1, 4096),
+    "backbone.patch_size": (1, 512), "backbone.embed_dim": (1, 8192), "backbone.depth": (1, 256),
+    "backbone.num_heads": (1, 256), "backbone.num_saliency": (1, 1024), "backbone.num_samples": (1, 100_000),
+    "backbone.sal_ref_heads": (1, 256),
+    "head.num_classes": (0, 100_000), "head.embed_dim": (0, 8192),
+}
+
+
 def validate(cfg: DRCAConfig) -> None:
     b, i = cfg.backbone, cfg.input
+    for key, (low, high) in SIZE_LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not low <= value <= high:
+            raise ValueError(f"{key}={value} is outside [{low}, {high}]")
+    if not 0 < b.mlp_ratio <= 16:
+        raise ValueError(f"backbone.mlp_ratio={b.mlp_ratio} is outside (0, 16]")
     if i.img_size % b.patch_size:
         raise ValueError(f"input.img_size={i.img_size} is not a multiple of backbone.patch_size={b.patch_size}")
     if b.stem == "conv" and (b.patch_size < 2 or b.patch_size & (b.patch_size - 1)):
@@ -106,6 +128,14 @@ def validate(cfg: DRCAConfig) -> None:
             )
         if b.comp_module == "sal_ref" and b.embed_dim % b.sal_ref_heads:
             raise ValueError(f"backbone.embed_dim must be divisible by backbone.sal_ref_heads={b.sal_ref_heads}")
+        if b.frame_choice != "uniform" and grid < 3:
+            raise ValueError(f"the ScoreNet's unpadded 3x3 conv needs a patch grid of at least 3x3, got {grid}x{grid}")
+    h = cfg.head
+    if h.embedding == "feature" and h.embed_dim not in (0, b.embed_dim):
+        raise ValueError(
+            f"head.embedding=feature embeds the {b.embed_dim}-d feature itself: head.embed_dim must be "
+            f"{b.embed_dim} (or 0), got {h.embed_dim}"
+        )
     for name, value in (("frame_choice", b.frame_choice), ("comp_module", b.comp_module)):
         allowed = get_args(FrameChoice if name == "frame_choice" else CompModule)
         if value not in allowed:

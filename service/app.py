@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         rt.start()
         app.state.runtime = rt
         app.state.search = SearchService(rt)
+        app.state.search.warm_up()  # the concept bank, once per checkpoint
         log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir, len(rt.index))
         try:
             yield

@@ -55,6 +55,10 @@ class InferenceResult:
     probs: np.ndarray | None = None  # (C,) video-level class probabilities (mean over segments)
     vectors: np.ndarray | None = None  # (S, E) segment embeddings, L2-normalised
     segments: list[Span] | None = None
+    # embed_video: the query view of each row of `vectors` ("original", "mirrored", ...; None: all
+    # "original") and each view's region of the frame, [x, y, w, h] in the video's pixels (None: all of it)
+    views: list[str] | None = None
+    boxes: dict[str, list[int]] | None = None
     duration: float | None = None
     # embed_text
     sentence: np.ndarray | None = None  # (N, 384) MiniLM sentence embeddings, L2-normalised

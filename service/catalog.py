@@ -29,6 +29,7 @@ import numpy as np
 
 from indexer import Span, VideoIndex
 from service.broker import Broker, IngestJob
+from service.concepts import concept_scores
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
 from service.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
@@ -36,7 +37,7 @@ from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
-TOP_LABELS = 5
+TOP_LABELS = 5  # labels a video shows (GET /v1/videos); it stores `stored_labels` of them
 
 
 class Conflict(ServiceError):
@@ -62,23 +63,118 @@ def metadata_text(video: VideoRecord) -> str:
 
 
 class TextTable:
-    """Per indexed video: top class probabilities and the metadata's sentence embedding (text search)."""
+    """What text search reads per indexed video, packed for vectorised scoring: its stored class
+    probabilities (`label_ids` into `vocab`, the class names seen so far; id 0 pads a short row) and the
+    sentence embedding of its metadata. A slot per video; a dropped video's slot is reused."""
 
     def __init__(self) -> None:
-        self.labels: dict[int, list[Label]] = {}
-        self.meta: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.vocab: list[str] = [""]  # id 0: padding
+        self._vocab_id: dict[str, int] = {}
+        self._slot: dict[int, int] = {}
+        self._free: list[int] = []
+        self.video_ids = np.zeros(0, dtype=np.int64)  # (S,) -1: a free slot
+        self.label_ids = np.zeros((0, 0), dtype=np.int32)  # (S, K)
+        self.label_probs = np.zeros((0, 0), dtype=np.float32)  # (S, K)
+        self.meta = np.zeros((0, 0), dtype=np.float32)  # (S, D)
+        self.has_meta = np.zeros(0, dtype=bool)  # (S,)
+        self._map_names: tuple[str, ...] | None = None  # the bank `_map` maps the vocabulary into
+        self._map = np.full(1, -1, dtype=np.int64)
+        self._map_index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot)
 
     def put(self, video: VideoRecord) -> None:
-        self.labels[video.video_id] = list(video.labels)
         emb = video.extra.get("text_embedding")
-        if emb:
-            self.meta[video.video_id] = np.asarray(emb, dtype=np.float32)
-        else:
-            self.meta.pop(video.video_id, None)
+        with self._lock:
+            slot = self._slot.get(video.video_id)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._grow()
+                self._slot[video.video_id] = slot
+            self.video_ids[slot] = video.video_id
+            self._set_labels(slot, video.labels)
+            self.meta[slot] = 0.0
+            self.has_meta[slot] = False
+            if emb:
+                row = np.asarray(emb, dtype=np.float32)
+                if not self.meta.shape[1]:  # the first metadata embedding fixes the width
+                    self.meta = np.zeros((len(self.video_ids), row.shape[0]), dtype=np.float32)
+                if row.shape[0] == self.meta.shape[1]:
+                    self.meta[slot] = row
+                    self.has_meta[slot] = True
+                else:
+                    log.warning("video %d: metadata embedding of %d dims, expected %d; not used",
+                                video.video_id, row.shape[0], self.meta.shape[1])
 
     def drop(self, video_id: int) -> None:
-        self.labels.pop(video_id, None)
-        self.meta.pop(video_id, None)
+        with self._lock:
+            slot = self._slot.pop(video_id, None)
+            if slot is None:
+                return
+            self.video_ids[slot] = -1
+            self.label_probs[slot] = 0.0
+            self.meta[slot] = 0.0
+            self.has_meta[slot] = False
+            self._free.append(slot)
+
+    def _grow(self) -> int:
+        n = len(self.video_ids)
+        cap = max(64, 2 * n)
+        self.video_ids = np.concatenate([self.video_ids, np.full(cap - n, -1, dtype=np.int64)])
+        self.label_ids = np.vstack([self.label_ids, np.zeros((cap - n, self.label_ids.shape[1]), np.int32)])
+        self.label_probs = np.vstack([self.label_probs, np.zeros((cap - n, self.label_probs.shape[1]), np.float32)])
+        self.meta = np.vstack([self.meta, np.zeros((cap - n, self.meta.shape[1]), np.float32)])
+        self.has_meta = np.concatenate([self.has_meta, np.zeros(cap - n, dtype=bool)])
+        self._free.extend(range(cap - 1, n, -1))
+        return n
+
+    def _set_labels(self, slot: int, labels: list[Label]) -> None:
+        k = len(labels)
+        if k > self.label_ids.shape[1]:
+            pad = k - self.label_ids.shape[1]
+            self.label_ids = np.pad(self.label_ids, ((0, 0), (0, pad)))
+            self.label_probs = np.pad(self.label_probs, ((0, 0), (0, pad)))
+        self.label_ids[slot] = 0
+        self.label_probs[slot] = 0.0
+        for j, lb in enumerate(labels):
+            vid = self._vocab_id.get(lb.name)
+            if vid is None:
+                vid = self._vocab_id[lb.name] = len(self.vocab)
+                self.vocab.append(lb.name)
+            self.label_ids[slot, j] = vid
+            self.label_probs[slot, j] = lb.prob
+
+    def scores(self, concepts: tuple[str, ...], weights: np.ndarray | None,
+               query: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For every video: (video_ids, concept scores, metadata cosines, has metadata). `weights` (C,) are
+        a query's weights of the `concepts` (a bank's names; a stored class not among them weighs 0),
+        `query` its sentence embedding; a side that is None gives zeros. Free slots are scored too (they
+        hold zeros) and dropped at the end, so nothing large is copied."""
+        with self._lock:
+            n = len(self.video_ids)
+            concept = np.zeros(n, dtype=np.float32)
+            if weights is not None and self.label_ids.shape[1]:
+                m = self._concept_map(concepts)
+                w = np.where(m >= 0, np.asarray(weights, dtype=np.float32)[np.maximum(m, 0)], np.float32(0))
+                concept = concept_scores(w, self.label_ids, self.label_probs)
+            meta = np.zeros(n, dtype=np.float32)
+            if query is not None and self.meta.shape[1] == np.shape(query)[0]:
+                # einsum, not BLAS: one thread (see ConceptBank.similarities)
+                meta = np.einsum("sd,d->s", self.meta, np.asarray(query, dtype=np.float32))
+            live = self.video_ids >= 0
+            return self.video_ids[live], concept[live], meta[live], self.has_meta[live]
+
+    def _concept_map(self, concepts: tuple[str, ...]) -> np.ndarray:
+        """vocabulary id -> index in `concepts` (-1: none, and for the padding id 0); extended as the
+        vocabulary grows, rebuilt for another bank."""
+        if self._map_names is not concepts:
+            self._map_names, self._map = concepts, np.full(1, -1, dtype=np.int64)
+            self._map_index = {n: i for i, n in enumerate(concepts)}
+        if len(self._map) < len(self.vocab):
+            tail = [self._map_index.get(n, -1) for n in self.vocab[len(self._map):]]
+            self._map = np.concatenate([self._map, np.asarray(tail, dtype=np.int64)])
+        return self._map
 
 
 class VectorWriter(Protocol):
@@ -91,8 +187,9 @@ class VectorWriter(Protocol):
 class Catalog:
     def __init__(self, store: MetadataStore, index: VectorWriter | VideoIndex, storage: VideoStorage,
                  thumbnails: ThumbnailCache | None = None, broker: Broker | None = None,
-                 lock: AbstractContextManager | None = None) -> None:
+                 lock: AbstractContextManager | None = None, stored_labels: int = TOP_LABELS) -> None:
         self.store = store
+        self.stored_labels = stored_labels  # class probabilities kept per video (the top this many)
         self.index = index
         self.storage = storage
         self.thumbnails = thumbnails
@@ -216,7 +313,7 @@ class Catalog:
                  timings: dict[str, float]) -> None:
         labels = []
         if probs is not None:
-            top = np.argsort(-probs)[:TOP_LABELS]
+            top = np.argsort(-probs, kind="stable")[: self.stored_labels]
             labels = [Label(class_names[i], round(float(probs[i]), 6)) for i in top]
         extra: dict[str, Any] = {"segments": len(segments)}
         if text_embedding is not None:

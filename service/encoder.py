@@ -2,8 +2,11 @@
 segment embeddings and class probabilities; the text side (MiniLM + the checkpoint's text head).
 
 Decoding uses the one shared path (`media.segments`: `media.video`, `sampling.fixed_segments`,
-`transforms.preprocess`), so serving sees exactly what training and evaluation saw; the worker decodes a
-chunk of segments at a time (`VideoEncoder.open`, `OpenedVideo.clips`). Retrieval protocol:
+`media.views`, `transforms.preprocess`), so serving sees exactly what training and evaluation saw; the
+worker decodes a chunk of segments at a time (`VideoEncoder.open`, `OpenedVideo.clips`). Every video is
+embedded from its active picture (constant-colour borders removed, both at ingest and for queries); a
+query video is embedded in extra views as well (`query_views`: its mirror image, and the inner picture of
+a picture-in-picture when one is found). Retrieval protocol:
 `segment_fps` frames per second (default 1), clips of the model's `num_frames`, one embedding per clip;
 a video shorter than one clip still gives one segment spread over the whole video.
 """
@@ -19,10 +22,9 @@ import torch
 
 from indexer import Span
 from media.sampling import Segment
-from media.segments import decode_segments, plan_segments
+from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
 from media.video import VideoReader, VideoTooLong, open_video
 from model.checkpoint import load_checkpoint
-from model.config import InputConfig
 from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
 
@@ -39,9 +41,11 @@ def resolve_device(setting: str) -> torch.device:
 
 @dataclass
 class DecodedVideo:
-    clips: torch.Tensor  # (S, C, T, H, W) float, normalised: one clip per segment
-    segments: list[Span]
+    clips: torch.Tensor  # (N, C, T, H, W) float, normalised: one clip per segment and view
+    segments: list[Span]  # per clip
     duration: float
+    views: list[str] | None = None  # per clip (query videos); None: every clip is the "original" view
+    boxes: dict[str, list[int]] | None = None  # view -> [x, y, w, h] of the frame it shows, when not all of it
 
 
 def check_segment_count(n: int, settings: Settings) -> None:
@@ -52,17 +56,44 @@ def check_segment_count(n: int, settings: Settings) -> None:
 
 
 class OpenedVideo:
-    """A validated video and its planned segments; `clips(a, b)` decodes segments a..b-1 only, so the
-    worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
+    """A validated video, its planned segments and views. Its rows are every segment in every view of
+    the plan, segment-major (one row per segment for an indexed video); `clips(a, b)` decodes rows
+    a..b-1 only, so the worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
 
-    def __init__(self, reader: VideoReader, planned: list[Segment], inp: InputConfig) -> None:
-        self._reader, self._planned, self._inp = reader, planned, inp
-        self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned]
+    def __init__(self, reader: VideoReader, planned: list[Segment], plan: ViewPlan, query: bool,
+                 probed: list[torch.Tensor] | None = None) -> None:
+        self._reader, self._planned, self._plan = reader, planned, plan
+        # frames plan_views decoded for the probe, by segment: used once, so nothing is decoded twice
+        self._probed: dict[int, torch.Tensor] = dict(enumerate(probed or []))
+        n_views = len(plan.views)
+        self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned for _ in range(n_views)]
+        self.views: list[str] | None = [v for _ in planned for v in plan.views] if query else None
+        boxes = {v: b.as_list() for v, b in plan.boxes.items() if not b.is_full(*plan.frame_size)}
+        self.boxes: dict[str, list[int]] | None = boxes or None
         self.duration = reader.info.duration
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
-        """(stop - start, C, T, H, W) preprocessed clips."""
-        return decode_segments(self._reader, self._planned[start:stop], self._inp)
+        """(stop - start, C, T, H, W) preprocessed clips of rows start..stop-1."""
+        n_views = len(self._plan.views)
+        first, last = start // n_views, (stop - 1) // n_views + 1
+        if not any(i in self._probed for i in range(first, last)):
+            rows = decode_segments(self._reader, self._planned[first:last], self._plan)
+        else:
+            parts, i = [], first
+            while i < last:
+                if i in self._probed:
+                    # a chunk may end inside this segment's views: keep its frames for the next chunk
+                    frames = self._probed[i] if (stop - 1) // n_views == i and stop % n_views else self._probed.pop(i)
+                    parts.append(torch.stack(self._plan.clips(frames)))
+                    i += 1
+                    continue
+                j = i
+                while j < last and j not in self._probed:
+                    j += 1
+                parts.append(decode_segments(self._reader, self._planned[i:j], self._plan))
+                i = j
+            rows = torch.cat(parts)
+        return rows[start - first * n_views : stop - first * n_views]
 
     def close(self) -> None:
         self._reader.close()
@@ -96,23 +127,28 @@ class VideoEncoder:
         )
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
-    def open(self, path: str | Path) -> OpenedVideo:
-        """Probe, open and plan the segments (nothing decoded yet). Raises `VideoError` for bad input,
-        `VideoTooLong` past `max_segments`."""
+    def open(self, path: str | Path, query: bool = False) -> OpenedVideo:
+        """Probe, open and plan the segments and views (only the frames that find borders and the inner
+        picture are decoded). Raises `VideoError` for bad input, `VideoTooLong` past `max_segments`. A
+        query video (`query=True`) is also embedded in the `query_views` (mirror image, inner picture)."""
+        views = ("original", *self.settings.query_views) if query else ("original",)
         reader = open_video(path, self.limits)
         try:
             planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
             check_segment_count(len(planned), self.settings)
+            plan, probed = plan_views(reader, planned, self.config.input, remove_borders=self.settings.remove_borders,
+                                      views=views, picture=self.settings.picture)
         except BaseException:
             reader.close()
             raise
-        return OpenedVideo(reader, planned, self.config.input)
+        return OpenedVideo(reader, planned, plan, query, probed)
 
-    def decode(self, path: str | Path) -> DecodedVideo:
+    def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
         """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""
-        video = self.open(path)
+        video = self.open(path, query)
         try:
-            return DecodedVideo(video.clips(0, len(video.segments)), video.segments, video.duration)
+            return DecodedVideo(video.clips(0, len(video.segments)), video.segments, video.duration,
+                                views=video.views, boxes=video.boxes)
         finally:
             video.close()
 

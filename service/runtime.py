@@ -85,7 +85,8 @@ class ServiceRuntime:
             self._open_redis(storage)
         else:
             self.store = SQLiteMetadataStore(s.store_path)
-            self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker)
+            self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker,
+                                   stored_labels=s.stored_labels)
         if self.role != "worker":
             self._open_limiters()
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
@@ -116,11 +117,13 @@ class ServiceRuntime:
         lock = RedisLock(self.redis, f"{s.redis_prefix}:lock:catalog")
         if self.role == "worker":
             vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim)
-            self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock)
+            self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock,
+                                   stored_labels=s.stored_labels)
         else:
             self.follower = VectorFollower(self.redis, s.redis_prefix, self.index)
             vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim, follower=self.follower)
-            self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock)
+            self.catalog = Catalog(self.store, vectors, storage, self.thumbnails, broker=broker, lock=lock,
+                                   stored_labels=s.stored_labels)
             self.follower.on_change = self.catalog.vector_applied
             self.follower.start()
             self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)

@@ -98,6 +98,10 @@ class SearchHit(BaseModel):
     end: float | None
     query_start: float | None = Field(None, description="Query segment of the best pair (video queries)")
     query_end: float | None = None
+    view: str | None = Field(None, description="Video queries: the query view that matched: `original` (the "
+                             "active picture, borders removed) or `mirrored` (its left-right mirror image)")
+    query_box: list[int] | None = Field(None, description="Video queries: the region of the query frame that "
+                                        "was embedded, [x, y, width, height] in pixels; null: the whole frame")
 
 
 class SearchResponse(BaseModel):

@@ -80,11 +80,19 @@ class Settings(BaseSettings):
 
     # search
     aggregation: Literal["max", "chamfer"] = "max"
-    # text search: score = w_head * head + w_class * class + w_meta * meta (docs/api.md)
+    # near-duplicate robustness (docs/api.md#views): embed the picture inside constant-colour borders
+    # (at ingest and for queries; changing it needs a re-ingest), and embed query videos in these extra views
+    remove_borders: bool = True
+    picture: Literal["rgb", "grey"] = "rgb"  # "grey": embed a normalised grey view (media.views.grey_normalised)
+    query_views: list[Literal["mirrored", "inner"]] = Field(default_factory=lambda: ["mirrored", "inner"])
+    # text search: score = w_head * head + w_concept * concept + w_meta * max(0, meta - floor) (docs/api.md)
     text_weight_head: float = 1.0
-    text_weight_class: float = 0.5
+    text_weight_concept: float = 1.0
     text_weight_meta: float = 0.5
+    text_concept_temperature: float = Field(0.05, gt=0)  # softmax temperature over the concept bank
+    text_meta_floor: float = Field(0.3, ge=-1, le=1)  # metadata cosines below this add nothing
     text_candidates: int = Field(200, ge=1)  # videos re-scored per text query
+    stored_labels: int = Field(64, ge=1)  # class probabilities stored per video at ingest (the top this many)
 
     # scale-out (docs/architecture.md): set redis_url and run `drca serve --redis` + `drca worker --redis`
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service
@@ -122,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def concepts_dir(self) -> Path:  # the concept bank's phrase embeddings, once per checkpoint
+        return self.data_dir / "concepts"
 
     @property
     def thumbnails_dir(self) -> Path:

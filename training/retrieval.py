@@ -97,10 +97,7 @@ def train_retrieval(cfg: RetrievalConfig, resume: bool = True) -> Path:
         model.dccm.score_net.requires_grad_(False)
     model.to(device)
     metric_loss = MetricLoss(cfg.loss, cfg.model.head.embed_dim).to(device)
-    optimizer = engine.build_optimizer(engine.param_groups(model, cfg.solver, model.no_weight_decay()), cfg.solver)
-    state = engine.TrainState()
-    if resume and (out_dir / engine.STATE).exists():
-        state, _ = engine.load_state(out_dir / engine.STATE, model, optimizer)
+    optimizer, state = engine.start_training(model, cfg.solver, out_dir, resume)
     net = engine.wrap_ddp(model, d)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -28,7 +28,7 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from service.search import external_ids
+from service.search import VideoMatch, external_ids
 from service.storage import UploadForm
 
 router = APIRouter(tags=["inference"])
@@ -149,28 +149,30 @@ async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> Sea
                 raise InvalidInput("text must not be blank")
             if not rt.settings.text_search:
                 raise TextSearchDisabled(TEXT_SEARCH_OFF)
-            hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
+            text_hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
+            matches = [VideoMatch(h, None, None) for h in text_hits]
             kind = "text"
         else:
             if has_file:
-                res = await _infer(rt, InferenceRequest("embed_video", video_path=str(form.file.path)))
-                vectors, segments = res.vectors, res.segments
+                query = await run_in_threadpool(svc.embed_video_query, str(form.file.path))
             else:
-                stored = await run_in_threadpool(svc.stored_vectors, req.video_id)
-                vectors, segments = stored.vectors, stored.segments
+                query = await run_in_threadpool(svc.stored_query, req.video_id)
                 exclude.add(req.video_id)  # "more like this": not the video itself
-            hits = await run_in_threadpool(svc.video_query, vectors, segments, req.k, req.min_score, exclude)
+            matches = await run_in_threadpool(svc.video_query, query, req.k, req.min_score, exclude)
             kind = "video"
     finally:
         if form is not None:
             form.discard()
-    ext = await run_in_threadpool(external_ids, rt, hits)
-    return SearchResponse(query=kind, hits=[
-        SearchHit(
-            video_id=h.video_id, external_id=ext.get(h.video_id), score=round(h.score, 6),
-            start=h.segment.start if h.segment else None, end=h.segment.end if h.segment else None,
-            query_start=h.query_segment.start if h.query_segment else None,
-            query_end=h.query_segment.end if h.query_segment else None,
-        )
-        for h in hits
-    ])
+    ext = await run_in_threadpool(external_ids, rt, matches)
+    return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
+
+
+def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
+    h = m.hit
+    return SearchHit(
+        video_id=h.video_id, external_id=external_id, score=round(h.score, 6),
+        start=h.segment.start if h.segment else None, end=h.segment.end if h.segment else None,
+        query_start=h.query_segment.start if h.query_segment else None,
+        query_end=h.query_segment.end if h.query_segment else None,
+        view=m.view, query_box=m.box,
+    )

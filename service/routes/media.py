@@ -48,7 +48,7 @@ def check_range(header: str, size: int) -> None:
         first, last = m.group(1), m.group(2)
         if max(len(first), len(last)) > _MAX_DIGITS:
             raise BadRequest(f"Range: byte positions have at most {_MAX_DIGITS} digits")
-        start = int(first) if first else size - int(last)
+        start = int(first) if first else max(0, size - int(last))  # a suffix longer than the file: all of it
         if first and last and int(last) < start:
             raise BadRequest(f"Range: the range {part!r} ends before it starts")
         if not 0 <= start < size:
@@ -91,9 +91,19 @@ async def get_thumbnail(
 async def get_content(video_id: VideoIdPath, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
     """The stored upload, byte for byte. Honours `Range` (206), so browsers can seek."""
     path, _ = await run_in_threadpool(_stored_file, rt, video_id)
-    header = request.headers.get("range")
-    if header is not None:
-        check_range(header, path.stat().st_size)
     ext = path.suffix.lstrip(".").lower()
-    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
-                        headers={"Cache-Control": "private, max-age=3600"})
+    response = FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+                            headers={"Cache-Control": "private, max-age=3600"}, stat_result=path.stat())
+    header = request.headers.get("range")
+    if header is not None and range_applies(request.headers.get("if-range"), response):
+        check_range(header, response.stat_result.st_size)
+    return response
+
+
+def range_applies(if_range: str | None, response: FileResponse) -> bool:
+    """RFC 9110 13.1.5: with `If-Range`, the range applies only if the validator is the file's current
+    (strong) ETag or Last-Modified date; otherwise the whole file is sent (200), as `FileResponse` does."""
+    if if_range is None:
+        return True
+    return not if_range.startswith("W/") and if_range in (response.headers.get("etag"),
+                                                          response.headers.get("last-modified"))

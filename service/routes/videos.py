@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.catalog import TOP_LABELS
 from service.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
 from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
@@ -57,7 +58,7 @@ def video_out(rt: ServiceRuntime, v: VideoRecord, with_segments: bool = True) ->
     return VideoResponse(
         video_id=v.video_id, external_id=v.external_id, sha256=v.content_hash, source_name=v.source_name,
         duration=v.duration, status=v.status, error=v.error, created_at=v.created_at,
-        metadata=v.extra.get("metadata") or {}, labels=[LabelOut(name=lb.name, prob=lb.prob) for lb in v.labels],
+        metadata=v.extra.get("metadata") or {}, labels=[LabelOut(name=lb.name, prob=lb.prob) for lb in v.labels[:TOP_LABELS]],
         segments=segments,
     )
 

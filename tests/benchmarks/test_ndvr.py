@@ -177,27 +177,67 @@ def test_thumbnail_baseline_ranks_the_reencode_first(tiny_bench: Path) -> None:
     assert res.per_transform_recall_at_1["reencode_lq"] == 1.0
 
 
-def test_run_end_to_end(tiny_bench: Path, tmp_path: Path) -> None:
-    """run.py with the tiny random checkpoint of the service tests (its numbers mean nothing)."""
+@pytest.fixture(scope="module")
+def tiny_distractors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two generated stills given camera motion (no synth seeds, no long real video to cut)."""
+    from PIL import Image
+
+    from benchmarks.ndvr import distractors
+
+    root = tmp_path_factory.mktemp("distractors")
+    data = root / "stills" / "skimage" / "skimage" / "data"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(data / f"img{i}.png")
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(data / "small.png")  # under MIN_SIDE: left out
+    distractors.build(root / "stills", root / "real", root / "out", seed=0, stills_count=10, synth_seeds=[],
+                      synth_per_class=1, workers=1)
+    return root / "out"
+
+
+def test_distractors_are_built_and_loadable(tiny_distractors: Path) -> None:
+    from benchmarks.ndvr.distractors import load_distractors
+
+    d = load_distractors(tiny_distractors)
+    assert sorted(d.kind.values()) == ["still", "still"]
+    for vid, path in d.paths.items():
+        with open_video(path) as r:
+            assert r.info.width == 320 and r.info.height in (180, 240)
+            assert 2.0 <= r.info.duration <= 6.1 and d.durations[vid] == pytest.approx(r.info.duration, abs=1e-3)
+
+
+def test_run_end_to_end(tiny_bench: Path, tiny_distractors: Path, tmp_path: Path) -> None:
+    """run.py with the tiny random checkpoint of the service tests (its numbers mean nothing): the service
+    path (upload + index + search), both aggregations, two database sizes, the baselines."""
     from benchmarks.ndvr import run
     from tests.service.media import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     methods = "drca,thumb" + (",vpdq" if _has_vpdq() else "")
     out = tmp_path / "ndvr.json"
-    assert run.main(["--bench", str(tiny_bench), "--checkpoint", str(ckpt), "--methods", methods,
-                     "--out", str(out)]) == 0
+    assert run.main(["--bench", str(tiny_bench), "--distractors", str(tiny_distractors), "--checkpoint", str(ckpt),
+                     "--methods", methods, "--sizes", "3,all", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["command"].startswith("python -m benchmarks.ndvr.run")
     res = doc["results"]
-    assert res["num_queries"] == 9 and res["num_database"] == 3
+    assert res["num_queries"] == 9 and res["num_database"] == 5 and res["sizes"] == [3, 5]
+    assert res["distractor_kinds"] == {"still": 2}
     assert "model.safetensors" in res["checkpoint"]["sha256"]
-    for name in methods.split(","):
-        m = res["methods"][name]
-        assert 0.0 <= m["map"] <= 1.0 and 0.0 <= m["recall_at_1"] <= 1.0
-        assert set(m["per_transform_map"]) == {"hflip", "reencode_lq", "subclip"}
-        assert m["throughput_video_s_per_s"] > 0
-        assert m["video_seconds"] == pytest.approx(sum(ndvr_build.load_benchmark(tiny_bench).durations.values()))
+    names = ["drca_max", "drca_chamfer", *methods.split(",")[1:]]
+    assert sorted(res["methods"]) == sorted(names)
+    assert res["methods"]["drca_max"]["default"] and not res["methods"]["drca_chamfer"]["default"]
+    for name in names:
+        for n in ("3", "5"):
+            m = res["methods"][name]["by_size"][n]
+            assert 0.0 <= m["map"] <= 1.0 and 0.0 <= m["recall_at_1"] <= 1.0
+            assert set(m["per_transform_map"]) == {"hflip", "reencode_lq", "subclip"}
+        assert "per_query_ap" in res["methods"][name]["by_size"]["5"]
+    svc = res["service"]
+    assert svc["settings"]["aggregation"] == "max" and svc["settings"]["remove_borders"] is True
+    assert svc["ingest"]["videos"] == 5 and svc["ingest"]["video_s_per_s"] > 0
+    assert svc["route_latency"]["n"] == 9 and svc["route_latency"]["p50_ms"] > 0
+    assert res["methods"]["thumb"]["throughput_video_s_per_s"] > 0
 
 
 def _has_vpdq() -> bool:

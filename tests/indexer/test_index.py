@@ -80,9 +80,14 @@ def test_delete_and_upsert(filled, tmp_path):
 
 def test_exclude_and_min_score(filled):
     idx, vecs, _ = filled
+    full = idx.search(vecs[3][0], k=50)
+    assert full[0].video_id == 3 and len({round(h.score, 6) for h in full[:4]}) == 4
     hits = idx.search(vecs[3][0], k=5, exclude_ids={3})
-    assert len(hits) == 5 and all(h.video_id != 3 for h in hits)
-    assert all(h.score >= 0.5 for h in idx.search(vecs[3][0], k=50, min_score=0.5))
+    assert [h.video_id for h in hits] == [h.video_id for h in full if h.video_id != 3][:5]  # the next five
+    threshold = (full[2].score + full[3].score) / 2
+    above = idx.search(vecs[3][0], k=50, min_score=threshold)
+    assert [h.video_id for h in above] == [h.video_id for h in full[:3]]  # exactly those above it
+    assert idx.search(vecs[3][0], k=50, min_score=1.01) == []
 
 
 def test_hnsw_compacts_tombstones(tmp_path):

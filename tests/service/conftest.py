@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.procs import RedisServer
 from tests.service.media import make_media, tiny_checkpoint
+from tests.waiting import wait_until
 
 LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50}
 
@@ -44,13 +44,11 @@ def upload(client: TestClient, path: Path, **fields: str):
 
 
 def wait_job(client: TestClient, job_id: int, timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
+        return job if job["status"] in ("done", "failed") else None
+
+    return wait_until(finished, timeout_s, f"job {job_id} finished", interval_s=0.05)
 
 
 def ingest(client: TestClient, path: Path, **fields: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,7 @@ SOURCES = {
 }
 
 
-def tiny_checkpoint(path: Path) -> Path:
+def tiny_checkpoint(path: Path, class_names: list[str] = CLASS_NAMES) -> Path:
     """A randomly initialised 2-layer DRCA (32x32, 4 frames, 16-d embeddings) with a text head."""
     torch.manual_seed(0)
     cfg = DRCAConfig(
@@ -33,10 +34,10 @@ def tiny_checkpoint(path: Path) -> Path:
         input=InputConfig(num_frames=4, img_size=32),
         backbone=BackboneConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path=0.0,
                                 comp_insert_layer=1, num_saliency=2, num_samples=20, sigma=0.05, sal_ref_heads=2),
-        head=HeadConfig(num_classes=len(CLASS_NAMES), embed_dim=16),
+        head=HeadConfig(num_classes=len(class_names), embed_dim=16),
     )
     model = DRCA(cfg).eval()
-    card = ModelCard(preset="tiny-service", class_names=CLASS_NAMES, training_data="none (random init, tests only)")
+    card = ModelCard(preset="tiny-service", class_names=list(class_names), training_data="none (random init, tests only)")
     return save_checkpoint(path, model, card, text_head=TextHead(MINILM_DIM, 16).eval())
 
 
@@ -76,9 +77,24 @@ def make_media(root: Path) -> dict[str, Path]:
     good = out["bars"].read_bytes()
     (root / "corrupt.mp4").write_bytes(good[:48] + bytes(range(256)) * 20)
     out["corrupt"] = root / "corrupt.mp4"
+    out["bad_frames"] = undecodable_frames(root / "bad_frames.mp4")
     (root / "notes.txt").write_text("this is not a video\n" * 50)
     out["text"] = root / "notes.txt"
     return out
+
+
+def undecodable_frames(path: Path) -> Path:
+    """A file that passes the upload probe (its header, with the index at the front, is intact) but fails
+    in the worker: the frame data after the first 30 % is overwritten with seeded random bytes."""
+    src = lavfi_video(path.with_name(path.stem + "_src.mp4"), "testsrc2=size=96x96:rate=10:duration=8",
+                      "-movflags", "+faststart")
+    data = bytearray(src.read_bytes())
+    src.unlink()
+    start = data.index(b"mdat") + 4
+    start += (len(data) - start) * 3 // 10
+    data[start:] = random.Random(0).randbytes(len(data) - start)
+    path.write_bytes(bytes(data))
+    return path
 
 
 def distinct_videos(root: Path, n: int, seconds: int = 6, size: int = 96) -> list[Path]:

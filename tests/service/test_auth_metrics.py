@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -62,3 +63,19 @@ def test_metrics(keyed, media):
     assert "drca_queue_depth 0.0" in text
     assert "drca_index_videos 2.0" in text and "drca_index_segments 2.0" in text
     assert "drca_encoder_batch_clips_count" in text and 'drca_jobs_finished_total{status="done"} 2.0' in text
+
+
+def test_every_v1_route_refuses_a_missing_or_wrong_key(keyed):
+    """Every /v1 operation in the OpenAPI schema (so a new route cannot be added without the check) answers
+    401 JSON before doing anything, for no key and for a wrong one."""
+    paths = keyed.get("/openapi.json").json()["paths"]
+    ops = [(method.upper(), re.sub(r"\{[^}]+\}", "1", path))
+           for path, item in paths.items() if path.startswith("/v1/")
+           for method in item if method in ("get", "post", "put", "patch", "delete")]
+    assert len(ops) >= 9 and ("DELETE", "/v1/videos/1") in ops and ("POST", "/v1/search") in ops, ops
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        for method, url in ops:
+            r = keyed.request(method, url, headers=headers, json={"text": "x"})
+            assert r.status_code == 401, (method, url, headers, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
+    assert keyed.get("/v1/videos/999999", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404  # key ok

@@ -9,7 +9,8 @@ import pytest
 
 from service.errors import PayloadTooLarge
 from service.storage import parse_upload, sanitize_filename
-from tests.service.conftest import upload
+from tests.commits import wal_commits
+from tests.service.conftest import upload, wait_job
 
 
 def _error(r, status: int) -> dict:
@@ -137,23 +138,18 @@ def test_sanitize_filename():
     assert sanitize_filename("") is None and sanitize_filename("...") is None
 
 
-def test_failed_ingest_marks_job_failed_and_indexes_nothing(client, media, tmp_path):
-    """A file that passes the header probe but cannot be decoded fails its job with the reason."""
-    good = media["testsrc"].read_bytes()
-    broken = tmp_path / "truncated.mp4"
-    broken.write_bytes(good[: len(good) // 3])  # header ok, frames missing
-    r = _post_file(client, broken)
-    if r.status_code >= 400:  # refused up front is also a correct outcome
-        _error(r, r.status_code)
-        return
-    from tests.service.conftest import wait_job
-
+def test_failed_ingest_marks_job_failed_and_indexes_nothing(client, media):
+    """A file that passes the upload probe and fails in the worker: 202, then the job ends `failed` with the
+    reason, the video shows `failed`, and nothing of it reaches the index (no commit in its log)."""
+    r = _post_file(client, media["bad_frames"])
+    assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job_id"])
-    if job["status"] == "failed":
-        assert job["error"]
-        video = client.get(f"/v1/videos/{r.json()['video_id']}").json()
-        assert video["status"] == "failed" and video["segments"] == []
-        assert client.app.state.runtime.index.get(r.json()["video_id"]) is None
+    assert job["status"] == "failed", job
+    assert "decod" in job["error"] and str(client.app.state.settings.data_dir) not in job["error"], job
+    video = client.get(f"/v1/videos/{r.json()['video_id']}").json()
+    assert video["status"] == "failed" and video["error"] == job["error"] and video["segments"] == []
+    assert client.app.state.runtime.index.get(r.json()["video_id"]) is None
+    assert r.json()["video_id"] not in wal_commits(client.app.state.settings.index_dir)
 
 
 def test_service_keeps_serving_after_bad_input(client, media):

@@ -15,6 +15,7 @@ from service.broker import InferenceRequest, InferenceResult, IngestJob, InProce
 from service.errors import WorkerUnavailable
 from service.settings import Settings
 from service.worker import EncoderWorker
+from tests.waiting import wait_until
 
 
 def test_infer_without_worker_is_503_at_once():
@@ -42,7 +43,7 @@ def test_requests_jump_ahead_of_jobs():
     result: dict = {}
     t = threading.Thread(target=lambda: result.setdefault("r", b.infer(InferenceRequest("embed_text"), 5)))
     t.start()
-    time.sleep(0.1)
+    wait_until(lambda: len(b._requests) == 1, 5, "the request queued after the 3 jobs")  # noqa: SLF001
     item = b.take(1)
     assert not isinstance(item, IngestJob)
     b.reply(item, InferenceResult(probs=np.ones(2)))
@@ -56,6 +57,8 @@ class FakeVideo:
 
     segments = [Span(0, 1), Span(1, 2)]
     duration = 2.0
+    views = None
+    boxes = None
 
     def __init__(self, encoder: FakeEncoder) -> None:
         self.encoder = encoder
@@ -82,7 +85,7 @@ class FakeEncoder:
         self.events: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
 
-    def open(self, path: str) -> FakeVideo:
+    def open(self, path: str, query: bool = False) -> FakeVideo:
         return FakeVideo(self)
 
     def forward(self, clips: torch.Tensor):

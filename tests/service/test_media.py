@@ -107,6 +107,43 @@ def test_content_and_ranges(app_client, media):
     assert c.get("/v1/videos/987654/content").status_code == 404
 
 
+def test_ranges_follow_rfc_9110(app_client, media):
+    """Suffix ranges longer than the file, several ranges in one request, and If-Range."""
+    c, _ = app_client
+    vid = ingest(c, media["testsrc"])
+    raw = media["testsrc"].read_bytes()
+    size = len(raw)
+    url = f"/v1/videos/{vid}/content"
+    for suffix in (size, size + 1, size * 10):  # 14.1.2: a suffix longer than the file selects all of it
+        r = c.get(url, headers={"Range": f"bytes=-{suffix}"})
+        assert r.status_code == 206 and r.content == raw, (suffix, r.status_code, r.text[:200])
+        assert r.headers["content-range"] == f"bytes 0-{size - 1}/{size}"
+
+    r = c.get(url, headers={"Range": "bytes=0-9, 20-29, -5"})  # 14.6: multipart/byteranges
+    assert r.status_code == 206
+    ctype = r.headers["content-type"]
+    assert ctype.startswith("multipart/byteranges; boundary=")
+    boundary = ctype.split("boundary=", 1)[1].encode()
+    parts = [p for p in r.content.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
+    got = []
+    for part in parts:
+        head, _, body = part.partition(b"\r\n\r\n")
+        m = re.search(rb"content-range: bytes (\d+)-(\d+)/(\d+)", head, re.I)
+        start, end = int(m.group(1)), int(m.group(2))
+        assert int(m.group(3)) == size and body.removesuffix(b"\r\n") == raw[start : end + 1]
+        got.append((start, end))
+    assert got == [(0, 9), (20, 29), (size - 5, size - 1)]
+
+    etag, modified = c.get(url).headers["etag"], c.get(url).headers["last-modified"]
+    for validator in (etag, modified):  # 13.1.5: the current validator: the range applies
+        r = c.get(url, headers={"Range": "bytes=0-99", "If-Range": validator})
+        assert r.status_code == 206 and r.content == raw[:100], validator
+    for stale in ('"not-the-etag"', f"W/{etag}", "Thu, 01 Jan 1970 00:00:00 GMT"):
+        for rng in ("bytes=0-99", f"bytes={size + 5}-"):  # any other: the whole file, even for a bad range
+            r = c.get(url, headers={"Range": rng, "If-Range": stale})
+            assert r.status_code == 200 and r.content == raw, (stale, rng, r.status_code)
+
+
 def test_delete_drops_thumbnails_and_content(app_client, media):
     c, data = app_client
     vid = ingest(c, media["rgb"])

@@ -23,6 +23,7 @@ from service.store import DuplicateContent, InvalidTransition, NotFound
 from service.store.redis import RedisMetadataStore
 from service.vector_stream import RedisVectorLog
 from tests.service.conftest import make_settings, upload, wait_job
+from tests.waiting import stays, wait_until
 
 SHA = "ab" * 32
 
@@ -82,12 +83,15 @@ def test_dead_worker_jobs_are_reclaimed_then_dead_lettered(redis_server, tmp_pat
     assert isinstance(first, IngestJob) and first.attempt == 1 and brokers[0].queue_depth() == 1
     assert catalog.start(first)
     assert brokers[1].take(timeout_s=0.1) is None  # not idle long enough yet
-    time.sleep(0.3)
-    second = brokers[1].take(timeout_s=1)
+    second = wait_until(lambda: brokers[1].take(timeout_s=0.1), 10, "taken over by w1")
     assert (second.job_id, second.attempt) == (job.job_id, 2)  # w1 took it over, and dies too
     assert catalog.start(second)  # a redelivery of a running job is taken over
-    time.sleep(0.3)
-    assert brokers[2].take(timeout_s=1) is None  # third delivery > max_attempts: dead letter, not handed out
+
+    def third_delivery() -> bool:
+        assert brokers[2].take(timeout_s=0.1) is None  # > max_attempts: dead letter, never handed out
+        return store.get_job(job.job_id).status == "failed"
+
+    wait_until(third_delivery, 10, "dead-lettered on the third delivery")
     failed = store.get_job(job.job_id)
     assert failed.status == "failed" and "after 2 attempts" in failed.error
     assert store.get_video(video.video_id).status == "failed"
@@ -106,8 +110,10 @@ def test_live_worker_keeps_its_jobs(redis_server, tmp_path):
     try:
         a.enqueue(IngestJob(1, 1, "/v.mp4"))
         job = a.take(timeout_s=1)
-        time.sleep(0.8)
-        assert b.take(timeout_s=0.6) is None
+        # for 5 reclaim intervals b finds nothing to take over, and a's heartbeat keeps the entry fresh
+        stays(lambda: b.take(timeout_s=0.05) is None, 5 * settings.reclaim_idle_s, "held by a")
+        (held,) = client.xpending_range(f"{settings.redis_prefix}:jobs", "workers", "-", "+", 10)
+        assert held["consumer"] == b"a"
         a.ack(job)
         assert a.queue_depth() == 0
     finally:
@@ -164,9 +170,8 @@ def test_gateway_and_worker_through_redis(redis_service, media):
     assert r.status_code == 202, r.text
     assert wait_job(c, r.json()["job_id"])["status"] == "done"
     vid = r.json()["video_id"]
-    deadline = time.monotonic() + 5  # this replica's index follows the vector stream (milliseconds)
-    while c.get("/readyz").json()["videos"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # this replica's index follows the vector stream (milliseconds)
+    wait_until(lambda: c.get("/readyz").json()["videos"] >= 1, 5, "in this replica's index")
     assert c.get(f"/v1/videos/{vid}").json()["segments"]
     with open(media["bars_copy"], "rb") as f:
         hits = c.post("/v1/search", files={"file": ("q.mp4", f)}, data={"k": "3"}).json()["hits"]

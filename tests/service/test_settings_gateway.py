@@ -44,3 +44,26 @@ def test_gateway_without_worker_answers_503(checkpoint, tmp_path, media):
             assert c.post("/v1/classify", files={"file": ("a.mp4", f)}).status_code == 503
         assert time.monotonic() - t0 < 10
         assert 'drca_queue_depth 1.0' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_hostile_checkpoint_is_a_one_line_exit_2(command, checkpoint, tmp_path):
+    """`drca serve` / `drca worker` with a checkpoint whose config asks for 10^9 layers: exit 2 and one
+    line naming the problem, before anything is built."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    bad = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["backbone"]["depth"] = 10**9
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(app, [command, "--checkpoint", str(bad), "--redis", "redis://127.0.0.1:1/0"]
+                           if command == "worker" else [command, "--checkpoint", str(bad)])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "backbone.depth=1000000000 is outside" in lines[0], r.output

@@ -1,4 +1,8 @@
-"""The checkpoint that `drca serve` loads by default: present, complete, and servable."""
+"""The checkpoint that `drca serve` loads by default: present, complete, and servable on a real clip.
+
+Not tested: that its labels for tests/data/tiger.mp4 include "tiger". The teacher's do (tiger 0.19 at
+224 px), the shipped student's do not (binder, envelope, analog clock, ...; docs/training.md).
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,30 @@ import numpy as np
 from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from service.encoder import VideoEncoder
 from service.settings import Settings
-from training.data.synth import SynthConfig, generate
+from training.data.imagenet import class_names
+
+TIGER = Path(__file__).parents[1] / "data" / "tiger.mp4"  # a held-out openclipart tiger (tests/data/make_clips.py)
 
 
-def test_shipped_checkpoint_has_every_head_and_its_card() -> None:
+def test_shipped_checkpoint_has_the_imagenet_classes_an_embedding_and_its_card() -> None:
     ck = load_checkpoint(SHIPPED_CHECKPOINT)
-    assert ck.config.name == "drca-cpu"
-    assert ck.config.head.num_classes == len(ck.card.class_names) == 12
-    assert ck.config.head.embed_dim == 256 and ck.text_head is not None
+    assert ck.config.name == "drca-cpu-160" and ck.config.input.img_size == 160 and ck.config.compressed
+    assert ck.card.class_names == class_names() and ck.config.head.num_classes == 1000
+    assert len(ck.card.class_descriptions) == 1000 and "large feline" in ck.card.class_descriptions[292]
+    assert ck.config.head.embed_dim == 256
     card = ck.card
     assert card.commands and card.commands[0].startswith("drca train shipped")
-    assert card.seed == 0 and card.wall_time_s and card.training_data
-    assert {"synth_test_top1", "synth_test_top5", "synth_test_mean_class_acc"} <= card.metrics.keys()
+    assert card.seed == 0 and card.wall_time_s and "sha256" in card.training_data
+    assert {"heldout_video_teacher_top1_in_top5", "heldout_video_top1_agree", "heldout_still_top1_in_top5"} \
+        <= card.metrics.keys()
     size = sum(f.stat().st_size for f in Path(SHIPPED_CHECKPOINT).iterdir())
     assert size <= 25 * 2**20
 
 
-def test_shipped_checkpoint_embeds_and_classifies(tmp_path: Path) -> None:
-    synth = tmp_path / "s"
-    generate(synth, SynthConfig(num_classes=12, videos_per_class=1, seed=123, min_seconds=3, max_seconds=3), workers=1)
+def test_shipped_checkpoint_embeds_and_classifies_a_real_clip(tmp_path: Path) -> None:
     enc = VideoEncoder(Settings(data_dir=tmp_path / "data", device="cpu", text_search=False))
-    decoded = enc.decode(next((synth / "videos").glob("*.mp4")))
+    decoded = enc.decode(TIGER)
     emb, probs = enc.forward(decoded.clips)
     assert emb.shape == (1, 256) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
-    assert probs.shape == (1, 12) and np.isclose(probs.sum(), 1.0, atol=1e-4)
+    assert probs.shape == (1, 1000) and np.isclose(probs.sum(), 1.0, atol=1e-4)
+    assert len(enc.class_names) == 1000

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 
 import pytest
 
 from service.store import DuplicateContent, InvalidTransition, Label, MetadataStore, NotFound
+from service.store.redis import RedisMetadataStore
 from service.store.sqlite import SQLiteMetadataStore
 
 
@@ -22,9 +24,23 @@ def store(tmp_path):
     s.close()
 
 
-def test_is_a_metadata_store(store):
-    assert isinstance(store, SQLiteMetadataStore)
-    _: MetadataStore = store  # the protocol type-checks against the implementation
+def _protocol_methods() -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(fn) for name, fn in vars(MetadataStore).items()
+            if callable(fn) and not name.startswith("_")}
+
+
+@pytest.mark.parametrize("impl", [SQLiteMetadataStore, RedisMetadataStore])
+def test_implements_the_metadata_store_protocol(impl):
+    """Both stores have every method of the protocol with the same parameters (names, kinds, defaults), so
+    the catalog can use either one."""
+    methods = _protocol_methods()
+    assert len(methods) >= 14 and "create_video" in methods and "set_job_status" in methods
+    for name, want in methods.items():
+        fn = getattr(impl, name, None)
+        assert callable(fn), f"{impl.__name__} has no {name}"
+        got = inspect.signature(fn)
+        assert [(p.name, p.kind, p.default) for p in got.parameters.values()] == \
+            [(p.name, p.kind, p.default) for p in want.parameters.values()], (impl.__name__, name, got, want)
 
 
 def test_create_lookup_and_uniqueness(store, tmp_path):

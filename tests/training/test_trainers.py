@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,15 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from model.checkpoint import load_checkpoint
 from model.config import apply_overrides
+from tests.waiting import wait_until
 from training.classify import train_classify
 from training.config import ClassifyConfig, RetrievalConfig, TextConfig
 from training.data.synth import SynthConfig, generate
 from training.evaluate import evaluate_classification, evaluate_retrieval
 from training.retrieval import train_retrieval
 from training.text import train_text
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY_MODEL = (
     "model.name=tiny", "model.backbone.num_saliency=2", "model.input.num_frames=4", "model.input.img_size=32",
@@ -80,6 +86,61 @@ def test_resume_continues_where_it_stopped(synth: Path, tmp_path: Path) -> None:
     assert steps[: len(steps_one)] == steps_one and steps[-1] == 2 * steps_one[-1]
 
 
+def _train_cmd(synth: Path, out: Path, epochs: int) -> list[str]:
+    overrides = [*TINY_MODEL, *TINY_DATA, f"data.train_list={synth}/train.txt", "data.batch_size=2",
+                 "solver.optimizer=adamw", "solver.lr=2e-3", f"solver.epochs={epochs}", f"run.out_dir={out}"]
+    return [sys.executable, "-m", "cli.main", "train", "classify", *[a for o in overrides for a in ("--set", o)]]
+
+
+def _saved_step(out: Path) -> int:
+    state = out / "last.pt"
+    return torch.load(state, weights_only=True)["step"] if state.exists() else 0
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(synth: Path, tmp_path: Path) -> None:
+    """A run killed (-9) in the middle of an epoch resumes from its last saved epoch and ends with the same
+    weights as a run that was never interrupted; its metric log holds each step and each epoch once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    epochs = 3
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    done = subprocess.run(_train_cmd(synth, whole, epochs), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(_train_cmd(synth, cut, epochs), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def mid_epoch() -> bool:  # steps logged beyond the saved state, before the last epoch's end
+            assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
+            steps = [r["step"] for r in _records(cut) if r["kind"] == "train"] if (cut / "metrics.jsonl").exists() else []
+            return bool(steps) and max(steps) > _saved_step(cut) > 0
+
+        while True:
+            wait_until(mid_epoch, 280, "mid-epoch", interval_s=0.005)
+            proc.send_signal(signal.SIGSTOP)  # frozen: its state file and log are what the kill leaves
+            if mid_epoch():
+                break
+            proc.send_signal(signal.SIGCONT)
+        saved = torch.load(cut / "last.pt", weights_only=True)
+        assert 0 < saved["epoch"] < epochs
+    finally:
+        proc.kill()
+        proc.wait(30)
+    resumed = subprocess.run(_train_cmd(synth, cut, epochs), capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {cut / 'last.pt'} at epoch {saved['epoch']}" in resumed.stderr
+
+    a = load_checkpoint(whole / "checkpoint").model.state_dict()
+    b = load_checkpoint(cut / "checkpoint").model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    recs = _records(cut)
+    per_epoch = len([r for r in _records(whole) if r["kind"] == "train"]) // epochs
+    assert [r["step"] for r in recs if r["kind"] == "train"] == list(range(1, epochs * per_epoch + 1))
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == list(range(1, epochs + 1))
+
+
 def test_retrieval_with_cross_entropy_then_text(synth: Path, tmp_path: Path) -> None:
     cfg = apply_overrides(RetrievalConfig(), [
         *TINY_MODEL, *TINY_DATA, f"data.train_list={synth}/train.txt", "data.batch_size=4", "loss.ce_weight=1.0",
@@ -99,20 +160,27 @@ def test_retrieval_with_cross_entropy_then_text(synth: Path, tmp_path: Path) -> 
     out = train_text(text_cfg)
     final = load_checkpoint(out)
     assert final.text_head is not None and final.card.class_names == loaded.card.class_names
-    torch.testing.assert_close(final.model.state_dict()["embed_head.weight"] if "embed_head.weight" in
-                               final.model.state_dict() else torch.zeros(1),
-                               loaded.model.state_dict()["embed_head.weight"] if "embed_head.weight" in
-                               loaded.model.state_dict() else torch.zeros(1))  # frozen video encoder
+    before, after = loaded.model.state_dict(), final.model.state_dict()
+    assert "embed_head.weight" in before and before.keys() == after.keys()
+    for name, tensor in before.items():  # the video encoder is frozen: every tensor unchanged
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=0, msg=name)
 
-    # retrieval evaluation: each test video against the whole set, itself excluded; relevant = same class
-    vids = sorted((synth / "videos").glob("*.mp4"))
-    ids = [v.stem for v in vids]
+    # retrieval evaluation: each query against the whole set, itself excluded. Its only relevant video is
+    # a byte copy under another id (identical segments, so Chamfer similarity 1 and rank 1): mAP and R@1
+    # are exactly 1 whatever the weights, and a broken ranking, similarity or self-exclusion lowers them.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ids = []
+    for v in sorted((synth / "videos").glob("*.mp4")):
+        shutil.copy(v, videos / v.name)
+        ids.append(v.stem)
+    for q in ids[:4]:
+        shutil.copy(videos / f"{q}.mp4", videos / f"copy_{q}.mp4")
     (tmp_path / "q.txt").write_text("\n".join(ids[:4]) + "\n")
-    (tmp_path / "db.txt").write_text("\n".join(ids) + "\n")
-    rel = {q: [i for i in ids if i != q and i.rsplit("_", 1)[0] == q.rsplit("_", 1)[0]] for q in ids[:4]}
-    (tmp_path / "rel.json").write_text(json.dumps(rel))
-    m = evaluate_retrieval(out, tmp_path / "q.txt", tmp_path / "db.txt", tmp_path / "rel.json", synth / "videos")
-    assert 0.0 < m["mAP"] <= 1.0 and m["queries"] == 4
+    (tmp_path / "db.txt").write_text("\n".join(ids + [f"copy_{q}" for q in ids[:4]]) + "\n")
+    (tmp_path / "rel.json").write_text(json.dumps({q: [f"copy_{q}"] for q in ids[:4]}))
+    m = evaluate_retrieval(out, tmp_path / "q.txt", tmp_path / "db.txt", tmp_path / "rel.json", videos)
+    assert m["queries"] == 4 and m["mAP"] == 1.0 and m["R@1"] == 1.0, m
 
 
 def _free_port() -> int:
@@ -137,6 +205,30 @@ def test_ddp_two_cpu_processes_on_gloo(synth: Path, tmp_path: Path) -> None:
     n = len((synth / "train.txt").read_text().splitlines())
     assert [r["step"] for r in train] == list(range(1, n // 4 + 1))
     assert load_checkpoint(out / "checkpoint").config.head.num_classes == 4
+
+
+@pytest.mark.slow
+def test_ddp_ranks_hold_equal_parameters_after_training_steps(tmp_path: Path) -> None:
+    """Two ranks on gloo start from different random weights (per-rank seeds) and train on different
+    shards; DDP broadcasts rank 0's weights and averages the gradients, so after the steps every parameter
+    is equal on both ranks, and it moved."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "tests.training.ddp_step", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert int(r0["steps"]) == int(r1["steps"]) == 2  # 8 samples, 2 ranks, batch 2
+    assert sorted(r0["shard"].tolist() + r1["shard"].tolist()) == sorted((torch.arange(8) % 5).tolist())
+    names = [k[len("trained."):] for k in r0 if k.startswith("trained.")]
+    assert names
+    assert any(not torch.equal(r0[f"initial.{n}"], r1[f"initial.{n}"]) for n in names)  # seeds differ per rank
+    moved = 0
+    for n in names:
+        torch.testing.assert_close(r1[f"wrapped.{n}"], r0[f"initial.{n}"], rtol=0, atol=0, msg=n)  # broadcast
+        torch.testing.assert_close(r1[f"trained.{n}"], r0[f"trained.{n}"], rtol=0, atol=0, msg=n)  # in sync
+        moved += not torch.equal(r0[f"trained.{n}"], r0[f"wrapped.{n}"])
+    assert moved > len(names) // 2  # the steps changed most parameters
 
 
 def test_bad_configuration_is_a_clear_error(synth: Path, tmp_path: Path) -> None:

