@@ -76,24 +76,17 @@ class OpenedVideo:
         """(stop - start, C, T, H, W) preprocessed clips of rows start..stop-1."""
         n_views = len(self._plan.views)
         first, last = start // n_views, (stop - 1) // n_views + 1
-        if not any(i in self._probed for i in range(first, last)):
-            rows = decode_segments(self._reader, self._planned[first:last], self._plan)
-        else:
-            parts, i = [], first
-            while i < last:
-                if i in self._probed:
-                    # a chunk may end inside this segment's views: keep its frames for the next chunk
-                    frames = self._probed[i] if (stop - 1) // n_views == i and stop % n_views else self._probed.pop(i)
-                    parts.append(torch.stack(self._plan.clips(frames)))
-                    i += 1
-                    continue
-                j = i
-                while j < last and j not in self._probed:
-                    j += 1
-                parts.append(decode_segments(self._reader, self._planned[i:j], self._plan))
-                i = j
-            rows = torch.cat(parts)
+        # a chunk that ends inside the last segment's views leaves the rest of them to the next chunk
+        keep_last = stop % n_views != 0
+        rows = torch.cat([self._segment_rows(i, keep=keep_last and i == last - 1) for i in range(first, last)])
         return rows[start - first * n_views : stop - first * n_views]
+
+    def _segment_rows(self, i: int, keep: bool) -> torch.Tensor:
+        """Segment i in every view: from the probe's frames (used up unless `keep`), else decoded."""
+        frames = self._probed.get(i) if keep else self._probed.pop(i, None)
+        if frames is None:
+            return decode_segments(self._reader, self._planned[i : i + 1], self._plan)
+        return torch.stack(self._plan.clips(frames))
 
     def close(self) -> None:
         self._reader.close()

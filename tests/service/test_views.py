@@ -53,6 +53,7 @@ def test_letterboxed_copy_is_embedded_from_its_active_picture(client, copies):
 
 def test_stored_and_text_queries_name_their_view(client, copies):
     vid = ingest(client, copies["testsrc"])
+    ingest(client, copies["mirrored"])  # another indexed video, so the stored query (which skips itself) has hits
     hits = client.post("/v1/search", json={"video_id": vid, "k": 3}).json()["hits"]
     assert hits and all(h["view"] == "original" and h["query_box"] is None for h in hits)
     hits = client.post("/v1/search", json={"text": "a swimming race", "k": 2}).json()["hits"]
