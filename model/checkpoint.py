@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from model.config import DRCAConfig
 from model.drca import DRCA
+from model.hybrid import HybridDRCA
 from model.text import TextHead
 
 WEIGHTS = "model.safetensors"
@@ -29,7 +30,16 @@ CARD = "card.json"
 TEXT_PREFIX = "text_head."
 
 #: The checkpoint shipped inside the `model` package (the service's default; `drca train shipped` rebuilds it).
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "drca-cpu"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "drca-lite0"
+
+
+Network = DRCA | HybridDRCA
+
+
+def build_model(cfg: DRCAConfig) -> Network:
+    """The network a config describes: a `HybridDRCA` on the pretrained stem (``backbone.stem=lite0``), else
+    the pure DRCA."""
+    return HybridDRCA(cfg) if cfg.backbone.stem == "lite0" else DRCA(cfg)
 
 
 class CheckpointError(ValueError):
@@ -68,13 +78,13 @@ class ModelCard(BaseModel):
 
 @dataclass
 class LoadedCheckpoint:
-    model: DRCA
+    model: Network
     config: DRCAConfig
     card: ModelCard
     text_head: TextHead | None
 
 
-def save_checkpoint(path: str | Path, model: DRCA, card: ModelCard, text_head: TextHead | None = None) -> Path:
+def save_checkpoint(path: str | Path, model: Network, card: ModelCard, text_head: TextHead | None = None) -> Path:
     """Write a checkpoint directory atomically (files written to a temp dir, then renamed into place)."""
     path = Path(path)
     cfg = model.cfg
@@ -172,13 +182,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     # the networks the config and card describe, built on the meta device (no memory) and checked against
     # the file's shapes: nothing is allocated for a config that does not match its weights
     with torch.device("meta"):
-        skeleton = DRCA(cfg).state_dict()
+        skeleton = build_model(cfg).state_dict()
         text_skeleton = TextHead(card.text_dim, cfg.head.embed_dim).state_dict() if text_shapes else {}
     _check_shapes(skeleton, {k: v for k, v in shapes.items() if not k.startswith(TEXT_PREFIX)}, path)
     _check_shapes(text_skeleton, text_shapes, path, prefix=TEXT_PREFIX)
 
     tensors = read_weights(path, map_location)
-    model = DRCA(cfg)
+    model = build_model(cfg)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}, strict=True)
     text_head = None
     if text_shapes:

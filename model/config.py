@@ -35,7 +35,14 @@ class BackboneConfig:
     # (BatchNorm, ReLU) down to the same patch grid, then a 1x1 projection; it needs a power-of-two patch
     # size and trains far better from scratch on small data (Xiao et al., "Early Convolutions Help
     # Transformers See Better", 2021), which is what the CPU preset does.
-    stem: Literal["patch", "conv"] = "patch"
+    #
+    # "lite0": the pretrained EfficientNet-Lite0 is the tokenizer (a hybrid DRCA, `model.hybrid`): its
+    # first ``stem_split`` MBConv blocks run on every frame, a patch_size / stride convolution makes the
+    # DRCA tokens of their feature map, and its remaining blocks run after the DCCM: on full-size maps for
+    # the K saliency frames, on half-size maps for the others. ``patch_size`` is the token grid's stride in
+    # pixels (32: the stem's own output grid).
+    stem: Literal["patch", "conv", "lite0"] = "patch"
+    stem_split: int = 5  # lite0: MBConv blocks before the DCCM (5: stride 8, 40 channels)
     embed_dim: int = 384
     depth: int = 12
     num_heads: int = 6
@@ -96,7 +103,7 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "input.num_frames": (1, 1024), "input.img_size": (1, 4096),
     "backbone.patch_size": (1, 512), "backbone.embed_dim": (1, 8192), "backbone.depth": (1, 256),
     "backbone.num_heads": (1, 256), "backbone.num_saliency": (1, 1024), "backbone.num_samples": (1, 100_000),
-    "backbone.sal_ref_heads": (1, 256),
+    "backbone.sal_ref_heads": (1, 256), "backbone.stem_split": (0, 16),
     "head.num_classes": (0, 100_000), "head.embed_dim": (0, 8192),
 }
 
@@ -110,6 +117,9 @@ def validate(cfg: DRCAConfig) -> None:
             raise ValueError(f"{key}={value} is outside [{low}, {high}]")
     if not 0 < b.mlp_ratio <= 16:
         raise ValueError(f"backbone.mlp_ratio={b.mlp_ratio} is outside (0, 16]")
+    if b.stem == "lite0":
+        _validate_lite0(cfg)
+        return
     if i.img_size % b.patch_size:
         raise ValueError(f"input.img_size={i.img_size} is not a multiple of backbone.patch_size={b.patch_size}")
     if b.stem == "conv" and (b.patch_size < 2 or b.patch_size & (b.patch_size - 1)):
@@ -140,6 +150,32 @@ def validate(cfg: DRCAConfig) -> None:
         allowed = get_args(FrameChoice if name == "frame_choice" else CompModule)
         if value not in allowed:
             raise ValueError(f"backbone.{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _validate_lite0(cfg: DRCAConfig) -> None:
+    """The hybrid's constraints: tokens on the stem's stride-32 grid, the DCCM always on, a 1280-d feature."""
+    from model.efficientnet import FEATURE_DIM, NUM_BLOCKS, block_stride
+
+    b, i, h = cfg.backbone, cfg.input, cfg.head
+    if not 1 <= b.stem_split < NUM_BLOCKS:
+        raise ValueError(f"backbone.stem_split={b.stem_split} must be in [1, {NUM_BLOCKS})")
+    stride = block_stride(b.stem_split)
+    if b.patch_size != 32 or i.img_size % 32:
+        raise ValueError(f"stem=lite0 needs backbone.patch_size=32 and input.img_size a multiple of 32, got "
+                         f"{b.patch_size} and {i.img_size}")
+    if b.embed_dim % b.num_heads or b.embed_dim % b.sal_ref_heads:
+        raise ValueError(f"backbone.embed_dim={b.embed_dim} must be divisible by num_heads and sal_ref_heads")
+    if b.comp_insert_layer < 0 or b.comp_module != "sal_ref" or stride > 32:
+        raise ValueError("stem=lite0 needs the DCCM (comp_insert_layer >= 0) with comp_module=sal_ref and a "
+                         "stem_split below the stride-32 stage")
+    if not 0 <= b.comp_insert_layer < b.depth or not 0 < b.num_saliency <= i.num_frames:
+        raise ValueError(f"backbone.comp_insert_layer must be in [0, {b.depth}) and num_saliency in "
+                         f"[1, {i.num_frames}] (num_frames: no compression)")
+    if b.frame_choice != "uniform" and i.img_size // 32 < 3:
+        raise ValueError("the ScoreNet needs a token grid of at least 3x3 (input.img_size >= 96)")
+    if h.embedding != "feature" or h.embed_dim not in (0, FEATURE_DIM) or h.num_classes not in (0, 1000):
+        raise ValueError(f"stem=lite0 embeds its {FEATURE_DIM}-d feature (head.embedding=feature, embed_dim "
+                         f"{FEATURE_DIM}) and classifies the 1000 ImageNet classes (or none)")
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:

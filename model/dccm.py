@@ -14,6 +14,8 @@ Selected frames are always kept in temporal order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,13 +113,8 @@ def uniform_split(t: int, k: int, batch: int, device: torch.device) -> tuple[Ten
 
 
 def gather_frames(x: Tensor, idx: Tensor) -> Tensor:
-    """x: (B, T, H, W, C), idx: (B, K) -> (B, K, H, W, C)."""
+    """x: (B, T, ...), idx: (B, K) -> (B, K, ...)."""
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), idx]
-
-
-def mix_frames(x: Tensor, weights: Tensor) -> Tensor:
-    """Soft gather: weights (B, K, T) times x (B, T, H, W, C) -> (B, K, H, W, C)."""
-    return torch.einsum("bkt,bthwc->bkhwc", weights, x)
 
 
 # --------------------------------------------------------------------------- compression modules
@@ -323,19 +320,48 @@ class DCCM(nn.Module):
         self.compression = build_compression(cfg)
         self.apply(reference_init)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Returns (high (B, K, H, W, C), low (B, T-K, H/2, W/2, C), saliency indices (B, K), scores)."""
+    def select(self, x: Tensor) -> FrameSplit:
+        """Which frames stay at full resolution: x (B, T, H, W, C) -> a `FrameSplit`."""
         b, t = x.shape[:2]
         if self.score_net is None:
             top, rest = uniform_split(t, self.k, b, x.device)
-            scores = None
-            high, back = gather_frames(x, top), gather_frames(x, rest)
-        else:
-            scores = self.score_net(x)
-            top, rest = hard_split(scores, self.k)
-            if self.training and self.frame_choice == "diff_rank":
-                w_top, w_rest = PerturbedTopK.apply(scores, self.k, self.num_samples, self.sigma)
-                high, back = mix_frames(x, w_top), mix_frames(x, w_rest)
-            else:
-                high, back = gather_frames(x, top), gather_frames(x, rest)
-        return high, self.compression(back, high), top, scores
+            return FrameSplit(top, rest)
+        scores = self.score_net(x)
+        top, rest = hard_split(scores, self.k)
+        if self.training and self.frame_choice == "diff_rank":
+            w_top, w_rest = PerturbedTopK.apply(scores, self.k, self.num_samples, self.sigma)
+            return FrameSplit(top, rest, w_top, w_rest, scores)
+        return FrameSplit(top, rest, scores=scores)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Returns (high (B, K, H, W, C), low (B, T-K, H/2, W/2, C), saliency indices (B, K), scores)."""
+        split = self.select(x)
+        high = split.take_top(x)
+        return high, self.compression(split.take_rest(x), high), split.top, split.scores
+
+
+@dataclass
+class FrameSplit:
+    """The DCCM's choice: frame indices (B, K) kept at full resolution and (B, T-K) compressed, each in
+    temporal order; in training with `diff_rank`, the perturbed top-k's soft indicators (B, K, T) and
+    (B, T-K, T), which then replace the hard gathers."""
+
+    top: Tensor
+    rest: Tensor
+    w_top: Tensor | None = None
+    w_rest: Tensor | None = None
+    scores: Tensor | None = None
+
+    def take_top(self, x: Tensor) -> Tensor:
+        """x: (B, T, ...) -> the saliency frames (B, K, ...)."""
+        return _take(x, self.top, self.w_top)
+
+    def take_rest(self, x: Tensor) -> Tensor:
+        """x: (B, T, ...) -> the compressed frames (B, T-K, ...)."""
+        return _take(x, self.rest, self.w_rest)
+
+
+def _take(x: Tensor, idx: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return gather_frames(x, idx)
+    return torch.einsum("bkt,bt...->bk...", weights, x)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.checkpoint import build_model
 from model.config import DRCAConfig
-from model.drca import DRCA
 from model.presets import uncompressed
 
 
@@ -39,7 +39,7 @@ class FlopReport:
 def _count(cfg: DRCAConfig, shape: tuple[int, ...]) -> tuple[int, int]:
     cfg = replace(cfg, backbone=replace(cfg.backbone, use_sdpa=False))
     torch.manual_seed(0)
-    model = DRCA(cfg).eval()
+    model = build_model(cfg).eval()
     x = torch.zeros(shape)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -57,5 +57,5 @@ def count_flops(cfg: DRCAConfig, shape: tuple[int, ...] | None = None) -> FlopRe
         raise ValueError("only square inputs are supported")
     cfg = replace(cfg, input=replace(cfg.input, num_frames=t, img_size=h))
     flops, params = _count(cfg, shape)
-    base = flops if not cfg.compressed else _count(uncompressed(cfg), shape)[0]
+    base = _count(uncompressed(cfg), shape)[0] if cfg.compressed and uncompressed(cfg) != cfg else flops
     return FlopReport(name=cfg.name, shape=tuple(shape), params=params, flops=flops, uncompressed_flops=base)

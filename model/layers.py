@@ -172,7 +172,7 @@ class ResolutionAlignBlock(nn.Module):
     """DRCA layer after compression: K full-resolution saliency frames and T-K half-resolution frames.
 
     Temporal attention runs over all T frames on the low-resolution grid: the saliency frames are
-    average-pooled 2x, concatenated with the compressed frames, attended across time, and their residual
+    average-pooled 2x (adaptively to the low grid when the full grid is odd), concatenated with the compressed frames, attended across time, and their residual
     is upsampled bilinearly (align_corners=True, as the reference's UpsamplingBilinear2d) back to full
     resolution. Spatial attention runs per resolution with its own norm and weights for the
     low-resolution path; the cls token takes the mean of its per-frame outputs over all T frames. The
@@ -190,18 +190,19 @@ class ResolutionAlignBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     @staticmethod
-    def upsample(x: Tensor) -> Tensor:
-        """Bilinear 2x upsampling with align_corners=True: (B, T, H, W, C) -> (B, T, 2H, 2W, C)."""
+    def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bilinear upsampling with align_corners=True (the reference's UpsamplingBilinear2d; 2x for an
+        even grid): (B, T, h, w, C) -> (B, T, *size, C)."""
         b, t, h, w, c = x.shape
-        up = F.interpolate(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), scale_factor=2, mode="bilinear",
+        up = F.interpolate(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size=size, mode="bilinear",
                            align_corners=True)
-        return up.permute(0, 2, 3, 1).reshape(b, t, 2 * h, 2 * w, c)
+        return up.permute(0, 2, 3, 1).reshape(b, t, *size, c)
 
     def forward(self, cls: Tensor, high: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         k = high.shape[1]
-        aligned = torch.cat([pool2x(high), low], dim=1)  # (B, T, H/2, W/2, C)
+        aligned = torch.cat([pool_to(high, low.shape[2:4]), low], dim=1)  # (B, T, H/2, W/2, C)
         upd = self.temporal(aligned)
-        high = high + self.upsample(upd[:, :k])
+        high = high + self.upsample(upd[:, :k], high.shape[2:4])
         low = low + upd[:, k:]
 
         cls_high, high_upd = self.spatial_high(cls, high)
@@ -216,7 +217,11 @@ class ResolutionAlignBlock(nn.Module):
         return cls + cls_ffn, high + high_ffn, low + low_ffn
 
 
-def pool2x(x: Tensor) -> Tensor:
-    """2x2 average pooling of (B, T, H, W, C) -> (B, T, H/2, W/2, C)."""
+def pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Average pooling of (B, T, H, W, C) down to (B, T, *size, C): 2x2 blocks when size is (H/2, W/2),
+    else adaptive windows (an odd grid: 7x7 -> 4x4)."""
     b, t, h, w, c = x.shape
-    return x.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(dim=(3, 5))
+    if (h, w) == (2 * size[0], 2 * size[1]):
+        return x.reshape(b, t, size[0], 2, size[1], 2, c).mean(dim=(3, 5))
+    out = F.adaptive_avg_pool2d(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size)
+    return out.permute(0, 2, 3, 1).reshape(b, t, *size, c)

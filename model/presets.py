@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from model.config import BackboneConfig, DRCAConfig, HeadConfig, InputConfig
+from model.efficientnet import FEATURE_DIM, LITE_MEAN, LITE_STD
 
 _S = BackboneConfig(embed_dim=384, depth=12, num_heads=6)
 _B = BackboneConfig(embed_dim=768, depth=12, num_heads=12)
@@ -17,6 +18,21 @@ def _k(backbone: BackboneConfig, k: int) -> BackboneConfig:
 
 
 PRESETS: dict[str, DRCAConfig] = {
+    # The shipped checkpoint's preset (`drca train shipped`): DRCA layers on the pretrained EfficientNet-Lite0
+    # stem (`model.hybrid`) at 224 px, 8 frames. The stem's first 5 blocks see every frame; 192-d tokens
+    # on the 7x7 grid, 1 divided space-time layer, then the DCCM keeps K=4 frames for the stem's late
+    # blocks at full size (the other 4 at half size) and 2 Resolution-Align layers. The 1000 ImageNet
+    # classes and the 1280-d embedding; docs/model.md has the choice of stem and size.
+    "drca-lite0-224": DRCAConfig(
+        name="drca-lite0-224",
+        input=InputConfig(num_frames=8, img_size=224, mean=LITE_MEAN, std=LITE_STD),
+        backbone=BackboneConfig(
+            patch_size=32, stem="lite0", stem_split=5, embed_dim=192, depth=3, num_heads=3, drop_path=0.0,
+            comp_insert_layer=1, num_saliency=4, frame_choice="diff_rank", comp_module="sal_ref",
+            num_samples=100, sal_ref_heads=4,
+        ),
+        head=HeadConfig(num_classes=1000, embed_dim=FEATURE_DIM, embedding="feature", pool="mean"),
+    ),
     # TimeSformer-S baseline (no compression).
     "drca-s-224": DRCAConfig(name="drca-s-224", input=_IN224, backbone=_S),
     "drca-s-k2-224": DRCAConfig(name="drca-s-k2-224", input=_IN224, backbone=_k(_S, 2)),
@@ -78,5 +94,8 @@ def get_preset(name: str) -> DRCAConfig:
 
 
 def uncompressed(cfg: DRCAConfig) -> DRCAConfig:
-    """The same network without the DCCM (every layer at full resolution)."""
+    """The same network without compression: every layer at full resolution (a `lite0` hybrid keeps its
+    DCCM layer and keeps every frame, K = T)."""
+    if cfg.backbone.stem == "lite0":
+        return replace(cfg, backbone=replace(cfg.backbone, num_saliency=cfg.input.num_frames))
     return replace(cfg, backbone=replace(cfg.backbone, comp_insert_layer=-1))

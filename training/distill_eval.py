@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from media.segments import segment_clips
 from media.video import open_video
-from model.checkpoint import load_checkpoint
 from model.config import InputConfig
+from model.efficientnet import EfficientNetLite0
 from training.embed import embed_clips
-from training.teacher import TEACHER_SIZE, EfficientNetLite0, run_teacher
+from training.teacher import TEACHER_SIZE, run_teacher
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,15 @@ def _agree(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
             "top1_agree": float((top5[:, 0] == t1).float().mean())}
 
 
-def label_agreement(checkpoint: str | Path, videos: Sequence[Path], teacher: EfficientNetLite0,
+def label_agreement(model: torch.nn.Module, inp: InputConfig, videos: Sequence[Path], teacher: EfficientNetLite0,
                     names: Sequence[str]) -> dict:
-    """Per-video top-5 of both, and the two agreement figures over ``videos``."""
-    ckpt = load_checkpoint(checkpoint)
-    if len(ckpt.card.class_names) != 1000:
-        raise ValueError(f"{checkpoint}: {len(ckpt.card.class_names)} classes; label agreement needs the 1000 ImageNet ones")
+    """Per-video top-5 of both, and the two agreement figures over ``videos`` (``model`` classifies the
+    1000 ImageNet classes, `load_checkpoint(...).model` or a network just trained)."""
     tp, sp, per_video = [], [], {}
+    model = model.eval()
     for path in tqdm(videos, desc="agreement", unit="video"):
         t = teacher_video_probs(teacher, path)
-        s = student_video_probs(ckpt.model, ckpt.config.input, path)
+        s = student_video_probs(model, inp, path)
         tp.append(t)
         sp.append(s)
         per_video[path.name] = {

@@ -15,6 +15,7 @@ from PIL import Image
 from model.checkpoint import load_checkpoint
 from model.config import apply_overrides
 from model.drca import DRCA
+from model.efficientnet import EfficientNetLite0
 from tests.training.test_trainers import TINY_MODEL
 from training.data.distill import (
     ClipCacheConfig,
@@ -27,7 +28,6 @@ from training.data.distill import (
     render,
 )
 from training.distill import DistillConfig, distill_kl, teacher_targets, train_distill
-from training.teacher import EfficientNetLite0
 
 TINY_DISTILL = (*TINY_MODEL, "model.head.num_classes=1000", "model.head.pool=mean")
 

@@ -12,9 +12,9 @@ import torch
 
 from media.video import ffmpeg_exe
 from model.checkpoint import load_checkpoint
+from model.efficientnet import EfficientNetLite0
 from tests.training.test_distill import TINY_DISTILL, _real_dir
 from training.shipped import ShippedConfig, build_shipped
-from training.teacher import EfficientNetLite0
 
 
 def _real_folder(root: Path) -> Path:

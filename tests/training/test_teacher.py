@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.efficientnet import FEATURE_DIM, EfficientNetLite0
 from training.data.imagenet import class_names, load_classes
 from training.teacher import (
-    FEATURE_DIM,
     WEIGHTS_MEMBER,
-    EfficientNetLite0,
     TeacherError,
     load_teacher,
     run_teacher,

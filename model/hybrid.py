@@ -1,0 +1,189 @@
+"""DRCA on a pretrained EfficientNet-Lite0 stem (a "hybrid" DRCA, as timm's hybrid ViT).
+
+The stem is `model.efficientnet.EfficientNetLite0`, split at a block boundary (``backbone.stem_split``):
+
+1. **Full resolution, all T frames.** The stem's early blocks run on every frame (stride 8 at the default
+   split); a ``patch_size / stride`` convolution turns their map into DRCA tokens on the stride-32 grid
+   (7x7 at 224 px), with cls, position and time embeddings, and ``comp_insert_layer`` divided space-time
+   layers attend over them.
+2. **DCCM.** The ScoreNet scores the frames from those tokens; the perturbed top-k keeps K of them. The
+   stem's late blocks then run on the K saliency frames' full-size maps (7x7 out) and on the other T-K
+   frames' maps average-pooled to half size (4x4 out): most of the stem's work is skipped for T-K frames.
+   The compression module (sal_ref: the non-saliency tokens attend to the saliency tokens) halves the
+   tokens of the T-K frames.
+3. **Resolution-Align.** Each frame's late map is projected into its tokens (high: K x 7x7, low: T-K x
+   4x4) and the Resolution-Align layers attend across time over both resolutions.
+4. **Heads.** The feature is the frame mean of the stem's pooled 1280-d feature (each frame at the size
+   it was given) plus a projection of the normalised mean DRCA token. The classifier is the stem's
+   ImageNet classifier on that feature; the embedding is the L2-normalised feature.
+
+At initialisation the projection back to 1280 is zero, so the class output is the frame mean of the
+stem's own logits and the embedding the stem's frame-mean feature: training can only add to ImageNet.
+
+Training never runs the stem (it is frozen): `forward_stem` takes the stem's outputs for every frame at
+both sizes (computed once, `stem_outputs`), which is what a feature cache stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import DRCAConfig
+from model.dccm import DCCM, FrameSplit
+from model.drca import DRCAOutput
+from model.efficientnet import FEATURE_DIM, LATE_CHANNELS, EfficientNetLite0, block_channels, block_stride
+from model.layers import Attention, DividedSTBlock, ResolutionAlignBlock
+
+
+@dataclass
+class StemOutputs:
+    """The frozen stem's outputs for the T frames of B clips (all frames at both sizes, or, at inference,
+    only what the DCCM's choice needs).
+
+    early: (B, T, C, h, w) the early blocks' map; late_full / late_half: (B, T, 320, g, g) the late
+    blocks' maps of the full-size and half-size early map; pooled_full / pooled_half: (B, T, 1280) the
+    head's global average of those."""
+
+    early: Tensor
+    late_full: Tensor
+    pooled_full: Tensor
+    late_half: Tensor
+    pooled_half: Tensor
+
+
+def halve(early: Tensor) -> Tensor:
+    """2x2 average pooling of early maps ``(N, C, h, w)`` (ceil for an odd size): the compressed input."""
+    return F.avg_pool2d(early, 2, ceil_mode=True)
+
+
+class HybridDRCA(nn.Module):
+    def __init__(self, cfg: DRCAConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        b, inp = cfg.backbone, cfg.input
+        dim = b.embed_dim
+        self.split = b.stem_split
+        self.stem = EfficientNetLite0().to(memory_format=torch.channels_last)  # ~2x faster convs on CPU
+        k = b.patch_size // block_stride(self.split)
+        self.tokenizer = nn.Conv2d(block_channels(self.split), dim, kernel_size=k, stride=k)
+        grid = inp.img_size // b.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, inp.num_frames, dim))
+        drop = [b.drop_path * i / max(1, b.depth - 1) for i in range(b.depth)]
+        args = dict(dim=dim, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, dropout=b.dropout, use_sdpa=b.use_sdpa)
+        insert = b.comp_insert_layer
+        self.blocks = nn.ModuleList(DividedSTBlock(drop_path=drop[i], **args) for i in range(insert))
+        self.dccm = DCCM(b)
+        self.late_proj = nn.Linear(LATE_CHANNELS, dim)
+        self.align_blocks = nn.ModuleList(ResolutionAlignBlock(drop_path=drop[i], **args)
+                                          for i in range(insert, b.depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.out_proj = nn.Linear(dim, FEATURE_DIM)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """As `DRCA._init_weights` for the transformer layers; the output projection zero (the network
+        starts as the stem's frame mean). The stem's weights come from a checkpoint or the teacher."""
+        for p in (self.pos_embed, self.cls_token, self.time_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        for blk in [*self.blocks, *self.align_blocks]:
+            for m in blk.modules():
+                if isinstance(m, Attention):
+                    nn.init.xavier_uniform_(m.qkv.weight)
+                    nn.init.zeros_(m.qkv.bias)
+                    nn.init.zeros_(m.proj.bias)
+            nn.init.zeros_(blk.temporal.temporal_fc.weight)
+            nn.init.zeros_(blk.temporal.temporal_fc.bias)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed", "time_embed"}
+
+    def train(self, mode: bool = True) -> HybridDRCA:
+        """The stem stays in eval mode (frozen batch-norm statistics) whatever the mode."""
+        super().train(mode)
+        self.stem.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------ the stem
+    def _frames(self, x: Tensor) -> Tensor:
+        inp = self.cfg.input
+        if x.ndim != 5 or x.shape[1] != 3 or x.shape[2] != inp.num_frames or x.shape[3:] != (inp.img_size,) * 2:
+            raise ValueError(
+                f"expected input (B, 3, {inp.num_frames}, {inp.img_size}, {inp.img_size}), got {tuple(x.shape)}"
+            )
+        return x.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
+
+    def _late(self, early: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, C, h, w) early maps -> late maps (N, 320, g, g) and pooled features (N, 1280)."""
+        late = self.stem.late(early, self.split)
+        return late, self.stem.head(late).mean(dim=(2, 3))
+
+    def stem_outputs(self, x: Tensor) -> StemOutputs:
+        """Every frame through the stem at both sizes (the training cache; x: (B, 3, T, H, W))."""
+        b, t = x.shape[0], x.shape[2]
+        early = self.stem.early(self._frames(x), self.split)
+        late_full, pooled_full = self._late(early)
+        late_half, pooled_half = self._late(halve(early))
+        per_clip = lambda y: y.reshape(b, t, *y.shape[1:])  # noqa: E731
+        return StemOutputs(per_clip(early), per_clip(late_full), per_clip(pooled_full), per_clip(late_half),
+                           per_clip(pooled_half))
+
+    # ---------------------------------------------------------------------------------------- the DRCA
+    def forward(self, x: Tensor) -> DRCAOutput:
+        """x: (B, 3, T, H, W) normalised frames. At inference the late blocks run only where needed: on
+        the K saliency frames at full size and on the T-K others at half size."""
+        if self.training:
+            return self.forward_stem(self.stem_outputs(x))
+        b, t = x.shape[0], x.shape[2]
+        early = self.stem.early(self._frames(x), self.split)
+        early = early.reshape(b, t, *early.shape[1:])
+        cls, tokens = self._full_resolution(early)
+        split = self.dccm.select(tokens)
+        high_late, high_pooled = self._late(split.take_top(early).flatten(0, 1))
+        low_late, low_pooled = self._late(halve(split.take_rest(early).flatten(0, 1)))
+        k = split.top.shape[1]
+        return self._after_dccm(cls, tokens, split, high_late.unflatten(0, (b, k)), high_pooled.unflatten(0, (b, k)),
+                                low_late.unflatten(0, (b, t - k)), low_pooled.unflatten(0, (b, t - k)))
+
+    def forward_stem(self, s: StemOutputs) -> DRCAOutput:
+        """The network from the stem's outputs for every frame at both sizes (training on a cache; in
+        training mode the perturbed top-k mixes them softly, in eval mode it picks)."""
+        cls, tokens = self._full_resolution(s.early)
+        split = self.dccm.select(tokens)
+        return self._after_dccm(cls, tokens, split, split.take_top(s.late_full), split.take_top(s.pooled_full),
+                                split.take_rest(s.late_half), split.take_rest(s.pooled_half))
+
+    def _full_resolution(self, early: Tensor) -> tuple[Tensor, Tensor]:
+        """early (B, T, C, h, w) -> cls (B, 1, D) and tokens (B, T, g, g, D) after the first layers."""
+        b, t = early.shape[:2]
+        tokens = self.tokenizer(early.flatten(0, 1))  # (B*T, D, g, g)
+        g, d = tokens.shape[-1], tokens.shape[1]
+        tokens = tokens.permute(0, 2, 3, 1).reshape(b, t, g, g, d)
+        tokens = tokens + self.pos_embed[:, 1:].reshape(1, 1, g, g, d) + self.time_embed.reshape(1, t, 1, 1, d)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, 1, d)
+        for blk in self.blocks:
+            cls, tokens = blk(cls, tokens)
+        return cls, tokens
+
+    def _after_dccm(self, cls: Tensor, tokens: Tensor, split: FrameSplit, high_late: Tensor, high_pooled: Tensor,
+                    low_late: Tensor, low_pooled: Tensor) -> DRCAOutput:
+        """high_late (B, K, 320, g, g), low_late (B, T-K, 320, g', g'), pooled (B, *, 1280) -> the output."""
+        high = split.take_top(tokens)
+        low = self.dccm.compression(split.take_rest(tokens), high)
+        high = high + self.late_proj(high_late.permute(0, 1, 3, 4, 2))
+        low = low + self.late_proj(low_late.permute(0, 1, 3, 4, 2))
+        for blk in self.align_blocks:
+            cls, high, low = blk(cls, high, low)
+        mean_token = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1).mean(dim=1)
+        stem_feature = torch.cat([high_pooled, low_pooled], dim=1).mean(dim=1)  # (B, 1280)
+        features = stem_feature + self.out_proj(self.norm(mean_token))
+        logits = self.stem._fc(features) if self.cfg.head.num_classes else None
+        embedding = F.normalize(features, dim=-1) if self.cfg.head.embed_dim else None
+        return DRCAOutput(features=features, logits=logits, embedding=embedding, saliency_indices=split.top)
