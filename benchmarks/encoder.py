@@ -1,10 +1,12 @@
-"""Encoder throughput: clips/s of drca-s-224 vs drca-s-k4-224 (the FLOPs claim) and the CPU presets.
+"""Encoder throughput: clips/s with and without compression (the FLOPs claim): drca-s-k4-224 against
+drca-s-224, and the shipped drca-lite0-224 (K=4) against the same network with every frame kept (K=8);
+and the other CPU presets.
 
     python -m benchmarks.encoder [--threads 2] [--seconds 20]
 
 Eval mode, torch.inference_mode, random-initialised weights (speed does not depend on the weights), at
-each preset's own input size. drca-s-224 and drca-s-k4-224 are timed interleaved (one forward pass of
-each in turn, at each batch size), so that on a shared machine both see the same load. Each pass is
+each preset's own input size. Each compressed network and its uncompressed twin are timed interleaved
+(one forward pass of each in turn, at each batch size), so that on a shared machine both see the same load. Each pass is
 timed in wall-clock time and in this process's CPU time (`time.process_time`, all threads): on a
 machine shared with other jobs the wall-clock time measures the contention as much as the model, the CPU
 time much less so (with one thread, none of it is spent waiting for a descheduled sibling thread).
@@ -22,9 +24,16 @@ import time
 import torch
 
 from benchmarks._env import write_result
-from model.drca import DRCA
+from model.checkpoint import build_model
+from model.config import DRCAConfig
 from model.flops import count_flops
-from model.presets import get_preset
+from model.presets import get_preset, uncompressed
+
+UNCOMPRESSED_LITE0 = "drca-lite0-224 (K=8)"
+
+
+def _config(name: str) -> DRCAConfig:
+    return uncompressed(get_preset("drca-lite0-224")) if name == UNCOMPRESSED_LITE0 else get_preset(name)
 
 log = logging.getLogger("benchmarks.encoder")
 
@@ -33,9 +42,9 @@ def measure(names: tuple[str, ...], batch: int, seconds: float) -> dict[str, dic
     """Time the presets' forward passes in turn (round robin) for `seconds`; one result per preset."""
     models, inputs = {}, {}
     for name in names:
-        cfg = get_preset(name)
+        cfg = _config(name)
         torch.manual_seed(0)
-        models[name] = DRCA(cfg).eval()
+        models[name] = build_model(cfg).eval()
         inputs[name] = torch.randn(batch, 3, cfg.input.num_frames, cfg.input.img_size, cfg.input.img_size)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -76,11 +85,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results: dict[str, dict] = {}
-    groups = ((("drca-s-224", "drca-s-k4-224"), (1, 4)), (("drca-cpu-112",), (1, 16)), (("drca-cpu",), (1, 16)))
+    pairs = {"drca-s": ("drca-s-224", "drca-s-k4-224"), "drca-lite0": (UNCOMPRESSED_LITE0, "drca-lite0-224")}
+    groups = (*((pair, (1, 4)) for pair in pairs.values()), (("drca-cpu-112",), (1, 16)), (("drca-cpu",), (1, 16)))
     for names, batches in groups:
         runs = [measure(names, b, args.seconds) for b in batches]
         for name in names:
-            flops = count_flops(get_preset(name))
+            flops = count_flops(_config(name))
             results[name] = {
                 "gmacs": flops.gmacs,
                 "params_m": flops.params / 1e6,
@@ -90,25 +100,23 @@ def main() -> None:
             for run in results[name]["runs"]:
                 log.info("%-14s batch %-3d %8.2f clips/s  %8.1f ms/clip  %8.1f CPU ms/clip", name, run["batch"],
                          run["clips_per_s"], run["ms_per_clip"], run["cpu_ms_per_clip"])
-    speedups, cpu_speedups = {}, {}
-    for i, batch in enumerate((1, 4)):
-        base, k4 = results["drca-s-224"]["runs"][i], results["drca-s-k4-224"]["runs"][i]
-        speedups[f"batch_{batch}"] = k4["clips_per_s"] / base["clips_per_s"]
-        cpu_speedups[f"batch_{batch}"] = base["cpu_ms_per_clip"] / k4["cpu_ms_per_clip"]
-    summary = {
-        "k4_measured_speedup": speedups,
-        "k4_measured_speedup_cpu_time": cpu_speedups,
-        "k4_flops_ratio": results["drca-s-k4-224"]["flops_ratio_vs_uncompressed"],
-        "k4_speedup_implied_by_flops": 1 / results["drca-s-k4-224"]["flops_ratio_vs_uncompressed"],
+    summary: dict[str, object] = {
         "threads": args.threads,
-        "interleaved": "drca-s-224 and drca-s-k4-224, one forward pass each in turn",
+        "interleaved": "each compressed network and its uncompressed twin, one forward pass each in turn",
         "load_average_at_end": list(os.getloadavg()),
     }
-    log.info(
-        "K4 speed-up over no compression: wall %s, CPU time %s (FLOPs imply %.2fx)",
-        {k: round(v, 2) for k, v in speedups.items()}, {k: round(v, 2) for k, v in cpu_speedups.items()},
-        summary["k4_speedup_implied_by_flops"],
-    )
+    for family, (base_name, k4_name) in pairs.items():
+        speedups, cpu_speedups = {}, {}
+        for i, batch in enumerate((1, 4)):
+            base, k4 = results[base_name]["runs"][i], results[k4_name]["runs"][i]
+            speedups[f"batch_{batch}"] = k4["clips_per_s"] / base["clips_per_s"]
+            cpu_speedups[f"batch_{batch}"] = base["cpu_ms_per_clip"] / k4["cpu_ms_per_clip"]
+        ratio = results[k4_name]["flops_ratio_vs_uncompressed"]
+        summary[family] = {"k4_measured_speedup": speedups, "k4_measured_speedup_cpu_time": cpu_speedups,
+                           "k4_flops_ratio": ratio, "k4_speedup_implied_by_flops": 1 / ratio}
+        log.info("%s K4 speed-up over no compression: wall %s, CPU time %s (FLOPs imply %.2fx)", family,
+                 {k: round(v, 2) for k, v in speedups.items()}, {k: round(v, 2) for k, v in cpu_speedups.items()},
+                 1 / ratio)
     path = write_result("encoder", {"presets": results, "summary": summary}, args.out)
     log.info("wrote %s", path)
 

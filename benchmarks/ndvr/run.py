@@ -24,7 +24,8 @@ The baselines rank every database video by brute force. Their throughput is seco
 (queries and database) over the wall time of computing their descriptors; on a shared machine the CPU
 time of this process is reported too. The JSON records the machine, versions, command, settings and the
 checkpoint's path and sha256. ``--random-init PRESET`` replaces ``--checkpoint`` with an untrained network
-(speed only; the JSON labels it UNTRAINED).
+(speed only; the JSON labels it UNTRAINED). ``--stem-alone`` serves the anchor "stem alone" built from
+``--checkpoint``'s pretrained stem (``benchmarks.anchors``; the JSON labels it ANCHOR).
 """
 
 from __future__ import annotations
@@ -199,15 +200,14 @@ def random_checkpoint(path: Path, preset: str) -> Path:
     """An untrained checkpoint of ``preset`` (seed 0), for speed measurements only."""
     import torch
 
-    from model.checkpoint import ModelCard, save_checkpoint
-    from model.drca import DRCA
+    from model.checkpoint import ModelCard, build_model, save_checkpoint
     from model.presets import get_preset
 
     torch.manual_seed(0)
     cfg = get_preset(preset)
     names = [f"class_{i}" for i in range(cfg.head.num_classes)]
     card = ModelCard(preset=preset, class_names=names, training_data="none: random init, speed reference only")
-    return save_checkpoint(path, DRCA(cfg).eval(), card)
+    return save_checkpoint(path, build_model(cfg).eval(), card)
 
 
 def make_baseline(name: str) -> Method:
@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/ndvr.json")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--label", default="", help="what the checkpoint is, recorded in the JSON")
+    parser.add_argument("--stem-alone", action="store_true",
+                        help="serve the anchor 'stem alone' built from --checkpoint's pretrained stem "
+                             "(benchmarks.anchors) instead of the checkpoint itself")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("media.video", "httpx", "httpx2", "service", "indexer", "faiss"):
@@ -306,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="drca-random-")
         args.checkpoint = random_checkpoint(Path(tmp.name) / "ckpt", args.random_init)
         args.label = f"UNTRAINED: random init of {args.random_init} (seed 0); speed reference only"
+    if args.stem_alone:
+        from benchmarks.anchors import STEM_ALONE, stem_alone_checkpoint
+
+        if args.checkpoint is None:
+            raise SystemExit("--stem-alone needs --checkpoint (the network whose stem is served alone)")
+        tmp = tempfile.TemporaryDirectory(prefix="drca-stem-")
+        args.checkpoint = stem_alone_checkpoint(args.checkpoint, Path(tmp.name) / "ckpt")
+        args.label = f"ANCHOR: {STEM_ALONE}" + (f" ({args.label})" if args.label else "")
     names = [m for m in args.methods.split(",") if m]
     db_seconds = sum(durations[v] for v in db)
     q_seconds = sum(durations[q] for q in queries)

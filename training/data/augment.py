@@ -192,6 +192,30 @@ def random_zoom(x: torch.Tensor, g: torch.Generator | None = None, min_keep: flo
     return resize(x[..., top : top + ch, left : left + cw], h, w)
 
 
+def downscale(x: torch.Tensor, g: torch.Generator | None = None, scale: tuple[float, float] = (0.25, 0.6)) -> torch.Tensor:
+    """Shrink by a random factor and scale back up: the detail a low-resolution copy loses."""
+    h, w = x.shape[-2:]
+    s = _uniform(g, *scale)
+    small = resize(x, max(8, round(h * s)), max(8, round(w * s)))
+    return resize(small, h, w).clamp(0, 255)
+
+
+def jpeg(x: torch.Tensor, g: torch.Generator | None = None, quality: tuple[int, int] = (15, 60)) -> torch.Tensor:
+    """Re-encode every frame as a JPEG of one random quality (the blocking and ringing of a re-encode)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    q = _randint(g, *quality)
+    out = []
+    for frame in x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=q)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).to(x.dtype)
+
+
 # ------------------------------------------------------------------------------ the recipes
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -217,6 +241,8 @@ class AugmentConfig:
     pip_p: float = 0.0
     pad_p: float = 0.0
     zoom_p: float = 0.0
+    downscale_p: float = 0.0
+    jpeg_p: float = 0.0
 
 
 NEAR_DUPLICATE_AUGMENT = AugmentConfig(
@@ -249,6 +275,10 @@ def augment(x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator |
         x = gaussian_blur(x, _uniform(g, *cfg.blur_sigma))
     if _p(g, cfg.overlay_p):
         x = overlay_patch(x, g)
+    if _p(g, cfg.downscale_p):
+        x = downscale(x, g)
+    if _p(g, cfg.jpeg_p):
+        x = jpeg(x, g)
     return x
 
 

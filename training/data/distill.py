@@ -224,7 +224,7 @@ class ClipCache:
         return [i for i, c in enumerate(self.clips) if c.split == split]
 
 
-def _video_windows(real_dir: Path, cfg: ClipCacheConfig, split: Split) -> dict[str, list[Tensor]]:
+def video_windows(real_dir: Path, cfg: ClipCacheConfig, split: Split) -> dict[str, list[Tensor]]:
     ccfg = CacheConfig(short_side=cfg.video_side)
     out = {}
     for v in tqdm(sorted(load_manifest(real_dir), key=lambda e: e.file), desc="decode videos", unit="video"):
@@ -265,7 +265,7 @@ def build_clip_cache(real_dir: str | Path, out: str | Path, teacher: torch.nn.Mo
         if {k: have.get(k) for k in want} == json.loads(json.dumps(want)) and have.get("complete"):
             log.info("clip cache already in %s", out)
             return ClipCache(out)
-    windows = _video_windows(real_dir, cfg, split)
+    windows = video_windows(real_dir, cfg, split)
     sources = plan_sources(real_dir, cfg, split, {k: len(v) for k, v in windows.items()})
     n, t, s = len(sources), cfg.num_frames, cfg.student_size
     frames = np.memmap(out / FRAMES, dtype=np.uint8, mode="w+", shape=(n, t, s, s, 3))
