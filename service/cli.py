@@ -67,7 +67,7 @@ def _check_redis(url: str) -> None:
 def serve(
     host: str = typer.Option(None, help="Bind address (default: DRCA_HOST or 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (default: DRCA_PORT or 8000)."),
-    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
+    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable). Visible "
@@ -94,7 +94,7 @@ def serve(
 @app.command("worker")
 def worker(
     redis_url: str = typer.Option(None, "--redis", help="Redis URL (default: DRCA_REDIS_URL)."),
-    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-cpu)."),
+    checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "

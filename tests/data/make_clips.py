@@ -23,6 +23,11 @@ HERE = Path(__file__).parent
 CLIPS = {
     "tiger.mp4": ("openclipart-png__0281014524_tiger_graig_ryan_smith_-_01.png",
                   "0281014524", "tiger"),
+    "car.mp4": ("openclipart-png__0aa44a5f21_car_jamin_ellis_.png", "0aa44a5f21", "sports car"),
+    "capitol.mp4": ("openclipart-png__2e60980787_us_capitol_building_cli_01.png", "2e60980787",
+                    "domed building (the US Capitol)"),
+    "sailboat.mp4": ("openclipart-png__0401404d47_sailboat_illustration_labels.png", "0401404d47",
+                     "sailing boat"),
 }
 MOTION = MotionConfig(scale=(0.75, 1.0), max_zoom=1.25, max_pan=0.5, max_rotation=3.0)
 

@@ -29,19 +29,19 @@ def test_walkthrough_runs(tmp_path):
     server.start()
     try:
         script = walkthrough().replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
-        work = tmp_path / "work"
-        work.mkdir()
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        r = subprocess.run(["bash", "-e", "-c", script], cwd=work, env=env, capture_output=True, text=True,
-                           timeout=120)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "TMPDIR": str(tmp_path)}
+        r = subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()
         docs = [json.loads(x) for x in lines if x.startswith("{")]
         assert docs[0] == {"video_id": 1, "job_id": 1, "status": "queued", "created": True}
         assert docs[2]["status"] == "done" and docs[3]["status"] == "indexed"
-        assert docs[4]["query"] == "video" and docs[4]["hits"][0]["external_id"] == "clip-1"
-        assert docs[5]["query"] == "text" and len(docs[5]["hits"]) == 2
-        assert len(docs[6]["labels"]) == 3 and docs[7]["total"] == 2
+        assert docs[3]["labels"][0]["name"] == "tiger", docs[3]["labels"]
+        assert docs[4]["query"] == "video" and docs[4]["hits"][0]["external_id"] == "tiger"
+        assert docs[5]["query"] == "text" and docs[5]["hits"][0]["external_id"] == "tiger"
+        assert len(docs[6]["labels"]) == 3 and docs[6]["labels"][0]["name"] == "tiger" and docs[7]["total"] == 2
         assert "204" in lines and docs[8]["error"]["code"] == "invalid_input"
         assert 'drca_videos{status="indexed"} 1.0' in r.stdout
     finally:

@@ -16,7 +16,7 @@ from tests.service.conftest import make_settings
 
 def test_settings_defaults_env_and_file(tmp_path, monkeypatch):
     s = Settings()
-    assert s.checkpoint == SHIPPED_CHECKPOINT and SHIPPED_CHECKPOINT.parts[-3:] == ("model", "checkpoints", "drca-cpu")
+    assert s.checkpoint == SHIPPED_CHECKPOINT and SHIPPED_CHECKPOINT.parts[-3:] == ("model", "checkpoints", "drca-lite0")
     assert s.data_dir.as_posix() == "data" and s.api_keys == [] and s.redis_url is None
     env_file = tmp_path / "drca.env"
     env_file.write_text("DRCA_PORT=9001\nDRCA_MAX_K=7\n")
