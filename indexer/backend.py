@@ -22,7 +22,7 @@ import numpy as np
 
 from indexer import wal
 from indexer.faiss_index import IndexConfig
-from indexer.index import Aggregation, IndexStats, Span, StoredVideo, VideoHit, VideoIndex
+from indexer.index import Aggregation, IndexStats, Span, StoredVideo, VideoHit, VideoIndex, read_metadata
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -82,6 +82,9 @@ class IndexGenerations(Protocol):
 
     def exists(self, name: str) -> bool: ...
 
+    def metadata(self, name: str) -> dict[str, str]:
+        """Generation `name`'s metadata without opening it ({} if it has none or does not exist)."""
+
     def open(self, name: str) -> SegmentIndex:
         """Open (creating it if needed) generation `name`."""
 
@@ -116,6 +119,9 @@ class FaissGenerations:
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_dir()
+
+    def metadata(self, name: str) -> dict[str, str]:
+        return read_metadata(self._path(name))
 
     def open(self, name: str) -> VideoIndex:
         return VideoIndex.open(self._path(name), self.config)

@@ -103,6 +103,12 @@ def spans_array(segments: list[Span], n: int, what: str = "segments") -> np.ndar
     return arr
 
 
+def read_metadata(directory: Path) -> dict[str, str]:
+    """The metadata recorded in an index directory, without opening the index ({} if none)."""
+    path = Path(directory) / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _check_id(video_id: int) -> int:
     if isinstance(video_id, bool) or not isinstance(video_id, int | np.integer):
         raise InvalidVectors(f"video id must be an int, got {type(video_id).__name__}")
@@ -455,8 +461,7 @@ class VideoIndex:
 
     def metadata(self) -> dict[str, str]:
         """What the owner recorded about these vectors (`set_metadata`), e.g. the model that made them."""
-        path = self.directory / METADATA_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_metadata(self.directory)
 
     def set_metadata(self, values: dict[str, str]) -> None:
         """Merge `values` into the recorded metadata; durable (fsync'd, atomically replaced) on return."""

@@ -312,8 +312,7 @@ class MilvusVideoIndex:
     # --- metadata ----------------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, str]:
-        props = self.client.describe_collection(self.collection).get("properties") or {}
-        return {k[len(_META):]: str(v) for k, v in props.items() if k.startswith(_META)}
+        return _metadata(self.client, self.collection)
 
     def set_metadata(self, values: dict[str, str]) -> None:
         self._check_open()
@@ -346,6 +345,9 @@ class MilvusGenerations:
 
     def exists(self, name: str) -> bool:
         return self.client.has_collection(name)
+
+    def metadata(self, name: str) -> dict[str, str]:
+        return _metadata(self.client, name) if self.client.has_collection(name) else {}
 
     def open(self, name: str) -> MilvusVideoIndex:
         return MilvusVideoIndex.open(self.config, name)
@@ -386,6 +388,11 @@ def _create(client: MilvusClient, collection: str, cfg: MilvusConfig) -> None:
     index.add_index("video_id", index_type="INVERTED")
     client.create_collection(collection, schema=schema, index_params=index, consistency_level="Strong")
     log.info("created Milvus collection %s (%d-d, %s)", collection, cfg.dim, cfg.index_type)
+
+
+def _metadata(client: MilvusClient, collection: str) -> dict[str, str]:
+    props = client.describe_collection(collection).get("properties") or {}
+    return {k[len(_META):]: str(v) for k, v in props.items() if k.startswith(_META)}
 
 
 def _vector_dim(desc: dict) -> int:
