@@ -1,7 +1,7 @@
 """The `drca` command root. Each package keeps its own commands in its `cli.py`; this module only wires them.
 
 The commands of `model` (flops, demo, convert-seed) and `training` (train, eval, synth, media) are registered directly:
-their modules import only typer at load time. The service's commands (serve, worker, ingest) are resolved
+their modules import only typer at load time. The service's commands (serve, worker, ingest, reindex) are resolved
 when one of them is asked for, so `drca train`, `drca synth`, `drca flops`, `drca eval` and `drca media`
 never import the `service` package (tests/test_layers.py checks this in a fresh interpreter).
 """
@@ -17,7 +17,7 @@ from model import cli as model_cli
 from training import cli as training_cli
 from training.data import cli as data_cli
 
-SERVICE_COMMANDS = ("serve", "worker", "ingest")  # the commands of `service.cli.app`
+SERVICE_COMMANDS = ("serve", "worker", "ingest", "reindex")  # the commands of `service.cli.app`
 
 
 def _service_group(ctx: typer.Context):

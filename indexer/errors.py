@@ -21,3 +21,7 @@ class IndexClosed(IndexerError):
 
 class IndexLocked(IndexerError):
     """Another process (or another `VideoIndex` in this one) has this index directory open."""
+
+
+class IncompatibleIndex(IndexerError):
+    """The stored index cannot serve this configuration (another vector size, a missing field)."""

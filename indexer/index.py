@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from indexer.faiss_index import ConcreteKind, IndexConfig
 log = logging.getLogger(__name__)
 
 Aggregation = Literal["max", "chamfer"]
+METADATA_FILE = "metadata.json"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class StoredVideo:
 class IndexStats:
     videos: int
     segments: int
-    kind: ConcreteKind
+    kind: str  # FAISS: a ConcreteKind; Milvus: its index type
     tombstones: int
     last_seq: int
     rebuilding: bool
@@ -99,6 +101,12 @@ def spans_array(segments: list[Span], n: int, what: str = "segments") -> np.ndar
     if not np.isfinite(arr).all() or (arr[:, 0] < 0).any() or (arr[:, 1] < arr[:, 0]).any():
         raise InvalidVectors(f"{what} need finite 0 <= start <= end seconds")
     return arr
+
+
+def read_metadata(directory: Path) -> dict[str, str]:
+    """The metadata recorded in an index directory, without opening the index ({} if none)."""
+    path = Path(directory) / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _check_id(video_id: int) -> int:
@@ -439,8 +447,28 @@ class VideoIndex:
             int(video_id), [Span(float(a), float(b)) for a, b in v.segments], v.vectors.copy()
         )
 
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
     def __len__(self) -> int:
         return len(self._videos)
+
+    def count_segments(self) -> int:
+        """Stored segment vectors (live ones: deleted and replaced segments do not count)."""
+        with self._lock.read():
+            return len(self._owner)
+
+    def metadata(self) -> dict[str, str]:
+        """What the owner recorded about these vectors (`set_metadata`), e.g. the model that made them."""
+        return read_metadata(self.directory)
+
+    def set_metadata(self, values: dict[str, str]) -> None:
+        """Merge `values` into the recorded metadata; durable (fsync'd, atomically replaced) on return."""
+        with self._lock.write():
+            self._check_open()
+            merged = {**self.metadata(), **{str(k): str(v) for k, v in values.items()}}
+            wal.write_atomic(self.directory / METADATA_FILE, json.dumps(merged, sort_keys=True).encode())
 
     def __contains__(self, video_id: object) -> bool:
         return video_id in self._videos
@@ -487,38 +515,88 @@ class VideoIndex:
         ntotal = self._index.ntotal
         if ntotal == 0:
             return []
-        floor = -np.inf if min_score is None else float(min_score)
-        kk = min(ntotal, max(4 * k, 32))
-        scored: dict[int, tuple[float, int, int]] = {}
-        while True:
-            dist, ids = faiss_index.search(self._index, self._kind, self.config, q, kk)
-            for sid in np.unique(ids[ids >= 0]).tolist():
-                owner = self._owner.get(sid)
-                if owner is None or owner[0] in scored or owner[0] in exclude_ids:
-                    continue  # deleted (tombstone), already re-scored, or excluded
-                scored[owner[0]] = self._rescore(q, self._videos[owner[0]], aggregation)
-            ranked = sorted(((s, vid) for vid, (s, _, _) in scored.items() if s >= floor), reverse=True)
-            covered = kk >= ntotal or bool((ids[:, -1] < 0).any())
-            if covered:
-                break
-            # No unseen video can score above `bound`: each of its pairs is below every query's last hit.
-            last = dist[:, -1]
-            bound = float(last.max() if aggregation == "max" else last.mean())
-            threshold = ranked[k - 1][0] if len(ranked) >= k else floor
-            if bound <= threshold:
-                break
-            kk = min(ntotal, kk * 2)
-        hits = []
-        for score, vid in ranked[:k]:
-            _, qi, si = scored[vid]
-            seg = self._videos[vid].segments[si]
-            qseg = Span(float(qsegs[qi, 0]), float(qsegs[qi, 1])) if qsegs is not None else None
-            hits.append(VideoHit(vid, float(score), Span(float(seg[0]), float(seg[1])), qseg))
-        return hits
 
-    @staticmethod
-    def _rescore(q: np.ndarray, video: _Video, aggregation: Aggregation) -> tuple[float, int, int]:
-        sims = q @ video.vectors.T  # (Q, S)
-        qi, si = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        score = float(sims[qi, si]) if aggregation == "max" else float(sims.max(axis=1).mean())
-        return score, int(qi), int(si)
+        def neighbours(kk: int) -> SegmentNeighbours:
+            dist, ids = faiss_index.search(self._index, self._kind, self.config, q, kk)
+            sids, where = np.unique(ids, return_inverse=True)
+            # no owner: padding (-1), or a deleted (tombstoned) segment
+            owned = [self._owner.get(sid) for sid in sids.tolist()]
+            owners = np.array([o[0] if o else -1 for o in owned], dtype=np.int64)[where].reshape(ids.shape)
+            live = np.array([o is not None for o in owned], dtype=bool)[where].reshape(ids.shape)
+            exhausted = kk >= ntotal or bool((ids[:, -1] < 0).any())
+            return SegmentNeighbours(dist, owners, live, exhausted)
+
+        def videos(ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            return {vid: (self._videos[vid].segments, self._videos[vid].vectors) for vid in ids}
+
+        return search_videos(q, k, qsegs, aggregation, min_score, exclude_ids, neighbours, videos, ntotal)
+
+
+@dataclass(frozen=True)
+class SegmentNeighbours:
+    """One round of the segment k-NN: for each query segment, its `kk` nearest stored segments."""
+
+    scores: np.ndarray  # (Q, kk) float similarities, best first in each row
+    video_ids: np.ndarray  # (Q, kk) int64: the video each neighbour belongs to
+    live: np.ndarray  # (Q, kk) bool: False for padding (fewer found) and deleted segments
+    exhausted: bool  # every stored segment was a candidate: nothing unseen is left
+
+
+def search_videos(
+    q: np.ndarray,
+    k: int,
+    qsegs: np.ndarray | None,
+    aggregation: Aggregation,
+    min_score: float | None,
+    exclude_ids: set[int] | frozenset[int],
+    neighbours: Callable[[int], SegmentNeighbours],
+    videos: Callable[[list[int]], dict[int, tuple[np.ndarray, np.ndarray]]],
+    max_kk: int,
+) -> list[VideoHit]:
+    """Per-video search over any segment k-NN (docs/indexer.md, "aggregation and k expansion").
+
+    `q` (Q, D) normalised query segments; `neighbours(kk)` the k-NN of every query segment; `videos(ids)`
+    each candidate's stored (segments (S, 2), vectors (S, D)) (a video deleted meanwhile is left out);
+    `max_kk` the largest k-NN the backend can answer. Every candidate is re-scored exactly, and the
+    k-NN doubles until no unseen video can beat the k-th returned one."""
+    floor = -np.inf if min_score is None else float(min_score)
+    kk = min(max_kk, max(4 * k, 32))
+    scored: dict[int, tuple[float, int, int]] = {}
+    spans: dict[int, np.ndarray] = {}
+    while True:
+        found = neighbours(kk)
+        new = [
+            vid
+            for vid in np.unique(found.video_ids[found.live]).tolist()
+            if vid not in scored and vid not in exclude_ids
+        ]
+        for vid, (segs, vecs) in videos(new).items():
+            scored[vid] = _rescore(q, vecs, aggregation)
+            spans[vid] = segs
+        ranked = sorted(((s, vid) for vid, (s, _, _) in scored.items() if s >= floor), reverse=True)
+        if found.exhausted:
+            break
+        if kk >= max_kk:
+            log.warning("segment k-NN stopped at its limit of %d neighbours: the top %d may be approximate", kk, k)
+            break
+        # No unseen video can score above `bound`: each of its pairs is below every query's last hit.
+        last = found.scores[:, -1]
+        bound = float(last.max() if aggregation == "max" else last.mean())
+        threshold = ranked[k - 1][0] if len(ranked) >= k else floor
+        if bound <= threshold:
+            break
+        kk = min(max_kk, kk * 2)
+    hits = []
+    for score, vid in ranked[:k]:
+        _, qi, si = scored[vid]
+        seg = spans[vid][si]
+        qseg = Span(float(qsegs[qi, 0]), float(qsegs[qi, 1])) if qsegs is not None else None
+        hits.append(VideoHit(vid, float(score), Span(float(seg[0]), float(seg[1])), qseg))
+    return hits
+
+
+def _rescore(q: np.ndarray, vectors: np.ndarray, aggregation: Aggregation) -> tuple[float, int, int]:
+    sims = q @ vectors.T  # (Q, S)
+    qi, si = np.unravel_index(int(np.argmax(sims)), sims.shape)
+    score = float(sims[qi, si]) if aggregation == "max" else float(sims.max(axis=1).mean())
+    return score, int(qi), int(si)

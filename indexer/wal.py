@@ -133,6 +133,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: written to `<path>.tmp`, fsync'd, renamed, directory fsync'd."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def log_path(directory: Path, first_seq: int) -> Path:
     return directory / f"log-{first_seq:020d}.wal"
 

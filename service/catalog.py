@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer import Span, VideoIndex
+from indexer import SegmentIndex, Span
 from service.broker import Broker, IngestJob
 from service.concepts import concept_scores
 from service.errors import ServiceError
@@ -60,6 +60,12 @@ def metadata_text(video: VideoRecord) -> str:
         if isinstance(v, str):
             parts.append(v)
     return " . ".join(p.strip() for p in parts if p and p.strip())
+
+
+def top_labels(probs: np.ndarray, class_names: list[str], n: int) -> list[Label]:
+    """The `n` most probable classes of a video's probabilities (C,), best first: what its record stores."""
+    top = np.argsort(-probs, kind="stable")[:n]
+    return [Label(class_names[i], round(float(probs[i]), 6)) for i in top]
 
 
 class TextTable:
@@ -178,14 +184,15 @@ class TextTable:
 
 
 class VectorWriter(Protocol):
-    """The index writes the catalog makes: `VideoIndex` itself, or `RedisVectorLog` (scale-out)."""
+    """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or
+    `RedisVectorLog` (scale-out with FAISS replicas)."""
 
     def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None: ...
     def delete_video(self, video_id: int) -> bool: ...
 
 
 class Catalog:
-    def __init__(self, store: MetadataStore, index: VectorWriter | VideoIndex, storage: VideoStorage,
+    def __init__(self, store: MetadataStore, index: VectorWriter | SegmentIndex, storage: VideoStorage,
                  thumbnails: ThumbnailCache | None = None, broker: Broker | None = None,
                  lock: AbstractContextManager | None = None, stored_labels: int = TOP_LABELS) -> None:
         self.store = store
@@ -311,10 +318,7 @@ class Catalog:
     def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
                  class_names: list[str], duration: float, text_embedding: np.ndarray | None,
                  timings: dict[str, float]) -> None:
-        labels = []
-        if probs is not None:
-            top = np.argsort(-probs, kind="stable")[: self.stored_labels]
-            labels = [Label(class_names[i], round(float(probs[i]), 6)) for i in top]
+        labels = top_labels(probs, class_names, self.stored_labels) if probs is not None else []
         extra: dict[str, Any] = {"segments": len(segments)}
         if text_embedding is not None:
             extra["text_embedding"] = [round(float(x), 6) for x in text_embedding]

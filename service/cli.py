@@ -35,6 +35,23 @@ def _settings(settings_file: Path | None, **given: object):
     return settings
 
 
+def _check_index(settings) -> None:
+    """Exit 2 with one line when the data dir's index was made by another checkpoint (service/generations.py)."""
+    from indexer import IndexerError
+    from service.generations import CheckpointMismatch, check_identity, checkpoint_identity
+    from service.runtime import read_card
+
+    _, embed_dim, _ = read_card(settings.checkpoint)
+    try:
+        check_identity(settings, checkpoint_identity(settings.checkpoint, embed_dim))
+    except CheckpointMismatch as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except IndexerError as e:  # e.g. the Milvus Lite file is held by another process
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _check_faiss() -> None:
     """The service needs faiss, an extra (two wheels install the same module): one line, not a traceback,
     when it is missing."""
@@ -76,6 +93,10 @@ def serve(
                                       "a line; default: DRCA_API_KEYS_FILE)."),
     redis_url: str = typer.Option(None, "--redis", help="Gateway only, with Redis as broker and store "
                                   "(default: DRCA_REDIS_URL; unset: the embedded service)."),
+    index: str = typer.Option(None, "--index", help="faiss | milvus: the vector index (default: DRCA_INDEX or "
+                              "faiss)."),
+    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: a Milvus Lite file or "
+                                   "http://host:19530 (default: DRCA_MILVUS_URI or DATA_DIR/milvus.db)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
 ) -> None:
     """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
@@ -87,7 +108,9 @@ def serve(
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url)
+                         device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url,
+                         index=index, milvus_uri=milvus_uri)
+    _check_index(settings)
     server.run(create_app(settings), settings)
 
 
@@ -195,3 +218,33 @@ def ingest(
     if summary.failed:
         raise typer.Exit(1)
 
+
+
+@app.command("reindex")
+def reindex(
+    checkpoint: Path = typer.Option(..., help="The new checkpoint directory whose embeddings replace the index's."),
+    data_dir: Path = typer.Option(None, help="The data directory (default: DRCA_DATA_DIR or ./data)."),
+    index: str = typer.Option(None, "--index", help="faiss | milvus (default: DRCA_INDEX or faiss)."),
+    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus (default: DRCA_MILVUS_URI "
+                                   "or DATA_DIR/milvus.db)."),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
+) -> None:
+    """Offline (no server running on the data dir): re-embed every indexed video with CHECKPOINT into a new
+    index generation, recompute the labels, then switch to it in one step. Resumable: after a kill, run it
+    again. Afterwards start the service with `drca serve --checkpoint CHECKPOINT`."""
+    _check_faiss()
+    from indexer import IndexerError
+    from model.checkpoint import CheckpointError
+    from service.reindex import ReindexError
+    from service.reindex import reindex as run_reindex
+
+    settings = _settings(settings_file, data_dir=data_dir, index=index, milvus_uri=milvus_uri, device=device)
+    try:
+        summary = run_reindex(settings, checkpoint)
+    except (ReindexError, IndexerError, CheckpointError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2 if not isinstance(e, ReindexError) else 1) from None
+    rate = summary.video_seconds / summary.seconds if summary.seconds else 0.0
+    typer.echo(f"index generation {summary.generation}: {summary.videos} videos ({summary.embedded} embedded "
+               f"now, {rate:.1f} s of video per second); start the service with --checkpoint {checkpoint}")

@@ -9,10 +9,11 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from indexer import IndexConfig, VideoIndex
+from indexer import SegmentIndex
 from model.checkpoint import CheckpointError, CheckpointMissing, ModelCard, read_config_and_card
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
+from service.generations import checkpoint_identity, finish_switch, open_index
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.settings import Settings
 from service.storage import VideoStorage
@@ -55,7 +56,8 @@ class ServiceRuntime:
         self.card, self.embed_dim, self.clip_frames = read_card(Path(settings.checkpoint))
         self.class_names = list(self.card.class_names)
         self.store: MetadataStore | None = None
-        self.index: VideoIndex | None = None
+        self.index: SegmentIndex | None = None  # FAISS or Milvus (service/generations.py)
+        self.generation: str | None = None  # the index generation it holds
         self.catalog: Catalog | None = None
         self.thumbnails: ThumbnailCache | None = None
         self.broker: Broker = InProcessBroker()
@@ -78,7 +80,8 @@ class ServiceRuntime:
 
         storage = VideoStorage(s.videos_dir)
         if self.role != "worker":
-            self.index = VideoIndex.open(s.index_dir, IndexConfig(dim=self.embed_dim, allow_empty_recovery=True))
+            # CheckpointMismatch when another checkpoint made the index's vectors
+            self.index, self.generation = open_index(s, checkpoint_identity(s.checkpoint, self.embed_dim))
             self.thumbnails = ThumbnailCache(s.thumbnails_dir, s.video_limits, max_concurrent=s.decode_threads,
                                              max_bytes=s.thumbnail_cache_bytes)
         if s.redis_url:
@@ -87,6 +90,8 @@ class ServiceRuntime:
             self.store = SQLiteMetadataStore(s.store_path)
             self.catalog = Catalog(self.store, self.index, storage, self.thumbnails, broker=self.broker,
                                    stored_labels=s.stored_labels)
+        if self.generation is not None:  # a reindex that switched generations but had not written the labels
+            finish_switch(s, self.store, self.generation)
         if self.role != "worker":
             self._open_limiters()
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)

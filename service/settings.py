@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     text_candidates: int = Field(200, ge=1)  # videos re-scored per text query
     stored_labels: int = Field(64, ge=1)  # class probabilities stored per video at ingest (the top this many)
 
+    # the vector index (docs/indexer.md): FAISS inside this process, or Milvus (a Milvus Lite file, a
+    # `milvus-lite server`, or a cluster at http://host:19530; only the URI changes)
+    index: Literal["faiss", "milvus"] = "faiss"
+    milvus_uri: str | None = None  # None: the Milvus Lite file data_dir/milvus.db
+    milvus_token: SecretStr | None = None  # `user:password` or an API key, for a secured cluster
+    milvus_index_type: Literal["HNSW", "IVF_FLAT"] = "HNSW"  # Lite builds only these (others: a silent scan)
+
     # scale-out (docs/architecture.md): set redis_url and run `drca serve --redis` + `drca worker --redis`
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service
     redis_prefix: str = "drca"  # every key and stream this deployment uses starts with `<prefix>:`
@@ -120,6 +127,9 @@ class Settings(BaseSettings):
             self.api_keys = [*self.api_keys, *(SecretStr(k) for k in read_key_file(self.api_keys_file))]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
+        if self.index == "milvus" and self.redis_url:
+            raise ValueError("index=milvus with redis_url (scale-out) is not supported yet; use the embedded "
+                             "service with Milvus, or FAISS replicas with Redis")
         return self
 
     # derived paths -------------------------------------------------------------------------------
@@ -142,6 +152,10 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.replica_index_dir or self.data_dir / "index"
+
+    @property
+    def milvus_location(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property
     def store_path(self) -> Path:

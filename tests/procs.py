@@ -101,6 +101,29 @@ class RedisServer(Proc):
         return redis.Redis.from_url(self.url)
 
 
+class MilvusLiteServer(Proc):
+    """`milvus-lite server` on a free loopback port, its data in `directory` (kept across restarts)."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        super().__init__([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(directory / "data"),
+                          "--host", "127.0.0.1", "--port", str(self.port)], directory / "milvus.log")
+
+    def start(self, timeout_s: float = 60) -> None:
+        self.spawn()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if "listening" in self.tail():
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                        return
+            time.sleep(0.05)
+        raise AssertionError(f"milvus-lite server not up in {timeout_s} s:\n{self.tail()}")
+
+
 def _env(checkpoint: Path, data_dir: Path, redis_url: str, **extra: str) -> dict[str, str]:
     return {"DRCA_REDIS_URL": redis_url, "DRCA_CHECKPOINT": str(checkpoint), "DRCA_DATA_DIR": str(data_dir),
             "DRCA_DEVICE": "cpu", "DRCA_TORCH_THREADS": "1", "DRCA_MAX_WAIT_MS": "5", **extra}

@@ -102,7 +102,7 @@ def test_gateway_port_matches_settings_and_compose():
 
 def test_compose_wires_redis_gateway_and_gpu_worker():
     services, volumes = COMPOSE["services"], COMPOSE["volumes"]
-    assert set(services) == {"redis", "gateway", "worker"}
+    assert {n for n, s in services.items() if not s.get("profiles")} == {"redis", "gateway", "worker"}
     redis = services["redis"]
     cmd = redis["command"]
     assert cmd[0] == "redis-server" and cmd[cmd.index("--appendonly") + 1] == "yes"
@@ -130,3 +130,28 @@ def test_cpu_override_drops_the_gpu():
     assert w["deploy"]["resources"]["reservations"]["devices"] == {"!reset": []}
     assert w["command"] == ["drca", "worker"]
     check_settings_names(w["environment"])
+
+
+def test_milvus_profile_is_standalone_milvus_with_etcd_and_minio_and_a_service_on_it():
+    services, volumes = COMPOSE["services"], COMPOSE["volumes"]
+    profile = {n for n, s in services.items() if "milvus" in s.get("profiles", [])}
+    assert profile == {"etcd", "minio", "milvus", "milvus-drca"}
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"] and milvus["image"].startswith("milvusdb/milvus:")
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    assert {d: c["condition"] for d, c in milvus["depends_on"].items()} == {"etcd": "service_healthy",
+                                                                           "minio": "service_healthy"}
+    assert "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
+    for name, path in (("etcd", "/etcd"), ("minio", "/minio_data"), ("milvus", "/var/lib/milvus")):
+        source, target = services[name]["volumes"][0].split(":")
+        assert target == path and source in volumes  # their state lives on named volumes
+    drca = services["milvus-drca"]
+    env = drca["environment"]
+    check_settings_names(env)
+    assert env["DRCA_INDEX"] == "milvus" and env["DRCA_MILVUS_URI"] == "http://milvus:19530"
+    assert Settings(index=env["DRCA_INDEX"], milvus_uri=env["DRCA_MILVUS_URI"]).milvus_location == env["DRCA_MILVUS_URI"]
+    assert "DRCA_REDIS_URL" not in env  # Milvus with Redis scale-out is not supported yet (settings refuse it)
+    assert drca["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert (ROOT / drca["build"]["dockerfile"]).is_file()
+    assert drca["ports"] == ["8001:8000"]

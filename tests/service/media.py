@@ -26,9 +26,10 @@ SOURCES = {
 }
 
 
-def tiny_checkpoint(path: Path, class_names: list[str] = CLASS_NAMES) -> Path:
-    """A randomly initialised 2-layer DRCA (32x32, 4 frames, 16-d embeddings) with a text head."""
-    torch.manual_seed(0)
+def tiny_checkpoint(path: Path, class_names: list[str] = CLASS_NAMES, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer DRCA (32x32, 4 frames, 16-d embeddings) with a text head; another
+    `seed` gives another checkpoint of the same shape."""
+    torch.manual_seed(seed)
     cfg = DRCAConfig(
         name="tiny-service",
         input=InputConfig(num_frames=4, img_size=32),

@@ -1,0 +1,175 @@
+"""Which index a service opens, and which checkpoint made its vectors.
+
+`open_index` is the one place that builds the index part of a runtime: FAISS generations in the data dir
+or Milvus generations at `milvus_uri` (`indexer.backend`), the current generation opened, its recorded
+checkpoint identity checked. A data dir's vectors and stored labels come from one checkpoint; the
+index metadata records that checkpoint's identity (`checkpoint_sha256` of its weights file,
+`embed_dim`, and its path for the messages). Starting with another checkpoint raises `CheckpointMismatch`
+(one line naming both and the command that re-embeds: `drca reindex --checkpoint NEW`).
+
+`drca reindex` (service/reindex.py) builds the next generation, tagged by the new checkpoint's short sha,
+with the labels it recomputes kept beside it in `data_dir/reindex-<generation>.labels.jsonl`; the switch
+is the generation pointer (one atomic step), then the labels are written into the store and that file is
+removed. `finish_switch` completes a switch that was interrupted after the pointer moved (it is called
+on every start, before anything is served).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer import FaissGenerations, IndexConfig, IndexGenerations, SegmentIndex
+from model.checkpoint import WEIGHTS, CheckpointError
+from service.settings import Settings
+from service.store import Label, MetadataStore, NotFound
+
+log = logging.getLogger(__name__)
+
+SHORT = 12  # hex digits of the sha256 that name a checkpoint in messages and generation names
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """What made a generation's vectors: the sha256 of the checkpoint's weights and its embedding size."""
+
+    sha256: str
+    embed_dim: int
+    path: str = ""  # where it was loaded from (for messages only; the identity is the sha256)
+
+    @property
+    def short(self) -> str:
+        return self.sha256[:SHORT]
+
+    def describe(self) -> str:
+        return f"{self.path or '?'} (sha256 {self.short}, {self.embed_dim}-d)"
+
+    def as_metadata(self) -> dict[str, str]:
+        return {"checkpoint_sha256": self.sha256, "embed_dim": str(self.embed_dim), "checkpoint_path": self.path}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> CheckpointIdentity | None:
+        if "checkpoint_sha256" not in meta:
+            return None
+        return cls(meta["checkpoint_sha256"], int(meta.get("embed_dim", 0)), meta.get("checkpoint_path", ""))
+
+
+class CheckpointMismatch(Exception):
+    """The index's vectors were made by another checkpoint than the one the service was started with."""
+
+
+def checkpoint_identity(checkpoint: Path, embed_dim: int) -> CheckpointIdentity:
+    """The identity of the checkpoint directory: the sha256 of its weights file (read, never loaded)."""
+    weights = Path(checkpoint) / WEIGHTS
+    h = hashlib.sha256()
+    try:
+        with open(weights, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {weights}: {e.strerror or e}") from None
+    return CheckpointIdentity(h.hexdigest(), embed_dim, str(Path(checkpoint).resolve()))
+
+
+def index_generations(settings: Settings, embed_dim: int) -> IndexGenerations:
+    """The generations of the configured backend: FAISS directories beside `index_dir`, or Milvus
+    collections behind the `segments` alias at `milvus_uri`."""
+    if settings.index == "milvus":
+        from indexer.milvus_index import MilvusConfig, MilvusGenerations
+
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        return MilvusGenerations(MilvusConfig(uri=settings.milvus_location, dim=embed_dim, token=token,
+                                              index_type=settings.milvus_index_type))
+    return FaissGenerations(settings.index_dir, IndexConfig(dim=embed_dim, allow_empty_recovery=True))
+
+
+def mismatch_message(settings: Settings, recorded: CheckpointIdentity, given: CheckpointIdentity) -> str:
+    where = settings.milvus_location if settings.index == "milvus" else str(settings.index_dir)
+    return (f"the index at {where} holds vectors of checkpoint {recorded.describe()}, but this service was "
+            f"started with {given.describe()}; re-embed the stored videos first: "
+            f"drca reindex --checkpoint {given.path}")
+
+
+def _check(settings: Settings, gens: IndexGenerations, name: str, identity: CheckpointIdentity) -> bool:
+    """Whether generation `name` records a checkpoint (`CheckpointMismatch` if it is another one)."""
+    recorded = CheckpointIdentity.from_metadata(gens.metadata(name))
+    if recorded is not None and recorded.sha256 != identity.sha256:
+        raise CheckpointMismatch(mismatch_message(settings, recorded, identity))
+    return recorded is not None
+
+
+def open_index(settings: Settings, identity: CheckpointIdentity) -> tuple[SegmentIndex, str]:
+    """The current generation of the configured index and its name; made by `identity` (recorded on first
+    use), else `CheckpointMismatch` (checked before the index is opened)."""
+    gens = index_generations(settings, identity.embed_dim)
+    try:
+        name = gens.current()
+        if name is None:  # a new Milvus deployment: its first generation, named for this checkpoint
+            name = gens.name_for(identity.short)
+            index = gens.open(name)
+            gens.switch(name)
+            recorded = False
+        else:
+            recorded = _check(settings, gens, name, identity)
+            index = gens.open(name)
+    finally:
+        gens.close()
+    if not recorded:
+        try:
+            if len(index):
+                log.warning("the index %s records no checkpoint; its %d videos are taken to be from %s", name,
+                            len(index), identity.describe())
+            index.set_metadata(identity.as_metadata())
+        except BaseException:
+            index.close()
+            raise
+    return index, name
+
+
+def check_identity(settings: Settings, identity: CheckpointIdentity) -> None:
+    """`CheckpointMismatch` if the current generation was made by another checkpoint; opens no index (the
+    CLI, before it starts anything)."""
+    gens = index_generations(settings, identity.embed_dim)
+    try:
+        name = gens.current()
+        if name is not None and gens.exists(name):
+            _check(settings, gens, name, identity)
+    finally:
+        gens.close()
+
+
+def pending_labels_path(settings: Settings, generation: str) -> Path:
+    return settings.data_dir / f"reindex-{generation}.labels.jsonl"
+
+
+def read_pending_labels(path: Path) -> dict[int, list[Label]]:
+    """video id -> its recomputed labels (the last line for a video wins; a torn last line is ignored)."""
+    out: dict[int, list[Label]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[int(row["video_id"])] = [Label(name, prob) for name, prob in row["labels"]]
+    return out
+
+
+def finish_switch(settings: Settings, store: MetadataStore, generation: str) -> None:
+    """Write the labels a reindex recomputed for `generation` (now current) into the store, then forget
+    them. Idempotent: re-running after a crash writes the same labels again."""
+    path = pending_labels_path(settings, generation)
+    labels = read_pending_labels(path)
+    if not path.exists():
+        return
+    for vid, lbs in labels.items():
+        try:
+            store.update_video(vid, labels=lbs)
+        except NotFound:  # deleted meanwhile
+            continue
+    path.unlink()
+    log.info("labels of %d videos from generation %s written to the store", len(labels), generation)

@@ -1,0 +1,246 @@
+"""One contract, three backends: FAISS (`VideoIndex`), Milvus Lite in this process (a `.db` file) and
+`milvus-lite server` on loopback, all through `SegmentIndex` / `IndexGenerations` and unchanged.
+
+Add, upsert twice (no duplicates), replace with fewer segments, delete, search with exclusions (against
+brute force), count, metadata, restart persistence (written by another process, read after it exited;
+the server is restarted too), concurrent writers (refused or serialised, never lost or duplicated), and
+the atomic switch between generations."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import FaissGenerations, IndexConfig, IndexGenerations, InvalidVectors, SegmentIndex, Span
+from indexer.milvus_index import MilvusConfig, MilvusGenerations
+from tests.indexer.backend_writer import open_index, video_vectors
+from tests.procs import ROOT, MilvusLiteServer
+
+D = 16
+_names = itertools.count()
+
+
+@dataclass
+class Backend:
+    name: str
+    spec: dict  # what `tests.indexer.backend_writer` opens
+    concurrent: str  # what a second writer process meets: "refused" or "serialised"
+    generations: Callable[[], IndexGenerations]
+    restart: Callable[[], None] = lambda: None  # between processes: the server restarts
+    opened: list[SegmentIndex] = field(default_factory=list)
+
+    def open(self) -> SegmentIndex:
+        index = open_index(self.spec)
+        self.opened.append(index)
+        return index
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["faiss", "milvus-lite", "milvus-server"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "faiss":
+        path = tmp_path / "index"
+        b = Backend("faiss", {"kind": "faiss", "path": str(path), "dim": D}, "refused",
+                    lambda: FaissGenerations(tmp_path / "gens", IndexConfig(dim=D, snapshot_every=0)))
+    elif request.param == "milvus-lite":
+        uri = str(tmp_path / "milvus.db")
+        b = Backend("milvus-lite", {"kind": "milvus", "uri": uri, "collection": "segments_t", "dim": D}, "refused",
+                    lambda: MilvusGenerations(MilvusConfig(uri=uri, dim=D)))
+    else:
+        server: MilvusLiteServer = request.getfixturevalue("milvus_server")
+        n = next(_names)  # the server outlives the test: fresh names for each
+
+        def restart() -> None:
+            server.stop()
+            server.start()
+
+        b = Backend("milvus-server", {"kind": "milvus", "uri": server.uri, "collection": f"segments_t{n}",
+                                      "dim": D}, "serialised",
+                    lambda: MilvusGenerations(MilvusConfig(uri=server.uri, dim=D, alias=f"segments{n}")), restart)
+    yield b
+    for index in b.opened:
+        index.close()
+
+
+def run_writer(spec: dict, first: int, n: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.indexer.backend_writer", json.dumps(spec), str(first),
+                             str(n), *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def add_range(index: SegmentIndex, ids: range) -> int:
+    """Add videos `ids`; the number of segments added."""
+    total = 0
+    for vid in ids:
+        segs, vecs = video_vectors(vid, D)
+        index.add_video(vid, segs, vecs)
+        total += len(segs)
+    return total
+
+
+def assert_stored(index: SegmentIndex, vid: int) -> None:
+    segs, vecs = video_vectors(vid, D)
+    got = index.get(vid)
+    assert got is not None, f"video {vid} missing"
+    assert got.segments == segs
+    np.testing.assert_allclose(got.vectors, vecs, atol=1e-6)
+
+
+def brute_force(vectors: dict[int, np.ndarray], q: np.ndarray, k: int, aggregation: str,
+                exclude: set[int]) -> list[tuple[int, float, int, int]]:
+    """(video, score, query segment, video segment) of the exact top k."""
+    out = []
+    for vid, v in vectors.items():
+        if vid in exclude:
+            continue
+        sims = q @ v.T
+        qi, si = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        score = float(sims[qi, si]) if aggregation == "max" else float(sims.max(axis=1).mean())
+        out.append((score, vid, int(qi), int(si)))
+    out.sort(reverse=True)
+    return [(vid, s, qi, si) for s, vid, qi, si in out[:k]]
+
+
+def test_add_get_count(backend: Backend):
+    index = backend.open()
+    assert len(index) == 0 and index.count_segments() == 0 and index.get(1) is None
+    segments = add_range(index, range(1, 31))
+    assert len(index) == 30 and index.count_segments() == segments
+    assert 7 in index and 31 not in index
+    for vid in (1, 12, 30):
+        assert_stored(index, vid)
+    st = index.stats()
+    assert (st.videos, st.segments) == (30, segments)
+    with pytest.raises(InvalidVectors):
+        index.add_video(40, [Span(0, 1)], np.full((1, D), np.nan, dtype=np.float32))
+    assert 40 not in index and index.count_segments() == segments
+
+
+def test_upsert_twice_leaves_no_duplicates(backend: Backend):
+    index = backend.open()
+    before = add_range(index, range(1, 11))
+    segs, vecs = video_vectors(9, D)  # 5 segments
+    index.add_video(9, segs, vecs)
+    index.add_videos([(9, segs, vecs), (9, segs, vecs)])
+    assert len(index) == 10 and index.count_segments() == before
+    # replaced by fewer segments: every old one goes
+    new = np.eye(D, dtype=np.float32)[:2]
+    index.add_video(9, [Span(0, 1), Span(1, 2)], new)
+    assert index.count_segments() == before - 5 + 2
+    got = index.get(9)
+    assert got.segments == [Span(0, 1), Span(1, 2)]
+    np.testing.assert_allclose(got.vectors, new, atol=1e-6)
+    old_vector = vecs[4]  # gone: searching for it does not find video 9's old segment 4
+    hit = next(h for h in index.search(old_vector[None], k=10) if h.video_id == 9)
+    assert hit.score < 0.999 and hit.segment in (Span(0, 1), Span(1, 2))
+
+
+def test_delete(backend: Backend):
+    index = backend.open()
+    total = add_range(index, range(1, 11))
+    assert index.delete_video(4) is True
+    assert index.delete_video(4) is False and index.delete_video(99) is False
+    assert 4 not in index and index.get(4) is None and len(index) == 9
+    assert index.count_segments() == total - len(video_vectors(4, D)[0])
+    _, vecs = video_vectors(4, D)
+    assert all(h.video_id != 4 for h in index.search(vecs, k=10))
+
+
+@pytest.mark.parametrize("aggregation", ["max", "chamfer"])
+def test_search_with_exclusions_matches_brute_force(backend: Backend, aggregation: str):
+    index = backend.open()
+    ids = range(1, 61)
+    add_range(index, ids)
+    index.delete_video(17)
+    vectors = {vid: video_vectors(vid, D)[1] for vid in ids if vid != 17}
+    rng = np.random.default_rng(5)
+    for trial in range(4):
+        q = rng.standard_normal((3, D)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        exclude = {int(x) for x in rng.choice(list(vectors), size=5, replace=False)} if trial % 2 else set()
+        qsegs = [Span(10.0 + i, 11.0 + i) for i in range(3)]
+        hits = index.search(q, k=5, query_segments=qsegs, aggregation=aggregation, exclude_ids=exclude)
+        want = brute_force(vectors, q, 5, aggregation, exclude)
+        assert [h.video_id for h in hits] == [w[0] for w in want]
+        for h, (vid, score, qi, si) in zip(hits, want, strict=True):
+            assert h.score == pytest.approx(score, abs=1e-5)
+            assert h.query_segment == qsegs[qi] and h.segment == video_vectors(vid, D)[0][si]
+    # min_score keeps only what reaches it
+    _, own = video_vectors(20, D)
+    hits = index.search(own[:1], k=10, min_score=0.999)
+    assert [h.video_id for h in hits] == [20] and hits[0].query_segment is None
+
+
+def test_restart_keeps_what_another_process_wrote(backend: Backend):
+    proc = run_writer(backend.spec, 1, 12, "--delete", "5")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.split() == [w for vid in range(1, 13) for w in ("added", str(vid))]
+    backend.restart()
+    index = backend.open()
+    assert len(index) == 11 and 5 not in index
+    assert index.count_segments() == sum(len(video_vectors(v, D)[0]) for v in range(1, 13) if v != 5)
+    for vid in (1, 6, 12):
+        assert_stored(index, vid)
+    assert index.metadata()["writer"] == "1"
+    index.set_metadata({"checkpoint": "abc", "embed_dim": str(D)})
+    assert index.metadata() == {"writer": "1", "checkpoint": "abc", "embed_dim": str(D)}
+
+
+def test_concurrent_writers_are_refused_or_serialised(backend: Backend):
+    index = backend.open()  # this process writes too, while two others try
+    procs = [run_writer(backend.spec, first, 10) for first in (100, 200)]
+    mine = add_range(index, range(1, 11))
+    expected_segments = mine
+    for first, proc in zip((100, 200), procs, strict=True):
+        out, err = proc.communicate(timeout=180)
+        ids = range(first, first + 10)
+        if backend.concurrent == "refused":
+            assert (proc.returncode, out.strip()) == (3, "LOCKED"), err[-2000:]
+            assert not any(vid in index for vid in ids)
+        else:
+            assert proc.returncode == 0, err[-2000:]
+            for vid in ids:
+                assert_stored(index, vid)
+            expected_segments += sum(len(video_vectors(v, D)[0]) for v in ids)
+    for vid in range(1, 11):
+        assert_stored(index, vid)
+    assert index.count_segments() == expected_segments  # nothing lost, nothing twice
+
+
+def test_generations_switch_atomically(backend: Backend):
+    gens = backend.generations()
+    try:
+        first = gens.current() or gens.name_for("aaa")
+        with gens.open(first) as old:
+            add_range(old, range(1, 6))
+        gens.switch(first)
+        new_name = gens.name_for("bbb")
+        assert not gens.exists(new_name)
+        with gens.open(new_name) as new:
+            add_range(new, range(100, 103))
+        assert gens.current() == first  # building a generation does not make it current
+        gens.switch(new_name)
+        assert gens.current() == new_name
+        gens.drop(first)
+        assert not gens.exists(first)
+        with pytest.raises(ValueError):
+            gens.drop(new_name)
+        with gens.open(gens.current()) as cur:
+            assert len(cur) == 3 and 100 in cur and 1 not in cur
+    finally:
+        gens.close()
