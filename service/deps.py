@@ -72,12 +72,14 @@ def require_api_key(request: Request) -> None:
 
 
 def rate_limit(request: Request) -> None:
-    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per client address without
-    keys), from a bucket in this process (embedded) or in Redis, shared by every gateway replica."""
+    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (checked by `require_api_key`,
+    which runs first) or, without keys, per client address (a bearer token is then unchecked, so anyone
+    could send a new one each time), from a bucket in this process (embedded) or in Redis, shared by every
+    gateway replica."""
     limiter = getattr(getattr(request.app.state, "runtime", None), "rate_limiter", None)
     if limiter is None:
         return
-    token = _bearer(request)
+    token = _bearer(request) if request.app.state.settings.api_keys else None
     limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 

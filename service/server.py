@@ -9,8 +9,14 @@ slowloris client holds connections (and spooled uploads) open indefinitely. Here
   the app); then 408 with `Connection: close`, and a half-spooled upload is deleted;
 - `idle_timeout_s`: uvicorn's keep-alive timeout, for a connection that sends no new request.
 
-A request h11 cannot parse (bad request line or header, a body longer than its `Content-Length`, ...)
-gets the JSON error body like every other error, instead of uvicorn's plain-text 400.
+A request h11 cannot parse (bad request line or header, a body longer than its `Content-Length`, a bad
+chunk size, ...) gets the JSON error body like every other error, instead of uvicorn's plain-text 400, and
+the connection is closed. So is a request with both `Content-Length` and `Transfer-Encoding` (RFC 9112
+6.1): h11 alone would frame it by `Transfer-Encoding` and go on to what follows on the connection, which is
+how a request is smuggled past a proxy that framed it by `Content-Length`.
+
+Forwarded headers (`X-Forwarded-For`, `X-Forwarded-Proto`) are read only from the addresses in the
+`trusted_proxies` setting (none by default), whatever uvicorn's own default or `FORWARDED_ALLOW_IPS` say.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from service.errors import RequestTimeout, error_body
 from service.settings import Settings
 
+MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024  # uvicorn's (and h11's) default: request line + headers, bytes
+
 
 def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     body = json.dumps(error_body(code, message)).encode()
@@ -34,10 +42,26 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+class _StrictConnection(h11.Connection):
+    """h11 that also refuses a request framed two ways (`Content-Length` and `Transfer-Encoding`)."""
+
+    def next_event(self):  # type: ignore[no-untyped-def]
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name.lower() for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding", error_status_hint=400)
+        return event
+
+
 class _Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header timeout and JSON errors for what h11 refuses."""
+    """uvicorn's h11 protocol with a header timeout, strict framing and JSON errors for what h11 refuses."""
 
     header_timeout_s = 10.0  # set per server by `protocol_class`
+
+    def __init__(self, config: uvicorn.Config, *args: object, **kwargs: object) -> None:
+        super().__init__(config, *args, **kwargs)  # type: ignore[arg-type]
+        self.conn = _StrictConnection(h11.SERVER, config.h11_max_incomplete_event_size or MAX_INCOMPLETE_EVENT_SIZE)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
@@ -81,7 +105,7 @@ class _Protocol(H11Protocol):
         self.transport.write(_raw_error(
             400, "Bad Request", "bad_request",
             "malformed HTTP request (request line, headers or framing, e.g. a body longer than its "
-            "Content-Length)"))
+            "Content-Length, a bad chunk size, or both Content-Length and Transfer-Encoding)"))
         self.transport.close()
 
 
@@ -121,7 +145,9 @@ class BodyTimeoutMiddleware:
 def server_config(app: ASGIApp, settings: Settings, **kw: object) -> uvicorn.Config:
     """The uvicorn configuration `drca serve` runs with (tests start the same server in a thread)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol_class(settings),
-                          timeout_keep_alive=settings.idle_timeout_s, timeout_graceful_shutdown=30, **kw)
+                          timeout_keep_alive=settings.idle_timeout_s, timeout_graceful_shutdown=30,
+                          proxy_headers=bool(settings.trusted_proxies),
+                          forwarded_allow_ips=list(settings.trusted_proxies), **kw)
 
 
 def run(app: ASGIApp, settings: Settings) -> None:

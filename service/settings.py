@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # a keep-alive connection without a new request is closed; longer than common clients' own idle expiry
     # (httpx: 5 s), so that a client drops an idle pooled connection before the server closes it under it
     idle_timeout_s: float = Field(15.0, gt=0)
+    # addresses (or networks, or "*") of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed; none by default, so a client on loopback cannot pose as other addresses (docs/api.md)
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)

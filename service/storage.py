@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from service.errors import BadRequest, PayloadTooLarge, ServiceError
 
@@ -156,18 +158,19 @@ async def parse_upload(
             except UnicodeDecodeError:
                 raise BadRequest(f"form field '{p.name}' is not UTF-8") from None
 
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_part_begin": on_part_begin,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-        },
-    )
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    }
+    try:
+        parser = MultipartParser(params[b"boundary"], callbacks)
+    except FormParserError as e:  # a boundary longer than 256 characters
+        raise BadRequest(f"bad multipart boundary: {e}") from None
     try:
         async for chunk in body:
             if chunk:
@@ -182,7 +185,8 @@ async def parse_upload(
             if p.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.path.unlink()
-        if isinstance(e, ServiceError) or not isinstance(e, Exception):  # e.g. 408 from a stalled body
+        # e.g. 408 from a stalled body, or the client gone (not the body's fault: not a 400)
+        if isinstance(e, ServiceError | ClientDisconnect) or not isinstance(e, Exception):
             raise
         raise BadRequest(f"malformed multipart body: {e}") from None
     return form

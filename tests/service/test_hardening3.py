@@ -1,0 +1,191 @@
+"""Regression tests for the round-3 probe findings of issue 22 (framing, rate-limit keys, forwarded headers,
+disconnects, slow uploads, resolution switches, cost per upload, strict numbers, browser-facing checks)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.procs import free_port
+from tests.service.conftest import make_settings
+from tests.service.rawhttp import Conn, closes_within, json_error, running_server
+from tests.waiting import wait_until
+
+TIMEOUT_S = 1.0
+BOUNDARY = "BoUnDaRy"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(self.format(r) + (f"\n{r.exc_info}" if r.exc_info else "") for r in self.records)
+
+
+@pytest.fixture()
+def server_log() -> Iterator[_Records]:
+    """Every record the server logs in this test (its own loggers and uvicorn's, which do not propagate)."""
+    handler = _Records()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """`drca serve`'s server on a free port, open mode (no API keys), 1 s timeouts."""
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("server3"), port=free_port(), text_search=False,
+                             header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, idle_timeout_s=TIMEOUT_S)
+    with running_server(settings) as srv:
+        yield srv, settings
+
+
+def _metrics(port: int) -> str:
+    c = Conn(port)
+    try:
+        c.request("GET", "/metrics")
+        status, _, body = c.response()
+        assert status == 200
+        return body.decode()
+    finally:
+        c.close()
+
+
+def _statuses(metrics: str, route: str) -> set[str]:
+    return set(re.findall(r'drca_request_seconds_count\{method="[A-Z]+",route="' + re.escape(route)
+                          + r'",status="(\d+)"\}', metrics))
+
+
+# F2: Content-Length and Transfer-Encoding together are ambiguous framing: 400, and the connection closes ---
+def test_content_length_with_transfer_encoding_is_400_and_closes(server):
+    port = server[1].port
+    smuggled = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/videos/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    c = Conn(port)
+    try:
+        c.send(smuggled)
+        assert json_error(c.response(), 400)["code"] == "bad_request"
+        closes_within(c, 10 * TIMEOUT_S)
+        assert b"HTTP/1.1" not in c.buf, c.buf  # the hidden request was never answered
+    finally:
+        c.close()
+
+
+# F5: a multipart boundary past python-multipart's 256 characters is a 400, not a 500 ---------------------
+@pytest.mark.parametrize("path", ["/v1/videos", "/v1/classify", "/v1/search"])
+def test_overlong_multipart_boundary_is_400(server, path):
+    boundary = "b" * 300
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n3\r\n--{boundary}--\r\n").encode()
+    c = Conn(server[1].port)
+    try:
+        c.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        err = json_error(c.response(), 400)
+        assert err["code"] == "bad_request" and "boundary" in err["message"]
+    finally:
+        c.close()
+
+
+# F6: a client that goes away mid-body, or sends a bad chunk size, is not a 500 -----------------------------
+def _upload_head(length: int | None) -> bytes:
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+
+
+PART = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+        "Content-Type: video/mp4\r\n\r\n").encode()
+
+
+def test_disconnects_and_bad_chunks_are_not_500(server, server_log):
+    port = server[1].port
+    requests = [
+        # JSON body cut short, then the client leaves
+        (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+         b'{"text": "a', True),
+        # an upload cut short
+        (_upload_head(1_000_000) + PART + b"\0" * 3000, True),
+        # a chunked upload with a chunk size that is not hex
+        (_upload_head(None) + f"{len(PART):x}\r\n".encode() + PART + b"\r\nzz\r\n", False),
+        # a chunked JSON body with a chunk size that is not hex
+        (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+         b"\r\n\r\n4\r\n{\"te\r\n-1\r\n", False),
+    ]
+    for raw, leave in requests:
+        c = Conn(port)
+        try:
+            c.send(raw)
+            if leave:
+                time.sleep(0.2)  # the server is reading the body
+            else:
+                assert json_error(c.response(), 400)["code"] == "bad_request"
+        finally:
+            c.close()
+
+    def counted() -> str | None:
+        text = _metrics(port)
+        done = sum(int(float(n)) for n in re.findall(
+            r'drca_request_seconds_count\{method="POST",route="/v1/(?:videos|search)",status="\d+"\} (\S+)', text))
+        return text if done >= len(requests) else None
+
+    text = wait_until(counted, 10, "every request finished")
+    for route in ("/v1/videos", "/v1/search"):
+        assert not any(s.startswith("5") for s in _statuses(text, route)), text
+    logged = server_log.text()
+    assert "Traceback" not in logged and "unhandled error" not in logged and "Exception in ASGI" not in logged, \
+        logged
+    assert len(server_log.records) <= 2 * len(requests), logged  # a line each at most, not a trace
+    assert list(server[1].tmp_dir.glob("upload-*.part")) == []
+
+
+# F3: in open mode the request limit is per client address, whatever bearer token is sent ------------------
+def test_open_mode_rate_limit_ignores_bearer_tokens(checkpoint, tmp_path):
+    settings = make_settings(checkpoint, tmp_path, text_search=False, rate_limit_per_s=0.001, rate_limit_burst=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        codes = [c.get("/v1/videos", headers={"Authorization": f"Bearer {uuid.uuid4()}"}).status_code
+                 for _ in range(6)]
+        assert codes == [200, 200, 200, 429, 429, 429]
+
+
+# F4: X-Forwarded-For is trusted only from configured proxies (none by default) ----------------------------
+KEY = "the-right-key"
+
+
+def _wrong_keys_with_forwarded_for(port: int, n: int) -> list[int]:
+    codes = []
+    for i in range(n):
+        c = Conn(port)
+        try:
+            c.request("GET", "/v1/videos", headers={"Authorization": f"Bearer guess-{i}",
+                                                    "X-Forwarded-For": f"203.0.113.{i + 1}"})
+            codes.append(c.response()[0])
+        finally:
+            c.close()
+    return codes
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(checkpoint, tmp_path):
+    common = {"text_search": False, "api_keys": [KEY], "auth_fail_limit_per_s": 0.001, "auth_fail_limit_burst": 2}
+    settings = make_settings(checkpoint, tmp_path / "default", port=free_port(), **common)
+    with running_server(settings):
+        assert _wrong_keys_with_forwarded_for(settings.port, 5) == [401, 401, 429, 429, 429]
+    settings = make_settings(checkpoint, tmp_path / "proxied", port=free_port(), trusted_proxies=["127.0.0.1"],
+                             **common)
+    with running_server(settings):  # behind a configured proxy, each forwarded client has its own count
+        assert _wrong_keys_with_forwarded_for(settings.port, 5) == [401] * 5
