@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
     MAX_ID,
+    Int,
     JobResponse,
     LabelOut,
     SegmentOut,
@@ -133,8 +135,8 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
 
 @router.get("/videos", response_model=VideoPage, responses=ERRORS)
 def list_videos(
-    offset: int = Query(0, ge=0, le=MAX_ID),
-    limit: int = Query(50, ge=1, le=1000),
+    offset: Annotated[Int, Query(ge=0, le=MAX_ID)] = 0,  # Annotated: a `Query()` default drops Int's check
+    limit: Annotated[Int, Query(ge=1, le=1000)] = 50,
     sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
     rt: ServiceRuntime = Depends(runtime),
 ) -> VideoPage:

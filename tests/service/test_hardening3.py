@@ -189,3 +189,47 @@ def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(checkpoint, tmp_pa
                              **common)
     with running_server(settings):  # behind a configured proxy, each forwarded client has its own count
         assert _wrong_keys_with_forwarded_for(settings.port, 5) == [401] * 5
+
+
+# minor: ids and integers are plain ASCII decimal, everywhere (paths, queries, JSON, forms) ----------------
+NOT_INTEGERS = ["1.0", "+1", "01", "1_0", "\uff11", "\u0661", "1e0", "true", " 1"]
+
+
+@pytest.mark.parametrize("raw", NOT_INTEGERS)
+def test_non_canonical_integers_are_422_everywhere(client, raw):
+    def code(r) -> int:
+        assert r.headers["content-type"] == "application/json", r.text
+        return r.status_code
+
+    assert code(client.get(f"/v1/videos/{raw}")) == 422
+    assert code(client.get(f"/v1/jobs/{raw}")) == 422
+    assert code(client.get("/v1/videos", params={"offset": raw})) == 422
+    assert code(client.get("/v1/videos", params={"limit": raw})) == 422
+    form = {"x": ("x", b"x")}
+    assert code(client.post("/v1/search", data={"video_id": raw}, files=form)) == 422
+    assert code(client.post("/v1/search", data={"video_id": "1", "k": raw}, files=form)) == 422
+    if raw.strip() == raw:  # spaces around the commas of a list are allowed
+        assert code(client.post("/v1/search", data={"video_id": "1", "exclude_ids": f"2, {raw}"}, files=form)) == 422
+    assert code(client.post("/v1/classify", data={"video_id": raw}, files=form)) == 422
+
+
+@pytest.mark.parametrize("body", ['{"video_id": 1.0}', '{"video_id": true}', '{"video_id": "+1"}',
+                                  '{"text": "a", "k": true}', '{"text": "a", "k": 2.0}',
+                                  '{"text": "a", "exclude_ids": [false]}', '{"text": "a", "min_score": true}'])
+def test_json_booleans_and_floats_are_not_integers(client, body):
+    for path in ("/v1/search", "/v1/classify"):
+        if path == "/v1/classify" and "text" in body:
+            continue
+        r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_input"
+
+
+def test_canonical_integers_still_work(client):
+    assert client.get("/v1/videos", params={"offset": "0", "limit": "10"}).status_code == 200
+    assert client.get("/v1/videos/987654321").status_code == 404
+    r = client.post("/v1/search", json={"text": "a", "k": 3, "exclude_ids": [0, 10]})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/search", data={"video_id": "987654321", "k": "10", "min_score": "0.5"},
+                    files={"x": ("x", b"x")})
+    assert r.status_code == 404, r.text  # parsed, then the video is not there
