@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
 
+    @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)
     def web_app() -> FileResponse:
         """The web UI; it calls the public `/v1` API only (with the API key the user enters, if any)."""

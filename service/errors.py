@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from indexer.errors import IndexerError, InvalidVectors
 from media.video import (
@@ -145,6 +146,19 @@ def error_response(err: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(err.code, err.message), status_code=err.status, headers=err.headers)
 
 
+#: The methods a 405's `Allow` header may name.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on the request's path (RFC 9110 15.5.6: a 405 says
+    them). Asked of each route through Starlette's public `matches`, so routers included with a prefix
+    count too."""
+    routes = request.app.router.routes
+    return [m for m in METHODS
+            if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers: every error leaves as the typed JSON body, never as an HTML 500."""
 
@@ -185,9 +199,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidInput("; ".join(parts) or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every route of this path, not only the first one Starlette tried
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

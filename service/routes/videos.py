@@ -133,6 +133,7 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
     return JSONResponse(body.model_dump(), status_code=202 if reg.created else 200)
 
 
+@router.head("/videos", include_in_schema=False)  # the GET answer without its body
 @router.get("/videos", response_model=VideoPage, responses=ERRORS)
 def list_videos(
     offset: Annotated[Int, Query(ge=0, le=MAX_ID)] = 0,  # Annotated: a `Query()` default drops Int's check
@@ -153,6 +154,7 @@ def list_videos(
                      videos=[video_out(rt, v, with_segments=False) for v in videos])
 
 
+@router.head("/videos/{video_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
 def get_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
@@ -165,6 +167,7 @@ def delete_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -
     rt.catalog.delete(video_id)
 
 
+@router.head("/jobs/{job_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
 def get_job(job_id: JobIdPath, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""

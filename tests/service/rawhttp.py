@@ -38,14 +38,15 @@ class Conn:
         self.buf += chunk
         return bool(chunk)
 
-    def response(self) -> tuple[int, dict[str, str], bytes]:
+    def response(self, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """The next response; `head`: the answer to a HEAD request (no body, whatever Content-Length says)."""
         while b"\r\n\r\n" not in self.buf:
             if not self._fill():
                 raise ConnectionError(f"closed before a response (got {self.buf[:200]!r})")
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
+        raw_head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, *lines = raw_head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines)}
-        n = int(headers.get("content-length", "0"))
+        n = 0 if head else int(headers.get("content-length", "0"))
         while len(self.buf) < n:
             if not self._fill():
                 raise ConnectionError("closed mid-body")

@@ -233,3 +233,37 @@ def test_canonical_integers_still_work(client):
     r = client.post("/v1/search", data={"video_id": "987654321", "k": "10", "min_score": "0.5"},
                     files={"x": ("x", b"x")})
     assert r.status_code == 404, r.text  # parsed, then the video is not there
+
+
+# minor: HEAD is answered on every GET route; a 405 names the allowed methods ---------------------------
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/", "/v1/videos", "/v1/videos/987654",
+                                  "/v1/jobs/987654"])
+def test_head_on_get_routes(server, path):
+    c = Conn(server[1].port)
+    try:
+        c.request("GET", path)
+        get_status, get_headers, _ = c.response()
+        c.request("HEAD", path)
+        c.sock.settimeout(5)
+        status, headers, _ = c.response(head=True)
+        assert status == get_status and headers["content-type"] == get_headers["content-type"], headers
+        if path != "/metrics":  # the metrics change between the two requests
+            assert headers.get("content-length") == get_headers.get("content-length")
+        c.request("GET", "/healthz")  # no stray body bytes were sent: the next response parses
+        assert c.response()[0] == 200 and c.buf == b""
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("POST", "/healthz", {"GET", "HEAD"}), ("DELETE", "/metrics", {"GET", "HEAD"}), ("GET", "/v1/search", {"POST"}),
+    ("PUT", "/v1/videos/1", {"GET", "HEAD", "DELETE"}), ("PATCH", "/v1/videos", {"GET", "HEAD", "POST"})])
+def test_405_names_the_allowed_methods(server, method, path, allowed):
+    c = Conn(server[1].port)
+    try:
+        c.request(method, path)
+        got = c.response()
+        assert json_error(got, 405)["code"] == "method_not_allowed"
+        assert {m.strip() for m in got[1]["allow"].split(",")} == allowed, got[1]
+    finally:
+        c.close()
