@@ -55,6 +55,14 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class InvalidHost(ServiceError):
+    status, code = 400, "invalid_host"
+
+
+class ForbiddenOrigin(ServiceError):
+    status, code = 403, "forbidden_origin"
+
+
 class NotFoundError(ServiceError):
     status, code = 404, "not_found"
 
@@ -98,7 +106,7 @@ class BrokerUnavailable(ServiceError):
 
 
 #: The error responses every route documents in the OpenAPI schema (the body is always `ErrorResponse`).
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)}
 
 #: Redis could not be reached (scale-out deployment): passing, the request can be retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)

@@ -7,6 +7,7 @@ List values (`DRCA_API_KEYS`) are JSON: `DRCA_API_KEYS='["key-one", "key-two"]'`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     # addresses (or networks, or "*") of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
     # believed; none by default, so a client on loopback cannot pose as other addresses (docs/api.md)
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Host names this server answers to ("*": any; "*.example.org": its subdomains); others get 400. None:
+    # loopback names when `host` is a loopback address (DNS rebinding cannot reach it), else any
+    allowed_hosts: list[str] | None = None
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
@@ -149,6 +153,16 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "metadata.sqlite3"
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host.lower() == "localhost"
+        return ["127.0.0.1", "localhost", "::1"] if loopback else ["*"]
 
     # derived limits ------------------------------------------------------------------------------
     @property

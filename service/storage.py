@@ -23,7 +23,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (external_id, metadata, k, ...)
 MAX_FIELDS = 32
@@ -123,6 +123,9 @@ async def parse_upload(
         p.name = opts.get(b"name", b"").decode("utf-8", "replace") or None
         fn = opts.get(b"filename")
         p.filename = fn.decode("utf-8", "replace") if fn is not None else None
+        if p.name is not None and p.name != file_field and p.name.lower() == file_field:
+            raise InvalidInput(f"form field names are case-sensitive: send the video in '{file_field}', "
+                               f"not {p.name[:40]!r}")
         if p.name == file_field:
             if form.file is not None or any(q.path for q in parts[:-1]):
                 raise BadRequest(f"more than one '{file_field}' part")
@@ -156,7 +159,8 @@ async def parse_upload(
             try:
                 form.fields[p.name] = p.buf.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadRequest(f"form field '{p.name}' is not UTF-8") from None
+                raise BadRequest(f"form field '{p.name[:40]}' is not UTF-8 text (only '{file_field}' takes a "
+                                 "video)") from None
 
     callbacks = {
         "on_part_begin": on_part_begin,

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.settings import Settings
 from tests.procs import free_port
 from tests.service.conftest import make_settings
 from tests.service.rawhttp import Conn, closes_within, json_error, running_server
@@ -267,3 +268,64 @@ def test_405_names_the_allowed_methods(server, method, path, allowed):
         assert {m.strip() for m in got[1]["allow"].split(",")} == allowed, got[1]
     finally:
         c.close()
+
+
+# minor: a video sent in a field named "FILE" is told where it belongs ----------------------------------
+def test_file_field_name_is_case_sensitive_and_says_so(client):
+    video = b"\x00\x00\x00\x18ftypmp42\xff\xfe" + bytes(range(256))  # not UTF-8 text
+    r = client.post("/v1/videos", files={"FILE": ("a.mp4", video, "video/mp4")})
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["code"] == "invalid_input", r.text
+    assert "'file'" in err["message"] and "UTF-8" not in err["message"]
+
+
+# minor: /docs is served from this server, nothing from a CDN ------------------------------------------
+def test_docs_page_loads_nothing_from_the_network(client):
+    r = client.get("/docs")
+    assert r.status_code == 200
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert assets and not [a for a in assets if "//" in a], assets  # every URL is on this server
+    for asset in assets:
+        got = client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 100, asset
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN: off
+
+
+# minor: Host allow-list and Origin checks (DNS rebinding, cross-site form posts) --------------------------
+def test_unknown_host_is_refused(server):
+    c = Conn(server[1].port)
+    try:
+        c.request("GET", "/v1/videos", headers={"Host": "rebound.attacker.example:8000"})
+        assert json_error(c.response(), 400)["code"] == "invalid_host"
+        c2 = Conn(server[1].port)
+        c2.request("GET", "/v1/videos", headers={"Host": f"localhost:{server[1].port}"})
+        assert c2.response()[0] == 200
+        c2.close()
+    finally:
+        c.close()
+
+
+def test_allowed_hosts_default_follows_the_bind_address():
+    loopback = Settings(host="127.0.0.1")
+    assert set(loopback.effective_allowed_hosts) == {"127.0.0.1", "localhost", "::1"}
+    assert Settings(host="0.0.0.0").effective_allowed_hosts == ["*"]
+    assert Settings(host="0.0.0.0", allowed_hosts=["drca.internal"]).effective_allowed_hosts == ["drca.internal"]
+
+
+def test_cross_site_posts_are_403_in_open_mode(client, checkpoint, tmp_path):
+    evil = {"Origin": "https://attacker.example"}
+    form = {"file": ("a.mp4", b"x" * 100, "video/mp4")}
+    for r in (client.post("/v1/videos", files=form, headers=evil),
+              client.post("/v1/search", json={"text": "a"}, headers=evil),
+              client.post("/v1/search", json={"text": "a"}, headers={"Origin": "null"}),
+              client.delete("/v1/videos/987654", headers=evil)):
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", r.text
+    assert client.get("/v1/videos", headers=evil).status_code == 200  # reads are not state-changing
+    same = {"Origin": "http://testserver"}  # the web app itself
+    assert client.post("/v1/search", json={"text": "a", "k": 2}, headers=same).status_code == 200
+    assert client.post("/v1/search", json={"text": "a", "k": 2}).status_code == 200  # no Origin: not a browser
+    keyed = make_settings(checkpoint, tmp_path, text_search=False, api_keys=[KEY])
+    with TestClient(create_app(keyed), raise_server_exceptions=False) as c:  # with keys a browser cannot post
+        r = c.post("/v1/search", json={"video_id": 987654}, headers={**evil, "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 404, r.text
