@@ -22,7 +22,7 @@ from service.metrics import ServiceMetrics
 from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
-from service.server import BodyTimeoutMiddleware
+from service.server import BodyLimitsMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,9 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         return HTMLResponse(DOCS_PAGE.replace("{openapi_url}", str(app.openapi_url)))
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(BodyLimitsMiddleware, pause_s=settings.body_timeout_s,
+                       min_rate=settings.body_min_rate_bytes_s, deadline_s=settings.body_deadline_s,
+                       max_bodies=settings.max_concurrent_uploads)
     app.add_middleware(BrowserGuardMiddleware, allowed_hosts=settings.effective_allowed_hosts,
                        check_origin=not settings.api_keys)
     app.add_middleware(_UnexpectedErrorMiddleware)

@@ -90,6 +90,10 @@ class WorkerUnavailable(ServiceError):
     status, code = 503, "worker_unavailable"
 
 
+class TooManyUploads(ServiceError):
+    status, code = 503, "too_many_uploads"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

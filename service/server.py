@@ -5,8 +5,10 @@ slowloris client holds connections (and spooled uploads) open indefinitely. Here
 
 - `header_timeout_s`: the request line and headers must be complete within this many seconds of the
   connection opening or of the previous response; otherwise 408 (JSON) and the connection is closed;
-- `body_timeout_s`: the longest pause between two pieces of a request body (`BodyTimeoutMiddleware`, in
-  the app); then 408 with `Connection: close`, and a half-spooled upload is deleted;
+- `body_timeout_s`, `body_min_rate_bytes_s`, `body_deadline_s`, `max_concurrent_uploads`: how a request body
+  may arrive (`BodyLimitsMiddleware`, in the app): the longest pause, the minimum average rate, the total
+  deadline (408 with `Connection: close`, and a half-spooled upload is deleted), and how many bodies are
+  received at once (503 with `Retry-After` past it);
 - `idle_timeout_s`: uvicorn's keep-alive timeout, for a connection that sends no new request.
 
 A request h11 cannot parse (bad request line or header, a body longer than its `Content-Length`, a bad
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import h11
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.errors import RequestTimeout, error_body
+from service.errors import RequestTimeout, TooManyUploads, error_body, error_response
 from service.settings import Settings
 
 MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024  # uvicorn's (and h11's) default: request line + headers, bytes
@@ -113,33 +116,84 @@ def protocol_class(settings: Settings) -> type[H11Protocol]:
     return type("DrcaH11Protocol", (_Protocol,), {"header_timeout_s": settings.header_timeout_s})
 
 
-class BodyTimeoutMiddleware:
-    """408 (and `Connection: close`) when a request body pauses for longer than `timeout_s`. Only reads of
-    the body are timed: once it is complete, `receive` (waiting for a disconnect) is passed through."""
+class BodyLimitsMiddleware:
+    """How long and how slowly a client may take to send a request body, and how many bodies are
+    received at once (`docs/api.md`, Timeouts):
 
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
-        self.app, self.timeout_s = app, timeout_s
+    - a pause between two pieces longer than `pause_s`: 408;
+    - once `pause_s` seconds have been spent waiting for the body, an average rate under `min_rate` bytes
+      per second of that waiting: 408 (a drip of a byte now and then never pauses for long);
+    - the whole body not in within `deadline_s` of the request's start: 408;
+    - `max_bodies` requests already receiving a body: 503 with `Retry-After` at once, before a byte of the
+      body is read (so no part file is opened).
+
+    Each 408 carries `Connection: close`; a half-spooled upload is deleted by its parser. Only the time
+    spent waiting for the client counts towards its rate, not the time the app takes between reads. Once
+    the body is complete, `receive` (waiting for a disconnect) is passed through."""
+
+    def __init__(self, app: ASGIApp, pause_s: float, min_rate: float, deadline_s: float, max_bodies: int) -> None:
+        self.app, self.pause_s, self.min_rate, self.deadline_s = app, pause_s, min_rate, deadline_s
+        self.max_bodies = max_bodies
+        self.receiving = 0  # requests whose body is being received (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
-        body_done = False
+        if self.receiving >= self.max_bodies:
+            retry = max(1, round(self.pause_s))
+            await error_response(TooManyUploads(
+                f"{self.max_bodies} uploads are being received already; retry in {retry} s",
+                headers={"Retry-After": str(retry), "Connection": "close"}))(scope, receive, send)
+            return
+        self.receiving += 1
+        holding, body_done = True, False
+        started, waited, received = time.monotonic(), 0.0, 0
+
+        def release() -> None:
+            nonlocal holding, body_done
+            body_done = True
+            if holding:
+                holding = False
+                self.receiving -= 1
+
+        def refuse(why: str) -> RequestTimeout:
+            release()
+            return RequestTimeout(why, headers={"Connection": "close"})
 
         async def _receive() -> Message:
-            nonlocal body_done
+            nonlocal waited, received
             if body_done:
                 return await receive()
+            left = self.deadline_s - (time.monotonic() - started)
+            t0 = time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.pause_s, left)))
             except TimeoutError:
-                body_done = True
-                raise RequestTimeout(f"the request body stalled for more than {self.timeout_s:g} s",
-                                     headers={"Connection": "close"}) from None
-            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+                if left <= self.pause_s:
+                    raise refuse(f"the request body was not complete within the deadline of "
+                                 f"{self.deadline_s:g} s") from None
+                raise refuse(f"the request body stalled for more than {self.pause_s:g} s") from None
+            waited += time.monotonic() - t0
+            received += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                release()
+            elif waited > self.pause_s and received < self.min_rate * waited:
+                raise refuse(f"the request body arrives at {received / waited:.0f} B/s, below the minimum of "
+                             f"{self.min_rate:g} B/s")
             return message
 
-        await self.app(scope, _receive, send)
+        try:
+            await self.app(scope, _receive, send)
+        finally:
+            release()
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
 
 
 def server_config(app: ASGIApp, settings: Settings, **kw: object) -> uvicorn.Config:

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
     header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this
     body_timeout_s: float = Field(30.0, gt=0)  # longest pause between two pieces of a request body
+    # after body_timeout_s of waiting for a body, it must have come at this average rate (bytes/s) or more
+    body_min_rate_bytes_s: float = Field(16 * 1024.0, ge=0)
+    body_deadline_s: float = Field(1800.0, gt=0)  # a whole request body, from the request's start
+    max_concurrent_uploads: int = Field(32, ge=1)  # requests receiving a body at once; more: 503 + Retry-After
     # a keep-alive connection without a new request is closed; longer than common clients' own idle expiry
     # (httpx: 5 s), so that a client drops an idle pooled connection before the server closes it under it
     idle_timeout_s: float = Field(15.0, gt=0)

@@ -3,8 +3,10 @@ disconnects, slow uploads, resolution switches, cost per upload, strict numbers,
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,8 +79,8 @@ def _statuses(metrics: str, route: str) -> set[str]:
 # F2: Content-Length and Transfer-Encoding together are ambiguous framing: 400, and the connection closes ---
 def test_content_length_with_transfer_encoding_is_400_and_closes(server):
     port = server[1].port
-    smuggled = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/videos/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    smuggled = (b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/videos/1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     c = Conn(port)
     try:
         c.send(smuggled)
@@ -118,14 +120,14 @@ def test_disconnects_and_bad_chunks_are_not_500(server, server_log):
     port = server[1].port
     requests = [
         # JSON body cut short, then the client leaves
-        (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+        (b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
          b'{"text": "a', True),
         # an upload cut short
         (_upload_head(1_000_000) + PART + b"\0" * 3000, True),
         # a chunked upload with a chunk size that is not hex
         (_upload_head(None) + f"{len(PART):x}\r\n".encode() + PART + b"\r\nzz\r\n", False),
         # a chunked JSON body with a chunk size that is not hex
-        (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
+        (b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
          b"\r\n\r\n4\r\n{\"te\r\n-1\r\n", False),
     ]
     for raw, leave in requests:
@@ -329,3 +331,109 @@ def test_cross_site_posts_are_403_in_open_mode(client, checkpoint, tmp_path):
     with TestClient(create_app(keyed), raise_server_exceptions=False) as c:  # with keys a browser cannot post
         r = c.post("/v1/search", json={"video_id": 987654}, headers={**evil, "Authorization": f"Bearer {KEY}"})
         assert r.status_code == 404, r.text
+
+
+# F7: slow uploads (slowloris by drip): a minimum rate, a total deadline, a cap on bodies in flight -------
+DRIP = {"body_timeout_s": 2.0, "body_min_rate_bytes_s": 2000.0, "body_deadline_s": 5.0, "max_concurrent_uploads": 3}
+
+
+@pytest.fixture(scope="module")
+def drip_server(checkpoint, tmp_path_factory):
+    settings = make_settings(checkpoint, tmp_path_factory.mktemp("drip"), port=free_port(), text_search=False,
+                             header_timeout_s=5.0, idle_timeout_s=5.0, **DRIP)
+    with running_server(settings) as srv:
+        yield srv, settings
+
+
+def _parts(settings) -> list:
+    return list(settings.tmp_dir.glob("upload-*.part"))
+
+
+def _start_upload(port: int, first: bytes = b"\0" * 3000) -> Conn:
+    c = Conn(port)
+    c.send(_upload_head(900_000) + PART + first)  # under max_upload_bytes
+    return c
+
+
+def _drip(c: Conn, chunk: bytes, every_s: float, limit_s: float) -> float:
+    """Send `chunk` every `every_s` until the server answers (or closes); the seconds that took."""
+    t0 = time.monotonic()
+    c.sock.settimeout(every_s)
+    while time.monotonic() - t0 < limit_s:
+        try:
+            c.send(chunk)
+            if c.sock.recv(1, socket.MSG_PEEK):
+                break
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    else:
+        raise AssertionError(f"the server took the drip for {limit_s} s")
+    c.sock.settimeout(10)
+    return time.monotonic() - t0
+
+
+def test_a_drip_below_the_minimum_rate_gets_408(drip_server, server_log):
+    _, settings = drip_server
+    c = _start_upload(settings.port, b"")
+    try:  # one byte every 0.3 s: never a pause of body_timeout_s, far below the minimum rate
+        elapsed = _drip(c, b"\0", 0.3, 30)
+        status, headers, body = c.response()
+        assert status == 408 and headers["connection"] == "close", body
+        assert "B/s" in json.loads(body)["error"]["message"]
+        assert elapsed < DRIP["body_timeout_s"] + 3  # cut off after the grace period
+        closes_within(c, 5)
+    finally:
+        c.close()
+    wait_until(lambda: not _parts(settings), 5, "the part file removed")
+    assert "Traceback" not in server_log.text()
+
+
+def test_a_fast_enough_but_endless_body_hits_the_deadline(drip_server):
+    _, settings = drip_server
+    c = _start_upload(settings.port)
+    try:  # 4 KB every 0.2 s (20 KB/s): above the minimum rate, never done
+        elapsed = _drip(c, b"\0" * 4000, 0.2, DRIP["body_deadline_s"] + 20)
+        status, _, body = c.response()
+        assert status == 408 and "deadline" in json.loads(body)["error"]["message"], body
+        assert DRIP["body_deadline_s"] - 0.5 < elapsed < DRIP["body_deadline_s"] + 5
+    finally:
+        c.close()
+    wait_until(lambda: not _parts(settings), 5, "the part file removed")
+
+
+def test_uploads_past_the_cap_get_503_and_hold_nothing(drip_server, server_log):
+    _, settings = drip_server
+    held = [_start_upload(settings.port) for _ in range(DRIP["max_concurrent_uploads"])]
+    try:
+        wait_until(lambda: len(_parts(settings)) == len(held), 5, "every held upload spooling")
+        for _ in range(20):  # past the cap: refused at once, before any byte of the body is read
+            c = _start_upload(settings.port)
+            try:
+                c.sock.settimeout(5)
+                status, headers, body = c.response()
+                assert status == 503 and int(headers["retry-after"]) >= 1 and headers["connection"] == "close"
+                assert json.loads(body)["error"]["code"] == "too_many_uploads"
+            finally:
+                c.close()
+        assert len(_parts(settings)) == len(held)
+        probe = Conn(settings.port)  # requests without a body are not held up
+        probe.request("GET", "/healthz")
+        assert probe.response()[0] == 200
+        probe.close()
+    finally:
+        for c in held:
+            c.close()
+    wait_until(lambda: not _parts(settings), 5, "the held part files removed")
+
+    def accepted() -> bool:  # the slots are free again once the held requests have finished
+        c = Conn(settings.port)
+        try:
+            c.request("POST", "/v1/search", b'{"video_id": 987654}', {"Content-Type": "application/json"})
+            return c.response()[0] == 404
+        finally:
+            c.close()
+
+    wait_until(accepted, 5, "a new upload accepted", interval_s=0.2)
+    assert "Traceback" not in server_log.text() and len(server_log.records) < 10, server_log.text()
