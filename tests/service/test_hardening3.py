@@ -437,3 +437,16 @@ def test_uploads_past_the_cap_get_503_and_hold_nothing(drip_server, server_log):
 
     wait_until(accepted, 5, "a new upload accepted", interval_s=0.2)
     assert "Traceback" not in server_log.text() and len(server_log.records) < 10, server_log.text()
+
+
+# F1: a resolution switch mid-stream cannot slip past the pixel limit -------------------------------------
+def test_a_mid_stream_resolution_switch_is_413(client, tmp_path):
+    from tests.media.test_resolution_switch import switching_video
+
+    video = switching_video(tmp_path, "h264")  # 64x48, then 640x480 (the test limit is 320x240)
+    before = client.get("/v1/videos").json()["total"]
+    for url in ("/v1/videos", "/v1/classify", "/v1/search"):
+        r = client.post(url, files={"file": ("switch.mp4", video.read_bytes(), "video/mp4")})
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "video_too_large" and "640x480" in r.json()["error"]["message"]
+    assert client.get("/v1/videos").json()["total"] == before
