@@ -33,7 +33,9 @@ def test_shipped_checkpoint_has_the_imagenet_classes_an_embedding_and_its_card()
     assert size <= 25 * 2**20
 
 
-def test_shipped_checkpoint_embeds_and_classifies_a_real_clip(tmp_path: Path) -> None:
+def test_shipped_checkpoint_gives_output_of_the_right_shapes_on_a_real_clip(tmp_path: Path) -> None:
+    """Shapes and normalisation only: it passes with every weight replaced by noise. Whether the labels mean
+    anything is the pretrained-stem issue's test."""
     enc = VideoEncoder(Settings(data_dir=tmp_path / "data", device="cpu", text_search=False))
     decoded = enc.decode(TIGER)
     emb, probs = enc.forward(decoded.clips)
