@@ -5,7 +5,9 @@ Every file goes through two stages:
 1. ``probe``: the bundled ffmpeg binary (``imageio_ffmpeg.get_ffmpeg_exe()``) reads the container header
    in a child process with a timeout. Nothing is decoded by us yet, so garbage cannot crash or hang this
    process, and the limits (file bytes, pixels per frame, duration) are enforced before a single frame
-   is allocated: a 16000x16000 "decompression bomb" is refused here.
+   is allocated: a 16000x16000 "decompression bomb" is refused here. For H.264, H.265, AV1 and MPEG-2 the
+   stream's own parameter sets are read too (``scan_picture_sizes``, still without decoding), so a stream
+   that starts small and switches to a huge size mid-way is refused as well.
 2. ``decord``: opened only once the probe has said "this is a video stream of an acceptable size";
    ``get_frames`` seeks and decodes only the requested frames (``get_batch``).
 
@@ -232,6 +234,82 @@ def _check_header(probe: HeaderProbe, limits: VideoLimits) -> None:
         raise VideoTooLong(
             f"duration {probe.duration:.1f} s is above the limit of {limits.max_duration_s:g} s"
         )
+
+
+#: Codecs whose every picture size is set by a parameter set that FFmpeg's `trace_headers` can read without
+#: decoding: codec -> (`filter_units` NAL/OBU/start-code types of those sets, how to read a size from them).
+_PARAMETER_SETS: dict[str, str] = {
+    "h264": "7",  # sequence parameter set
+    "hevc": "33",  # sequence parameter set
+    "av1": "1",  # sequence header OBU (its max_frame_width/height bound every frame of the sequence)
+    "mpeg2video": "179",  # sequence header (0xB3)
+}
+_RE_TRACE = re.compile(r"\]\s+\d+\s+(\w+)\s+[01]+ = (\d+)")
+
+
+def _sizes_from_trace(codec: str, text: str) -> list[tuple[int, int]]:
+    """The picture sizes (width, height) that the parameter sets in `trace_headers` output declare."""
+    sizes: list[tuple[int, int]] = []
+    f: dict[str, int] = {}
+
+    def close() -> None:
+        if codec == "h264" and "pic_width_in_mbs_minus1" in f:
+            field_mult = 2 - f.get("frame_mbs_only_flag", 1)
+            chroma = f.get("chroma_format_idc", 1)
+            unit_x = 2 if chroma in (1, 2) else 1
+            unit_y = (2 if chroma == 1 else 1) * field_mult
+            w = (f["pic_width_in_mbs_minus1"] + 1) * 16
+            h = (f["pic_height_in_map_units_minus1"] + 1) * 16 * field_mult
+            w -= unit_x * (f.get("frame_crop_left_offset", 0) + f.get("frame_crop_right_offset", 0))
+            h -= unit_y * (f.get("frame_crop_top_offset", 0) + f.get("frame_crop_bottom_offset", 0))
+            sizes.append((w, h))
+        elif codec == "hevc" and "pic_width_in_luma_samples" in f:
+            sizes.append((f["pic_width_in_luma_samples"], f.get("pic_height_in_luma_samples", 0)))
+        elif codec == "av1" and "max_frame_width_minus_1" in f:
+            sizes.append((f["max_frame_width_minus_1"] + 1, f.get("max_frame_height_minus_1", 0) + 1))
+        elif codec == "mpeg2video" and "horizontal_size_value" in f:
+            sizes.append((f["horizontal_size_value"] | f.get("horizontal_size_extension", 0) << 12,
+                          f.get("vertical_size_value", 0) | f.get("vertical_size_extension", 0) << 12))
+        f.clear()
+
+    starts = {"h264": "profile_idc", "hevc": "sps_video_parameter_set_id", "av1": "seq_profile",
+              "mpeg2video": "horizontal_size_value"}
+    for m in _RE_TRACE.finditer(text):
+        name, value = m.group(1), int(m.group(2))
+        if name == starts[codec]:
+            close()
+        f[name] = value
+    close()
+    return sizes
+
+
+def scan_picture_sizes(path: Path, codec: str, timeout_s: float) -> list[tuple[int, int]] | None:
+    """Every picture size the video streams' parameter sets declare, read by the bundled ffmpeg in a child
+    process from the bitstream (`filter_units` keeps only the parameter sets, `trace_headers` prints them;
+    nothing is decoded). A stream can switch to another size mid-way with a new parameter set, which the
+    container header never shows. None for a codec this cannot read (see `_PARAMETER_SETS`)."""
+    types = _PARAMETER_SETS.get(codec)
+    if types is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v", "-c", "copy",
+             "-bsf:v", f"filter_units=pass_types={types},trace_headers", "-f", "null", "-"],
+            capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise VideoDecodeError(f"reading the stream headers took longer than {timeout_s:g} s") from e
+    return _sizes_from_trace(codec, proc.stderr.decode("utf-8", "replace"))
+
+
+def _check_parameter_sets(path: Path, probe: HeaderProbe, limits: VideoLimits) -> None:
+    """The pixel limit for every picture of the stream, not only the first (a stream that starts at 64x48
+    and switches to 8192x8192 passes the header check)."""
+    for codec in sorted({st.codec for st in probe.streams} or {probe.codec}):
+        for w, h in scan_picture_sizes(path, codec, limits.probe_timeout_s) or ():
+            if w * h > limits.max_pixels:
+                raise VideoTooLarge(
+                    f"the {codec} stream switches to a frame size of {w}x{h} ({w * h} pixels) mid-way, above "
+                    f"the limit of {limits.max_pixels} pixels per frame")
 
 
 # ----------------------------------------------------------------------------------------- reader
@@ -480,6 +558,7 @@ def open_video(
         try:
             probe = probe_header(path, limits.probe_timeout_s)
             _check_header(probe, limits)
+            _check_parameter_sets(path, probe, limits)
         except VideoError as e:
             e.source = source
             e.args = (f"{source}: {e.reason}",)

@@ -10,17 +10,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
+from service.browser import BrowserGuardMiddleware
 from service.deps import rate_limit, require_api_key
 from service.errors import ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
-from service.server import BodyTimeoutMiddleware
+from service.server import BodyLimitsMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,17 @@ log = logging.getLogger(__name__)
 #: The web app (plain HTML, CSS and JavaScript modules; no build step), served at `/`.
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
+
+#: The OpenAPI page: Swagger UI from the `swagger-ui-bundle` package's files, served at /docs-assets.
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>drca API</title>
+<link rel="icon" href="/docs-assets/favicon-32x32.png"><link rel="stylesheet" href="/docs-assets/swagger-ui.css">
+</head><body><div id="swagger-ui"></div>
+<script src="/docs-assets/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: '{openapi_url}', dom_id: '#swagger-ui', layout: 'BaseLayout', deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis]});</script>
+</body></html>
+"""
 
 #: HTTP methods with their own `method` label; any other method name is counted as `other`.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -122,6 +135,8 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         description="DRCA video classification, near-duplicate and text search. Errors: "
         '`{"error": {"code": ..., "message": ...}}`. See docs/api.md.',
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets (FastAPI's own page loads Swagger UI from a CDN)
+        redoc_url=None,  # ReDoc has no local bundle here: off
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
@@ -133,13 +148,26 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
 
+    @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)
     def web_app() -> FileResponse:
         """The web UI; it calls the public `/v1` API only (with the API key the user enters, if any)."""
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI on the OpenAPI schema, its script and style from the `swagger-ui-bundle` package
+        (served at /docs-assets), so the page loads nothing from the network."""
+        return HTMLResponse(DOCS_PAGE.replace("{openapi_url}", str(app.openapi_url)))
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.add_middleware(BodyLimitsMiddleware, pause_s=settings.body_timeout_s,
+                       min_rate=settings.body_min_rate_bytes_s, deadline_s=settings.body_deadline_s,
+                       max_bodies=settings.max_concurrent_uploads)
+    app.add_middleware(BrowserGuardMiddleware, allowed_hosts=settings.effective_allowed_hosts,
+                       check_origin=not settings.api_keys)
     app.add_middleware(_UnexpectedErrorMiddleware)
     app.add_middleware(_LatencyMiddleware, metrics=app.state.metrics)  # outermost: sees every status
     return app

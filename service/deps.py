@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Path, Request
 
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
 from service.runtime import ServiceRuntime
-from service.schemas import MAX_ID
+from service.schemas import MAX_ID, Int, parse_int
 from service.search import SearchService
 from service.storage import UploadForm, parse_upload
 
@@ -22,8 +23,10 @@ MAX_JSON_DEPTH = 32  # nesting of arrays/objects in a JSON body or the `metadata
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small fields beside the file
 
 #: A video or job id in a path: 0..2^63-1 (422 otherwise).
-VideoIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A video id")]
-JobIdPath = Annotated[int, Path(ge=0, le=MAX_ID, description="A job id")]
+VideoIdPath = Annotated[Int, Path(ge=0, le=MAX_ID, description="A video id")]
+JobIdPath = Annotated[Int, Path(ge=0, le=MAX_ID, description="A job id")]
+
+T = TypeVar("T")
 
 
 def runtime(request: Request) -> ServiceRuntime:
@@ -72,12 +75,14 @@ def require_api_key(request: Request) -> None:
 
 
 def rate_limit(request: Request) -> None:
-    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (or per client address without
-    keys), from a bucket in this process (embedded) or in Redis, shared by every gateway replica."""
+    """With `rate_limit_per_s` > 0: one token per `/v1` call, per API key (checked by `require_api_key`,
+    which runs first) or, without keys, per client address (a bearer token is then unchecked, so anyone
+    could send a new one each time), from a bucket in this process (embedded) or in Redis, shared by every
+    gateway replica."""
     limiter = getattr(getattr(request.app.state, "runtime", None), "rate_limiter", None)
     if limiter is None:
         return
-    token = _bearer(request)
+    token = _bearer(request) if request.app.state.settings.api_keys else None
     limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 
@@ -156,31 +161,24 @@ def check_k(k: int, rt: ServiceRuntime) -> int:
     return k
 
 
-def form_int(fields: dict[str, str], name: str, default: int | None = None) -> int | None:
-    raw = fields.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"form field '{name}' must be an integer, got {raw[:40]!r}") from None
-
-
-def form_float(fields: dict[str, str], name: str) -> float | None:
+def form_value(fields: dict[str, str], name: str, parse: Callable[[str], T]) -> T | None:
+    """A form field parsed with `parse` (`parse_int`, `parse_float`); None when it is absent or blank;
+    422 naming the field when `parse` refuses it."""
     raw = fields.get(name)
     if raw is None or raw.strip() == "":
         return None
     try:
-        return float(raw)
-    except ValueError:
-        raise InvalidInput(f"form field '{name}' must be a number, got {raw[:40]!r}") from None
+        return parse(raw)
+    except ValueError as e:
+        raise InvalidInput(f"form field '{name}' {e}") from None
 
 
 def form_ids(fields: dict[str, str], name: str) -> list[int]:
+    """Comma-separated integers (`1,2, 3`); 422 naming the field otherwise."""
     raw = fields.get(name, "").strip()
     if not raw:
         return []
     try:
-        return [int(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        raise InvalidInput(f"form field '{name}' must be comma-separated integers") from None
+        return [parse_int(x.strip()) for x in raw.split(",") if x.strip()]
+    except ValueError as e:
+        raise InvalidInput(f"form field '{name}': every id {e}") from None

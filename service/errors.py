@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from indexer.errors import IndexerError, InvalidVectors
 from media.video import (
@@ -53,6 +55,14 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class InvalidHost(ServiceError):
+    status, code = 400, "invalid_host"
+
+
+class ForbiddenOrigin(ServiceError):
+    status, code = 403, "forbidden_origin"
+
+
 class NotFoundError(ServiceError):
     status, code = 404, "not_found"
 
@@ -65,12 +75,23 @@ class RequestTimeout(ServiceError):
     status, code = 408, "request_timeout"
 
 
+class ClientDisconnected(ServiceError):
+    """The client went away (or its body could not be framed) before the request was read: nothing can be
+    answered. Counted as 499 (nginx's "client closed request") in the metrics, never as a 5xx."""
+
+    status, code = 499, "client_disconnected"
+
+
 class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 
 
 class WorkerUnavailable(ServiceError):
     status, code = 503, "worker_unavailable"
+
+
+class TooManyUploads(ServiceError):
+    status, code = 503, "too_many_uploads"
 
 
 class NotReady(ServiceError):
@@ -89,7 +110,7 @@ class BrokerUnavailable(ServiceError):
 
 
 #: The error responses every route documents in the OpenAPI schema (the body is always `ErrorResponse`).
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 422, 503)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)}
 
 #: Redis could not be reached (scale-out deployment): passing, the request can be retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -109,6 +130,8 @@ def to_service_error(exc: BaseException) -> ServiceError:
     """The one translation of library errors into service errors."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, ClientDisconnect):
+        return ClientDisconnected("the client disconnected before its request was read")
     if isinstance(exc, TRANSIENT_ERRORS):
         return BrokerUnavailable(f"Redis is unreachable: {exc}")
     if isinstance(exc, VideoError):
@@ -135,6 +158,19 @@ def error_response(err: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(err.code, err.message), status_code=err.status, headers=err.headers)
 
 
+#: The methods a 405's `Allow` header may name.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on the request's path (RFC 9110 15.5.6: a 405 says
+    them). Asked of each route through Starlette's public `matches`, so routers included with a prefix
+    count too."""
+    routes = request.app.router.routes
+    return [m for m in METHODS
+            if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers: every error leaves as the typed JSON body, never as an HTML 500."""
 
@@ -154,6 +190,12 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s: %s", type(exc).__name__, exc)
         return error_response(err)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the response goes nowhere; the status is for the metrics and the access log
+        log.debug("client %s went away during %s %s", request.client, request.method, request.url.path)
+        return error_response(to_service_error(exc))
+
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
     async def _redis(_: Request, exc: Exception) -> JSONResponse:
@@ -169,9 +211,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidInput("; ".join(parts) or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every route of this path, not only the first one Starlette tried
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

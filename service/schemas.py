@@ -2,14 +2,59 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: Ids are stored as signed 64-bit integers (SQLite, FAISS): anything outside 0..MAX_ID is 422, never
 #: an overflow deeper down.
 MAX_ID = 2**63 - 1
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)", re.ASCII)
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)  # JSON's grammar
+
+
+def parse_int(text: str) -> int:
+    """An integer as the API writes one: ASCII decimal digits, an optional minus, no leading zeros.
+    Python's `int()` also takes `+1`, ` 1`, `1_0` (ten), full-width and Arabic-Indic digits; pydantic's lax
+    mode `1.0` and `true`. ValueError for all of those."""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"must be an integer in plain decimal digits, got {text[:40]!r}")
+    return int(text)  # ValueError past Python's 4300-digit limit
+
+
+def parse_float(text: str) -> float:
+    """A finite number as JSON writes one (ASCII digits, optional fraction and exponent); ValueError else."""
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"must be a number in plain decimal digits, got {text[:40]!r}")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _strict_int(value: object) -> object:
+    if isinstance(value, str):
+        return parse_int(value)  # paths, queries, forms
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, got {type(value).__name__}")  # JSON true, 1.0, ...
+    return value
+
+
+def _strict_float(value: object) -> object:
+    if isinstance(value, str):
+        return parse_float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {type(value).__name__}")
+    return value
+
+
+#: An integer: a JSON integer, or a canonical decimal string (paths, queries, forms); never a bool or float.
+Int = Annotated[int, BeforeValidator(_strict_int)]
+#: A number: a JSON number or a decimal string; never a bool.
+Number = Annotated[float, BeforeValidator(_strict_float)]
+Id = Annotated[Int, Field(ge=0, le=MAX_ID)]
 
 
 class ErrorDetail(BaseModel):
@@ -71,7 +116,7 @@ class VideoPage(BaseModel):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     video_id: Id
-    k: int = Field(5, ge=1, le=MAX_ID)
+    k: Int = Field(5, ge=1, le=MAX_ID)
 
 
 class ClassifyResponse(BaseModel):
@@ -85,8 +130,8 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(None, min_length=1, max_length=1000)
     video_id: Id | None = None
-    k: int = Field(10, ge=1, le=MAX_ID)
-    min_score: float | None = Field(None, ge=-1.0, le=10.0)
+    k: Int = Field(10, ge=1, le=MAX_ID)
+    min_score: Number | None = Field(None, ge=-1.0, le=10.0)
     exclude_ids: list[Id] = Field(default_factory=list, max_length=1000)
 
 

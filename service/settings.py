@@ -7,6 +7,7 @@ List values (`DRCA_API_KEYS`) are JSON: `DRCA_API_KEYS='["key-one", "key-two"]'`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -56,9 +57,19 @@ class Settings(BaseSettings):
     # HTTP connections (slow or stalled clients are cut off; docs/api.md "Timeouts")
     header_timeout_s: float = Field(10.0, gt=0)  # request line + headers must arrive within this
     body_timeout_s: float = Field(30.0, gt=0)  # longest pause between two pieces of a request body
+    # after body_timeout_s of waiting for a body, it must have come at this average rate (bytes/s) or more
+    body_min_rate_bytes_s: float = Field(16 * 1024.0, ge=0)
+    body_deadline_s: float = Field(1800.0, gt=0)  # a whole request body, from the request's start
+    max_concurrent_uploads: int = Field(32, ge=1)  # requests receiving a body at once; more: 503 + Retry-After
     # a keep-alive connection without a new request is closed; longer than common clients' own idle expiry
     # (httpx: 5 s), so that a client drops an idle pooled connection before the server closes it under it
     idle_timeout_s: float = Field(15.0, gt=0)
+    # addresses (or networks, or "*") of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed; none by default, so a client on loopback cannot pose as other addresses (docs/api.md)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Host names this server answers to ("*": any; "*.example.org": its subdomains); others get 400. None:
+    # loopback names when `host` is a loopback address (DNS rebinding cannot reach it), else any
+    allowed_hosts: list[str] | None = None
 
     # security: when non-empty, every /v1 call needs `Authorization: Bearer <one of these>`
     api_keys: list[SecretStr] = Field(default_factory=list)
@@ -160,6 +171,16 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "metadata.sqlite3"
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host.lower() == "localhost"
+        return ["127.0.0.1", "localhost", "::1"] if loopback else ["*"]
 
     # derived limits ------------------------------------------------------------------------------
     @property

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartState, parse_options_header
+from starlette.requests import ClientDisconnect
 
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (external_id, metadata, k, ...)
 MAX_FIELDS = 32
@@ -121,6 +123,9 @@ async def parse_upload(
         p.name = opts.get(b"name", b"").decode("utf-8", "replace") or None
         fn = opts.get(b"filename")
         p.filename = fn.decode("utf-8", "replace") if fn is not None else None
+        if p.name is not None and p.name != file_field and p.name.lower() == file_field:
+            raise InvalidInput(f"form field names are case-sensitive: send the video in '{file_field}', "
+                               f"not {p.name[:40]!r}")
         if p.name == file_field:
             if form.file is not None or any(q.path for q in parts[:-1]):
                 raise BadRequest(f"more than one '{file_field}' part")
@@ -154,20 +159,22 @@ async def parse_upload(
             try:
                 form.fields[p.name] = p.buf.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadRequest(f"form field '{p.name}' is not UTF-8") from None
+                raise BadRequest(f"form field '{p.name[:40]}' is not UTF-8 text (only '{file_field}' takes a "
+                                 "video)") from None
 
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_part_begin": on_part_begin,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-        },
-    )
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    }
+    try:
+        parser = MultipartParser(params[b"boundary"], callbacks)
+    except FormParserError as e:  # a boundary longer than 256 characters
+        raise BadRequest(f"bad multipart boundary: {e}") from None
     try:
         async for chunk in body:
             if chunk:
@@ -182,7 +189,8 @@ async def parse_upload(
             if p.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     p.path.unlink()
-        if isinstance(e, ServiceError) or not isinstance(e, Exception):  # e.g. 408 from a stalled body
+        # e.g. 408 from a stalled body, or the client gone (not the body's fault: not a 400)
+        if isinstance(e, ServiceError | ClientDisconnect) or not isinstance(e, Exception):
             raise
         raise BadRequest(f"malformed multipart body: {e}") from None
     return form

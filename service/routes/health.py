@@ -12,11 +12,13 @@ from service.schemas import Health, Readiness
 router = APIRouter(tags=["operations"])
 
 
+@router.head("/healthz", include_in_schema=False)  # the GET answer without its body
 @router.get("/healthz", response_model=Health)
 def healthz() -> Health:
     return Health(status="ok")
 
 
+@router.head("/readyz", include_in_schema=False)  # the GET answer without its body
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(request: Request) -> JSONResponse:
     rt = getattr(request.app.state, "runtime", None)
@@ -30,6 +32,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
+@router.head("/metrics", include_in_schema=False)  # the GET answer without its body
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

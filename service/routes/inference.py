@@ -10,9 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from service.broker import InferenceRequest
 from service.deps import (
     check_k,
-    form_float,
     form_ids,
-    form_int,
+    form_value,
     is_multipart,
     read_json,
     read_multipart,
@@ -27,6 +26,8 @@ from service.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    parse_float,
+    parse_int,
 )
 from service.search import VideoMatch, external_ids
 from service.storage import UploadForm
@@ -82,10 +83,10 @@ async def _read(request: Request, rt: ServiceRuntime) -> tuple[UploadForm | None
         data: dict = {}
         try:
             for name in ("video_id", "k"):
-                v = form_int(form.fields, name)
+                v = form_value(form.fields, name, parse_int)
                 if v is not None:
                     data[name] = v
-            ms = form_float(form.fields, "min_score")
+            ms = form_value(form.fields, "min_score", parse_float)
             if ms is not None:
                 data["min_score"] = ms
             ids = form_ids(form.fields, "exclude_ids")

@@ -23,7 +23,7 @@ MEDIA_TYPES = {
     "mkv": "video/x-matroska", "avi": "video/x-msvideo", "mpg": "video/mpeg", "mpeg": "video/mpeg",
     "ts": "video/mp2t", "flv": "video/x-flv", "wmv": "video/x-ms-wmv", "3gp": "video/3gpp", "ogv": "video/ogg",
 }
-_RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$")
+_RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$", re.ASCII)  # not other scripts' digits, which int() reads
 _MAX_RANGES = 16
 _MAX_DIGITS = 18  # byte positions up to 10^18 - 1: far past any stored file, never an overflow
 

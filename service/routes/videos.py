@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +15,7 @@ from service.errors import ERRORS, BadRequest, InvalidInput
 from service.runtime import ServiceRuntime
 from service.schemas import (
     MAX_ID,
+    Int,
     JobResponse,
     LabelOut,
     SegmentOut,
@@ -131,10 +133,11 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
     return JSONResponse(body.model_dump(), status_code=202 if reg.created else 200)
 
 
+@router.head("/videos", include_in_schema=False)  # the GET answer without its body
 @router.get("/videos", response_model=VideoPage, responses=ERRORS)
 def list_videos(
-    offset: int = Query(0, ge=0, le=MAX_ID),
-    limit: int = Query(50, ge=1, le=1000),
+    offset: Annotated[Int, Query(ge=0, le=MAX_ID)] = 0,  # Annotated: a `Query()` default drops Int's check
+    limit: Annotated[Int, Query(ge=1, le=1000)] = 50,
     sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
     rt: ServiceRuntime = Depends(runtime),
 ) -> VideoPage:
@@ -151,6 +154,7 @@ def list_videos(
                      videos=[video_out(rt, v, with_segments=False) for v in videos])
 
 
+@router.head("/videos/{video_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
 def get_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
@@ -163,6 +167,7 @@ def delete_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -
     rt.catalog.delete(video_id)
 
 
+@router.head("/jobs/{job_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
 def get_job(job_id: JobIdPath, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""

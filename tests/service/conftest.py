@@ -12,7 +12,8 @@ from tests.procs import RedisServer
 from tests.service.media import make_media, tiny_checkpoint
 from tests.waiting import wait_until
 
-LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50}
+LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50,
+          "allowed_hosts": ["testserver", "127.0.0.1", "localhost"]}  # TestClient sends Host: testserver
 
 
 @pytest.fixture(scope="session")

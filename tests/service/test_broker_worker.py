@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -135,3 +136,87 @@ def test_worker_overlaps_decode_with_forward_and_batches_clips(tmp_path):
     decodes = [(a, b) for k, a, b in enc.events if k == "decode"]
     overlapped = sum(any(da < fb and db > fa for da, db in decodes) for fa, fb in forwards)
     assert overlapped >= len(forwards) - 1  # decoding ran while the model worked
+
+
+class HeldClips:
+    """Counts the decoded clip tensors still alive (not a counter of the worker's: the memory itself)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live = self.peak = self.decoded = 0
+
+    def track(self, clips: torch.Tensor) -> torch.Tensor:
+        n = len(clips)
+        with self.lock:
+            self.live += n
+            self.decoded += n
+            self.peak = max(self.peak, self.live)
+        weakref.finalize(clips, self._freed, n)
+        return clips
+
+    def _freed(self, n: int) -> None:
+        with self.lock:
+            self.live -= n
+
+
+class LongVideo:
+    views = None
+    boxes = None
+
+    def __init__(self, held: HeldClips, n: int) -> None:
+        self.held, self.segments, self.duration = held, [Span(i, i + 1) for i in range(n)], float(n)
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        return self.held.track(torch.zeros(stop - start, 3, 2, 4, 4))
+
+    def close(self) -> None:
+        pass
+
+
+class GatedEncoder:
+    """Every forward pass waits for `gate`, so decoded clips pile up as far as the worker lets them."""
+
+    class_names = ["a", "b"]
+    text_encoder = None
+
+    def __init__(self, held: HeldClips, segments: int) -> None:
+        self.held, self.segments, self.gate = held, segments, threading.Event()
+
+    def open(self, path: str, query: bool = False) -> LongVideo:
+        return LongVideo(self.held, self.segments)
+
+    def forward(self, clips: torch.Tensor):
+        assert self.gate.wait(30)
+        n = len(clips)
+        return np.ones((n, 4), np.float32), np.full((n, 2), 0.5, np.float32)
+
+
+def test_decode_ahead_clips_bounds_the_clips_held_across_jobs(tmp_path):
+    """4 long jobs at once, the model stalled: the decoded clips alive never pass decode_ahead_clips plus
+    the two batches at the model (docs/api.md, decode_ahead_clips)."""
+    settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, batch_size=4, max_wait_ms=5, decode_threads=2,
+                        prefetch=4, decode_ahead_clips=8)
+    held = HeldClips()
+    enc, cat, broker = GatedEncoder(held, segments=40), FakeCatalog(), InProcessBroker()
+    cat.expected = 4
+    worker = EncoderWorker(enc, broker, cat, settings)
+    worker.start()
+    try:
+        for i in range(4):
+            broker.enqueue(IngestJob(i, i, f"long{i}.mp4"))
+        wait_until(lambda: held.decoded >= settings.decode_ahead_clips, 10, "decoding under way")
+
+        def settled() -> bool:  # nothing more decoded for 0.5 s: as far as the worker goes while stalled
+            now = held.decoded
+            time.sleep(0.5)
+            return held.decoded == now
+
+        wait_until(settled, 20, "decoding stalled behind the model")
+        bound = settings.decode_ahead_clips + 2 * settings.batch_size
+        assert held.peak <= bound, (held.peak, bound)
+        enc.gate.set()
+        assert cat.all_done.wait(30)
+    finally:
+        enc.gate.set()
+        worker.stop()
+    assert all(n == 40 for n, _ in cat.done.values())

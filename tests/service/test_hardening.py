@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from media.segments import PROBE_SEGMENTS
@@ -23,11 +20,11 @@ from service.app import create_app
 from service.broker import InferenceRequest
 from service.errors import ServiceError
 from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
-from service.server import server_config
 from service.thumbnails import ThumbnailCache
 from tests.procs import ROOT, free_port
 from tests.service.conftest import ingest, make_settings, wait_job
 from tests.service.media import ffmpeg, lavfi_video
+from tests.service.rawhttp import Conn, closes_within, json_error, running_server
 
 
 def unique_copy(src: Path, dst_dir: Path, tag: str) -> Path:
@@ -57,69 +54,14 @@ def test_metrics_labels_are_bounded(client):
     assert 'method="other",route="/v1/videos"' in text
     routes = set(re.findall(r'route="([^"]*)"', text))
     assert "unmatched" in routes
-    assert all(r in ("unmatched", "/static", "/metrics", "/", "/healthz", "/readyz") or r.startswith("/v1/")
+    assert all(r in ("unmatched", "/static", "/metrics", "/", "/healthz", "/readyz", "/docs", "/docs-assets",
+                     "/openapi.json") or r.startswith("/v1/")
                for r in routes), routes
     # 90 distinct garbage requests added a handful of series, not 90 x 16
     assert len(text) - len(before) < 12_000
 
 
 # a real server (uvicorn, h11) in a thread, for what only a socket can see ------------------------------
-class Conn:
-    """One raw keep-alive HTTP/1.1 connection: send bytes, read whole responses."""
-
-    def __init__(self, port: int, timeout_s: float = 20.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        head = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **(headers or {})}
-        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items()), "", ""]
-        self.send("\r\n".join(lines).encode() + body)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            if not self._fill():
-                raise ConnectionError(f"closed before a response (got {self.buf[:200]!r})")
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines)}
-        n = int(headers.get("content-length", "0"))
-        while len(self.buf) < n:
-            if not self._fill():
-                raise ConnectionError("closed mid-body")
-        body, self.buf = self.buf[:n], self.buf[n:]
-        return int(status_line.split()[1]), headers, body
-
-    def closed(self) -> bool:
-        """True once the server has closed the connection (reads what is left first)."""
-        try:
-            while self._fill():
-                pass
-        except (ConnectionResetError, TimeoutError):
-            return False
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _json_error(status_headers_body, status: int) -> dict:
-    got, headers, body = status_headers_body
-    assert got == status, body
-    assert headers["content-type"] == "application/json", headers
-    err = json.loads(body)["error"]
-    assert err["code"] and err["message"]
-    return err
-
-
 TIMEOUT_S = 1.0
 
 
@@ -128,23 +70,8 @@ def server(checkpoint, tmp_path_factory):
     """`drca serve`'s server (service.server.server_config) on a free port, with 1 s timeouts."""
     settings = make_settings(checkpoint, tmp_path_factory.mktemp("server"), port=free_port(),
                              header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, idle_timeout_s=TIMEOUT_S)
-    srv = uvicorn.Server(server_config(create_app(settings), settings, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise AssertionError("server not ready")
-    yield srv, settings
-    srv.should_exit = True
-    thread.join(30)
+    with running_server(settings) as srv:
+        yield srv, settings
 
 
 # 4. bad numbers and deep JSON: 4xx JSON, never 500; the connection stays usable -------------------------
@@ -186,7 +113,7 @@ def test_bad_numbers_and_deep_json_are_4xx_and_keep_the_connection(server, metho
     try:
         c.request(method, path, body.encode(), {"Content-Type": "application/json"} if body else None)
         got = c.response()
-        _json_error(got, status)
+        json_error(got, status)
         assert got[1].get("connection") != "close"
         c.request("GET", "/healthz")  # the same connection still serves
         assert c.response()[0] == 200
@@ -228,7 +155,7 @@ def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
     try:
         c.request("GET", "/v1/videos")
         got = c.response()
-        assert _json_error(got, 500)["code"] == "internal_error"
+        assert json_error(got, 500)["code"] == "internal_error"
         assert "injected" not in got[2].decode()
         c.request("GET", "/healthz")
         assert c.response()[0] == 200
@@ -237,11 +164,6 @@ def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
 
 
 # 8. server-side timeouts: header, body, idle; a stalled upload leaves no part file -----------------------
-def _closes_within(c: Conn, seconds: float) -> None:
-    c.sock.settimeout(seconds)
-    assert c.closed(), f"the server kept the connection open for more than {seconds} s"
-
-
 def test_partial_headers_get_408_and_are_closed(server):
     port = server[1].port
     c = Conn(port)
@@ -251,8 +173,8 @@ def test_partial_headers_get_408_and_are_closed(server):
             time.sleep(TIMEOUT_S / 4)
             c.send(b"a")
         c.sock.settimeout(10 * TIMEOUT_S)
-        assert _json_error(c.response(), 408)["code"] == "request_timeout"
-        _closes_within(c, 10 * TIMEOUT_S)
+        assert json_error(c.response(), 408)["code"] == "request_timeout"
+        closes_within(c, 10 * TIMEOUT_S)
     finally:
         c.close()
 
@@ -264,8 +186,8 @@ def test_silent_and_idle_connections_are_closed(server):
     try:
         idle.request("GET", "/healthz")
         assert idle.response()[0] == 200
-        _closes_within(silent, 10 * TIMEOUT_S)
-        _closes_within(idle, 10 * TIMEOUT_S)
+        closes_within(silent, 10 * TIMEOUT_S)
+        closes_within(idle, 10 * TIMEOUT_S)
     finally:
         silent.close()
         idle.close()
@@ -290,7 +212,7 @@ def test_stalled_upload_gets_408_and_its_part_file_is_removed(server, media):
         status, headers, body = c.response()
         assert status == 408 and headers["connection"] == "close", body
         assert json.loads(body)["error"]["code"] == "request_timeout"
-        _closes_within(c, 10 * TIMEOUT_S)
+        closes_within(c, 10 * TIMEOUT_S)
         assert list(tmp.glob("upload-*.part")) == []
     finally:
         c.close()
@@ -502,26 +424,26 @@ def test_content_length_mismatch_and_bad_framing_are_json(server):
     c = Conn(port)
     try:  # body longer than its Content-Length: the rest is read as the next request, which is garbage
         body = b'{"text": "a"}\r\n\r\n'
-        c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"
+        c.send(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"
                + body)
-        _json_error(c.response(), 400)  # the 5 bytes: malformed JSON
-        assert _json_error(c.response(), 400)["code"] == "bad_request"  # the rest
-        _closes_within(c, 10 * TIMEOUT_S)
+        json_error(c.response(), 400)  # the 5 bytes: malformed JSON
+        assert json_error(c.response(), 400)["code"] == "bad_request"  # the rest
+        closes_within(c, 10 * TIMEOUT_S)
     finally:
         c.close()
     for head in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 7\r\n",
                  b"Transfer-Encoding: gzip\r\n"):
         c = Conn(port)
         try:
-            c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n{}")
-            assert _json_error(c.response(), 400)["code"] == "bad_request"
+            c.send(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + head + b"\r\n{}")
+            assert json_error(c.response(), 400)["code"] == "bad_request"
         finally:
             c.close()
     c = Conn(port)
     try:  # shorter than its Content-Length, and the client waits: the body timeout answers
-        c.send(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
+        c.send(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
         c.sock.settimeout(10 * TIMEOUT_S)
-        assert _json_error(c.response(), 408)["code"] == "request_timeout"
+        assert json_error(c.response(), 408)["code"] == "request_timeout"
     finally:
         c.close()
 

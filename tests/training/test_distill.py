@@ -54,6 +54,21 @@ def test_one_distillation_step_lowers_the_kl_on_a_fixed_batch() -> None:
     assert distill_kl(logits, target, 2.0).abs() < 1e-4
 
 
+def test_distill_kl_matches_a_hand_computed_value() -> None:
+    """T^2 * KL(target || softmax(student / T)), averaged over the batch (not summed, not per class).
+
+    T = 2; row 1: student logits (2, 0, 0) -> softmax(1, 0, 0) = (e, 1, 1) / (e + 2), target (0.5, 0.25, 0.25):
+    KL = 0.5 ln(0.5 (e + 2) / e) + 0.5 ln(0.25 (e + 2)) = 0.0117239...; row 2: logits 0 -> (1/3, 1/3, 1/3),
+    target (0.1, 0.2, 0.7): KL = 0.1 ln 0.3 + 0.2 ln 0.6 + 0.7 ln 2.1 = 0.2967937...;
+    loss = 2^2 * (0.0117239 + 0.2967937) / 2 = 0.6170354."""
+    student = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]])
+    assert distill_kl(student, target, 2.0).item() == pytest.approx(0.6170354, abs=1e-6)
+    assert distill_kl(student, target, 1.0).item() == pytest.approx(
+        (0.5 * np.log(0.5 / (np.exp(2) / (np.exp(2) + 2))) + 0.5 * np.log(0.25 * (np.exp(2) + 2))
+         + 0.2967937361) / 2, abs=1e-6)  # T = 1: no scaling, student logits taken as they are
+
+
 def test_a_camera_path_without_motion_is_the_whole_square_frame() -> None:
     img = torch.rand(1, 3, 60, 60) * 255
     still = MotionConfig(scale=(1.0, 1.0), max_zoom=1.0, max_pan=0.0, max_rotation=0.0)
