@@ -95,7 +95,7 @@ class ServiceMethod:
 
         with tempfile.TemporaryDirectory(prefix="drca-ndvr-") as tmp:
             settings = Settings(checkpoint=self.checkpoint, data_dir=Path(tmp), text_search=False, device="cpu",
-                                torch_threads=self.torch_threads, **self.overrides)
+                                torch_threads=self.torch_threads, allowed_hosts=["testserver"], **self.overrides)
             app = create_app(settings)
             with TestClient(app) as client:
                 ids, ingest = _ingest(client, database, paths, seconds)

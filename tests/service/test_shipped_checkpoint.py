@@ -68,7 +68,8 @@ def test_shipped_checkpoint_labels_the_tiger_clip_a_tiger(tmp_path: Path) -> Non
 @pytest.fixture(scope="module")
 def shipped_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, int]]]:
     """The embedded service on the shipped checkpoint, with the four real clips indexed."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), device="cpu", batch_size=4, torch_threads=2)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), device="cpu", batch_size=4, torch_threads=2,
+                        allowed_hosts=["testserver"])
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         ids = {name: ingest(c, DATA / name) for name in SENTENCES}
         yield c, ids
