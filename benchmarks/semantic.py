@@ -1,40 +1,65 @@
-"""Does the service understand real video? Labels and text search on held-out real videos.
+"""Does the service understand real content? Labels and text search on a held-out set of real items.
 
     python -m benchmarks.semantic --real /work/media --teacher TEACHER_WHEEL_OR_PTH \\
-        [--checkpoint DIR] [--split SPLIT_JSON] [--queries benchmarks/semantic_queries.json] \\
-        [--ndvr /work/media/ndvr] [--out benchmarks/results/semantic.json]
+        [--checkpoint DIR] [--label NAME] [--split SPLIT_JSON] [--queries benchmarks/semantic_queries.json] \\
+        [--items benchmarks/semantic_items.json] [--ndvr /work/media/ndvr] [--out benchmarks/results/semantic.json]
+
+Any checkpoint can be measured (the shipped network, the anchor row "the stem alone", ...): `--label` names
+it in the output (default: the checkpoint folder's name), and with a label and no `--out` the JSON goes to
+benchmarks/results/semantic_<label>.json, so runs of several checkpoints sit side by side.
+
+**The held-out set** (the headline figures): the held-out videos of the split file (7 of the 34 real
+videos, never trained on) and the stills of `--items` (benchmarks/semantic_items.json: 78 pictures of
+animals, vehicles, buildings, landscapes, food, objects and people, every one held out by
+`training.data.distill.is_heldout_image`, chosen by looking at them, no model involved), each rendered into a
+clip with camera motion exactly as tests/data/make_clips.py does (`training.data.distill.load_still` at
+320 px, `camera_path` with a slow zoom, pan and turn, `render` at 224x224, 8 s at 8 fps, H.264 by
+`training.data.synth.encode_mp4`); the camera path's seed is the still's sha256, so every run uploads the
+same clips. The stills' sha256 are checked against the manifest and the files.
 
 What it does, in one run:
 
 1. Starts the embedded service in this process (`service.app.create_app`: the same routes, worker,
-   catalog and search code as `drca serve`, driven through the ASGI stack) with the checkpoint, and
-   uploads every real video of the `drca media fetch-real` manifest with an opaque external id (the
-   first 12 hex digits of its sha256) and no metadata; waits until each is indexed.
-2. **Label agreement** on the held-out videos of the split file (never trained on): the teacher
-   (EfficientNet-Lite0, `training.teacher`) sees the frames of the service's own segments (1 fps, the
-   checkpoint's clip length) at 224 px (short side resized, centre crop), and its softmax is averaged
-   over them (`training.distill_eval.teacher_video_probs`); the student's labels are the video's labels as the service stores them (the mean of its
-   segments' softmax). Reported: the teacher's top-1 in the student's top-5, and top-1 agreement.
-   Meaningful only for a checkpoint whose classes are the teacher's (ImageNet-1k); otherwise the JSON
-   says so and reports none.
-3. **Text retrieval** for the sentences of `--queries` (written by looking at the videos, before any
-   tuning; relevance judged over all the manifest's videos): each is a `POST /v1/search` text query
-   with `k` = the gallery size. Galleries: `heldout` (the held-out videos only; the others are passed as
-   `exclude_ids`; queries with no relevant held-out video are left out) and `all` (every real video,
-   including those the checkpoint trained on: a harder gallery, not a held-out figure). R@1, R@5 (a
-   relevant video in the top 1 / 5) and mAP, ties broken pessimistically (`training.metrics`). Passes:
-   `service` (the settings' defaults), `concept_only` (head and metadata weights 0), `no_head`,
-   `head_only`: the weights are switched on the running service between passes.
-4. **The anchor**: the teacher's own concept-bank score (`service.concepts`, the same formula, the same
-   MiniLM, the ImageNet class names and definitions as phrases, the service's temperature) on the
-   teacher's clip probabilities, truncated to the top `stored_labels` like the service's, and on all
-   1,000 (to show what the truncation costs).
+   catalog and search code as `drca serve`, driven through the ASGI stack) with the checkpoint, renders
+   the still clips into a temporary folder, and uploads them and every real video of the `drca media
+   fetch-real` manifest with an opaque external id (the first 12 hex digits of the video's or the still's
+   sha256) and no metadata; waits until each is indexed.
+2. **Label agreement**: the teacher (EfficientNet-Lite0, `training.teacher`) sees the frames of the
+   service's own segments (1 fps, the checkpoint's clip length) at 224 px (short side resized, centre
+   crop), and its softmax is averaged over them (`training.distill_eval.teacher_video_probs`); the
+   student's labels are the item's labels as the service stores them (the mean of its segments' softmax).
+   Reported: the teacher's top-1 in the student's top-5, and top-1 agreement, on `set` (the held-out set:
+   the headline), and apart on `heldout_videos`, `stills` and `trained_on` (the other videos). Meaningful
+   only for a checkpoint whose classes are the teacher's (ImageNet-1k); otherwise the JSON says so and
+   reports none.
+3. **Text retrieval**: each sentence is a `POST /v1/search` text query with `k` = the gallery size, the
+   items outside the gallery passed as `exclude_ids`. Galleries: `set` (the held-out set, with the
+   `set_queries` of `--queries`: sentences written by looking at the stills and at frames of the held-out
+   videos before any model result on this set, relevance judged over every item of the set, videos
+   included), and, for the video-only figures of before, `heldout` (the held-out videos, with the
+   `queries` of `--queries`, written by looking at the videos, relevance judged over all the manifest's
+   videos) and `all` (every real video, including those the checkpoint trained on: a harder gallery, not a
+   held-out figure). Queries with no relevant gallery item are left out. R@1, R@5 (a relevant item in the
+   top 1 / 5) and mAP, ties broken pessimistically (`training.metrics`). **Chance** (`chance` in the JSON):
+   the exact expected R@1, R@5 and mAP of a uniformly random ranking of the gallery, for the same
+   sentences (`expected_chance`). Passes: `service` (the settings' defaults), `concept_only` (head and
+   metadata weights 0), `no_head`, `head_only`: the weights are switched on the running service between
+   passes.
+4. **The anchor**, on the same galleries and sentences: the teacher's own concept-bank score
+   (`service.concepts`, the same formula, the same MiniLM, the ImageNet class names and definitions as
+   phrases, the service's temperature) on the teacher's clip probabilities, truncated to the top
+   `stored_labels` like the service's (`anchor`), and on all 1,000 (`anchor_all_classes`: what the
+   truncation costs).
 5. **Near-duplicate mAP** (`--ndvr`): `benchmarks.ndvr.run`'s drca method on that benchmark.
 
-Also recorded: each query's nearest concepts in the checkpoint's bank (with weights), the MiniLM cosine of
-each query to the videos' opaque ids (what the metadata floor is for), and the text query latency through
-the route. Writes benchmarks/results/semantic.json.
+Also recorded: each item's teacher top-3 and served top-5, each query's nearest concepts in the
+checkpoint's bank and the teacher's (with weights), the MiniLM cosine of each query to the items' opaque
+ids (what the metadata floor is for), and the text query latency through the route.
+
+`--max-stills N` / `--max-videos N` take the first N stills / held-out videos only (and no other video):
+for a smoke run of the code path, marked `"subset": true` in the JSON; never the benchmark's figures.
 """
+
 
 from __future__ import annotations
 
