@@ -229,7 +229,8 @@ class EmbeddedService:
         from service.app import create_app
         from service.settings import Settings
 
-        self.settings = Settings(checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=torch_threads)
+        self.settings = Settings(checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=torch_threads,
+                                 allowed_hosts=["testserver"])
         self.client = TestClient(create_app(self.settings), raise_server_exceptions=True)
         self.client.__enter__()
         self.rt = self.client.app.state.runtime
@@ -318,6 +319,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         videos = list(heldout)
 
     ckpt = Path(args.checkpoint)
+    if args.stem_alone:  # the anchor row: the checkpoint's pretrained stem alone, served the same way
+        from benchmarks.anchors import stem_alone_checkpoint
+
+        ckpt = stem_alone_checkpoint(ckpt, Path(tempfile.mkdtemp(prefix="drca-stem-")) / "stem-alone")
     _, card = read_config_and_card(ckpt)
     results: dict[str, Any] = {
         "label": args.label or ckpt.name,
@@ -521,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                     "no other video (0: every video)")
     ap.add_argument("--ndvr", default=None, help="an NDVR benchmark folder (benchmarks.ndvr.build); omit to skip")
     ap.add_argument("--torch-threads", type=int, default=0)
+    ap.add_argument("--stem-alone", action="store_true",
+                    help="serve the anchor 'stem alone' built from --checkpoint's pretrained stem (benchmarks.anchors)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -1,8 +1,9 @@
 """Named override sets for `drca train ... --recipe NAME` (applied before any --set).
 
-`cpu-distill` is the training run of the shipped checkpoint (`drca train shipped`, `training/shipped.py`, which adds
-the data paths); `cpu-retrieval`, `cpu-classify` and `cpu-text` made the earlier, synthetic-class one and stay as
-CPU recipes for the embedding-only, linear-probe and text-head trainers; see `docs/training.md`.
+The shipped checkpoint is trained by `drca train shipped` (`training/shipped.py`, its own configuration:
+`training.hybrid`, `training.data.stem_cache`), not by these. `cpu-distill` trained the previous one (the
+`drca-cpu-160` student distilled from scratch); `cpu-retrieval`, `cpu-classify` and `cpu-text` made the one
+before it (synthetic classes). They stay as CPU recipes for those trainers; see `docs/training.md`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ CPU_MODEL: tuple[str, ...] = (
 )
 
 RECIPES: dict[str, tuple[str, ...]] = {
-    # The shipped checkpoint (`drca train shipped`): the drca-cpu-160 student distilled from EfficientNet-Lite0
+    # The previous shipped checkpoint: the drca-cpu-160 student distilled from EfficientNet-Lite0
     # on 2,200 still clips and 16 clips of each training-video window (~450), sized to finish in the time budget on
     # 2 CPU cores (the cache costs ~0.25 CPU-s a clip, a training clip ~0.45; docs/training.md).
     "cpu-distill": (
