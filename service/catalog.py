@@ -12,8 +12,9 @@ Order of writes (why nothing acknowledged is lost and nothing is half-indexed):
 - delete: index delete (durable) -> store rows -> file -> cached thumbnails.
 A lock serialises these, so a delete racing a finishing job cannot leave vectors behind. Embedded, it is
 a thread lock and `index` is the `VideoIndex`; in the scale-out deployment the same code runs in every
-gateway and worker with the Redis store, a `RedisLock` and `RedisVectorLog` as `index` (the durable
-stream that every gateway replica's index follows; service/vector_stream.py).
+gateway and worker with the Redis store, a `RedisLock` and, as `index`, `RedisVectorLog` (the durable
+stream that every gateway replica's FAISS index follows) or `MilvusChangeLog` (writes into the one Milvus,
+announced to the gateways' text tables); service/vector_stream.py.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ class TextTable:
 
 
 class VectorWriter(Protocol):
-    """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or
-    `RedisVectorLog` (scale-out with FAISS replicas)."""
+    """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or, in the
+    scale-out deployment, `RedisVectorLog` (FAISS replicas) or `MilvusChangeLog` (one shared Milvus)."""
 
     def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None: ...
     def delete_video(self, video_id: int) -> bool: ...
@@ -383,6 +384,11 @@ class Catalog:
             self._text_put(self.store.get_video(video_id))
         except NotFound:
             self._text_drop(video_id)
+
+    def reset_text_table(self) -> None:
+        """Forget the text table; the next text query rebuilds it from the store."""
+        with self._text_lock:
+            self._text = None
 
     def text_table(self) -> TextTable:
         with self._text_lock:

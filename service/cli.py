@@ -120,6 +120,10 @@ def worker(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    index: str = typer.Option(None, "--index", help="faiss | milvus: with milvus, the worker writes vectors into "
+                              "Milvus itself (default: DRCA_INDEX or faiss)."),
+    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: the Milvus server every "
+                                   "gateway and worker shares, http://host:19530 (default: DRCA_MILVUS_URI)."),
     check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "
                                "its heartbeat recently, else 1 (container healthcheck)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
@@ -133,12 +137,14 @@ def worker(
     from service.runtime import ServiceRuntime
 
     settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device)
+                         device=device, index=index, milvus_uri=milvus_uri)
     if not settings.redis_url:
         typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
         raise typer.Exit(2)
     if check:
         raise typer.Exit(0 if _worker_alive_here(settings) else 1)
+    if settings.index == "milvus":  # it writes into the shared Milvus: the same checkpoint check as a gateway
+        _check_index(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
