@@ -68,6 +68,8 @@ class ServiceRuntime:
         self.auth_limiter = None  # AuthFailureLimiter, with API keys and auth_fail_limit_per_s > 0
         self.encoder = None
         self.worker = None
+        self.reindex = None  # OnlineReindex (embedded role): POST /v1/admin/reindex
+        self.on_switch: list = []  # called after an online reindex switched the index and the model
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -110,6 +112,11 @@ class ServiceRuntime:
                 self.broker.enqueue(job)
             if requeued:
                 log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
+        if self.role == "embedded":
+            from service.reindex import OnlineReindex
+
+            self.reindex = OnlineReindex(self)
+            self.reindex.resume()
 
     def _open_redis(self, storage: VideoStorage) -> None:
         from service.redis_broker import RedisBroker, RedisLock, connect
@@ -187,6 +194,8 @@ class ServiceRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.reindex is not None:
+            self.reindex.stop()
         if self.worker is not None:
             self.worker.stop()
         self.broker.close()
