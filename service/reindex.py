@@ -271,15 +271,20 @@ class OnlineReindex:
         except CheckpointError as e:
             raise InvalidInput(str(e)) from None
         with self._lock:
-            already = self.state == "running"
-            if already and (self.identity is None or self.identity.sha256 != identity.sha256):
+            same = self.identity is not None and self.identity.sha256 == identity.sha256
+            already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
+            if self.state == "running" and not same:
                 raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
             current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
             if not already and current is not None and current.sha256 == identity.sha256:
                 raise ReindexError(f"the index is already made by {identity.describe()}")
         if already:
             return self.status()
+        if self._thread is not None:
+            self._thread.join()  # the previous reindex's grace period: its old generation is dropped first
         with self._lock:
+            if self.state == "running":
+                raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
             self.state, self.checkpoint, self.identity, self.error = "running", checkpoint, identity, None
             self.failures, self.in_flight, self.done = {}, set(), set()
             self.total = self.embedded = 0
@@ -445,7 +450,10 @@ class OnlineReindex:
             finally:
                 gens.close()
             old_index, old_generation = rt.index, rt.generation
-            rt.index = rt.catalog.index = self.index
+            with self._lock:  # the status says "switched" from the moment searches use the new generation
+                rt.index = rt.catalog.index = self.index
+                self.state = "switched"
+                self.seconds = time.monotonic() - self.started
             rt.generation = self.generation
             rt.card, rt.embed_dim, rt.clip_frames = read_card(self.checkpoint)
             rt.class_names = list(rt.card.class_names)
@@ -456,9 +464,6 @@ class OnlineReindex:
         for callback in rt.on_switch:
             callback()
         self.state_path.unlink(missing_ok=True)
-        with self._lock:
-            self.state = "switched"
-            self.seconds = time.monotonic() - self.started
         log.info("switched the index to generation %s (%s): %d videos, %d embedded, %.1f s of video in %.1f s",
                  self.generation, self.identity.describe(), len(indexed), self.embedded, self.video_seconds,
                  self.seconds)
