@@ -139,7 +139,12 @@ class MilvusVideoIndex:
                     raise IncompatibleIndex(f"Milvus collection {collection} holds {dim}-d vectors, "
                                             f"configured for {cfg.dim}-d")
             else:
-                _create(client, collection, cfg)
+                try:
+                    _create(client, collection, cfg)
+                except MilvusException:
+                    if not client.has_collection(collection):
+                        raise
+                    # another process created it meanwhile (several start at once on a new deployment)
             client.load_collection(collection)
         except BaseException:
             client.close()
@@ -356,7 +361,12 @@ class MilvusGenerations:
         if not self.client.has_collection(name):
             raise ValueError(f"no Milvus collection {name}")
         if self.current() is None:
-            self.client.create_alias(name, self.config.alias)
+            try:
+                self.client.create_alias(name, self.config.alias)
+            except MilvusException:
+                if self.current() is None:
+                    raise
+                self.client.alter_alias(name, self.config.alias)  # another process created it meanwhile
         else:
             self.client.alter_alias(name, self.config.alias)
         log.info("Milvus alias %s now names %s", self.config.alias, name)

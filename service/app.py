@@ -19,7 +19,7 @@ from service.browser import BrowserGuardMiddleware
 from service.deps import rate_limit, require_api_key
 from service.errors import ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
-from service.routes import health, inference, media, videos
+from service.routes import admin, health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
 from service.server import BodyLimitsMiddleware
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         app.state.runtime = rt
         app.state.search = SearchService(rt)
         app.state.search.warm_up()  # the concept bank, once per checkpoint
+        rt.on_switch.append(app.state.search.reset)  # an online reindex changed the checkpoint
         log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir, len(rt.index))
         try:
             yield
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
+    app.include_router(admin.router, prefix="/v1", dependencies=v1)
 
     @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)

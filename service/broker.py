@@ -36,6 +36,7 @@ class IngestJob:
     video_id: int
     path: str  # the stored upload (content-addressed under the data dir)
     attempt: int = 1
+    generation: str | None = None  # a reindex job: embed for this index generation (service/reindex.py)
 
 
 InferenceKind = Literal["classify", "embed_video", "embed_text"]
@@ -162,7 +163,7 @@ class InProcessBroker:
 
     def release(self, job: IngestJob) -> None:
         """The job could not be finished for a passing reason: queue it again."""
-        self.enqueue(IngestJob(job.job_id, job.video_id, job.path, attempt=job.attempt + 1))
+        self.enqueue(IngestJob(job.job_id, job.video_id, job.path, attempt=job.attempt + 1, generation=job.generation))
 
     def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None:
         fut: Future = task.handle  # type: ignore[assignment]

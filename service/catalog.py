@@ -12,8 +12,9 @@ Order of writes (why nothing acknowledged is lost and nothing is half-indexed):
 - delete: index delete (durable) -> store rows -> file -> cached thumbnails.
 A lock serialises these, so a delete racing a finishing job cannot leave vectors behind. Embedded, it is
 a thread lock and `index` is the `VideoIndex`; in the scale-out deployment the same code runs in every
-gateway and worker with the Redis store, a `RedisLock` and `RedisVectorLog` as `index` (the durable
-stream that every gateway replica's index follows; service/vector_stream.py).
+gateway and worker with the Redis store, a `RedisLock` and, as `index`, `RedisVectorLog` (the durable
+stream that every gateway replica's FAISS index follows) or `MilvusChangeLog` (writes into the one Milvus,
+announced to the gateways' text tables); service/vector_stream.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -184,8 +186,8 @@ class TextTable:
 
 
 class VectorWriter(Protocol):
-    """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or
-    `RedisVectorLog` (scale-out with FAISS replicas)."""
+    """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or, in the
+    scale-out deployment, `RedisVectorLog` (FAISS replicas) or `MilvusChangeLog` (one shared Milvus)."""
 
     def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None: ...
     def delete_video(self, video_id: int) -> bool: ...
@@ -204,6 +206,11 @@ class Catalog:
         self._lock = lock if lock is not None else threading.RLock()
         self._text_lock = threading.Lock()
         self._text: TextTable | None = None
+
+    @property
+    def lock(self) -> AbstractContextManager:
+        """The lock every catalog write holds (an online reindex's commits and switch hold it too)."""
+        return self._lock
 
     # reads (routes, search and the worker read records here, never from the store directly) -----------
     def get_video(self, video_id: int) -> VideoRecord:
@@ -317,17 +324,22 @@ class Catalog:
 
     def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
                  class_names: list[str], duration: float, text_embedding: np.ndarray | None,
-                 timings: dict[str, float]) -> None:
+                 timings: dict[str, float], still_current: Callable[[], bool] | None = None) -> bool:
+        """Record a finished job: labels, all its segments in one durable index add, status. False (nothing
+        written) when `still_current` says, under the lock, that the vectors' model is no longer the index's
+        (an online reindex switched meanwhile)."""
         labels = top_labels(probs, class_names, self.stored_labels) if probs is not None else []
         extra: dict[str, Any] = {"segments": len(segments)}
         if text_embedding is not None:
             extra["text_embedding"] = [round(float(x), 6) for x in text_embedding]
         with self._lock:
+            if still_current is not None and not still_current():
+                return False
             try:
                 self.store.get_video(job.video_id)
             except NotFound:
                 log.info("video %d was deleted while job %d ran; dropping its result", job.video_id, job.job_id)
-                return
+                return True
             # labels first: whoever sees the vectors (a replica's follower) can read them
             video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             t0 = time.perf_counter()
@@ -339,6 +351,7 @@ class Catalog:
             timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
             self.store.set_job_status(job.job_id, "done", timings=timings)
             self._text_put(video)
+            return True
 
     def fail(self, job: IngestJob, reason: str, timings: dict[str, float]) -> None:
         with self._lock:
@@ -383,6 +396,11 @@ class Catalog:
             self._text_put(self.store.get_video(video_id))
         except NotFound:
             self._text_drop(video_id)
+
+    def reset_text_table(self) -> None:
+        """Forget the text table; the next text query rebuilds it from the store."""
+        with self._text_lock:
+            self._text = None
 
     def text_table(self) -> TextTable:
         with self._text_lock:

@@ -120,6 +120,10 @@ def worker(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    index: str = typer.Option(None, "--index", help="faiss | milvus: with milvus, the worker writes vectors into "
+                              "Milvus itself (default: DRCA_INDEX or faiss)."),
+    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: the Milvus server every "
+                                   "gateway and worker shares, http://host:19530 (default: DRCA_MILVUS_URI)."),
     check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "
                                "its heartbeat recently, else 1 (container healthcheck)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
@@ -133,12 +137,14 @@ def worker(
     from service.runtime import ServiceRuntime
 
     settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device)
+                         device=device, index=index, milvus_uri=milvus_uri)
     if not settings.redis_url:
         typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
         raise typer.Exit(2)
     if check:
         raise typer.Exit(0 if _worker_alive_here(settings) else 1)
+    if settings.index == "milvus":  # it writes into the shared Milvus: the same checkpoint check as a gateway
+        _check_index(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -229,10 +235,19 @@ def reindex(
                                    "or DATA_DIR/milvus.db)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
+    server: str = typer.Option(None, "--server", help="Online: ask the running service at this URL to reindex "
+                               "(CHECKPOINT is a path on the server's machine); searches keep answering."),
+    api_key_file: Path = typer.Option(None, "--api-key-file", help="With --server: the bearer key, from this "
+                                      "file (default: DRCA_API_KEY)."),
 ) -> None:
     """Offline (no server running on the data dir): re-embed every indexed video with CHECKPOINT into a new
     index generation, recompute the labels, then switch to it in one step. Resumable: after a kill, run it
-    again. Afterwards start the service with `drca serve --checkpoint CHECKPOINT`."""
+    again. Afterwards start the service with `drca serve --checkpoint CHECKPOINT`.
+
+    Online (--server URL): the running service does the same through its worker and queue, and switches
+    when done; this command follows its progress. Restart the service with --checkpoint CHECKPOINT later."""
+    if server:
+        raise typer.Exit(_reindex_online(server, checkpoint, api_key_file))
     _check_faiss()
     from indexer import IndexerError
     from model.checkpoint import CheckpointError
@@ -248,3 +263,59 @@ def reindex(
     rate = summary.video_seconds / summary.seconds if summary.seconds else 0.0
     typer.echo(f"index generation {summary.generation}: {summary.videos} videos ({summary.embedded} embedded "
                f"now, {rate:.1f} s of video per second); start the service with --checkpoint {checkpoint}")
+
+
+def _reindex_online(server: str, checkpoint: Path, api_key_file: Path | None) -> int:
+    """POST /v1/admin/reindex, then follow GET /v1/admin/reindex until the switch; the exit code."""
+    import os
+    import time
+
+    import httpx
+    from tqdm import tqdm
+
+    from service.settings import read_key_file
+
+    key = os.environ.get("DRCA_API_KEY")
+    if api_key_file is not None:
+        try:
+            key = read_key_file(api_key_file)[0]
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            return 2
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = server.rstrip("/") + "/v1/admin/reindex"
+    try:
+        with httpx.Client(timeout=60, headers=headers) as client:
+            r = client.post(url, json={"checkpoint": str(checkpoint)})
+            if r.status_code != 202:
+                typer.echo(f"error: {r.status_code}: {_error_message(r)}", err=True)
+                return 1
+            status = r.json()
+            with tqdm(total=status["videos"] or None, unit="video", desc="reindex") as bar:
+                while status["state"] == "running":
+                    time.sleep(1.0)
+                    r = client.get(url)
+                    if r.status_code != 200:
+                        typer.echo(f"error: {r.status_code}: {_error_message(r)}", err=True)
+                        return 1
+                    status = r.json()
+                    bar.total = status["videos"]
+                    bar.n = status["done"]
+                    bar.refresh()
+    except httpx.HTTPError as e:
+        typer.echo(f"error: cannot reach {server}: {e}", err=True)
+        return 1
+    if status["state"] != "switched":
+        typer.echo(f"error: the reindex {status['state']}: {status['error']}", err=True)
+        return 1
+    rate = status["video_seconds"] / status["seconds"] if status["seconds"] else 0.0
+    typer.echo(f"index generation {status['generation']}: {status['videos']} videos ({status['embedded']} embedded "
+               f"now, {rate:.1f} s of video per second); restart the service with --checkpoint {checkpoint}")
+    return 0
+
+
+def _error_message(r) -> str:
+    try:
+        return r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200]

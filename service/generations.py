@@ -81,6 +81,8 @@ def index_generations(settings: Settings, embed_dim: int) -> IndexGenerations:
         from indexer.milvus_index import MilvusConfig, MilvusGenerations
 
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        if "://" not in settings.milvus_location:  # a Milvus Lite file: its directory must exist (a new data dir)
+            Path(settings.milvus_location).parent.mkdir(parents=True, exist_ok=True)
         return MilvusGenerations(MilvusConfig(uri=settings.milvus_location, dim=embed_dim, token=token,
                                               index_type=settings.milvus_index_type))
     return FaissGenerations(settings.index_dir, IndexConfig(dim=embed_dim, allow_empty_recovery=True))

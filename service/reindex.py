@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from indexer import SegmentIndex
 from service.catalog import top_labels
+from service.errors import InvalidInput
 from service.generations import (
     CheckpointIdentity,
     checkpoint_identity,
@@ -196,3 +198,283 @@ def _embed(encoder, video: VideoRecord, batch_size: int):
         return opened.segments, vectors, video_probs, opened.duration
     finally:
         opened.close()
+
+
+# --- online: a running embedded service re-embeds through its own worker and queue -------------------------
+
+ONLINE_STATE = "reindex-online.json"  # in the data dir while an online reindex runs: what to resume
+SWITCH_GRACE_S = 5.0  # the previous generation stays open this long after the switch (searches in flight)
+
+
+class OnlineReindex:
+    """`POST /v1/admin/reindex` (or `drca reindex --server URL --checkpoint NEW`) on the embedded service.
+
+    1. the new generation is opened (created) and records the new checkpoint; `data_dir/reindex-online.json`
+       names the checkpoint and the generation (a restart resumes from it);
+    2. every indexed video the new generation lacks is queued on the service's own broker as a reindex job
+       (`IngestJob.generation`); the worker embeds it with the new checkpoint's encoder, and `complete`
+       appends its recomputed labels to `reindex-<generation>.labels.jsonl` (fsync'd) and adds its
+       segments to the new generation, under the catalog lock. Uploads keep being indexed into the current
+       generation with the current model meanwhile, and are queued for the new one too; searches keep using
+       the current generation and model;
+    3. when every indexed video is in the new generation (checked under the catalog lock, so no upload can
+       slip in between), the switch: the generation pointer or alias, then the runtime's index, model and
+       class names, then the labels into the store. The previous generation is dropped `SWITCH_GRACE_S`
+       later. A job the old model embedded that commits after the switch is embedded again.
+
+    A kill -9 at any point: the next start (with the old checkpoint before the switch, the new one after)
+    resumes from the state file; videos already in the new generation with their labels are not embedded
+    again."""
+
+    def __init__(self, rt) -> None:
+        self.rt = rt
+        self.settings: Settings = rt.settings
+        self.state_path = self.settings.data_dir / ONLINE_STATE
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state = "idle"  # idle | running | switched | failed
+        self.checkpoint: Path | None = None
+        self.identity: CheckpointIdentity | None = None
+        self.generation: str | None = None
+        self.error: str | None = None
+        self.encoder = None  # the new checkpoint's VideoEncoder
+        self.index: SegmentIndex | None = None  # the new generation
+        self.done: set[int] = set()
+        self.in_flight: set[int] = set()
+        self.failures: dict[int, str] = {}
+        self.total = 0
+        self.embedded = 0
+        self.video_seconds = 0.0
+        self.started = 0.0
+        self.seconds = 0.0
+
+    # control ------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        with self._lock:
+            return {"state": self.state, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                    "generation": self.generation, "videos": self.total, "done": len(self.done),
+                    "embedded": self.embedded, "failed": len(self.failures), "video_seconds": round(self.video_seconds, 3),
+                    "seconds": round(self.seconds or (time.monotonic() - self.started if self.started else 0.0), 3),
+                    "error": self.error}
+
+    def start(self, checkpoint: Path) -> dict:
+        """Begin (or, for the same checkpoint, keep running or retry) a reindex; `ReindexError` with the
+        reason when it cannot."""
+        from model.checkpoint import CheckpointError
+
+        checkpoint = Path(checkpoint).resolve()
+        try:
+            _, dim, _ = read_card(checkpoint)
+            identity = checkpoint_identity(checkpoint, dim)
+        except CheckpointError as e:
+            raise InvalidInput(str(e)) from None
+        with self._lock:
+            same = self.identity is not None and self.identity.sha256 == identity.sha256
+            already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
+            if self.state == "running" and not same:
+                raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
+            current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
+            if not already and current is not None and current.sha256 == identity.sha256:
+                raise ReindexError(f"the index is already made by {identity.describe()}")
+        if already:
+            return self.status()
+        if self._thread is not None:
+            self._thread.join()  # the previous reindex's grace period: its old generation is dropped first
+        with self._lock:
+            if self.state == "running":
+                raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
+            self.state, self.checkpoint, self.identity, self.error = "running", checkpoint, identity, None
+            self.failures, self.in_flight, self.done = {}, set(), set()
+            self.total = self.embedded = 0
+            self.video_seconds, self.started, self.seconds = 0.0, time.monotonic(), 0.0
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="drca-reindex", daemon=True)
+            self._thread.start()
+        return self.status()
+
+    def resume(self) -> None:
+        """At start: continue an online reindex a previous run left (its state file)."""
+        if not self.state_path.exists():
+            return
+        try:
+            saved = json.loads(self.state_path.read_text())
+            checkpoint = Path(saved["checkpoint"])
+        except (OSError, ValueError, KeyError) as e:
+            log.error("cannot read %s (%s); the online reindex is not resumed", self.state_path, e)
+            return
+        current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
+        if self.rt.generation == saved.get("generation") or (
+                current is not None and current.sha256 == saved.get("checkpoint_sha256")):
+            self.state_path.unlink()  # switched before the previous run ended (labels: finish_switch at start)
+            return
+        log.info("resuming the online reindex to %s", checkpoint)
+        try:
+            self.start(checkpoint)
+        except ReindexError as e:
+            log.error("the online reindex cannot resume: %s", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    # the worker's side --------------------------------------------------------------------------
+    def wants(self, job) -> bool:
+        return self.state == "running" and job.generation == self.generation and self.index is not None
+
+    def complete(self, job, segments, vectors: np.ndarray, probs: np.ndarray | None, class_names: list[str],
+                 duration: float) -> None:
+        """A reindex job's result: labels (fsync'd), then the segments into the new generation."""
+        from service.store import NotFound
+
+        labels = top_labels(probs, class_names, self.settings.stored_labels) if probs is not None else []
+        with self.rt.catalog.lock:
+            if not self.wants(job):
+                return
+            try:
+                self.rt.store.get_video(job.video_id)
+            except NotFound:  # deleted while it was re-embedded
+                self._settle(job.video_id)
+                return
+            with open(pending_labels_path(self.settings, self.generation), "a") as f:
+                f.write(json.dumps({"video_id": job.video_id, "labels": [[lb.name, lb.prob] for lb in labels]}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())  # before the add: a video in the new generation always has its labels
+            self.index.add_video(job.video_id, segments, vectors)
+            with self._lock:
+                self.done.add(job.video_id)
+                self.embedded += 1
+                self.video_seconds += duration
+            log.info("video %d: %d segments re-embedded", job.video_id, len(segments))
+        self._settle(job.video_id)
+
+    def failed(self, job, reason: str) -> None:
+        with self._lock:
+            self.failures[job.video_id] = reason
+        self._settle(job.video_id)
+
+    def _settle(self, video_id: int) -> None:
+        with self._lock:
+            self.in_flight.discard(video_id)
+        self._wake.set()
+
+    # the driver ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._prepare()
+            while not self._stop.is_set():
+                if self._step():
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+        except Exception as e:
+            log.exception("online reindex failed")
+            self._fail(f"{type(e).__name__}: {e}")
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.state, self.error = "failed", message
+            self.seconds = time.monotonic() - self.started
+        if self.rt.worker is not None:
+            self.rt.worker.reindex = None
+
+    def _prepare(self) -> None:
+        from indexer import wal
+        from service.encoder import VideoEncoder
+
+        identity, checkpoint = self.identity, self.checkpoint
+        gens = index_generations(self.settings, identity.embed_dim)
+        try:
+            current = self.rt.generation
+            _drop_previous(gens, current)  # left by an earlier reindex that ended before dropping it
+            target = gens.name_for(identity.short)
+            index = gens.open(target)
+        finally:
+            gens.close()
+        index.set_metadata({**identity.as_metadata(), "previous": current or ""})
+        wal.write_atomic(self.state_path, json.dumps({"checkpoint": str(checkpoint), "generation": target,
+                                                      "checkpoint_sha256": identity.sha256}).encode())
+        encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": checkpoint, "text_search": False}))
+        encoder.text_encoder = self.rt.encoder.text_encoder  # MiniLM does not depend on the checkpoint
+        labelled = read_pending_labels(pending_labels_path(self.settings, target))
+        with self._lock:
+            self.generation, self.index, self.encoder = target, index, encoder
+            self.done = {vid for vid in labelled if vid in index}  # from an interrupted run
+        self.rt.worker.reindex = self
+        log.info("online reindex into %s with %s: %d videos already there", target, identity.describe(),
+                 len(self.done))
+
+    def _indexed(self) -> dict[int, VideoRecord]:
+        return {v.video_id: v for v in indexed_videos(self.rt.store)}
+
+    def _step(self) -> bool:
+        """Queue what the new generation lacks, or switch when it lacks nothing; True when finished."""
+        from service.broker import IngestJob
+
+        wanted = self._indexed()
+        with self._lock:
+            self.total = len(wanted)
+            if self.failures and not self.in_flight:
+                listed = "; ".join(f"video {v}: {why}" for v, why in list(self.failures.items())[:5])
+                message = (f"{len(self.failures)} videos could not be re-embedded ({listed}); nothing was "
+                           "switched: fix or delete them and start the reindex again")
+            else:
+                message = None
+            todo = [v for vid, v in wanted.items()
+                    if vid not in self.done and vid not in self.in_flight and vid not in self.failures]
+            self.in_flight.update(v.video_id for v in todo)
+            idle = not todo and not self.in_flight
+        if message is not None:
+            self._fail(message)
+            return True
+        for v in todo:
+            self.rt.broker.enqueue(IngestJob(0, v.video_id, str(v.extra["path"]), generation=self.generation))
+        if idle and not self.failures:
+            return self._switch()
+        return False
+
+    def _switch(self) -> bool:
+        rt = self.rt
+        with rt.catalog.lock:
+            indexed = set(self._indexed())
+            if not indexed <= self.done:
+                return False  # an upload was indexed meanwhile: it is queued by the next step
+            for vid in self.done - indexed:  # deleted while the reindex ran
+                self.index.delete_video(vid)
+            gens = index_generations(self.settings, self.identity.embed_dim)
+            try:
+                gens.switch(self.generation)
+            finally:
+                gens.close()
+            old_index, old_generation = rt.index, rt.generation
+            with self._lock:  # the status says "switched" from the moment searches use the new generation
+                rt.index = rt.catalog.index = self.index
+                self.state = "switched"
+                self.seconds = time.monotonic() - self.started
+            rt.generation = self.generation
+            rt.card, rt.embed_dim, rt.clip_frames = read_card(self.checkpoint)
+            rt.class_names = list(rt.card.class_names)
+            rt.encoder = rt.worker.encoder = self.encoder  # queries and new uploads: the new model
+            rt.worker.reindex = None
+            finish_switch(self.settings, rt.store, self.generation)
+            rt.catalog.reset_text_table()
+        for callback in rt.on_switch:
+            callback()
+        self.state_path.unlink(missing_ok=True)
+        log.info("switched the index to generation %s (%s): %d videos, %d embedded, %.1f s of video in %.1f s",
+                 self.generation, self.identity.describe(), len(indexed), self.embedded, self.video_seconds,
+                 self.seconds)
+        stopped = self._stop.wait(SWITCH_GRACE_S)  # searches that began on the old generation finish first
+        old_index.close()
+        if not stopped:
+            gens = index_generations(self.settings, old_index.dim)
+            try:
+                if old_generation and gens.exists(old_generation):
+                    gens.drop(old_generation)
+            finally:
+                gens.close()
+            log.info("dropped the previous index generation %s", old_generation)
+        return True

@@ -1,6 +1,6 @@
 """Everything one service process holds, opened and closed in order: store, index, broker, encoder,
 worker. The embedded default runs all of them; the gateway role runs without the encoder and worker,
-and the worker role (scale-out) without the index and HTTP."""
+and the worker role (scale-out) without HTTP, and without an index except with Milvus (it writes there)."""
 
 from __future__ import annotations
 
@@ -62,11 +62,14 @@ class ServiceRuntime:
         self.thumbnails: ThumbnailCache | None = None
         self.broker: Broker = InProcessBroker()
         self.redis = None  # the client, in the scale-out deployment
-        self.follower = None  # VectorFollower: this gateway replica's index follows the vector stream
+        self.follower = None  # VectorFollower: this gateway replica's FAISS index follows the vector stream
+        self.changes = None  # ChangeFollower: with Milvus, this gateway's text table follows the changes
         self.rate_limiter = None  # RateLimiter, with rate_limit_per_s > 0
         self.auth_limiter = None  # AuthFailureLimiter, with API keys and auth_fail_limit_per_s > 0
         self.encoder = None
         self.worker = None
+        self.reindex = None  # OnlineReindex (embedded role): POST /v1/admin/reindex
+        self.on_switch: list = []  # called after an online reindex switched the index and the model
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -79,9 +82,10 @@ class ServiceRuntime:
                 stale.unlink(missing_ok=True)
 
         storage = VideoStorage(s.videos_dir)
-        if self.role != "worker":
+        if self.role != "worker" or self.shared_index:
             # CheckpointMismatch when another checkpoint made the index's vectors
             self.index, self.generation = open_index(s, checkpoint_identity(s.checkpoint, self.embed_dim))
+        if self.role != "worker":
             self.thumbnails = ThumbnailCache(s.thumbnails_dir, s.video_limits, max_concurrent=s.decode_threads,
                                              max_bytes=s.thumbnail_cache_bytes)
         if s.redis_url:
@@ -108,11 +112,16 @@ class ServiceRuntime:
                 self.broker.enqueue(job)
             if requeued:
                 log.info("re-queued %d unfinished ingest jobs from the previous run", len(requeued))
+        if self.role == "embedded":
+            from service.reindex import OnlineReindex
+
+            self.reindex = OnlineReindex(self)
+            self.reindex.resume()
 
     def _open_redis(self, storage: VideoStorage) -> None:
         from service.redis_broker import RedisBroker, RedisLock, connect
         from service.store.redis import RedisMetadataStore
-        from service.vector_stream import RedisVectorLog, VectorFollower
+        from service.vector_stream import ChangeFollower, MilvusChangeLog, RedisVectorLog, VectorFollower
 
         s = self.settings
         self.redis = connect(s.redis_url)
@@ -120,7 +129,18 @@ class ServiceRuntime:
         broker = RedisBroker(self.redis, s)
         self.broker = broker
         lock = RedisLock(self.redis, f"{s.redis_prefix}:lock:catalog")
-        if self.role == "worker":
+        if self.shared_index:  # Milvus: workers write into it, gateways search it; no replica, no vectors in Redis
+            writer = MilvusChangeLog(self.redis, s.redis_prefix, self.index, s.change_stream_maxlen)
+            self.catalog = Catalog(self.store, writer, storage, self.thumbnails,
+                                   broker=broker if self.role != "worker" else None, lock=lock,
+                                   stored_labels=s.stored_labels)
+            if self.role != "worker":
+                self.changes = ChangeFollower(self.redis, s.redis_prefix, on_change=self.catalog.vector_applied,
+                                              on_gap=self.catalog.reset_text_table)
+                self.changes.start()
+                self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)
+                self._sweeper.start()
+        elif self.role == "worker":
             vectors = RedisVectorLog(self.redis, s.redis_prefix, self.embed_dim)
             self.catalog = Catalog(self.store, vectors, storage, None, broker=None, lock=lock,
                                    stored_labels=s.stored_labels)
@@ -134,6 +154,11 @@ class ServiceRuntime:
             self._sweeper = threading.Thread(target=self._sweep_loop, name="drca-requeue", daemon=True)
             self._sweeper.start()
         broker.on_dead_letter = lambda job, reason: self.catalog.fail(job, reason, {})
+
+    @property
+    def shared_index(self) -> bool:
+        """Scale-out on Milvus: one index that every gateway and worker opens (no per-gateway replica)."""
+        return bool(self.settings.redis_url) and self.settings.index == "milvus"
 
     def _open_limiters(self) -> None:
         """The request and failed-authentication limits: in Redis when there is one (shared by every
@@ -169,11 +194,15 @@ class ServiceRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.reindex is not None:
+            self.reindex.stop()
         if self.worker is not None:
             self.worker.stop()
         self.broker.close()
         if self.follower is not None:
             self.follower.stop()
+        if self.changes is not None:
+            self.changes.stop()
         if self.index is not None:
             self.index.close()
         if self.store is not None:
@@ -207,4 +236,6 @@ class ServiceRuntime:
             return False
         if self.follower is not None:
             return self.follower.alive and self.follower.caught_up.is_set()
+        if self.changes is not None:
+            return self.changes.alive
         return not self.with_worker or (self.worker is not None and self.worker.alive)

@@ -164,3 +164,20 @@ class Readiness(BaseModel):
     index_open: bool
     worker_running: bool
     videos: int
+
+
+class ReindexRequest(BaseModel):
+    checkpoint: str = Field(description="The new checkpoint directory, as the server's filesystem names it")
+
+
+class ReindexStatus(BaseModel):
+    state: Literal["idle", "running", "switched", "failed"]
+    checkpoint: str | None = Field(description="The new checkpoint (absolute path on the server)")
+    generation: str | None = Field(description="The index generation being filled; current after the switch")
+    videos: int = Field(description="Indexed videos the new generation must hold")
+    done: int = Field(description="Of them, in the new generation")
+    embedded: int = Field(description="Re-embedded by this run (the rest by an interrupted one)")
+    failed: int
+    video_seconds: float = Field(description="Seconds of video re-embedded by this run")
+    seconds: float = Field(description="Since the reindex started (until the switch)")
+    error: str | None = None

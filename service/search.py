@@ -100,6 +100,11 @@ class SearchService:
                 log.info("concept bank: %d concepts, %d phrases", len(self._bank), len(self._bank.phrase_concept))
             return self._bank
 
+    def reset(self) -> None:
+        """Forget the concept bank (an online reindex switched to a checkpoint with other classes)."""
+        with self._bank_lock:
+            self._bank = None
+
     def warm_up(self) -> threading.Thread:
         """Build the concept bank now, off the request path; a failure (no worker yet) is retried by the
         first text query."""

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service
     redis_prefix: str = "drca"  # every key and stream this deployment uses starts with `<prefix>:`
     replica_index_dir: Path | None = None  # Redis mode: this replica's copy of the index (default data_dir/index)
+    # Redis mode with index=milvus: entries of the `<prefix>:changes` stream kept (approximately); a gateway
+    # that falls further behind rebuilds its text-search table from the store
+    change_stream_maxlen: int = Field(100_000, ge=1000)
     reclaim_idle_s: float = Field(30.0, gt=0)  # a job held this long by a silent worker is taken over
     max_attempts: int = Field(3, ge=1)  # deliveries of one job before it goes to the dead-letter stream
     worker_heartbeat_s: float = Field(2.0, gt=0)  # a worker counts as gone after 3 missed heartbeats
@@ -138,9 +141,12 @@ class Settings(BaseSettings):
             self.api_keys = [*self.api_keys, *(SecretStr(k) for k in read_key_file(self.api_keys_file))]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
-        if self.index == "milvus" and self.redis_url:
-            raise ValueError("index=milvus with redis_url (scale-out) is not supported yet; use the embedded "
-                             "service with Milvus, or FAISS replicas with Redis")
+        if self.index == "milvus" and self.redis_url and not self.milvus_uri:
+            raise ValueError("index=milvus with redis_url (scale-out) needs milvus_uri: a Milvus server "
+                             "(http://host:19530) that every gateway and worker reaches")
+        if self.index == "milvus" and self.redis_url and not self.milvus_uri.startswith(("http://", "https://")):
+            raise ValueError(f"index=milvus with redis_url needs a Milvus server URI (http://host:19530), not "
+                             f"{self.milvus_uri!r}: a Milvus Lite file is held by one process")
         return self
 
     # derived paths -------------------------------------------------------------------------------

@@ -9,6 +9,15 @@ entry id in `<index dir>/stream-cursor`, written after the index write is durabl
 resumes from that cursor; entries applied twice are harmless, because an add replaces the video's
 segments (an upsert by video id) and a delete of an absent video does nothing. So every replica ends up
 with each video exactly once, in the state the stream's last entry for it says.
+
+With the Milvus backend (`DRCA_INDEX=milvus`) there is no replica to feed: Milvus is the one index.
+`MilvusChangeLog` is then the catalog's index: a write goes into Milvus first (an upsert by primary key,
+so a job taken over from a dead worker writes the same rows again, never more rows), then a short entry
+(`add` with the video's segment spans, or `delete`; no vectors) is appended to `<prefix>:changes`. Every
+gateway runs a `ChangeFollower` on that stream to keep its text-search table (labels and metadata
+embeddings per video: what is not in Milvus) current. The stream is trimmed to about
+`change_stream_maxlen` entries; a gateway that finds its cursor trimmed away rebuilds the table from the
+store.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from indexer import InvalidVectors, Span, VideoIndex
+from indexer import InvalidVectors, SegmentIndex, Span, VideoIndex
 from indexer.index import normalise, spans_array
 
 log = logging.getLogger(__name__)
@@ -167,3 +176,89 @@ class VectorFollower:
                     self.on_change(vid, added)
                 except Exception:
                     log.exception("after applying video %d", vid)
+
+
+class MilvusChangeLog:
+    """The catalog's index writes in Redis mode with Milvus: into Milvus (durable, visible to every
+    gateway's searches on return), then announced on `<prefix>:changes` for the gateways' text tables.
+    Called under the catalog lock, so the stream's order is the order of the writes."""
+
+    def __init__(self, client: redis.Redis, prefix: str, index: SegmentIndex, maxlen: int = 100_000) -> None:
+        self.r = client
+        self.key = f"{prefix}:changes"
+        self.index = index
+        self.maxlen = maxlen
+
+    def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None:
+        self.index.add_video(video_id, segments, vectors)  # an upsert: a re-run writes the same rows
+        segs = spans_array(segments, len(vectors))
+        self.r.xadd(self.key, {"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist())},
+                    maxlen=self.maxlen, approximate=True)
+
+    def delete_video(self, video_id: int) -> bool:
+        found = self.index.delete_video(video_id)
+        self.r.xadd(self.key, {"op": "delete", "video_id": int(video_id)}, maxlen=self.maxlen, approximate=True)
+        return found
+
+
+class ChangeFollower:
+    """Follows `<prefix>:changes` from the moment it starts (the text table is built from the store, which
+    already holds everything before that) and calls `on_change(video_id, added)` per entry. If the stream
+    was trimmed past its cursor, entries were missed: `on_gap()` (the catalog drops its text table, rebuilt
+    from the store at the next text query)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, on_change: Callable[[int, bool], None] | None = None,
+                 on_gap: Callable[[], None] | None = None) -> None:
+        self.r = client
+        self.key = f"{prefix}:changes"
+        self.on_change = on_change
+        self.on_gap = on_gap
+        self.cursor = "0-0"
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        last = self.r.xrevrange(self.key, count=1)
+        self.cursor = last[0][0].decode() if last else "0-0"
+        self._thread = threading.Thread(target=self._run, name="drca-change-follower", daemon=True)
+        self._thread.start()
+        self.caught_up.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                got = self.r.xread({self.key: self.cursor}, count=500, block=500)
+                entries = got[0][1] if got else []
+                if not entries:
+                    continue
+                first = self.r.xrange(self.key, count=1)
+                if self.cursor != "0-0" and first and _id_tuple(first[0][0].decode()) > _id_tuple(self.cursor):
+                    log.warning("the change stream was trimmed past this gateway's cursor; rebuilding its "
+                                "text-search table from the store")
+                    if self.on_gap is not None:
+                        self.on_gap()
+                for entry_id, f in entries:
+                    try:
+                        vid, added = int(f[b"video_id"]), f[b"op"] == b"add"
+                    except (KeyError, ValueError) as e:
+                        log.error("change stream entry %s is malformed (%s), skipped", entry_id, e)
+                        continue
+                    if self.on_change is not None:
+                        try:
+                            self.on_change(vid, added)
+                        except Exception:
+                            log.exception("after the change of video %d", vid)
+                self.cursor = entries[-1][0].decode()
+            except redis.RedisError as e:
+                log.warning("change stream: %s; retrying", e)
+                self._stop.wait(0.5)

@@ -18,6 +18,12 @@ segments, never all at once, so a worker's memory does not grow with a video's l
 
 So a classify or query issued while a long video ingests waits for at most the chunk being decoded and
 the batch in the model, not for the whole video.
+
+An online reindex (service/reindex.py, `OnlineReindex`) queues reindex jobs (`IngestJob.generation` set)
+on the same broker: they go through the same stages with the reindex's encoder (a batch never mixes two
+encoders) and are committed by the reindex into its new generation. After the switch, `encoder` is the
+new one; an ordinary job embedded by the old encoder is not committed into the new generation but
+released and embedded again.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class _Work:
 
     item: WorkItem
     path: str
+    encoder: VideoEncoder  # the model this item is embedded with (the current one, or a reindex's)
     timings: dict[str, float] = field(default_factory=dict)
     video: OpenedVideo | None = None  # opened by the first decode thread that takes it
     next_decode: int = 0  # next row to decode (a segment in one view; one view unless a query)
@@ -93,6 +100,7 @@ class EncoderWorker:
         self.catalog = catalog
         self.settings = settings
         self.metrics = metrics
+        self.reindex = None  # OnlineReindex, while one runs: its jobs' encoder and committer
         self._cond = threading.Condition()
         self._sync: deque[_Work] = deque()  # synchronous video requests, in arrival order
         self._jobs: deque[_Work] = deque()  # ingest jobs, in arrival order
@@ -156,6 +164,15 @@ class EncoderWorker:
                 if isinstance(item, IngestJob):
                     with self._cond:
                         self._held_jobs += 1
+                    if item.generation is not None:  # a reindex job: the video stays indexed meanwhile
+                        reindex = self.reindex
+                        if reindex is None or not reindex.wants(item):
+                            self._job_finished()
+                            continue
+                        with self._cond:
+                            self._jobs.append(_Work(item, item.path, reindex.encoder))
+                            self._cond.notify_all()
+                        continue
                     try:
                         started = self.catalog.start(item)
                     except Exception as e:  # e.g. Redis unreachable: released for another delivery
@@ -166,7 +183,7 @@ class EncoderWorker:
                         self.broker.ack(item)  # deleted while queued, finished, or run by another worker
                         continue
                     with self._cond:
-                        self._jobs.append(_Work(item, item.path))
+                        self._jobs.append(_Work(item, item.path, self.encoder))
                         self._cond.notify_all()
                 elif item.request.kind == "embed_text":
                     with self._cond:
@@ -177,7 +194,7 @@ class EncoderWorker:
                                                           code="invalid_input"), {})
                 else:
                     with self._cond:
-                        self._sync.append(_Work(item, item.request.video_path))
+                        self._sync.append(_Work(item, item.request.video_path, self.encoder))
                         self._cond.notify_all()
             except Exception:  # keep feeding: one bad item must not stop the worker
                 log.exception("feeder error")
@@ -239,7 +256,7 @@ class EncoderWorker:
             try:
                 t0 = time.perf_counter()
                 if w.video is None:
-                    w.video = self.encoder.open(w.path, query=w.query)
+                    w.video = w.encoder.open(w.path, query=w.query)
                 start = w.next_decode
                 stop = min(start + self.settings.batch_size, len(w.video.segments))
                 clips = w.video.clips(start, stop)
@@ -309,11 +326,12 @@ class EncoderWorker:
                 self._forward(batch)
 
     def _take_batch(self) -> list[tuple[_Work, torch.Tensor]]:
-        """Up to `batch_size` decoded clips, synchronous requests' first (lock held)."""
+        """Up to `batch_size` decoded clips, synchronous requests' first, all for one encoder (lock held)."""
         take: list[tuple[_Work, torch.Tensor]] = []
         n = 0
+        encoder = next(w.encoder for w in self._lanes() if w.chunks)
         for w in self._lanes():
-            while w.chunks and n < self.settings.batch_size:
+            while w.encoder is encoder and w.chunks and n < self.settings.batch_size:
                 head = w.chunks[0]
                 k = min(len(head) - w.offset, self.settings.batch_size - n)
                 take.append((w, head[w.offset : w.offset + k]))
@@ -342,7 +360,7 @@ class EncoderWorker:
         n = len(clips)
         t0 = time.perf_counter()
         try:
-            emb, probs = self.encoder.forward(clips)
+            emb, probs = take[0][0].encoder.forward(clips)
         except Exception as e:
             log.exception("forward pass failed on %d clips", n)
             for w in {id(w): w for w, _ in take}.values():
@@ -381,12 +399,21 @@ class EncoderWorker:
         seg_probs = np.concatenate(w.probs) if w.probs else None
         video_probs = seg_probs.mean(axis=0) if seg_probs is not None else None  # mean of segment probs
         try:
-            if isinstance(w.item, IngestJob):
+            if isinstance(w.item, IngestJob) and w.item.generation is not None:
+                self.reindex.complete(w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
+                                      w.video.duration)
+                self._job_finished()
+            elif isinstance(w.item, IngestJob):
                 text_emb = self._metadata_embedding(w.item)
-                self.catalog.complete(
-                    w.item, w.video.segments, vectors, video_probs, self.encoder.class_names,
-                    w.video.duration, text_emb, {**w.timings},
+                committed = self.catalog.complete(
+                    w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
+                    w.video.duration, text_emb, {**w.timings}, still_current=lambda: w.encoder is self.encoder,
                 )
+                if not committed:  # a reindex switched models meanwhile: embed it again with the new one
+                    log.info("job %d was embedded by the previous model; queued again", w.item.job_id)
+                    self.broker.release(w.item)
+                    self._job_finished()
+                    return
                 self.broker.ack(w.item)
                 self._job_finished()
                 if self.metrics:
@@ -416,6 +443,10 @@ class EncoderWorker:
         err = to_service_error(exc)
         if isinstance(item, IngestJob):
             self._job_finished()
+        if isinstance(item, IngestJob) and item.generation is not None:
+            if self.reindex is not None:
+                self.reindex.failed(item, f"{type(exc).__name__}: {exc}")
+            return
         if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
             # Redis is gone for longer than the client retries: record nothing, let another delivery redo it
             log.warning("job %d not finished (%s); it will be delivered again", item.job_id, exc)

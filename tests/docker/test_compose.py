@@ -151,7 +151,7 @@ def test_milvus_profile_is_standalone_milvus_with_etcd_and_minio_and_a_service_o
     check_settings_names(env)
     assert env["DRCA_INDEX"] == "milvus" and env["DRCA_MILVUS_URI"] == "http://milvus:19530"
     assert Settings(index=env["DRCA_INDEX"], milvus_uri=env["DRCA_MILVUS_URI"]).milvus_location == env["DRCA_MILVUS_URI"]
-    assert "DRCA_REDIS_URL" not in env  # Milvus with Redis scale-out is not supported yet (settings refuse it)
+    assert "DRCA_REDIS_URL" not in env  # the embedded service on Milvus (scale-out on Milvus: docs/indexer.md)
     assert drca["depends_on"]["milvus"]["condition"] == "service_healthy"
     assert (ROOT / drca["build"]["dockerfile"]).is_file()
     assert drca["ports"] == ["8001:8000"]

@@ -1,5 +1,9 @@
 """Scale-out fault tests: real `redis-server` (AOF), `drca serve --redis` gateways and `drca worker`
-processes on loopback, killed with SIGKILL at awkward moments. Each test has its own Redis and data."""
+processes on loopback, killed with SIGKILL at awkward moments. Each test has its own Redis and data.
+
+The kill -9 of a worker and of a gateway run on both index backends: FAISS replicas in each gateway fed
+by the vector stream, and one shared Milvus (a `milvus-lite server` on loopback) that workers write and
+gateways search; there each segment must be in Milvus exactly once (counted by primary key)."""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from service.redis_broker import RedisLock
 from service.storage import SpooledUpload, VideoStorage
 from service.store.redis import RedisMetadataStore
 from service.vector_stream import RedisVectorLog
-from tests.commits import assert_committed_once, stream_commits
-from tests.procs import ROOT, Gateway, RedisServer, Worker, start_all, wait_jobs
+from tests.commits import assert_committed_once, assert_milvus_rows_once, stream_commits
+from tests.procs import ROOT, Gateway, MilvusLiteServer, RedisServer, Worker, start_all, wait_jobs
 from tests.service.media import distinct_videos, tiny_checkpoint
 from tests.waiting import wait_until
 
@@ -42,23 +46,35 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
 
 
 class Cluster:
-    """One Redis, gateways and workers sharing a data dir (uploads); each gateway has its own index."""
+    """One Redis, gateways and workers sharing a data dir (uploads); each gateway has its own FAISS index,
+    or (`backend="milvus"`) they all share one `milvus-lite server`."""
 
-    def __init__(self, root: Path, checkpoint: Path) -> None:
-        self.root, self.checkpoint = root, checkpoint
+    def __init__(self, root: Path, checkpoint: Path, backend: str = "faiss") -> None:
+        self.root, self.checkpoint, self.backend = root, checkpoint, backend
         self.data = root / "data"
         self.redis = RedisServer(root / "redis")
         self.procs: list = [self.redis]
+        self.milvus: MilvusLiteServer | None = None
+        self.index_env: dict[str, str] = {}
+        if backend == "milvus":
+            self.milvus = MilvusLiteServer(root / "milvus")
+            self.procs.append(self.milvus)
+            self.index_env = {"DRCA_INDEX": "milvus", "DRCA_MILVUS_URI": self.milvus.uri}
+
+    def start(self) -> None:
+        self.redis.start()
+        if self.milvus is not None:
+            self.milvus.start()
 
     def gateway(self, name: str, **settings: str) -> Gateway:
         g = Gateway(self.checkpoint, self.data, self.redis.url, self.root / f"index-{name}",
-                    self.root / f"gateway-{name}.log", **{**FAST, **settings})
+                    self.root / f"gateway-{name}.log", **{**FAST, **self.index_env, **settings})
         self.procs.append(g)
         return g
 
     def worker(self, name: str, **settings: str) -> Worker:
         w = Worker(self.checkpoint, self.data, self.redis.url, self.root / f"worker-{name}.log",
-                   **{**FAST, **settings})
+                   **{**FAST, **self.index_env, **settings})
         self.procs.append(w)
         return w
 
@@ -68,11 +84,15 @@ class Cluster:
 
 
 @pytest.fixture()
-def cluster(tmp_path: Path, assets) -> Cluster:
-    c = Cluster(tmp_path, assets[0])
-    c.redis.start()
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, assets) -> Cluster:
+    """A cluster on FAISS replicas, or on Milvus when parametrised `indirect` with "milvus"."""
+    c = Cluster(tmp_path, assets[0], getattr(request, "param", "faiss"))
+    c.start()
     yield c
     c.close()
+
+
+BACKENDS = pytest.mark.parametrize("cluster", ["faiss", "milvus"], indirect=True)
 
 
 def upload(c: httpx.Client, path: Path) -> httpx.Response:
@@ -89,20 +109,25 @@ def wait_index(g: Gateway, n: int, timeout_s: float = 30) -> None:
 
 
 def assert_indexed_once(cluster: Cluster, g: Gateway, video_ids: list[int], rerun: set[int] = frozenset()) -> None:
-    """Each video was committed to the vector stream exactly once (`rerun`: see `assert_committed_once`), and
-    this replica's index holds exactly these videos, each with the segments of its commit."""
-    commits = stream_commits(cluster.redis.client())
+    """Each video was committed exactly once (`rerun`: see `assert_committed_once`) to the vector stream
+    (FAISS) or to Milvus (its change stream), and the index this gateway searches holds exactly these
+    videos, each with the segments of its commit; in Milvus, each segment's row is there once."""
+    milvus = cluster.backend == "milvus"
+    commits = stream_commits(cluster.redis.client(), stream="changes" if milvus else "vectors")
     assert_committed_once(commits, video_ids, rerun)
     with g.client() as c:
         segs = {v: [[x["start"], x["end"]] for x in c.get(f"/v1/videos/{v}").json()["segments"]] for v in video_ids}
         metrics = c.get("/metrics").text
     for v in video_ids:
         assert segs[v] == commits[v][-1].segments.tolist(), (v, segs[v])
+    if milvus:
+        assert_milvus_rows_once(cluster.milvus.uri, {v: len(segs[v]) for v in video_ids})
     total = sum(len(s) for s in segs.values())
     assert f"drca_index_videos {float(len(video_ids))}" in metrics
     assert f"drca_index_segments {float(total)}" in metrics
 
 
+@BACKENDS
 def test_killed_worker_jobs_finish_on_a_second_worker_exactly_once(cluster, assets):
     videos = assets[1]
     gw, a, b = cluster.gateway("a"), cluster.worker("a", DRCA_PREFETCH="4", DRCA_BATCH_SIZE="2"), cluster.worker("b")
@@ -224,6 +249,7 @@ def test_no_workers_queues_uploads_503s_inference_then_drains(cluster, assets):
         assert hits[0]["video_id"] == ups[0].json()["video_id"]
 
 
+@BACKENDS
 def test_killed_gateway_restarts_without_losing_videos_and_replicas_agree(cluster, assets):
     videos = assets[1]
     g1, g2 = cluster.gateway("one"), cluster.gateway("two")
@@ -244,9 +270,14 @@ def test_killed_gateway_restarts_without_losing_videos_and_replicas_agree(cluste
     with g2.client() as c2:  # the other replica answers for jobs it never saw uploaded
         finished = wait_jobs(c2, jobs, timeout_s=120, procs=(g2, w))
         assert all(j["status"] == "done" for j in finished.values())
-    g1.start()  # same index directory: recovers what it had applied, then resumes from its cursor
-    reopened = re.findall(r"opened index .*: (\d+) videos", g1.tail(100_000))
-    assert len(reopened) == 2 and n <= int(reopened[-1]) < len(ids), reopened
+    g1.start()  # FAISS: same index directory, recovers what it had applied, then resumes from its cursor
+    if cluster.backend == "faiss":
+        reopened = re.findall(r"opened index .*: (\d+) videos", g1.tail(100_000))
+        assert len(reopened) == 2 and n <= int(reopened[-1]) < len(ids), reopened
+    else:  # Milvus: nothing of the index was in the gateway; it reconnects and finds every video there
+        reopened = re.findall(r"opened Milvus collection \S+ at \S+: (\d+) videos", g1.tail(100_000))
+        assert len(reopened) == 2 and int(reopened[0]) < len(ids) and int(reopened[-1]) == len(ids), reopened
+        assert not (cluster.root / "index-one").exists()  # no index copy on the gateway's disk
     for g in (g1, g2):
         wait_index(g, len(ids))
         assert_indexed_once(cluster, g, ids)

@@ -108,10 +108,13 @@ class FakeCatalog:
     def start(self, job) -> bool:
         return True
 
-    def complete(self, job, segments, vectors, probs, class_names, duration, text_emb, timings) -> None:
+    def complete(self, job, segments, vectors, probs, class_names, duration, text_emb, timings,
+                 still_current=None) -> bool:
+        assert still_current is None or still_current()  # no reindex switched the model here
         self.done[job.job_id] = (len(segments), vectors)
         if len(self.done) == self.expected:
             self.all_done.set()
+        return True
 
     def fail(self, job, reason, timings) -> None:
         raise AssertionError(reason)

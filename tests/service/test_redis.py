@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer import Span
+from indexer.milvus_index import MilvusVideoIndex
 from service.app import create_app
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
@@ -21,7 +22,9 @@ from service.runtime import ServiceRuntime
 from service.storage import VideoStorage
 from service.store import DuplicateContent, InvalidTransition, NotFound
 from service.store.redis import RedisMetadataStore
-from service.vector_stream import RedisVectorLog
+from service.vector_stream import MilvusChangeLog, RedisVectorLog
+from tests.commits import assert_milvus_rows_once
+from tests.procs import MilvusLiteServer
 from tests.service.conftest import make_settings, upload, wait_job
 from tests.waiting import stays, wait_until
 
@@ -150,34 +153,58 @@ def test_infer_needs_a_live_worker_and_times_out(redis_server, tmp_path):
         worker.unregister_worker()
 
 
-@pytest.fixture()
-def redis_service(redis_server, checkpoint, tmp_path):
-    """A Redis-mode gateway (TestClient) and a worker runtime in this process, sharing the data dir."""
+@pytest.fixture(params=["faiss", "milvus"])
+def redis_service(request, redis_server, checkpoint, tmp_path):
+    """A Redis-mode gateway (TestClient) and a worker runtime in this process, sharing the data dir; the
+    index is a FAISS replica in the gateway, or one Milvus (`milvus-lite server` on loopback) that the
+    worker writes and the gateway searches."""
+    backend: dict = {"replica_index_dir": tmp_path / "index-gw"}
+    milvus = None
+    if request.param == "milvus":
+        milvus = MilvusLiteServer(tmp_path / "milvus")
+        milvus.start()
+        backend = {"index": "milvus", "milvus_uri": milvus.uri}
     settings = make_settings(checkpoint, tmp_path / "data", redis_url=redis_server.url, inference_timeout_s=10,
-                             replica_index_dir=tmp_path / "index-gw")
+                             **backend)
     worker = ServiceRuntime(settings, role="worker")
     worker.start()
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-            yield c, worker
+            yield c, worker, milvus
     finally:
         worker.stop()
+        if milvus is not None:
+            milvus.kill()
 
 
 def test_gateway_and_worker_through_redis(redis_service, media):
-    c, _ = redis_service
+    c, worker, milvus = redis_service
+    rt = c.app.state.runtime
+    if milvus is not None:  # the gateway holds no index copy: it searches the Milvus the worker writes
+        assert type(rt.index) is MilvusVideoIndex and rt.follower is None
+        assert type(worker.catalog.index) is MilvusChangeLog
+    # a text query before the upload builds this gateway's text table; the video reaches it through the stream
+    assert c.post("/v1/search", json={"text": "colour bars", "k": 3}).json()["hits"] == []
     r = upload(c, media["bars"], external_id="bars", metadata='{"title": "colour bars"}')
     assert r.status_code == 202, r.text
     assert wait_job(c, r.json()["job_id"])["status"] == "done"
     vid = r.json()["video_id"]
-    # this replica's index follows the vector stream (milliseconds)
+    # this replica's index follows the vector stream (milliseconds); Milvus has it already
     wait_until(lambda: c.get("/readyz").json()["videos"] >= 1, 5, "in this replica's index")
-    assert c.get(f"/v1/videos/{vid}").json()["segments"]
+    segments = c.get(f"/v1/videos/{vid}").json()["segments"]
+    assert segments
+    if milvus is not None:
+        assert_milvus_rows_once(milvus.uri, {vid: len(segments)})
     with open(media["bars_copy"], "rb") as f:
         hits = c.post("/v1/search", files={"file": ("q.mp4", f)}, data={"k": "3"}).json()["hits"]
     assert hits[0]["video_id"] == vid
-    text = c.post("/v1/search", json={"text": "colour bars", "k": 3})
-    assert text.status_code == 200 and text.json()["hits"][0]["video_id"] == vid
+
+    def text_hit() -> bool:
+        text = c.post("/v1/search", json={"text": "colour bars", "k": 3})
+        assert text.status_code == 200, text.text
+        return bool(text.json()["hits"]) and text.json()["hits"][0]["video_id"] == vid
+
+    wait_until(text_hit, 5, "the video in this gateway's text table")
     with open(media["mandel"], "rb") as f:
         assert len(c.post("/v1/classify", files={"file": ("m.mp4", f)}).json()["labels"]) == 5
     # bad input is still 4xx JSON: a corrupt upload fails validation before anything is queued
@@ -188,6 +215,26 @@ def test_gateway_and_worker_through_redis(redis_service, media):
     assert c.delete(f"/v1/videos/{vid}").status_code == 204
     assert c.get("/readyz").json()["videos"] == 0  # the delete is applied here before the 204
     assert c.post("/v1/search", json={"text": "colour bars", "k": 3}).json()["hits"] == []
+    if milvus is not None:
+        assert_milvus_rows_once(milvus.uri, {})
+
+    # the text table (built above) follows videos that another process indexes and deletes: its
+    # metadata term is in the score, the same as from a table rebuilt from the store
+    other = upload(c, media["mandel"], metadata='{"title": "a fractal zoom"}')
+    assert wait_job(c, other.json()["job_id"])["status"] == "done"
+    oid = other.json()["video_id"]
+    table = rt.catalog.text_table()
+    wait_until(lambda: len(table) == 1 and table.video_ids[table.video_ids >= 0].tolist() == [oid], 5,
+               "the second video in the text table")
+    followed = c.post("/v1/search", json={"text": "a fractal zoom", "k": 3}).json()["hits"]
+    rt.catalog.reset_text_table()
+    rebuilt = c.post("/v1/search", json={"text": "a fractal zoom", "k": 3}).json()["hits"]
+    assert followed == rebuilt and followed[0]["video_id"] == oid
+    table = rt.catalog.text_table()
+    worker.catalog.delete(oid)  # as another gateway would
+    wait_until(lambda: len(table) == 0, 5, "the delete followed by this gateway's text table")
+    assert c.post("/v1/search", json={"text": "a fractal zoom", "k": 3}).json()["hits"] == []
+    assert c.get("/readyz").json()["videos"] == 0
 
 
 def test_rate_limit_is_per_key_with_retry_after(redis_server, checkpoint, tmp_path):

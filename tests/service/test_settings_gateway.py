@@ -30,6 +30,18 @@ def test_settings_defaults_env_and_file(tmp_path, monkeypatch):
         Settings(api_keys=[""])
 
 
+def test_milvus_scale_out_needs_a_milvus_server():
+    """With Redis (several processes), Milvus must be a server every process reaches, not a Lite file."""
+    redis = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValidationError, match="needs milvus_uri"):
+        Settings(index="milvus", redis_url=redis)
+    with pytest.raises(ValidationError, match="held by one process"):
+        Settings(index="milvus", redis_url=redis, milvus_uri="./data/milvus.db")
+    s = Settings(index="milvus", redis_url=redis, milvus_uri="http://milvus:19530")
+    assert s.milvus_location == "http://milvus:19530"
+    assert Settings(index="milvus").milvus_location.endswith("milvus.db")  # embedded: a Lite file is fine
+
+
 def test_gateway_without_worker_answers_503(checkpoint, tmp_path, media):
     settings = make_settings(checkpoint, tmp_path, inference_timeout_s=2)
     with TestClient(create_app(settings, with_worker=False)) as c:

@@ -1,0 +1,55 @@
+"""Administration: the online reindex (`drca reindex --server URL --checkpoint NEW` calls these).
+
+`POST /v1/admin/reindex` starts re-embedding every stored video with another checkpoint into a new index
+generation, through the service's own worker and queue; searches keep using the current generation until
+the switch (service/reindex.py, `OnlineReindex`). `GET /v1/admin/reindex` reports its progress. Both need
+an API key when keys are configured, like every /v1 route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.catalog import Conflict
+from service.deps import read_json, runtime
+from service.errors import ERRORS, InvalidInput
+from service.runtime import ServiceRuntime
+from service.schemas import ReindexRequest, ReindexStatus
+
+router = APIRouter(tags=["admin"])
+
+
+def _reindexer(rt: ServiceRuntime):
+    if rt.reindex is None:
+        raise Conflict("an online reindex runs on the embedded service (this is a scale-out gateway); stop the "
+                       "deployment and run `drca reindex --checkpoint NEW` on it")
+    return rt.reindex
+
+
+@router.post("/admin/reindex", response_model=ReindexStatus, status_code=202, responses=ERRORS)
+async def start_reindex(request: Request, rt: ServiceRuntime = Depends(runtime)) -> JSONResponse:
+    """Start re-embedding every indexed video with `checkpoint` (202 with the progress); the same
+    checkpoint again while it runs answers its progress; 409 when another reindex runs or the index is
+    already made by that checkpoint, 422 when it is not a checkpoint."""
+    from service.reindex import ReindexError
+
+    data = await read_json(request)
+    try:
+        body = ReindexRequest.model_validate(data)
+    except ValueError as e:
+        raise InvalidInput(f"expected {{\"checkpoint\": \"/path/to/checkpoint\"}}: {e}") from None
+    reindex = _reindexer(rt)
+    try:
+        status = await run_in_threadpool(reindex.start, Path(body.checkpoint))
+    except ReindexError as e:
+        raise Conflict(str(e)) from None
+    return JSONResponse(ReindexStatus(**status).model_dump(), status_code=202)
+
+
+@router.head("/admin/reindex", include_in_schema=False)  # the GET answer without its body
+@router.get("/admin/reindex", response_model=ReindexStatus, responses=ERRORS)
+def reindex_status(rt: ServiceRuntime = Depends(runtime)) -> ReindexStatus:
+    return ReindexStatus(**_reindexer(rt).status())
