@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 2304, gt=0)  # per frame, width x height
     max_duration_s: float = Field(3 * 3600.0, gt=0)
     max_segments: int = Field(2048, ge=1)  # segments per video (indexed or query); more: 422 video_too_long
+    # the cost bound per byte (F8): a file must hold at least this many bytes per segment, or 422
+    # video_too_sparse; a still picture with a frame every 30 s is a few KB for a thousand segments of work
+    # (about a minute of worker time), while any video at 1 frame/s or more has well over 32. 0: off
+    min_bytes_per_segment: int = Field(32, ge=0)
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
     thumbnail_cache_bytes: int = Field(256 * 1024**2, ge=1)  # on disk; least recently used files go first
