@@ -14,6 +14,7 @@ import torch
 from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
 from service.errors import WorkerUnavailable
+from service.priority import QueriesInFlight
 from service.settings import Settings
 from service.worker import EncoderWorker
 from tests.waiting import wait_until
@@ -220,3 +221,118 @@ def test_decode_ahead_clips_bounds_the_clips_held_across_jobs(tmp_path):
         enc.gate.set()
         worker.stop()
     assert all(n == 40 for n, _ in cat.done.values())
+
+
+# S: queries in flight come before ingest at every step (embedded service) -----------------------------------
+class StepEncoder:
+    """Records each step with the number of queries in flight when it started: a chunk decoded, a forward
+    pass (the first waits for `gate`), a text embedding."""
+
+    class_names = ["a", "b"]
+    text_encoder = None
+
+    def __init__(self, queries: QueriesInFlight, segments: int) -> None:
+        self.queries, self.segments = queries, segments
+        self.gate = threading.Event()
+        self.steps: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def record(self, step: str) -> None:
+        with self.lock:
+            self.steps.append((step, self.queries.count))
+
+    def count(self, step: str) -> int:
+        with self.lock:
+            return sum(s == step for s, _ in self.steps)
+
+    def open(self, path: str, query: bool = False) -> StepVideo:
+        return StepVideo(self, self.segments)
+
+    def forward(self, clips: torch.Tensor):
+        self.record("forward")
+        assert self.gate.wait(30)
+        n = len(clips)
+        return np.ones((n, 4), np.float32), np.full((n, 2), 0.5, np.float32)
+
+    def embed_text(self, texts: list[str]):
+        self.record("text")
+        return np.ones((len(texts), 3), np.float32), None
+
+
+class StepVideo:
+    views = None
+    boxes = None
+
+    def __init__(self, encoder: StepEncoder, n: int) -> None:
+        self.encoder, self.segments, self.duration = encoder, [Span(i, i + 1) for i in range(n)], float(n)
+
+    def clips(self, start: int, stop: int) -> torch.Tensor:
+        self.encoder.record("decode")
+        return torch.zeros(stop - start, 3, 2, 4, 4)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("segments", "stalled"), [(16, 2), (4, 1)])  # 4: the job's only batch, then its commit
+def test_a_query_in_flight_is_served_before_the_next_ingest_step(tmp_path, segments, stalled):
+    """An ingest job's first batch is in the model when a text query arrives (the gateway counts it in
+    flight). Its embedding is served next, and no ingest chunk is decoded, forwarded or committed until the
+    query has left the gateway; then the job finishes. Event-ordered: no timing is compared."""
+    settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, batch_size=4, max_wait_ms=5, decode_threads=2,
+                        decode_ahead_clips=4, ingest_yield_max_s=60)
+    queries = QueriesInFlight(settings.ingest_yield_max_s)
+    enc, cat, broker = StepEncoder(queries, segments=segments), FakeCatalog(), InProcessBroker()
+    cat.expected = 1
+    worker = EncoderWorker(enc, broker, cat, settings, queries=queries)
+    worker.start()
+    try:
+        broker.enqueue(IngestJob(0, 0, "long.mp4"))
+        # stalled: batch 1 in the model, chunk 2 decoded, chunk 3 waits for room (decode_ahead_clips)
+        wait_until(lambda: enc.count("forward") == 1 and enc.count("decode") == stalled, 10, "batch 1 at the model")
+        queries.enter()  # the gateway starts serving a text query
+        answer: dict = {}
+        asker = threading.Thread(target=lambda: answer.setdefault(
+            "r", broker.infer(InferenceRequest("embed_text", texts=("a query",)), 30)))
+        asker.start()
+        enc.gate.set()  # batch 1 leaves the model
+        asker.join(30)
+        assert answer["r"].sentence.shape == (1, 3)
+        # the worker is holding ingest back (or, wrongly, has gone on with it)
+        first = stalled + 2  # the stalled steps, then the text
+        wait_until(lambda: worker.ingest_holds > 0 or len(enc.steps) > first or cat.done, 10, "the next step")
+        assert sorted(enc.steps[: first - 1]) == [("decode", 0)] * stalled + [("forward", 0)], enc.steps
+        assert enc.steps[first - 1] == ("text", 1), enc.steps
+        # nothing of the job while the query is in flight: no decode, no forward pass, no commit
+        assert len(enc.steps) == first and not cat.done, (enc.steps, cat.done)
+        queries.exit()  # the query's answer is sent
+        assert cat.all_done.wait(20)
+    finally:
+        enc.gate.set()
+        worker.stop()
+    assert cat.done[0][0] == segments
+    assert all(n == 0 for _, n in enc.steps[first:]), enc.steps  # the job went on once the query had left
+
+
+def test_queries_hold_ingest_back_no_longer_than_the_bound(tmp_path):
+    """Queries in flight without a break: ingest waits for them, then goes on beside them once they have
+    been in flight for `ingest_yield_max_s` (it is never starved). The hold's clock is the test's."""
+    settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, batch_size=4, max_wait_ms=5, decode_threads=1,
+                        ingest_yield_max_s=0.2)
+    now = [0.0]
+    queries = QueriesInFlight(settings.ingest_yield_max_s, clock=lambda: now[0])
+    enc, cat, broker = StepEncoder(queries, segments=8), FakeCatalog(), InProcessBroker()
+    enc.gate.set()
+    cat.expected = 1
+    worker = EncoderWorker(enc, broker, cat, settings, queries=queries)
+    worker.start()
+    try:
+        with queries.serving():  # a query in flight for the whole job
+            broker.enqueue(IngestJob(0, 0, "v.mp4"))
+            wait_until(lambda: worker.ingest_holds > 0, 10, "ingest held back")
+            assert enc.steps == [] and not cat.done  # nothing decoded yet
+            now[0] = 0.2  # the queries have been in flight for ingest_yield_max_s
+            assert cat.all_done.wait(20), "ingest starved by a query that never ends"
+    finally:
+        worker.stop()
+    assert cat.done[0][0] == 8 and enc.count("forward") == 2

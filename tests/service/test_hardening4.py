@@ -6,10 +6,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from indexer import Span
 from service.app import create_app
+from service.broker import InferenceResult
+from service.runtime import encoder_threads
+from service.settings import Settings
 from tests.service.conftest import make_settings
 from tests.service.media import H264, ffmpeg
 
@@ -53,3 +59,41 @@ def test_a_long_video_with_enough_bytes_per_segment_is_accepted(long_client, tmp
     r = long_client.post("/v1/classify", files={"file": ("dense.mp4", video.read_bytes(), "video/mp4")},
                          data={"k": "1"})
     assert r.status_code == 200, r.text
+
+
+# S: the gateway keeps a core, and says which queries are in flight ------------------------------------------
+def test_the_embedded_encoder_leaves_the_gateway_a_core(tmp_path):
+    auto = Settings(checkpoint=tmp_path, data_dir=tmp_path)
+    assert encoder_threads(auto, "embedded", cores=2) == 1
+    assert encoder_threads(auto, "embedded", cores=16) == 15
+    assert encoder_threads(auto, "embedded", cores=1) == 1
+    assert encoder_threads(auto, "worker", cores=16) == 0  # a standalone worker: torch's default
+    assert encoder_threads(Settings(checkpoint=tmp_path, data_dir=tmp_path, torch_threads=2), "embedded", cores=16) == 2
+
+
+def test_the_runtime_sets_the_encoder_threads(checkpoint, tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # the process's pool is left as it is
+    settings = make_settings(checkpoint, tmp_path, text_search=False).model_copy(update={"torch_threads": 0})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        assert c.get("/readyz").status_code == 200
+    assert calls == [encoder_threads(settings, "embedded")], calls
+
+
+def test_the_gateway_counts_its_queries_in_flight(long_client, monkeypatch):
+    """classify and search (file or stored video) are counted from the moment their body is read until their
+    answer is ready; the embedded worker holds ingest back while the count is not zero."""
+    rt = long_client.app.state.runtime
+    seen: list[int] = []
+
+    def infer(request, timeout_s):
+        seen.append(rt.queries.count)
+        return InferenceResult(probs=np.full(5, 0.2, np.float32), vectors=np.ones((1, 16), np.float32),
+                               segments=[Span(0, 1)])
+
+    monkeypatch.setattr(rt.broker, "infer", infer)
+    for url in ("/v1/classify", "/v1/search"):
+        r = long_client.post(url, files={"file": ("q.mp4", b"not looked at", "video/mp4")})
+        assert r.status_code == 200, r.text
+    assert seen == [1, 1] and rt.queries.count == 0
+    assert rt.worker.queries is rt.queries  # the embedded worker yields to them
