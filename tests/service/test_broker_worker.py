@@ -55,7 +55,8 @@ def test_requests_jump_ahead_of_jobs():
 
 
 class FakeVideo:
-    """Two segments; decoding a chunk takes 0.1 s."""
+    """Two segments, one chunk. Past the first batch's two chunks, a decode starts only while a forward pass
+    is in the model (so decoding never simply runs ahead of it, whatever the machine's speed)."""
 
     segments = [Span(0, 1), Span(1, 2)]
     duration = 2.0
@@ -66,10 +67,12 @@ class FakeVideo:
         self.encoder = encoder
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
-        t0 = time.perf_counter()
-        time.sleep(0.1)
-        with self.encoder.lock:
-            self.encoder.events.append(("decode", t0, time.perf_counter()))
+        enc = self.encoder
+        with enc.cond:
+            if enc.decodes_started >= 2 and not enc.cond.wait_for(lambda: enc.in_model, enc.patience_s):
+                enc.gave_up = True
+            enc.decodes_started += 1
+            enc.cond.notify_all()
         return torch.zeros(stop - start, 3, 2, 4, 4)
 
     def close(self) -> None:
@@ -77,24 +80,37 @@ class FakeVideo:
 
 
 class FakeEncoder:
-    """decode: 0.1 s per video, 2 clips; forward: 0.1 s per batch. Records what overlapped."""
+    """A forward pass that starts while chunks are still to be decoded stays in the model until another
+    chunk's decode has started, and records whether one did: decoding overlapped the forward pass, by the
+    order of events, whatever the machine's speed. One that waits in vain (`patience_s`) records no overlap,
+    and the later ones stop waiting."""
 
     class_names = ["a", "b"]
     text_encoder = None
 
-    def __init__(self) -> None:
+    def __init__(self, chunks: int, patience_s: float = 5.0) -> None:
+        self.chunks, self.patience_s = chunks, patience_s
         self.batches: list[int] = []
-        self.events: list[tuple[str, float, float]] = []
-        self.lock = threading.Lock()
+        # per forward pass that began with chunks left to decode: whether a decode started while it was in the model
+        self.overlapped: list[bool] = []
+        self.decodes_started = 0
+        self.cond = threading.Condition()
+        self.in_model = False
+        self.gave_up = False
 
     def open(self, path: str, query: bool = False) -> FakeVideo:
         return FakeVideo(self)
 
     def forward(self, clips: torch.Tensor):
-        t0 = time.perf_counter()
-        time.sleep(0.1)
-        with self.lock:
-            self.events.append(("forward", t0, time.perf_counter()))
+        with self.cond:
+            self.in_model = True
+            self.cond.notify_all()
+            before = self.decodes_started
+            if before < self.chunks:
+                if not self.gave_up:
+                    self.gave_up = not self.cond.wait_for(lambda: self.decodes_started > before, self.patience_s)
+                self.overlapped.append(self.decodes_started > before)
+            self.in_model = False
             self.batches.append(len(clips))
         n = len(clips)
         return np.ones((n, 4), np.float32), np.full((n, 2), 0.5, np.float32)
@@ -119,24 +135,27 @@ class FakeCatalog:
 
 
 def test_worker_overlaps_decode_with_forward_and_batches_clips(tmp_path):
+    """8 two-segment videos: the next chunks are decoded while a batch is in the model (each forward pass
+    waits for that to happen, so the order of events says it, not a clock), and clips of two videos share
+    a batch of 4."""
+    # all 8 jobs held at once; a few chunks wait for the model, the next ones need the room its batches make
     settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, batch_size=4, max_wait_ms=200, decode_threads=2,
-                        prefetch=4)
-    enc, cat, broker = FakeEncoder(), FakeCatalog(), InProcessBroker()
+                        prefetch=8, decode_ahead_clips=8)
+    enc, cat, broker = FakeEncoder(chunks=8), FakeCatalog(), InProcessBroker()
     cat.expected = 8
+    for i in range(8):
+        broker.enqueue(IngestJob(i, i, f"v{i}.mp4"))
     worker = EncoderWorker(enc, broker, cat, settings)
     worker.start()
     try:
-        for i in range(8):
-            broker.enqueue(IngestJob(i, i, f"v{i}.mp4"))
-        assert cat.all_done.wait(20)
+        assert cat.all_done.wait(60)
     finally:
         worker.stop()
     assert sorted(cat.done) == list(range(8)) and all(n == 2 for n, _ in cat.done.values())
     assert sum(enc.batches) == 16 and max(enc.batches) == 4  # micro-batches of 2 videos x 2 clips
-    forwards = [(a, b) for k, a, b in enc.events if k == "forward"]
-    decodes = [(a, b) for k, a, b in enc.events if k == "decode"]
-    overlapped = sum(any(da < fb and db > fa for da, db in decodes) for fa, fb in forwards)
-    assert overlapped >= len(forwards) - 1  # decoding ran while the model worked
+    assert enc.decodes_started == 8
+    # every forward pass that began with chunks left to decode had a decode start while it was in the model
+    assert enc.overlapped and all(enc.overlapped) and not enc.gave_up, enc.overlapped
 
 
 class HeldClips:
