@@ -3,6 +3,7 @@ files reused after a crash."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from service.app import create_app
 from service.broker import InferenceResult
 from service.runtime import encoder_threads
 from service.settings import Settings
-from tests.service.conftest import make_settings
+from service.storage import VideoStorage
+from tests.service.conftest import make_settings, wait_job
 from tests.service.media import H264, ffmpeg
 
 
@@ -97,3 +99,23 @@ def test_the_gateway_counts_its_queries_in_flight(long_client, monkeypatch):
         assert r.status_code == 200, r.text
     assert seen == [1, 1] and rt.queries.count == 0
     assert rt.worker.queries is rt.queries  # the embedded worker yields to them
+
+
+# docs/architecture.md: an orphan upload file (a crash after the rename, before the rows) is reused ---------------
+def test_an_orphan_upload_file_is_reused_by_the_next_upload_of_its_content(checkpoint, tmp_path, media):
+    """The crash left the file in place with no rows; after a restart, the same content uploaded again (under
+    another name) is registered on that file, which is neither rewritten nor stored twice, and is indexed."""
+    settings = make_settings(checkpoint, tmp_path, text_search=False)
+    content = media["bars"].read_bytes()
+    orphan = VideoStorage(settings.videos_dir).path_for(hashlib.sha256(content).hexdigest(), "mp4")
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(content)
+    inode = orphan.stat().st_ino
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.post("/v1/videos", files={"file": ("again.mov", content, "video/quicktime")})
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["job_id"])["status"] == "done"
+        video = c.app.state.runtime.catalog.get_video(r.json()["video_id"])
+    assert video.extra["path"] == str(orphan) and orphan.stat().st_ino == inode
+    assert [p for p in settings.videos_dir.rglob("*") if p.is_file()] == [orphan]
+    assert not list(settings.tmp_dir.glob("upload-*"))
