@@ -25,7 +25,7 @@ from media.sampling import Segment
 from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
 from media.video import VideoReader, VideoTooLong, open_video
 from model.checkpoint import load_checkpoint
-from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
+from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled, VideoTooSparse
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,19 @@ class DecodedVideo:
     boxes: dict[str, list[int]] | None = None  # view -> [x, y, w, h] of the frame it shows, when not all of it
 
 
-def check_segment_count(n: int, settings: Settings) -> None:
-    """`max_segments` per video (indexed or query): the worker's time and the index size per video."""
+def check_segment_count(n: int, settings: Settings, file_bytes: int) -> None:
+    """The cost bound of one video (indexed or query), checked from its segment plan before any frame is
+    decoded: `max_segments` per video (the worker's time and the index size per video), and at least
+    `min_bytes_per_segment` bytes of file per segment (so a few KB cannot buy minutes of worker time)."""
     if n > settings.max_segments:
         raise VideoTooLong(f"the video has {n} segments (at {settings.segment_fps:g} frames/s), above the limit "
                            f"of {settings.max_segments} segments per video")
+    per = settings.min_bytes_per_segment
+    if per and n * per > file_bytes:
+        raise VideoTooSparse(
+            f"the video has {n} segments (at {settings.segment_fps:g} frames/s) in a file of only {file_bytes} "
+            f"bytes; this server embeds at most one segment per {per} bytes of file ({file_bytes // per} for "
+            "this one): re-encode it at 1 frame/s or more, or cut it")
 
 
 class OpenedVideo:
@@ -128,7 +136,7 @@ class VideoEncoder:
         reader = open_video(path, self.limits)
         try:
             planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
-            check_segment_count(len(planned), self.settings)
+            check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
             plan, probed = plan_views(reader, planned, self.config.input, remove_borders=self.settings.remove_borders,
                                       views=views, picture=self.settings.picture)
         except BaseException:

@@ -82,6 +82,12 @@ class ClientDisconnected(ServiceError):
     status, code = 499, "client_disconnected"
 
 
+class VideoTooSparse(ServiceError):
+    """Too many segments for the file's size (`min_bytes_per_segment`): little upload, much worker time."""
+
+    status, code = 422, "video_too_sparse"
+
+
 class InvalidInput(ServiceError):
     status, code = 422, "invalid_input"
 

@@ -5,6 +5,7 @@ and the worker role (scale-out) without HTTP, and without an index except with M
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.generations import checkpoint_identity, finish_switch, open_index
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
+from service.priority import QueriesInFlight
 from service.settings import Settings
 from service.storage import VideoStorage
 from service.store import MetadataStore
@@ -39,6 +41,18 @@ def read_card(checkpoint: Path) -> tuple[ModelCard, int, int]:
     if cfg.head.embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no embedding head")
     return card, cfg.head.embed_dim, cfg.input.num_frames
+
+
+def encoder_threads(settings: Settings, role: Role, cores: int | None = None) -> int:
+    """The model's intra-op threads: `torch_threads` when set; else, in the embedded service, all cores
+    but one (so the gateway is never starved of CPU by the worker); else 0 (torch's default)."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    if role != "embedded":
+        return 0
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 class ServiceRuntime:
@@ -70,6 +84,7 @@ class ServiceRuntime:
         self.worker = None
         self.reindex = None  # OnlineReindex (embedded role): POST /v1/admin/reindex
         self.on_switch: list = []  # called after an online reindex switched the index and the model
+        self.queries = QueriesInFlight(settings.ingest_yield_max_s)  # the gateway's; the embedded worker yields
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -103,8 +118,15 @@ class ServiceRuntime:
             from service.encoder import VideoEncoder
             from service.worker import EncoderWorker
 
+            threads = encoder_threads(s, self.role)
+            if threads and not s.torch_threads:
+                import torch
+
+                torch.set_num_threads(threads)
+                log.info("encoder: %d torch threads (one core left to the gateway)", threads)
             self.encoder = VideoEncoder(s)
-            self.worker = EncoderWorker(self.encoder, self.broker, self.catalog, s, self.metrics)
+            queries = self.queries if self.role == "embedded" else None
+            self.worker = EncoderWorker(self.encoder, self.broker, self.catalog, s, self.metrics, queries)
             self.worker.start()
         if not s.redis_url:
             requeued = self.catalog.unfinished_jobs()

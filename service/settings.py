@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 2304, gt=0)  # per frame, width x height
     max_duration_s: float = Field(3 * 3600.0, gt=0)
     max_segments: int = Field(2048, ge=1)  # segments per video (indexed or query); more: 422 video_too_long
+    # the cost bound per byte (F8): a file must hold at least this many bytes per segment, or 422
+    # video_too_sparse; a still picture with a frame every 30 s is a few KB for a thousand segments of work
+    # (about a minute of worker time), while any video at 1 frame/s or more has well over 32. 0: off
+    min_bytes_per_segment: int = Field(32, ge=0)
     max_k: int = Field(100, ge=1)
     max_page: int = Field(1000, ge=1)
     thumbnail_cache_bytes: int = Field(256 * 1024**2, ge=1)  # on disk; least recently used files go first
@@ -84,7 +88,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
     prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
     decode_ahead_clips: int = Field(64, ge=1)  # decoded clips waiting for the model, at most (bounds memory)
-    torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    # intra-op threads of the model; 0: automatic, which in the embedded service is all cores but one (the
+    # gateway keeps a core's worth of responsiveness whatever the worker does), and torch's default in a
+    # standalone worker (`drca worker`)
+    torch_threads: int = Field(0, ge=0)
+    # embedded service: while a query (classify, search) is in flight, ingest work waits between its steps
+    # (decoding a chunk, a forward pass, a commit), at most this long without a break (service/priority.py)
+    ingest_yield_max_s: float = Field(2.0, ge=0)
     segment_fps: float = Field(1.0, gt=0)  # retrieval protocol: 1 frame per second, model-length clips
     inference_timeout_s: float = Field(60.0, gt=0)  # classify / query embedding: 503 after this
     text_search: bool = True  # load the MiniLM text encoder (needed for text queries)

@@ -12,12 +12,16 @@ segments, never all at once, so a worker's memory does not grow with a video's l
 3. the runner thread answers text requests, then gathers clips (synchronous requests' first, then jobs'
    in arrival order) into batches of up to `batch_size`, waiting at most `max_wait_ms` for a partial
    batch to fill, and runs one forward pass per batch under `torch.inference_mode`;
-4. the committer thread finishes each item once all its segments are embedded: an ingest job is indexed
-   (one durable add of all its segments, at most `max_segments`) and then marked done; a synchronous
-   request gets its reply. Its fsyncs do not stall the model.
+4. a synchronous request gets its reply from the runner as soon as all its segments are embedded; the
+   committer thread finishes each ingest job: indexed (one durable add of all its segments, at most
+   `max_segments`) and then marked done. Its fsyncs do not stall the model.
 
 So a classify or query issued while a long video ingests waits for at most the chunk being decoded and
-the batch in the model, not for the whole video.
+the batch in the model, not for the whole video. In the embedded service the gateway also says which
+queries are in flight (`service.priority.QueriesInFlight`): while any is, ingest work is held back between
+steps (no ingest chunk decoded, no batch of ingest clips forwarded, no ingest job committed), for at most
+`ingest_yield_max_s` without a break, so the query's work in the gateway (index search, scoring) does not
+share the cores with ingest either.
 
 An online reindex (service/reindex.py, `OnlineReindex`) queues reindex jobs (`IngestJob.generation` set)
 on the same broker: they go through the same stages with the reindex's encoder (a batch never mixes two
@@ -45,6 +49,7 @@ from service.catalog import Catalog, metadata_text
 from service.encoder import OpenedVideo, VideoEncoder
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
+from service.priority import QueriesInFlight
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,7 @@ class _Work:
 
 class EncoderWorker:
     def __init__(self, encoder: VideoEncoder, broker: Broker, catalog: Catalog, settings: Settings,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, queries: QueriesInFlight | None = None) -> None:
         self.encoder = encoder
         self.broker = broker
         self.catalog = catalog
@@ -114,6 +119,10 @@ class EncoderWorker:
         self._draining = False  # taken work is finished, then the threads end
         self._threads: list[threading.Thread] = []
         self._committer: threading.Thread | None = None
+        self.queries = queries  # the gateway's queries in flight (embedded service): ingest waits for them
+        self.ingest_holds = 0  # times an ingest step waited for queries in flight (tests, benchmarks)
+        if queries is not None:
+            queries.add_listener(self._wake)
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -199,6 +208,14 @@ class EncoderWorker:
             except Exception:  # keep feeding: one bad item must not stop the worker
                 log.exception("feeder error")
 
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _hold_s(self) -> float:
+        """How long ingest work should still wait for the queries in flight (0: go on)."""
+        return self.queries.hold_s() if self.queries is not None else 0.0
+
     def _lanes(self) -> Iterator[_Work]:
         """Synchronous requests first, then jobs, each in arrival order (lock held)."""
         yield from self._sync
@@ -232,9 +249,13 @@ class EncoderWorker:
         `batch_size` segments; jobs wait while `decode_ahead_clips` are held, synchronous requests may
         go one chunk past it (so they never wait behind a full buffer of job clips)."""
         chunk = self.settings.batch_size
+        held = self._hold_s() > 0
         for w in self._lanes():
             if not w.needs_decode or len(w.chunks) >= 2:
                 continue
+            if held and not w.sync:  # a query is in flight: no ingest decoding
+                self.ingest_holds += 1
+                return None
             n = chunk if w.video is None else min(chunk, len(w.video.segments) - w.next_decode)
             cap = self.settings.decode_ahead_clips + (chunk if w.sync else 0)
             if self._clips + n <= cap or self._clips == 0:
@@ -248,7 +269,7 @@ class EncoderWorker:
                 while picked is None:
                     if self._draining and not any(w.needs_decode or w.busy for w in self._lanes()):
                         return
-                    self._cond.wait(0.2)
+                    self._cond.wait(min(0.2, self._hold_s() or 0.2))
                     picked = self._pick_decode()
                 w, reserved = picked
                 w.busy = True
@@ -308,14 +329,21 @@ class EncoderWorker:
                     if self._texts:
                         task, batch = self._texts.popleft(), None
                         break
-                    ready = sum(w.buffered for w in self._lanes())
+                    hold = self._hold_s()
+                    # a query in flight: only synchronous requests' clips go to the model
+                    lanes = list(self._sync) if hold else list(self._lanes())
+                    ready = sum(w.buffered for w in lanes)
                     if ready:
-                        more_coming = any(w.busy or w.needs_decode for w in self._lanes())
+                        more_coming = any(w.busy or w.needs_decode for w in lanes)
                         waited = time.perf_counter() - (self._first_ready or 0.0)
                         if ready >= self.settings.batch_size or not more_coming or waited >= max_wait:
-                            task, batch = None, self._take_batch()
+                            task, batch = None, self._take_batch(lanes)
                             break
                         self._cond.wait(max(0.0, max_wait - waited))
+                        continue
+                    if hold and any(w.buffered for w in self._jobs):
+                        self.ingest_holds += 1
+                        self._cond.wait(hold)
                         continue
                     if self._draining and not self._sync and not self._jobs:
                         return
@@ -325,12 +353,13 @@ class EncoderWorker:
             else:
                 self._forward(batch)
 
-    def _take_batch(self) -> list[tuple[_Work, torch.Tensor]]:
-        """Up to `batch_size` decoded clips, synchronous requests' first, all for one encoder (lock held)."""
+    def _take_batch(self, lanes: list[_Work]) -> list[tuple[_Work, torch.Tensor]]:
+        """Up to `batch_size` decoded clips of these lanes, in their order (synchronous requests' first),
+        all for one encoder (lock held)."""
         take: list[tuple[_Work, torch.Tensor]] = []
         n = 0
-        encoder = next(w.encoder for w in self._lanes() if w.chunks)
-        for w in self._lanes():
+        encoder = next(w.encoder for w in lanes if w.chunks)
+        for w in lanes:
             while w.encoder is encoder and w.chunks and n < self.settings.batch_size:
                 head = w.chunks[0]
                 k = min(len(head) - w.offset, self.settings.batch_size - n)
@@ -387,11 +416,18 @@ class EncoderWorker:
                 self._remove(w)
         for w in finished:
             w.timings["decode_s"] = round(w.decode_s, 4)
-            self._done.put(w)
+            if w.sync:
+                self._finish(w)  # the reply, now: nothing to write, and never queued behind an ingest commit
+            else:
+                self._done.put(w)
 
     # stage 4: index + mark done / reply ---------------------------------------------------------
     def _commit(self) -> None:
         while (w := self._done.get()) is not None:
+            with self._cond:
+                while (hold := self._hold_s()) > 0:  # a query in flight: its index search goes first
+                    self.ingest_holds += 1
+                    self._cond.wait(hold)
             self._finish(w)
 
     def _finish(self, w: _Work) -> None:

@@ -109,26 +109,27 @@ async def _read(request: Request, rt: ServiceRuntime) -> tuple[UploadForm | None
 async def classify(request: Request, rt: ServiceRuntime = Depends(runtime)) -> ClassifyResponse:
     """Top-k classes with probabilities (mean of the segments' softmax), computed now."""
     form, data = await _read(request, rt)
-    try:
-        if form is not None and form.file is not None:
-            k = check_k(int(data.get("k", 5)), rt)
-            path, video_id = str(form.file.path), None
-        else:
-            if "video_id" not in data:
-                raise InvalidInput("send a multipart 'file' or a 'video_id'")
-            req = _validated(ClassifyRequest, data)
-            k = check_k(req.k, rt)
-            path, video_id = _stored_path(rt, req.video_id), req.video_id
-        if not rt.class_names:
-            raise InvalidInput("the checkpoint has no classifier head")
-        result = await _infer(rt, InferenceRequest("classify", video_path=path))
-    finally:
-        if form is not None:
-            form.discard()
-    probs = result.probs
-    top = np.argsort(-probs)[: min(k, len(probs))]
-    return ClassifyResponse(video_id=video_id,
-                            labels=[LabelOut(name=rt.class_names[i], prob=round(float(probs[i]), 6)) for i in top])
+    with rt.queries.serving():  # ingest waits while a query is in flight (service/priority.py)
+        try:
+            if form is not None and form.file is not None:
+                k = check_k(int(data.get("k", 5)), rt)
+                path, video_id = str(form.file.path), None
+            else:
+                if "video_id" not in data:
+                    raise InvalidInput("send a multipart 'file' or a 'video_id'")
+                req = _validated(ClassifyRequest, data)
+                k = check_k(req.k, rt)
+                path, video_id = _stored_path(rt, req.video_id), req.video_id
+            if not rt.class_names:
+                raise InvalidInput("the checkpoint has no classifier head")
+            result = await _infer(rt, InferenceRequest("classify", video_path=path))
+        finally:
+            if form is not None:
+                form.discard()
+        probs = result.probs
+        top = np.argsort(-probs)[: min(k, len(probs))]
+        return ClassifyResponse(video_id=video_id,
+                                labels=[LabelOut(name=rt.class_names[i], prob=round(float(probs[i]), 6)) for i in top])
 
 
 @router.post("/search", response_model=SearchResponse, openapi_extra=_body(
@@ -138,34 +139,35 @@ async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> Sea
     """Ranked videos for a video or text query; each hit names its best-matching segment."""
     svc = request.app.state.search
     form, data = await _read(request, rt)
-    try:
-        req = _validated(SearchRequest, data)
-        check_k(req.k, rt)
-        exclude = set(req.exclude_ids)
-        has_file = form is not None and form.file is not None
-        if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
-            raise InvalidInput("send exactly one query: a multipart 'file', a 'video_id', or a 'text'")
-        if req.text is not None:
-            if not req.text.strip():
-                raise InvalidInput("text must not be blank")
-            if not rt.settings.text_search:
-                raise TextSearchDisabled(TEXT_SEARCH_OFF)
-            text_hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
-            matches = [VideoMatch(h, None, None) for h in text_hits]
-            kind = "text"
-        else:
-            if has_file:
-                query = await run_in_threadpool(svc.embed_video_query, str(form.file.path))
+    with rt.queries.serving():  # ingest waits while a query is in flight (service/priority.py)
+        try:
+            req = _validated(SearchRequest, data)
+            check_k(req.k, rt)
+            exclude = set(req.exclude_ids)
+            has_file = form is not None and form.file is not None
+            if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
+                raise InvalidInput("send exactly one query: a multipart 'file', a 'video_id', or a 'text'")
+            if req.text is not None:
+                if not req.text.strip():
+                    raise InvalidInput("text must not be blank")
+                if not rt.settings.text_search:
+                    raise TextSearchDisabled(TEXT_SEARCH_OFF)
+                text_hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
+                matches = [VideoMatch(h, None, None) for h in text_hits]
+                kind = "text"
             else:
-                query = await run_in_threadpool(svc.stored_query, req.video_id)
-                exclude.add(req.video_id)  # "more like this": not the video itself
-            matches = await run_in_threadpool(svc.video_query, query, req.k, req.min_score, exclude)
-            kind = "video"
-    finally:
-        if form is not None:
-            form.discard()
-    ext = await run_in_threadpool(external_ids, rt, matches)
-    return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
+                if has_file:
+                    query = await run_in_threadpool(svc.embed_video_query, str(form.file.path))
+                else:
+                    query = await run_in_threadpool(svc.stored_query, req.video_id)
+                    exclude.add(req.video_id)  # "more like this": not the video itself
+                matches = await run_in_threadpool(svc.video_query, query, req.k, req.min_score, exclude)
+                kind = "video"
+        finally:
+            if form is not None:
+                form.discard()
+        ext = await run_in_threadpool(external_ids, rt, matches)
+        return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
 
 
 def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:

@@ -71,15 +71,16 @@ def job_out(j: JobRecord) -> JobResponse:
 
 
 async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
-    """Probe + open the spooled upload with the service's limits (pixels, duration, `max_segments`); its
-    duration. VideoError -> 4xx."""
+    """Probe + open the spooled upload with the service's limits (pixels, duration, `max_segments`,
+    `min_bytes_per_segment`), before anything is queued; its duration. VideoError -> 4xx."""
     from media.segments import plan_segments
     from media.video import open_video
     from service.encoder import check_segment_count
 
     def _probe() -> float:
         with open_video(upload.path, rt.settings.video_limits) as reader:
-            check_segment_count(len(plan_segments(reader, rt.clip_frames, rt.settings.segment_fps)), rt.settings)
+            n = len(plan_segments(reader, rt.clip_frames, rt.settings.segment_fps))
+            check_segment_count(n, rt.settings, upload.size)
             return reader.info.duration
 
     return await run_in_threadpool(_probe)

@@ -29,6 +29,7 @@ const PLAIN_WORDS = {
   no_video_stream: "This file has no video in it",
   empty_video: "This video has no frames",
   video_too_long: "This video is longer than this server accepts",
+  video_too_sparse: "This video is too long for so small a file (too few frames); re-encode it at 1 frame/s or more",
   invalid_input: "The request was not accepted",
   worker_unavailable: "The encoder did not answer in time; try again in a moment",
   not_ready: "The server is still starting; try again in a moment",
