@@ -13,12 +13,16 @@ The stem is `model.efficientnet.EfficientNetLite0`, split at a block boundary (`
    tokens of the T-K frames.
 3. **Resolution-Align.** Each frame's late map is projected into its tokens (high: K x 7x7, low: T-K x
    4x4) and the Resolution-Align layers attend across time over both resolutions.
-4. **Heads.** The feature is the frame mean of the stem's pooled 1280-d feature (each frame at the size
-   it was given) plus a projection of the normalised mean DRCA token. The classifier is the stem's
-   ImageNet classifier on that feature; the embedding is the L2-normalised feature.
+4. **Heads.** The feature is the mean of the stem's pooled 1280-d feature over the K saliency frames
+   (the frames the stem saw at full size) plus a projection of the normalised mean DRCA token, in which
+   every frame, both resolutions, has a say. The classifier is the stem's ImageNet classifier on that
+   feature; the embedding is the L2-normalised feature. (Averaging the half-size frames' pooled features
+   in as well cost most of the labels: a frozen ImageNet CNN at half size is a different classifier;
+   docs/training.md has the measurement.)
 
-At initialisation the projection back to 1280 is zero, so the class output is the frame mean of the
-stem's own logits and the embedding the stem's frame-mean feature: training can only add to ImageNet.
+At initialisation the projection back to 1280 is zero, so the class output is the mean of the stem's own
+logits over the saliency frames (over all frames when K = T: exactly the teacher's frame average) and the
+embedding the stem's mean feature over them: training can only add to what ImageNet gives.
 
 Training never runs the stem (it is frozen): `forward_stem` takes the stem's outputs for every frame at
 both sizes (computed once, `stem_outputs`), which is what a feature cache stores.
@@ -41,18 +45,17 @@ from model.layers import Attention, DividedSTBlock, ResolutionAlignBlock
 
 @dataclass
 class StemOutputs:
-    """The frozen stem's outputs for the T frames of B clips (all frames at both sizes, or, at inference,
-    only what the DCCM's choice needs).
+    """The frozen stem's outputs for the T frames of B clips, every frame at both sizes (the training
+    cache; at inference only what the DCCM's choice needs is computed).
 
     early: (B, T, C, h, w) the early blocks' map; late_full / late_half: (B, T, 320, g, g) the late
-    blocks' maps of the full-size and half-size early map; pooled_full / pooled_half: (B, T, 1280) the
-    head's global average of those."""
+    blocks' maps of the full-size and half-size early map; pooled_full: (B, T, 1280) the head's global
+    average of the full-size late map."""
 
     early: Tensor
     late_full: Tensor
     pooled_full: Tensor
     late_half: Tensor
-    pooled_half: Tensor
 
 
 def halve(early: Tensor) -> Tensor:
@@ -120,20 +123,19 @@ class HybridDRCA(nn.Module):
             )
         return x.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (B*T, 3, H, W)
 
-    def _late(self, early: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C, h, w) early maps -> late maps (N, 320, g, g) and pooled features (N, 1280)."""
-        late = self.stem.late(early, self.split)
-        return late, self.stem.head(late).mean(dim=(2, 3))
+    def _pooled(self, late: Tensor) -> Tensor:
+        """(N, 320, g, g) late maps -> the stem's pooled features (N, 1280)."""
+        return self.stem.head(late).mean(dim=(2, 3))
 
     def stem_outputs(self, x: Tensor) -> StemOutputs:
         """Every frame through the stem at both sizes (the training cache; x: (B, 3, T, H, W))."""
         b, t = x.shape[0], x.shape[2]
         early = self.stem.early(self._frames(x), self.split)
-        late_full, pooled_full = self._late(early)
-        late_half, pooled_half = self._late(halve(early))
+        late_full = self.stem.late(early, self.split)
+        late_half = self.stem.late(halve(early), self.split)
         per_clip = lambda y: y.reshape(b, t, *y.shape[1:])  # noqa: E731
-        return StemOutputs(per_clip(early), per_clip(late_full), per_clip(pooled_full), per_clip(late_half),
-                           per_clip(pooled_half))
+        return StemOutputs(per_clip(early), per_clip(late_full), per_clip(self._pooled(late_full)),
+                           per_clip(late_half))
 
     # ---------------------------------------------------------------------------------------- the DRCA
     def forward(self, x: Tensor) -> DRCAOutput:
@@ -146,11 +148,11 @@ class HybridDRCA(nn.Module):
         early = early.reshape(b, t, *early.shape[1:])
         cls, tokens = self._full_resolution(early)
         split = self.dccm.select(tokens)
-        high_late, high_pooled = self._late(split.take_top(early).flatten(0, 1))
-        low_late, low_pooled = self._late(halve(split.take_rest(early).flatten(0, 1)))
         k = split.top.shape[1]
-        return self._after_dccm(cls, tokens, split, high_late.unflatten(0, (b, k)), high_pooled.unflatten(0, (b, k)),
-                                low_late.unflatten(0, (b, t - k)), low_pooled.unflatten(0, (b, t - k)))
+        high_late = self.stem.late(split.take_top(early).flatten(0, 1), self.split)
+        low_late = self.stem.late(halve(split.take_rest(early).flatten(0, 1)), self.split)
+        return self._after_dccm(cls, tokens, split, high_late.unflatten(0, (b, k)),
+                                self._pooled(high_late).unflatten(0, (b, k)), low_late.unflatten(0, (b, t - k)))
 
     def forward_stem(self, s: StemOutputs) -> DRCAOutput:
         """The network from the stem's outputs for every frame at both sizes (training on a cache; in
@@ -158,7 +160,7 @@ class HybridDRCA(nn.Module):
         cls, tokens = self._full_resolution(s.early)
         split = self.dccm.select(tokens)
         return self._after_dccm(cls, tokens, split, split.take_top(s.late_full), split.take_top(s.pooled_full),
-                                split.take_rest(s.late_half), split.take_rest(s.pooled_half))
+                                split.take_rest(s.late_half))
 
     def _full_resolution(self, early: Tensor) -> tuple[Tensor, Tensor]:
         """early (B, T, C, h, w) -> cls (B, 1, D) and tokens (B, T, g, g, D) after the first layers."""
@@ -173,8 +175,8 @@ class HybridDRCA(nn.Module):
         return cls, tokens
 
     def _after_dccm(self, cls: Tensor, tokens: Tensor, split: FrameSplit, high_late: Tensor, high_pooled: Tensor,
-                    low_late: Tensor, low_pooled: Tensor) -> DRCAOutput:
-        """high_late (B, K, 320, g, g), low_late (B, T-K, 320, g', g'), pooled (B, *, 1280) -> the output."""
+                    low_late: Tensor) -> DRCAOutput:
+        """high_late (B, K, 320, g, g), high_pooled (B, K, 1280), low_late (B, T-K, 320, g', g') -> the output."""
         high = split.take_top(tokens)
         low = self.dccm.compression(split.take_rest(tokens), high)
         high = high + self.late_proj(high_late.permute(0, 1, 3, 4, 2))
@@ -182,7 +184,7 @@ class HybridDRCA(nn.Module):
         for blk in self.align_blocks:
             cls, high, low = blk(cls, high, low)
         mean_token = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1).mean(dim=1)
-        stem_feature = torch.cat([high_pooled, low_pooled], dim=1).mean(dim=1)  # (B, 1280)
+        stem_feature = high_pooled.mean(dim=1)  # (B, 1280): the saliency frames, seen at full size
         features = stem_feature + self.out_proj(self.norm(mean_token))
         logits = self.stem._fc(features) if self.cfg.head.num_classes else None
         embedding = F.normalize(features, dim=-1) if self.cfg.head.embed_dim else None

@@ -10,8 +10,8 @@ path, at the network's input size: 224 px), but along a path of ``2 * num_frames
   colour and hue, grey, blur, overlay; plus downscaling and JPEG re-encoding).
 
 Each view goes through `HybridDRCA.stem_outputs` (every frame at full and at half size) and is stored in
-float16 memmaps under one folder, ``(clips, views, T, ...)``: ``early``, ``late_full``, ``late_half``,
-``pooled_full``, ``pooled_half`` (`STEM_FIELDS`). ``index.json`` holds the config, the clips (source, kind,
+float16 memmaps under one folder, ``(clips, views, T, ...)``: ``early``, ``late_full``, ``pooled_full``,
+``late_half`` (`STEM_FIELDS`). ``index.json`` holds the config, the clips (source, kind,
 split) and how many clips are complete: an interrupted build resumes at the next chunk.
 """
 
@@ -49,7 +49,7 @@ from training.data.distill import (
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
-STEM_FIELDS = ("early", "late_full", "pooled_full", "late_half", "pooled_half")
+STEM_FIELDS = ("early", "late_full", "pooled_full", "late_half")
 
 #: the near-duplicate edits of the copies: the benchmark's pixel edits, with a gentler crop
 COPY_AUGMENT = A.AugmentConfig(
