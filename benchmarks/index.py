@@ -1,19 +1,76 @@
-"""Vector-index benchmark: build time, memory, latency, QPS and recall@10 for every index kind.
+"""Vector-index benchmarks: every FAISS index kind (the default mode), and the service's index backends
+(FAISS against Milvus Lite) with the cost of a reindex (`--backends`, issue 21).
 
-Data: a Gaussian mixture of `--centres` centres in 256-d (spread so that neighbours are meaningful),
-L2-normalised; queries are fresh draws from the same mixture (not from the base set). Ground truth is
-exact inner-product search. Each kind is built with `indexer.faiss_index.build` (the code the service
-uses) and searched with `indexer.faiss_index.search`.
+**Index kinds** (no `--backends`): data is a Gaussian mixture of `--centres` centres in 256-d (spread so that
+neighbours are meaningful), L2-normalised; queries are fresh draws from the same mixture (not from the base
+set). Ground truth is exact inner-product search. Each kind is built with `indexer.faiss_index.build` (the
+code the service uses) and searched with `indexer.faiss_index.search`.
 
     python -m benchmarks.index                 # 1,000,000 vectors (heavy: ~GBs of RAM, many minutes)
     python -m benchmarks.index --n 100000      # smaller
+
+**Backends** (`--backends`; JSON: `benchmarks/results/index_backends.json`, `--out` overrides):
+
+    python -m benchmarks.index --backends faiss,faiss-hnsw,milvus-lite --sizes 10000,100000,1000000 --reindex
+
+Every backend gets the same vectors at each size: seeded random unit vectors of `--dim` (1280, the shipped
+model's embedding size), or the rows of `--embeddings FILE.npy`, grouped in order into videos of
+`--segments-per-video` segments on average (uniform in [mean/2, 3*mean/2], the last video cut to the
+size). Video ids are 0..V-1; segment i of a video spans [i, i+1) seconds (spans do not affect search).
+Queries (`--queries`, the same for every backend) are near-duplicates of stored videos: `--query-segments`
+consecutive segments of a randomly chosen video, each plus Gaussian noise of norm `--query-noise` (0.75:
+cosine about 0.8 to its original), re-normalised. With random vectors everything but the source video
+is noise (similarities about 0 +- 1/sqrt(dim)): the hard case for approximate indexes.
+
+Each (backend, size) runs in its own spawned process (so peak RSS is its own, and a crash, a timeout or
+the `--max-rss-gb` guard stops that size only: the error and the size go into the JSON, the backend's
+larger sizes are skipped). Backends:
+- `faiss`: the service's `VideoIndex` with the service's config (`IndexConfig(dim, allow_empty_recovery=True)`,
+  kind `auto`: exact `flat` below 200,000 segments, `ivf_flat` from there, fsync'd log);
+- `faiss-hnsw`: the same with `kind="hnsw"` (M 32, efConstruction 80, efSearch 96);
+- `milvus-lite`: `MilvusVideoIndex` on a Milvus Lite file in a temp dir (HNSW, M 32, efConstruction 200,
+  ef 96), in this process (Milvus Lite 3.x runs in process: its memory is in the RSS).
+
+Figures per backend and size (`results.sizes[i].backends.<name>`):
+- `add_vectors_per_s`: segment vectors / wall seconds of adding every video through the path the worker
+  uses, `add_video(video_id, segments, vectors)` once per video (`--add-batch B`: `add_videos` of B videos,
+  the Redis replica's path); FAISS fsyncs each call, Milvus upserts (and deletes stale segments, counted
+  strongly). `add_call_p50_ms`/`add_call_p99_ms`: per call. `ready_s`: after the last add, until the
+  index serves its final kind (FAISS's background rebuild, e.g. IVF training past 200,000; 0 for Milvus);
+- `query_p50_ms`/`query_p99_ms`/`qps`: one `search(vectors (Q, D), k=10, query_segments, aggregation="max")`
+  per query, as `/v1/search` calls it for one view (after `--warmup` untimed ones), one at a time, with
+  `--threads` FAISS threads;
+- `recall_at_10`: mean over queries of |returned videos & exact top-10 videos| / 10, the exact top 10 from
+  brute force in numpy over every stored segment (max aggregation; `ground_truth_s` per size);
+- `peak_rss_mib`: the process's peak resident memory (VmHWM) for that run, which includes the process's
+  imports (`baseline_rss_mib`, measured before the index is opened) and one block of input vectors;
+  `index_rss_mib` = peak - baseline; `disk_mib`: the index's files afterwards.
+
+**Reindex** (`--reindex`; `results.reindex`): a data dir with `--reindex-videos` generated videos
+(`--reindex-seconds` s each, Game of Life, ffmpeg from `imageio_ffmpeg`) indexed by the embedded service
+(`TestClient(create_app(...))`) with a tiny random checkpoint (tests.service.media.tiny_checkpoint: 16-d, so
+the model costs almost nothing: this measures the pipeline, not the shipped model; `--reindex-checkpoints
+OLD,NEW` measures real ones), per `--reindex-backends`:
+- `offline`: `service.reindex.reindex` (what `drca reindex --checkpoint NEW` runs) OLD -> NEW, no server:
+  `video_s_per_s` = seconds of video re-embedded / wall seconds of the whole call (encoder load, decode,
+  embed, labels, adds, switch). Searches cannot run during it: it holds the index (a server is refused);
+- `online`: the service started with NEW, `POST /v1/admin/reindex` back to OLD (the worker path and queue):
+  `video_s_per_s` from the route's status (video seconds / seconds until the switch), and the latency of
+  `POST /v1/search {"video_id", "k": 10}` (in process, through `TestClient`) before the reindex
+  (`search_before_*`) and while it runs (`search_during_*`, requests that both started and ended with the
+  state `running`; all must answer 200). Searches and the reindex share the CPU, as in a deployment.
+Not measured: `drca reindex --server URL` over real HTTP (the same route), a Redis deployment, a Milvus
+server or cluster (no Milvus beyond Lite runs here).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import gc
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,9 +79,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks._env import write_result
+from benchmarks._env import RESULTS, write_result
 from indexer import faiss_index
 from indexer.faiss_index import IndexConfig
+from indexer.index import Span
 
 log = logging.getLogger("benchmarks.index")
 
@@ -80,15 +138,514 @@ def measure(index, kind, cfg, queries, truth, k, singles, batches, batch, thread
     }
 
 
+# --- backends: FAISS against Milvus Lite, and reindex (issue 21) ------------------------------------------
+
+BACKENDS = ("faiss", "faiss-hnsw", "milvus-lite")
+SEGMENT_S = 1.0  # each segment's span (seconds); spans do not affect search
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _mib(n: float) -> float:
+    return round(n / 2**20, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """`n` unit segment vectors of `dim`, grouped in order into videos of `counts[v]` segments; generated
+    block by block (seeded per block) or read from an `.npy` file, never all in memory at once."""
+
+    n: int
+    dim: int
+    seed: int
+    counts: np.ndarray  # (V,) segments per video, summing to n
+    embeddings: str | None = None
+    block_videos: int = 256
+
+    @classmethod
+    def make(cls, n: int, dim: int, seed: int = 0, mean_segments: int = 20,
+             embeddings: str | None = None) -> Corpus:
+        if embeddings:
+            rows, dim = np.load(embeddings, mmap_mode="r").shape
+            if n > rows:
+                raise ValueError(f"{embeddings} holds {rows} vectors, fewer than the size {n}")
+        rng = np.random.default_rng(seed)
+        lo, hi = max(1, mean_segments // 2), max(1, mean_segments + mean_segments // 2)
+        counts = rng.integers(lo, hi + 1, n // lo + 1)  # enough videos for n segments, a prefix kept
+        ends = np.cumsum(counts)
+        v = int(np.searchsorted(ends, n)) + 1
+        counts = counts[:v].copy()
+        counts[-1] -= int(ends[v - 1]) - n
+        return cls(n, dim, seed, counts, embeddings)
+
+    @property
+    def videos(self) -> int:
+        return len(self.counts)
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:  # (V + 1,) first row of each video
+        return np.concatenate([[0], np.cumsum(self.counts)])
+
+    def block(self, b: int) -> tuple[int, np.ndarray]:
+        """Block `b`: (its first video, the vectors of its videos (rows, dim) float32, unit norm)."""
+        v0, v1 = b * self.block_videos, min((b + 1) * self.block_videos, self.videos)
+        r0, r1 = int(self.offsets[v0]), int(self.offsets[v1])
+        if self.embeddings:
+            x = np.array(np.load(self.embeddings, mmap_mode="r")[r0:r1], dtype=np.float32)
+        else:
+            x = np.random.default_rng([self.seed, b]).standard_normal((r1 - r0, self.dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return v0, x
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.videos // self.block_videos)
+
+    def iter_videos(self):
+        """(video_id, spans, vectors (S, dim)) for every video, in order."""
+        for b in range(self.blocks):
+            v0, x = self.block(b)
+            base = int(self.offsets[v0])
+            for v in range(v0, min(v0 + self.block_videos, self.videos)):
+                a, e = int(self.offsets[v]) - base, int(self.offsets[v + 1]) - base
+                yield v, [Span(i * SEGMENT_S, (i + 1) * SEGMENT_S) for i in range(e - a)], x[a:e]
+
+
+@dataclasses.dataclass(frozen=True)
+class Queries:
+    source: np.ndarray  # (nq,) the stored video each query was made from
+    vectors: np.ndarray  # (total query segments, dim) float32, unit norm
+    starts: np.ndarray  # (nq + 1,) each query's first row in `vectors`
+    first_segment: np.ndarray  # (nq,) the source segment each query starts at
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, i: int) -> tuple[np.ndarray, list[Span]]:
+        a, e = int(self.starts[i]), int(self.starts[i + 1])
+        s0 = int(self.first_segment[i])
+        return self.vectors[a:e], [Span((s0 + j) * SEGMENT_S, (s0 + j + 1) * SEGMENT_S) for j in range(e - a)]
+
+
+def make_queries(corpus: Corpus, nq: int, segments: int, noise: float, seed: int = 1) -> Queries:
+    """Near-duplicates of stored videos: `segments` consecutive segments of a random video, each plus
+    Gaussian noise of norm `noise`, re-normalised."""
+    rng = np.random.default_rng(seed)
+    source = np.sort(rng.choice(corpus.videos, nq, replace=nq > corpus.videos))
+    parts, firsts, cached = [], [], (-1, None)
+    for v in source.tolist():
+        b = v // corpus.block_videos
+        if cached[0] != b:
+            cached = (b, corpus.block(b))
+        v0, x = cached[1]
+        base = int(corpus.offsets[v0])
+        a, e = int(corpus.offsets[v]) - base, int(corpus.offsets[v + 1]) - base
+        q = min(segments, e - a)
+        s0 = int(rng.integers(0, e - a - q + 1))
+        y = x[a + s0 : a + s0 + q] + rng.standard_normal((q, corpus.dim), dtype=np.float32) * (
+            noise / np.sqrt(corpus.dim))
+        parts.append(y / np.linalg.norm(y, axis=1, keepdims=True))
+        firsts.append(s0)
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+    return Queries(source, np.concatenate(parts).astype(np.float32), starts, np.array(firsts))
+
+
+def exact_top_videos(corpus: Corpus, queries: Queries, k: int) -> np.ndarray:
+    """(nq, k) the exact top-k video ids per query by brute force (numpy): a video's score is its best
+    (query segment, video segment) inner product (`aggregation="max"`), ties by lower video id."""
+    scores = np.empty((corpus.videos, len(queries)), dtype=np.float32)
+    qt = np.ascontiguousarray(queries.vectors.T)
+    for b in range(corpus.blocks):
+        v0, x = corpus.block(b)
+        v1 = min(v0 + corpus.block_videos, corpus.videos)
+        sims = x @ qt  # (rows, total query segments)
+        per_query = np.maximum.reduceat(sims, queries.starts[:-1], axis=1)  # (rows, nq)
+        rows = corpus.offsets[v0:v1] - corpus.offsets[v0]
+        scores[v0:v1] = np.maximum.reduceat(per_query, rows, axis=0)
+    kk = min(k, corpus.videos)
+    out = np.empty((len(queries), kk), dtype=np.int64)
+    ids = np.arange(corpus.videos)
+    for i in range(len(queries)):
+        s = scores[:, i]
+        top = np.argpartition(-s, kk - 1)[:kk] if kk < len(s) else ids
+        out[i] = top[np.lexsort((top, -s[top]))]
+    return out
+
+
+def open_backend(name: str, dim: int, workdir: Path):
+    """The index the service would open for `name`, in `workdir` (returns (index, its settings))."""
+    from indexer import VideoIndex
+
+    if name in ("faiss", "faiss-hnsw"):
+        cfg = IndexConfig(dim=dim, allow_empty_recovery=True, **({"kind": "hnsw"} if name == "faiss-hnsw" else {}))
+        settings = {k: getattr(cfg, k) for k in ("kind", "auto_threshold", "auto_kind", "nprobe", "hnsw_m",
+                                                  "ef_construction", "ef_search", "fsync")}
+        return VideoIndex.open(workdir / "index", cfg), settings
+    if name == "milvus-lite":
+        from indexer.milvus_index import MilvusConfig, MilvusVideoIndex
+
+        mcfg = MilvusConfig(uri=str(workdir / "milvus.db"), dim=dim, index_type="HNSW")
+        settings = {k: getattr(mcfg, k) for k in ("index_type", "hnsw_m", "ef_construction", "ef_search")}
+        return MilvusVideoIndex.open(mcfg, "segments_bench"), settings
+    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(np.array(xs) * 1e3, q)), 3)
+
+
+def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarray, workdir: Path,
+                    k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
+    """One backend at one size (see the module docstring for each figure). An exception is recorded, with
+    the stage it happened in and the vectors added by then, instead of raised."""
+    faiss.omp_set_num_threads(threads)
+    gc.collect()
+    reset_peak_rss()
+    out: dict[str, Any] = {"baseline_rss_mib": _mib(rss_bytes())}
+    stage, added, index = "open", 0, None
+    try:
+        index, out["settings"] = open_backend(name, corpus.dim, workdir)
+        stage = "add"
+        calls: list[float] = []
+        batch: list = []
+        t0 = time.perf_counter()
+        for item in corpus.iter_videos():
+            batch.append(item)
+            if len(batch) >= add_batch:
+                t = time.perf_counter()
+                index.add_videos(batch) if add_batch > 1 else index.add_video(*batch[0])
+                calls.append(time.perf_counter() - t)
+                added += sum(len(b[2]) for b in batch)
+                batch = []
+        if batch:
+            t = time.perf_counter()
+            index.add_videos(batch)
+            calls.append(time.perf_counter() - t)
+            added += sum(len(b[2]) for b in batch)
+        add_s = time.perf_counter() - t0
+        t = time.perf_counter()
+        if hasattr(index, "wait_for_rebuild"):
+            index.wait_for_rebuild()
+        out.update(add_s=round(add_s, 2), add_vectors_per_s=round(corpus.n / add_s, 1),
+                   add_call_p50_ms=_pct(calls, 50), add_call_p99_ms=_pct(calls, 99),
+                   ready_s=round(time.perf_counter() - t, 2))
+        stage = "count"
+        stats = index.stats()
+        out.update(kind=stats.kind, segments=index.count_segments(), videos=len(index))
+        if out["segments"] != corpus.n:
+            raise RuntimeError(f"{out['segments']} segments stored, {corpus.n} added")
+        stage = "query"
+        for i in range(min(warmup, len(queries))):
+            vecs, spans = queries.get(i)
+            index.search(vecs, k=k, query_segments=spans, aggregation="max")
+        lat, hits = [], 0
+        for i in range(len(queries)):
+            vecs, spans = queries.get(i)
+            t = time.perf_counter()
+            found = index.search(vecs, k=k, query_segments=spans, aggregation="max")
+            lat.append(time.perf_counter() - t)
+            hits += len({h.video_id for h in found[:k]} & set(truth[i].tolist()))
+        out.update(query_p50_ms=_pct(lat, 50), query_p99_ms=_pct(lat, 99), qps=round(len(lat) / sum(lat), 1),
+                   recall_at_10=round(hits / (truth.shape[1] * len(queries)), 4))
+        stage = "close"
+        index.close()
+        index = None
+        out["disk_mib"] = _mib(_dir_bytes(workdir))
+    except Exception as e:  # where a backend cannot go: recorded, not raised
+        log.exception("%s at %d vectors failed in %s", name, corpus.n, stage)
+        out.update(error=f"{type(e).__name__}: {e}"[:2000], stage=stage, vectors_added=added)
+        if index is not None:
+            with contextlib.suppress(Exception):
+                index.close()
+    peak = peak_rss_bytes()
+    out.update(peak_rss_mib=_mib(peak), index_rss_mib=_mib(peak - out["baseline_rss_mib"] * 2**20))
+    return out
+
+
+def _child(spec: dict[str, Any], data: str, result: str) -> None:
+    """The body of one isolated run: the corpus is rebuilt from its seed (the same vectors)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with np.load(data) as z:
+        queries = Queries(z["source"], z["vectors"], z["starts"], z["first_segment"])
+        truth = z["truth"]
+    corpus = Corpus.make(spec["n"], spec["dim"], spec["seed"], spec["mean_segments"], spec["embeddings"])
+    out = measure_backend(spec["backend"], corpus, queries, truth, Path(spec["workdir"]), spec["k"],
+                          spec["add_batch"], spec["warmup"], spec["threads"])
+    Path(result).write_text(json.dumps(out))
+
+
+def _child_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp: Path,
+                 timeout_s: float = 0, max_rss_bytes: int = 0) -> dict[str, Any]:
+    """`measure_backend` in a spawned process: its own peak RSS; a crash, `timeout_s` or the RSS guard
+    (`max_rss_bytes`, the process is killed before the machine runs out) end that run with an error."""
+    import multiprocessing
+
+    data, result = tmp / "data.npz", tmp / "result.json"
+    np.savez(data, source=queries.source, vectors=queries.vectors, starts=queries.starts,
+             first_segment=queries.first_segment, truth=truth)
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(spec, str(data), str(result)))
+    t0 = time.monotonic()
+    proc.start()
+    why, peak_seen = None, 0
+    while proc.is_alive():
+        proc.join(0.5)
+        rss = _child_rss(proc.pid)
+        peak_seen = max(peak_seen, rss)
+        if max_rss_bytes and rss > max_rss_bytes:
+            why = f"stopped: RSS {_mib(rss)} MiB passed the --max-rss-gb guard ({_mib(max_rss_bytes)} MiB)"
+        elif timeout_s and time.monotonic() - t0 > timeout_s:
+            why = f"stopped: still running after the --timeout-s of {timeout_s:.0f} s"
+        if why:
+            proc.kill()
+            proc.join()
+            break
+    if why is None and result.exists():
+        return json.loads(result.read_text())
+    if why is None:
+        code = proc.exitcode
+        why = (f"the process was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
+               if code and code < 0 else f"the process exited with code {code} and no result")
+    return {"error": why, "stage": "unknown (the process ended)", "peak_rss_seen_mib": _mib(peak_seen),
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def compare_backends(backends: list[str], sizes: list[int], dim: int = 1280, seed: int = 0,
+                     mean_segments: int = 20, nq: int = 300, query_segments: int = 8, query_noise: float = 0.75,
+                     k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1,
+                     embeddings: str | None = None, isolate: bool = True, timeout_s: float = 0,
+                     max_rss_bytes: int = 0, on_result=None) -> dict[str, Any]:
+    """Every backend at every size on the same vectors; a backend that fails at a size is not run at the
+    larger ones (`stopped`). `isolate=False` runs in this process (tests)."""
+    import tempfile
+
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"unknown backend {b!r} (known: {', '.join(BACKENDS)})")
+    res: dict[str, Any] = {
+        "dim": dim, "seed": seed, "k": k, "mean_segments_per_video": mean_segments,
+        "data": f"rows of {embeddings}" if embeddings else "seeded random unit vectors (N(0, I), normalised)",
+        "queries": nq, "query_segments": query_segments, "query_noise": query_noise,
+        "add_batch": add_batch, "faiss_threads": threads, "isolated_processes": isolate,
+        "sizes": [], "stopped": {},
+    }
+    for n in sorted(sizes):
+        corpus = Corpus.make(n, dim, seed, mean_segments, embeddings)
+        queries = make_queries(corpus, nq, query_segments, query_noise, seed + 1)
+        t = time.perf_counter()
+        truth = exact_top_videos(corpus, queries, k)
+        entry: dict[str, Any] = {"n": n, "videos": corpus.videos,
+                                 "ground_truth_s": round(time.perf_counter() - t, 2), "backends": {}}
+        res["sizes"].append(entry)
+        for b in backends:
+            if b in res["stopped"]:
+                entry["backends"][b] = {"skipped": f"failed at {res['stopped'][b]['size']} vectors"}
+                continue
+            log.info("%s at %d vectors (%d videos)", b, n, corpus.videos)
+            with tempfile.TemporaryDirectory(prefix=f"index-{b}-{n}-") as tmp:
+                spec = {"backend": b, "n": n, "dim": corpus.dim, "seed": seed, "mean_segments": mean_segments,
+                        "embeddings": embeddings, "workdir": str(Path(tmp) / "index"), "k": k,
+                        "add_batch": add_batch, "warmup": warmup, "threads": threads}
+                Path(spec["workdir"]).mkdir()
+                if isolate:
+                    r = run_isolated(spec, queries, truth, Path(tmp), timeout_s, max_rss_bytes)
+                else:
+                    r = measure_backend(b, corpus, queries, truth, Path(spec["workdir"]), k, add_batch, warmup,
+                                        threads)
+            entry["backends"][b] = r
+            log.info("%s at %d: %s", b, n, r)
+            if "error" in r:
+                res["stopped"][b] = {"size": n, "error": r["error"], "stage": r.get("stage")}
+            if on_result is not None:
+                on_result(res)
+    return res
+
+
+# --- reindex ----------------------------------------------------------------------------------------------
+
+
+def _wait_job(client, job_id: int, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
+
+
+def _ingest(client, path: Path) -> int:
+    with open(path, "rb") as f:
+        r = client.post("/v1/videos", files={"file": (path.name, f, "video/mp4")})
+    if r.status_code not in (200, 202):
+        raise RuntimeError(f"upload of {path.name}: {r.status_code} {r.text}")
+    job = _wait_job(client, r.json()["job_id"])
+    if job["status"] != "done":
+        raise RuntimeError(f"ingest of {path.name} failed: {job}")
+    return r.json()["video_id"]
+
+
+def _latency(xs: list[float], prefix: str) -> dict[str, Any]:
+    if not xs:
+        return {f"{prefix}_searches": 0}
+    return {f"{prefix}_searches": len(xs), f"{prefix}_p50_ms": _pct(xs, 50), f"{prefix}_p99_ms": _pct(xs, 99)}
+
+
+def measure_reindex(workdir: Path, backend: str = "faiss", videos: int = 4, seconds: int = 6, size: int = 64,
+                    searches_before: int = 30, checkpoints: tuple[Path, Path] | None = None,
+                    timeout_s: float = 900) -> dict[str, Any]:
+    """Offline `drca reindex` OLD -> NEW, then an online reindex NEW -> OLD with searches during it, on one
+    data dir of generated videos (module docstring). Errors are recorded, not raised."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.reindex import reindex
+    from service.settings import Settings
+    from tests.service.media import distinct_videos, tiny_checkpoint
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if checkpoints is None:
+        old = tiny_checkpoint(workdir / "ckpt-old")
+        new = tiny_checkpoint(workdir / "ckpt-new", ["alpha", "beta", "gamma", "delta", "epsilon"], seed=1)
+        which = "two tiny random checkpoints (tests.service.media.tiny_checkpoint, 16-d)"
+    else:
+        old, new = checkpoints
+        which = f"{old} and {new}"
+    out: dict[str, Any] = {"backend": backend, "videos": videos, "seconds_per_video": seconds,
+                           "frame_size": size, "checkpoints": which}
+    stage = "videos"
+    try:
+        paths = distinct_videos(workdir / "videos", videos, seconds=seconds, size=size)
+        settings = Settings(checkpoint=old, data_dir=workdir / f"data-{backend}", device="cpu", batch_size=8,
+                            max_wait_ms=5, decode_threads=1, torch_threads=1, text_search=False, query_views=[],
+                            index="milvus" if backend == "milvus-lite" else "faiss",
+                            allowed_hosts=["testserver"])
+        stage = "ingest"
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            ids = [_ingest(c, p) for p in paths]
+        stage = "offline"
+        summary = reindex(settings, new, progress=False)
+        out["offline"] = {"videos": summary.videos, "embedded": summary.embedded,
+                          "seconds": round(summary.seconds, 3), "video_seconds": round(summary.video_seconds, 3),
+                          "video_s_per_s": round(summary.video_seconds / summary.seconds, 3),
+                          "searches_during": "none: the offline reindex holds the index (a server is refused)"}
+        stage = "online"
+        with TestClient(create_app(settings.model_copy(update={"checkpoint": new})),
+                        raise_server_exceptions=False) as c:
+            query = {"video_id": ids[0], "k": 10}
+            before, during, errors = [], [], 0
+            for _ in range(searches_before):
+                t = time.perf_counter()
+                r = c.post("/v1/search", json=query)
+                before.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+            r = c.post("/v1/admin/reindex", json={"checkpoint": str(old)})
+            if r.status_code != 202:
+                raise RuntimeError(f"POST /v1/admin/reindex: {r.status_code} {r.text}")
+            deadline = time.monotonic() + timeout_s
+            while True:
+                s0 = c.get("/v1/admin/reindex").json()["state"]
+                t = time.perf_counter()
+                r = c.post("/v1/search", json=query)
+                dt = time.perf_counter() - t
+                s1 = c.get("/v1/admin/reindex").json()["state"]
+                if s0 == s1 == "running":
+                    during.append(dt)
+                    errors += r.status_code != 200
+                if s1 in ("switched", "failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the online reindex did not switch within {timeout_s} s")
+            status = c.get("/v1/admin/reindex").json()
+        if status["state"] != "switched":
+            raise RuntimeError(f"online reindex: {status}")
+        out["online"] = {"videos": status["videos"], "embedded": status["embedded"], "seconds": status["seconds"],
+                         "video_seconds": status["video_seconds"],
+                         "video_s_per_s": round(status["video_seconds"] / status["seconds"], 3),
+                         **_latency(before, "search_before"), **_latency(during, "search_during"),
+                         "search_errors": errors}
+    except Exception as e:
+        log.exception("reindex (%s) failed in %s", backend, stage)
+        out.update(error=f"{type(e).__name__}: {e}"[:2000], stage=stage)
+    return out
+
+
+def _backend_main(args: argparse.Namespace) -> None:
+    import tempfile
+
+    out = args.out or RESULTS / "index_backends.json"
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    max_rss = int(args.max_rss_gb * 2**30) if args.max_rss_gb else 0
+    if not args.max_rss_gb:  # default: leave the machine 15% of what was available at the start
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                max_rss = int(int(line.split()[1]) * 1024 * 0.85)
+    results: dict[str, Any] = {}
+    if backends:
+        results["note"] = ("timings on whatever else the machine runs (see load_average_at_start); peak_rss_mib "
+                           "is VmHWM of the process that ran one (backend, size), reset at its start; runs stop at "
+                           f"{_mib(max_rss)} MiB RSS (--max-rss-gb) so that the machine keeps memory")
+
+    def save(res: dict[str, Any]) -> None:
+        results["backends"] = res
+        write_result("index", results, out)
+
+    if backends:
+        save(compare_backends(backends, sizes, args.dim, args.seed, args.segments_per_video, args.queries,
+                              args.query_segments, args.query_noise, 10, args.add_batch, args.warmup,
+                              args.threads, args.embeddings, True, args.timeout_s, max_rss, save))
+    if args.reindex:
+        cks = None
+        if args.reindex_checkpoints:
+            a, b = args.reindex_checkpoints.split(",")
+            cks = (Path(a), Path(b))
+        results["reindex"] = {}
+        for b in [x.strip() for x in args.reindex_backends.split(",") if x.strip()]:
+            with tempfile.TemporaryDirectory(prefix=f"reindex-{b}-") as tmp:
+                results["reindex"][b] = measure_reindex(Path(tmp), b, args.reindex_videos, args.reindex_seconds,
+                                                        args.reindex_size, checkpoints=cks)
+            log.info("reindex %s: %s", b, results["reindex"][b])
+            write_result("index", results, out)
+    path = write_result("index", results, out)
+    log.info("wrote %s", path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=256)
     p.add_argument("--centres", type=int, default=2_000)
     p.add_argument(
         "--spread", type=float, default=0.6, help="per-dimension std around a unit-variance centre"
     )
-    p.add_argument("--queries", type=int, default=1_000)
+    p.add_argument("--queries", type=int, default=None, help="default 1,000 (kinds), 300 (backends)")
     p.add_argument("--singles", type=int, default=300)
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
@@ -99,8 +656,35 @@ def main() -> None:
     p.add_argument("--ef-construction", type=int, default=64)
     p.add_argument("--train-sample", type=int, default=160_000)
     p.add_argument("--out", default=None)
+    b = p.add_argument_group("backends (issue 21): with --backends or --reindex, instead of the index kinds")
+    b.add_argument("--backends", default="", help=f"comma-separated, of {','.join(BACKENDS)}")
+    b.add_argument("--sizes", default="10000,100000", help="segment vectors, comma-separated")
+    b.add_argument("--dim", dest="dim", type=int, default=None, help="(backends: default 1280, the shipped model's)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--segments-per-video", type=int, default=20, help="mean; uniform in [mean/2, 3*mean/2]")
+    b.add_argument("--embeddings", default=None, help="an .npy (N, D) of real embeddings instead of random ones")
+    b.add_argument("--query-segments", type=int, default=8)
+    b.add_argument("--query-noise", type=float, default=0.75)
+    b.add_argument("--add-batch", type=int, default=1, help="videos per add call (1: the worker's add_video)")
+    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--timeout-s", type=float, default=0, help="per (backend, size) run; 0: none")
+    b.add_argument("--max-rss-gb", type=float, default=0, help="stop a run past this RSS (default 85%% of "
+                   "MemAvailable at the start)")
+    b.add_argument("--reindex", action="store_true", help="also measure drca reindex (offline and online)")
+    b.add_argument("--reindex-backends", default="faiss,milvus-lite")
+    b.add_argument("--reindex-videos", type=int, default=8)
+    b.add_argument("--reindex-seconds", type=int, default=10)
+    b.add_argument("--reindex-size", type=int, default=64, help="frame width and height of the generated videos")
+    b.add_argument("--reindex-checkpoints", default=None, help="OLD,NEW instead of two tiny random ones")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.backends or args.reindex:
+        args.queries = args.queries or 300
+        args.dim = args.dim or 1280
+        _backend_main(args)
+        return
+    args.dim = args.dim or 256
+    args.queries = args.queries or 1_000
     faiss.omp_set_num_threads(args.threads)
     k = 10
     rng = np.random.default_rng(0)
