@@ -416,7 +416,6 @@ def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp:
     proc.start()
     why, peak_seen = None, 0
     while proc.is_alive():
-        proc.join(0.5)
         rss = _child_rss(proc.pid)
         peak_seen = max(peak_seen, rss)
         if max_rss_bytes and rss > max_rss_bytes:
@@ -427,6 +426,7 @@ def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp:
             proc.kill()
             proc.join()
             break
+        proc.join(0.5)
     if why is None and result.exists():
         return json.loads(result.read_text())
     if why is None:
