@@ -313,17 +313,29 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarray, workdir: Path,
-                    k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1) -> dict[str, Any]:
+                    k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1,
+                    progress: Path | None = None) -> dict[str, Any]:
     """One backend at one size (see the module docstring for each figure). An exception is recorded, with
-    the stage it happened in and the vectors added by then, instead of raised."""
+    the stage it happened in and the vectors added by then, instead of raised. `progress`: a file that
+    says how far it got (rewritten every 10 s), for a run that is killed."""
+    last, seen = [time.monotonic()], {}
+
+    def report(stage: str, force: bool = False, **more: Any) -> None:
+        seen.update(more)
+        if progress is not None and (force or time.monotonic() - last[0] >= 10):
+            last[0] = time.monotonic()
+            progress.write_text(json.dumps({"stage": stage, "rss_mib": _mib(rss_bytes()), **seen}))
+
     faiss.omp_set_num_threads(threads)
     gc.collect()
     reset_peak_rss()
     out: dict[str, Any] = {"baseline_rss_mib": _mib(rss_bytes())}
     stage, added, index = "open", 0, None
+    t0 = time.perf_counter()
     try:
         index, out["settings"] = open_backend(name, corpus.dim, workdir)
         stage = "add"
+        report("add", True)
         calls: list[float] = []
         batch: list = []
         t0 = time.perf_counter()
@@ -335,6 +347,8 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
                 calls.append(time.perf_counter() - t)
                 added += sum(len(b[2]) for b in batch)
                 batch = []
+                report("add", vectors_added=added, add_s=round(time.perf_counter() - t0, 1),
+                       add_vectors_per_s_so_far=round(added / (time.perf_counter() - t0), 1))
         if batch:
             t = time.perf_counter()
             index.add_videos(batch)
@@ -347,12 +361,14 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
         out.update(add_s=round(add_s, 2), add_vectors_per_s=round(corpus.n / add_s, 1),
                    add_call_p50_ms=_pct(calls, 50), add_call_p99_ms=_pct(calls, 99),
                    ready_s=round(time.perf_counter() - t, 2))
+        report("count", True, **out)
         stage = "count"
         stats = index.stats()
         out.update(kind=stats.kind, segments=index.count_segments(), videos=len(index))
         if out["segments"] != corpus.n:
             raise RuntimeError(f"{out['segments']} segments stored, {corpus.n} added")
         stage = "query"
+        report("query", True, segments=out["segments"], kind=out["kind"])
         for i in range(min(warmup, len(queries))):
             vecs, spans = queries.get(i)
             index.search(vecs, k=k, query_segments=spans, aggregation="max")
@@ -362,6 +378,7 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
             t = time.perf_counter()
             found = index.search(vecs, k=k, query_segments=spans, aggregation="max")
             lat.append(time.perf_counter() - t)
+            report("query", queries_done=i + 1, query_p50_ms_so_far=_pct(lat, 50))
             hits += len({h.video_id for h in found[:k]} & set(truth[i].tolist()))
         out.update(query_p50_ms=_pct(lat, 50), query_p99_ms=_pct(lat, 99), qps=round(len(lat) / sum(lat), 1),
                    recall_at_10=round(hits / (truth.shape[1] * len(queries)), 4))
@@ -380,7 +397,7 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
     return out
 
 
-def _child(spec: dict[str, Any], data: str, result: str) -> None:
+def _child(spec: dict[str, Any], data: str, result: str, progress: str) -> None:
     """The body of one isolated run: the corpus is rebuilt from its seed (the same vectors)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with np.load(data) as z:
@@ -388,7 +405,7 @@ def _child(spec: dict[str, Any], data: str, result: str) -> None:
         truth = z["truth"]
     corpus = Corpus.make(spec["n"], spec["dim"], spec["seed"], spec["mean_segments"], spec["embeddings"])
     out = measure_backend(spec["backend"], corpus, queries, truth, Path(spec["workdir"]), spec["k"],
-                          spec["add_batch"], spec["warmup"], spec["threads"])
+                          spec["add_batch"], spec["warmup"], spec["threads"], Path(progress))
     Path(result).write_text(json.dumps(out))
 
 
@@ -408,10 +425,10 @@ def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp:
     (`max_rss_bytes`, the process is killed before the machine runs out) end that run with an error."""
     import multiprocessing
 
-    data, result = tmp / "data.npz", tmp / "result.json"
+    data, result, progress = tmp / "data.npz", tmp / "result.json", tmp / "progress.json"
     np.savez(data, source=queries.source, vectors=queries.vectors, starts=queries.starts,
              first_segment=queries.first_segment, truth=truth)
-    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(spec, str(data), str(result)))
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(spec, str(data), str(result), str(progress)))
     t0 = time.monotonic()
     proc.start()
     why, peak_seen = None, 0
@@ -433,8 +450,9 @@ def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp:
         code = proc.exitcode
         why = (f"the process was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
                if code and code < 0 else f"the process exited with code {code} and no result")
-    return {"error": why, "stage": "unknown (the process ended)", "peak_rss_seen_mib": _mib(peak_seen),
-            "seconds": round(time.monotonic() - t0, 1)}
+    got = json.loads(progress.read_text()) if progress.exists() else {}  # how far it got (<= 10 s old)
+    return {"error": why, "stage": got.pop("stage", "unknown"), "progress": got,
+            "peak_rss_seen_mib": _mib(peak_seen), "seconds": round(time.monotonic() - t0, 1)}
 
 
 def compare_backends(backends: list[str], sizes: list[int], dim: int = 1280, seed: int = 0,

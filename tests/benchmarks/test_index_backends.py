@@ -97,7 +97,7 @@ def test_the_rss_guard_stops_a_run_and_says_so(tmp_path):
     spec = {"backend": "faiss", "n": 200, "dim": D, "seed": 0, "mean_segments": 20, "embeddings": None,
             "workdir": str(tmp_path / "index"), "k": 10, "add_batch": 1, "warmup": 0, "threads": 1}
     r = run_isolated(spec, q, exact_top_videos(c, q, 10), tmp_path, max_rss_bytes=1)
-    assert r["error"].startswith("stopped: RSS") and "--max-rss-gb" in r["error"]
+    assert r["error"].startswith("stopped: RSS") and "--max-rss-gb" in r["error"] and "progress" in r
 
 
 def test_embeddings_file_instead_of_random(tmp_path):
