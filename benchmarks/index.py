@@ -22,16 +22,17 @@ consecutive segments of a randomly chosen video, each plus Gaussian noise of nor
 cosine about 0.8 to its original), re-normalised. With random vectors everything but the source video
 is noise (similarities about 0 +- 1/sqrt(dim)): the hard case for approximate indexes.
 
-Each (backend, size) runs in its own spawned process (so peak RSS is its own, and a crash, a timeout or
-the `--max-rss-gb` guard stops that size only: the error and the size go into the JSON, the backend's
-larger sizes are skipped). Backends:
+Each (backend, size) runs in its own spawned process, so peak RSS is its own, and a crash, `--timeout-s` or
+the `--max-rss-gb` guard (default: 85% of the memory available at the start) stops that size only: the
+error, the stage and how far it got (`progress`: vectors added, add rate so far, queries done) go into the
+JSON, `results.backends.stopped.<name>` names the size, and the backend's larger sizes are skipped. Backends:
 - `faiss`: the service's `VideoIndex` with the service's config (`IndexConfig(dim, allow_empty_recovery=True)`,
   kind `auto`: exact `flat` below 200,000 segments, `ivf_flat` from there, fsync'd log);
 - `faiss-hnsw`: the same with `kind="hnsw"` (M 32, efConstruction 80, efSearch 96);
 - `milvus-lite`: `MilvusVideoIndex` on a Milvus Lite file in a temp dir (HNSW, M 32, efConstruction 200,
   ef 96), in this process (Milvus Lite 3.x runs in process: its memory is in the RSS).
 
-Figures per backend and size (`results.sizes[i].backends.<name>`):
+Figures per backend and size (`results.backends.sizes[i].backends.<name>`):
 - `add_vectors_per_s`: segment vectors / wall seconds of adding every video through the path the worker
   uses, `add_video(video_id, segments, vectors)` once per video (`--add-batch B`: `add_videos` of B videos,
   the Redis replica's path); FAISS fsyncs each call, Milvus upserts (and deletes stale segments, counted
@@ -46,7 +47,7 @@ Figures per backend and size (`results.sizes[i].backends.<name>`):
   imports (`baseline_rss_mib`, measured before the index is opened) and one block of input vectors;
   `index_rss_mib` = peak - baseline; `disk_mib`: the index's files afterwards.
 
-**Reindex** (`--reindex`; `results.reindex`): a data dir with `--reindex-videos` generated videos
+**Reindex** (`--reindex`; `results.reindex.<backend>.offline|online`): a data dir with `--reindex-videos` generated videos
 (`--reindex-seconds` s each, Game of Life, ffmpeg from `imageio_ffmpeg`) indexed by the embedded service
 (`TestClient(create_app(...))`) with a tiny random checkpoint (tests.service.media.tiny_checkpoint: 16-d, so
 the model costs almost nothing: this measures the pipeline, not the shipped model; `--reindex-checkpoints
@@ -177,8 +178,9 @@ class Corpus:
     block_videos: int = 256
 
     @classmethod
-    def make(cls, n: int, dim: int, seed: int = 0, mean_segments: int = 20,
-             embeddings: str | None = None) -> Corpus:
+    def make(
+        cls, n: int, dim: int, seed: int = 0, mean_segments: int = 20, embeddings: str | None = None
+    ) -> Corpus:
         if embeddings:
             rows, dim = np.load(embeddings, mmap_mode="r").shape
             if n > rows:
@@ -257,7 +259,8 @@ def make_queries(corpus: Corpus, nq: int, segments: int, noise: float, seed: int
         q = min(segments, e - a)
         s0 = int(rng.integers(0, e - a - q + 1))
         y = x[a + s0 : a + s0 + q] + rng.standard_normal((q, corpus.dim), dtype=np.float32) * (
-            noise / np.sqrt(corpus.dim))
+            noise / np.sqrt(corpus.dim)
+        )
         parts.append(y / np.linalg.norm(y, axis=1, keepdims=True))
         firsts.append(s0)
     starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
@@ -291,9 +294,22 @@ def open_backend(name: str, dim: int, workdir: Path):
     from indexer import VideoIndex
 
     if name in ("faiss", "faiss-hnsw"):
-        cfg = IndexConfig(dim=dim, allow_empty_recovery=True, **({"kind": "hnsw"} if name == "faiss-hnsw" else {}))
-        settings = {k: getattr(cfg, k) for k in ("kind", "auto_threshold", "auto_kind", "nprobe", "hnsw_m",
-                                                  "ef_construction", "ef_search", "fsync")}
+        cfg = IndexConfig(
+            dim=dim, allow_empty_recovery=True, **({"kind": "hnsw"} if name == "faiss-hnsw" else {})
+        )
+        settings = {
+            k: getattr(cfg, k)
+            for k in (
+                "kind",
+                "auto_threshold",
+                "auto_kind",
+                "nprobe",
+                "hnsw_m",
+                "ef_construction",
+                "ef_search",
+                "fsync",
+            )
+        }
         return VideoIndex.open(workdir / "index", cfg), settings
     if name == "milvus-lite":
         from indexer.milvus_index import MilvusConfig, MilvusVideoIndex
@@ -312,9 +328,18 @@ def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.array(xs) * 1e3, q)), 3)
 
 
-def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarray, workdir: Path,
-                    k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1,
-                    progress: Path | None = None) -> dict[str, Any]:
+def measure_backend(
+    name: str,
+    corpus: Corpus,
+    queries: Queries,
+    truth: np.ndarray,
+    workdir: Path,
+    k: int = 10,
+    add_batch: int = 1,
+    warmup: int = 5,
+    threads: int = 1,
+    progress: Path | None = None,
+) -> dict[str, Any]:
     """One backend at one size (see the module docstring for each figure). An exception is recorded, with
     the stage it happened in and the vectors added by then, instead of raised. `progress`: a file that
     says how far it got (rewritten every 10 s), for a run that is killed."""
@@ -347,8 +372,12 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
                 calls.append(time.perf_counter() - t)
                 added += sum(len(b[2]) for b in batch)
                 batch = []
-                report("add", vectors_added=added, add_s=round(time.perf_counter() - t0, 1),
-                       add_vectors_per_s_so_far=round(added / (time.perf_counter() - t0), 1))
+                report(
+                    "add",
+                    vectors_added=added,
+                    add_s=round(time.perf_counter() - t0, 1),
+                    add_vectors_per_s_so_far=round(added / (time.perf_counter() - t0), 1),
+                )
         if batch:
             t = time.perf_counter()
             index.add_videos(batch)
@@ -358,9 +387,13 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
         t = time.perf_counter()
         if hasattr(index, "wait_for_rebuild"):
             index.wait_for_rebuild()
-        out.update(add_s=round(add_s, 2), add_vectors_per_s=round(corpus.n / add_s, 1),
-                   add_call_p50_ms=_pct(calls, 50), add_call_p99_ms=_pct(calls, 99),
-                   ready_s=round(time.perf_counter() - t, 2))
+        out.update(
+            add_s=round(add_s, 2),
+            add_vectors_per_s=round(corpus.n / add_s, 1),
+            add_call_p50_ms=_pct(calls, 50),
+            add_call_p99_ms=_pct(calls, 99),
+            ready_s=round(time.perf_counter() - t, 2),
+        )
         report("count", True, **out)
         stage = "count"
         stats = index.stats()
@@ -380,8 +413,12 @@ def measure_backend(name: str, corpus: Corpus, queries: Queries, truth: np.ndarr
             lat.append(time.perf_counter() - t)
             report("query", queries_done=i + 1, query_p50_ms_so_far=_pct(lat, 50))
             hits += len({h.video_id for h in found[:k]} & set(truth[i].tolist()))
-        out.update(query_p50_ms=_pct(lat, 50), query_p99_ms=_pct(lat, 99), qps=round(len(lat) / sum(lat), 1),
-                   recall_at_10=round(hits / (truth.shape[1] * len(queries)), 4))
+        out.update(
+            query_p50_ms=_pct(lat, 50),
+            query_p99_ms=_pct(lat, 99),
+            qps=round(len(lat) / sum(lat), 1),
+            recall_at_10=round(hits / (truth.shape[1] * len(queries)), 4),
+        )
         stage = "close"
         index.close()
         index = None
@@ -404,8 +441,18 @@ def _child(spec: dict[str, Any], data: str, result: str, progress: str) -> None:
         queries = Queries(z["source"], z["vectors"], z["starts"], z["first_segment"])
         truth = z["truth"]
     corpus = Corpus.make(spec["n"], spec["dim"], spec["seed"], spec["mean_segments"], spec["embeddings"])
-    out = measure_backend(spec["backend"], corpus, queries, truth, Path(spec["workdir"]), spec["k"],
-                          spec["add_batch"], spec["warmup"], spec["threads"], Path(progress))
+    out = measure_backend(
+        spec["backend"],
+        corpus,
+        queries,
+        truth,
+        Path(spec["workdir"]),
+        spec["k"],
+        spec["add_batch"],
+        spec["warmup"],
+        spec["threads"],
+        Path(progress),
+    )
     Path(result).write_text(json.dumps(out))
 
 
@@ -419,16 +466,30 @@ def _child_rss(pid: int) -> int:
     return 0
 
 
-def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp: Path,
-                 timeout_s: float = 0, max_rss_bytes: int = 0) -> dict[str, Any]:
+def run_isolated(
+    spec: dict[str, Any],
+    queries: Queries,
+    truth: np.ndarray,
+    tmp: Path,
+    timeout_s: float = 0,
+    max_rss_bytes: int = 0,
+) -> dict[str, Any]:
     """`measure_backend` in a spawned process: its own peak RSS; a crash, `timeout_s` or the RSS guard
     (`max_rss_bytes`, the process is killed before the machine runs out) end that run with an error."""
     import multiprocessing
 
     data, result, progress = tmp / "data.npz", tmp / "result.json", tmp / "progress.json"
-    np.savez(data, source=queries.source, vectors=queries.vectors, starts=queries.starts,
-             first_segment=queries.first_segment, truth=truth)
-    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(spec, str(data), str(result), str(progress)))
+    np.savez(
+        data,
+        source=queries.source,
+        vectors=queries.vectors,
+        starts=queries.starts,
+        first_segment=queries.first_segment,
+        truth=truth,
+    )
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(spec, str(data), str(result), str(progress))
+    )
     t0 = time.monotonic()
     proc.start()
     why, peak_seen = None, 0
@@ -448,18 +509,40 @@ def run_isolated(spec: dict[str, Any], queries: Queries, truth: np.ndarray, tmp:
         return json.loads(result.read_text())
     if why is None:
         code = proc.exitcode
-        why = (f"the process was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
-               if code and code < 0 else f"the process exited with code {code} and no result")
+        why = (
+            f"the process was killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
+            if code and code < 0
+            else f"the process exited with code {code} and no result"
+        )
     got = json.loads(progress.read_text()) if progress.exists() else {}  # how far it got (<= 10 s old)
-    return {"error": why, "stage": got.pop("stage", "unknown"), "progress": got,
-            "peak_rss_seen_mib": _mib(peak_seen), "seconds": round(time.monotonic() - t0, 1)}
+    return {
+        "error": why,
+        "stage": got.pop("stage", "unknown"),
+        "progress": got,
+        "peak_rss_seen_mib": _mib(peak_seen),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
 
 
-def compare_backends(backends: list[str], sizes: list[int], dim: int = 1280, seed: int = 0,
-                     mean_segments: int = 20, nq: int = 300, query_segments: int = 8, query_noise: float = 0.75,
-                     k: int = 10, add_batch: int = 1, warmup: int = 5, threads: int = 1,
-                     embeddings: str | None = None, isolate: bool = True, timeout_s: float = 0,
-                     max_rss_bytes: int = 0, on_result=None) -> dict[str, Any]:
+def compare_backends(
+    backends: list[str],
+    sizes: list[int],
+    dim: int = 1280,
+    seed: int = 0,
+    mean_segments: int = 20,
+    nq: int = 300,
+    query_segments: int = 8,
+    query_noise: float = 0.75,
+    k: int = 10,
+    add_batch: int = 1,
+    warmup: int = 5,
+    threads: int = 1,
+    embeddings: str | None = None,
+    isolate: bool = True,
+    timeout_s: float = 0,
+    max_rss_bytes: int = 0,
+    on_result=None,
+) -> dict[str, Any]:
     """Every backend at every size on the same vectors; a backend that fails at a size is not run at the
     larger ones (`stopped`). `isolate=False` runs in this process (tests)."""
     import tempfile
@@ -468,19 +551,31 @@ def compare_backends(backends: list[str], sizes: list[int], dim: int = 1280, see
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r} (known: {', '.join(BACKENDS)})")
     res: dict[str, Any] = {
-        "dim": dim, "seed": seed, "k": k, "mean_segments_per_video": mean_segments,
+        "dim": dim,
+        "seed": seed,
+        "k": k,
+        "mean_segments_per_video": mean_segments,
         "data": f"rows of {embeddings}" if embeddings else "seeded random unit vectors (N(0, I), normalised)",
-        "queries": nq, "query_segments": query_segments, "query_noise": query_noise,
-        "add_batch": add_batch, "faiss_threads": threads, "isolated_processes": isolate,
-        "sizes": [], "stopped": {},
+        "queries": nq,
+        "query_segments": query_segments,
+        "query_noise": query_noise,
+        "add_batch": add_batch,
+        "faiss_threads": threads,
+        "isolated_processes": isolate,
+        "sizes": [],
+        "stopped": {},
     }
     for n in sorted(sizes):
         corpus = Corpus.make(n, dim, seed, mean_segments, embeddings)
         queries = make_queries(corpus, nq, query_segments, query_noise, seed + 1)
         t = time.perf_counter()
         truth = exact_top_videos(corpus, queries, k)
-        entry: dict[str, Any] = {"n": n, "videos": corpus.videos,
-                                 "ground_truth_s": round(time.perf_counter() - t, 2), "backends": {}}
+        entry: dict[str, Any] = {
+            "n": n,
+            "videos": corpus.videos,
+            "ground_truth_s": round(time.perf_counter() - t, 2),
+            "backends": {},
+        }
         res["sizes"].append(entry)
         for b in backends:
             if b in res["stopped"]:
@@ -488,15 +583,26 @@ def compare_backends(backends: list[str], sizes: list[int], dim: int = 1280, see
                 continue
             log.info("%s at %d vectors (%d videos)", b, n, corpus.videos)
             with tempfile.TemporaryDirectory(prefix=f"index-{b}-{n}-") as tmp:
-                spec = {"backend": b, "n": n, "dim": corpus.dim, "seed": seed, "mean_segments": mean_segments,
-                        "embeddings": embeddings, "workdir": str(Path(tmp) / "index"), "k": k,
-                        "add_batch": add_batch, "warmup": warmup, "threads": threads}
+                spec = {
+                    "backend": b,
+                    "n": n,
+                    "dim": corpus.dim,
+                    "seed": seed,
+                    "mean_segments": mean_segments,
+                    "embeddings": embeddings,
+                    "workdir": str(Path(tmp) / "index"),
+                    "k": k,
+                    "add_batch": add_batch,
+                    "warmup": warmup,
+                    "threads": threads,
+                }
                 Path(spec["workdir"]).mkdir()
                 if isolate:
                     r = run_isolated(spec, queries, truth, Path(tmp), timeout_s, max_rss_bytes)
                 else:
-                    r = measure_backend(b, corpus, queries, truth, Path(spec["workdir"]), k, add_batch, warmup,
-                                        threads)
+                    r = measure_backend(
+                        b, corpus, queries, truth, Path(spec["workdir"]), k, add_batch, warmup, threads
+                    )
             entry["backends"][b] = r
             log.info("%s at %d: %s", b, n, r)
             if "error" in r:
@@ -536,9 +642,16 @@ def _latency(xs: list[float], prefix: str) -> dict[str, Any]:
     return {f"{prefix}_searches": len(xs), f"{prefix}_p50_ms": _pct(xs, 50), f"{prefix}_p99_ms": _pct(xs, 99)}
 
 
-def measure_reindex(workdir: Path, backend: str = "faiss", videos: int = 4, seconds: int = 6, size: int = 64,
-                    searches_before: int = 30, checkpoints: tuple[Path, Path] | None = None,
-                    timeout_s: float = 900) -> dict[str, Any]:
+def measure_reindex(
+    workdir: Path,
+    backend: str = "faiss",
+    videos: int = 4,
+    seconds: int = 6,
+    size: int = 64,
+    searches_before: int = 30,
+    checkpoints: tuple[Path, Path] | None = None,
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     """Offline `drca reindex` OLD -> NEW, then an online reindex NEW -> OLD with searches during it, on one
     data dir of generated videos (module docstring). Errors are recorded, not raised."""
     from fastapi.testclient import TestClient
@@ -556,27 +669,46 @@ def measure_reindex(workdir: Path, backend: str = "faiss", videos: int = 4, seco
     else:
         old, new = checkpoints
         which = f"{old} and {new}"
-    out: dict[str, Any] = {"backend": backend, "videos": videos, "seconds_per_video": seconds,
-                           "frame_size": size, "checkpoints": which}
+    out: dict[str, Any] = {
+        "backend": backend,
+        "videos": videos,
+        "seconds_per_video": seconds,
+        "frame_size": size,
+        "checkpoints": which,
+    }
     stage = "videos"
     try:
         paths = distinct_videos(workdir / "videos", videos, seconds=seconds, size=size)
-        settings = Settings(checkpoint=old, data_dir=workdir / f"data-{backend}", device="cpu", batch_size=8,
-                            max_wait_ms=5, decode_threads=1, torch_threads=1, text_search=False, query_views=[],
-                            index="milvus" if backend == "milvus-lite" else "faiss",
-                            allowed_hosts=["testserver"])
+        settings = Settings(
+            checkpoint=old,
+            data_dir=workdir / f"data-{backend}",
+            device="cpu",
+            batch_size=8,
+            max_wait_ms=5,
+            decode_threads=1,
+            torch_threads=1,
+            text_search=False,
+            query_views=[],
+            index="milvus" if backend == "milvus-lite" else "faiss",
+            allowed_hosts=["testserver"],
+        )
         stage = "ingest"
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
             ids = [_ingest(c, p) for p in paths]
         stage = "offline"
         summary = reindex(settings, new, progress=False)
-        out["offline"] = {"videos": summary.videos, "embedded": summary.embedded,
-                          "seconds": round(summary.seconds, 3), "video_seconds": round(summary.video_seconds, 3),
-                          "video_s_per_s": round(summary.video_seconds / summary.seconds, 3),
-                          "searches_during": "none: the offline reindex holds the index (a server is refused)"}
+        out["offline"] = {
+            "videos": summary.videos,
+            "embedded": summary.embedded,
+            "seconds": round(summary.seconds, 3),
+            "video_seconds": round(summary.video_seconds, 3),
+            "video_s_per_s": round(summary.video_seconds / summary.seconds, 3),
+            "searches_during": "none: the offline reindex holds the index (a server is refused)",
+        }
         stage = "online"
-        with TestClient(create_app(settings.model_copy(update={"checkpoint": new})),
-                        raise_server_exceptions=False) as c:
+        with TestClient(
+            create_app(settings.model_copy(update={"checkpoint": new})), raise_server_exceptions=False
+        ) as c:
             query = {"video_id": ids[0], "k": 10}
             before, during, errors = [], [], 0
             for _ in range(searches_before):
@@ -604,11 +736,16 @@ def measure_reindex(workdir: Path, backend: str = "faiss", videos: int = 4, seco
             status = c.get("/v1/admin/reindex").json()
         if status["state"] != "switched":
             raise RuntimeError(f"online reindex: {status}")
-        out["online"] = {"videos": status["videos"], "embedded": status["embedded"], "seconds": status["seconds"],
-                         "video_seconds": status["video_seconds"],
-                         "video_s_per_s": round(status["video_seconds"] / status["seconds"], 3),
-                         **_latency(before, "search_before"), **_latency(during, "search_during"),
-                         "search_errors": errors}
+        out["online"] = {
+            "videos": status["videos"],
+            "embedded": status["embedded"],
+            "seconds": status["seconds"],
+            "video_seconds": status["video_seconds"],
+            "video_s_per_s": round(status["video_seconds"] / status["seconds"], 3),
+            **_latency(before, "search_before"),
+            **_latency(during, "search_during"),
+            "search_errors": errors,
+        }
     except Exception as e:
         log.exception("reindex (%s) failed in %s", backend, stage)
         out.update(error=f"{type(e).__name__}: {e}"[:2000], stage=stage)
@@ -628,18 +765,38 @@ def _backend_main(args: argparse.Namespace) -> None:
                 max_rss = int(int(line.split()[1]) * 1024 * 0.85)
     results: dict[str, Any] = {}
     if backends:
-        results["note"] = ("timings on whatever else the machine runs (see load_average_at_start); peak_rss_mib "
-                           "is VmHWM of the process that ran one (backend, size), reset at its start; runs stop at "
-                           f"{_mib(max_rss)} MiB RSS (--max-rss-gb) so that the machine keeps memory")
+        results["note"] = (
+            "timings on whatever else the machine runs (see load_average_at_start); peak_rss_mib "
+            "is VmHWM of the process that ran one (backend, size), reset at its start; runs stop at "
+            f"{_mib(max_rss)} MiB RSS (--max-rss-gb) so that the machine keeps memory"
+        )
 
     def save(res: dict[str, Any]) -> None:
         results["backends"] = res
         write_result("index", results, out)
 
     if backends:
-        save(compare_backends(backends, sizes, args.dim, args.seed, args.segments_per_video, args.queries,
-                              args.query_segments, args.query_noise, 10, args.add_batch, args.warmup,
-                              args.threads, args.embeddings, True, args.timeout_s, max_rss, save))
+        save(
+            compare_backends(
+                backends,
+                sizes,
+                args.dim,
+                args.seed,
+                args.segments_per_video,
+                args.queries,
+                args.query_segments,
+                args.query_noise,
+                10,
+                args.add_batch,
+                args.warmup,
+                args.threads,
+                args.embeddings,
+                True,
+                args.timeout_s,
+                max_rss,
+                save,
+            )
+        )
     if args.reindex:
         cks = None
         if args.reindex_checkpoints:
@@ -648,8 +805,14 @@ def _backend_main(args: argparse.Namespace) -> None:
         results["reindex"] = {}
         for b in [x.strip() for x in args.reindex_backends.split(",") if x.strip()]:
             with tempfile.TemporaryDirectory(prefix=f"reindex-{b}-") as tmp:
-                results["reindex"][b] = measure_reindex(Path(tmp), b, args.reindex_videos, args.reindex_seconds,
-                                                        args.reindex_size, checkpoints=cks)
+                results["reindex"][b] = measure_reindex(
+                    Path(tmp),
+                    b,
+                    args.reindex_videos,
+                    args.reindex_seconds,
+                    args.reindex_size,
+                    checkpoints=cks,
+                )
             log.info("reindex %s: %s", b, results["reindex"][b])
             write_result("index", results, out)
     path = write_result("index", results, out)
@@ -677,22 +840,32 @@ def main() -> None:
     b = p.add_argument_group("backends (issue 21): with --backends or --reindex, instead of the index kinds")
     b.add_argument("--backends", default="", help=f"comma-separated, of {','.join(BACKENDS)}")
     b.add_argument("--sizes", default="10000,100000", help="segment vectors, comma-separated")
-    b.add_argument("--dim", dest="dim", type=int, default=None, help="(backends: default 1280, the shipped model's)")
+    b.add_argument(
+        "--dim", dest="dim", type=int, default=None, help="(backends: default 1280, the shipped model's)"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--segments-per-video", type=int, default=20, help="mean; uniform in [mean/2, 3*mean/2]")
-    b.add_argument("--embeddings", default=None, help="an .npy (N, D) of real embeddings instead of random ones")
+    b.add_argument(
+        "--embeddings", default=None, help="an .npy (N, D) of real embeddings instead of random ones"
+    )
     b.add_argument("--query-segments", type=int, default=8)
     b.add_argument("--query-noise", type=float, default=0.75)
     b.add_argument("--add-batch", type=int, default=1, help="videos per add call (1: the worker's add_video)")
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--timeout-s", type=float, default=0, help="per (backend, size) run; 0: none")
-    b.add_argument("--max-rss-gb", type=float, default=0, help="stop a run past this RSS (default 85%% of "
-                   "MemAvailable at the start)")
+    b.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=0,
+        help="stop a run past this RSS (default 85%% of MemAvailable at the start)",
+    )
     b.add_argument("--reindex", action="store_true", help="also measure drca reindex (offline and online)")
     b.add_argument("--reindex-backends", default="faiss,milvus-lite")
     b.add_argument("--reindex-videos", type=int, default=8)
     b.add_argument("--reindex-seconds", type=int, default=10)
-    b.add_argument("--reindex-size", type=int, default=64, help="frame width and height of the generated videos")
+    b.add_argument(
+        "--reindex-size", type=int, default=64, help="frame width and height of the generated videos"
+    )
     b.add_argument("--reindex-checkpoints", default=None, help="OLD,NEW instead of two tiny random ones")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -46,9 +46,25 @@ def test_both_backends_through_the_script(tmp_path, monkeypatch):
     """`main` with --backends (each run in its own process) writes the JSON: every figure per backend,
     exact FAISS finds the exact top 10."""
     out = tmp_path / "index_backends.json"
-    monkeypatch.setattr(sys, "argv", ["benchmarks/index.py", "--backends", "faiss,milvus-lite", "--sizes", "500",
-                                      "--dim", str(D), "--queries", "20", "--segments-per-video", "10",
-                                      "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "benchmarks/index.py",
+            "--backends",
+            "faiss,milvus-lite",
+            "--sizes",
+            "500",
+            "--dim",
+            str(D),
+            "--queries",
+            "20",
+            "--segments-per-video",
+            "10",
+            "--out",
+            str(out),
+        ],
+    )
     bench.main()
     doc = json.loads(out.read_text())
     assert doc["command"].startswith("python -m benchmarks.index --backends faiss,milvus-lite")
@@ -59,8 +75,18 @@ def test_both_backends_through_the_script(tmp_path, monkeypatch):
     assert size["n"] == 500 and set(size["backends"]) == {"faiss", "milvus-lite"}
     for name, r in size["backends"].items():
         assert "error" not in r, (name, r)
-        for key in ("add_vectors_per_s", "add_call_p50_ms", "add_call_p99_ms", "query_p50_ms", "query_p99_ms",
-                    "qps", "recall_at_10", "peak_rss_mib", "index_rss_mib", "disk_mib"):
+        for key in (
+            "add_vectors_per_s",
+            "add_call_p50_ms",
+            "add_call_p99_ms",
+            "query_p50_ms",
+            "query_p99_ms",
+            "qps",
+            "recall_at_10",
+            "peak_rss_mib",
+            "index_rss_mib",
+            "disk_mib",
+        ):
             assert isinstance(r[key], int | float) and r[key] >= 0, (name, key, r)
         assert r["segments"] == 500 and r["query_p50_ms"] <= r["query_p99_ms"]
     assert size["backends"]["faiss"]["kind"] == "flat"  # the service's default below 200,000 segments
@@ -77,16 +103,18 @@ def test_in_process_hnsw_too_and_a_failing_backend_stops_at_its_size(monkeypatch
         return real(name, dim, workdir)
 
     monkeypatch.setattr(bench, "open_backend", lite_fails)
-    res = compare_backends(["faiss", "faiss-hnsw", "milvus-lite"], [500, 300], dim=D, nq=10, mean_segments=10,
-                           isolate=False)
+    res = compare_backends(
+        ["faiss", "faiss-hnsw", "milvus-lite"], [500, 300], dim=D, nq=10, mean_segments=10, isolate=False
+    )
     small, large = res["sizes"]  # in increasing size
     assert small["n"] == 300 and large["n"] == 500
     assert small["backends"]["faiss"]["recall_at_10"] == 1.0
     assert small["backends"]["faiss-hnsw"]["kind"] == "hnsw"
     assert small["backends"]["milvus-lite"]["error"] == "MemoryError: pretend Lite ran out"
     assert small["backends"]["milvus-lite"]["stage"] == "open"
-    assert res["stopped"] == {"milvus-lite": {"size": 300, "error": "MemoryError: pretend Lite ran out",
-                                              "stage": "open"}}
+    assert res["stopped"] == {
+        "milvus-lite": {"size": 300, "error": "MemoryError: pretend Lite ran out", "stage": "open"}
+    }
     assert large["backends"]["milvus-lite"] == {"skipped": "failed at 300 vectors"}
     assert "error" not in large["backends"]["faiss"]
 
@@ -94,8 +122,19 @@ def test_in_process_hnsw_too_and_a_failing_backend_stops_at_its_size(monkeypatch
 def test_the_rss_guard_stops_a_run_and_says_so(tmp_path):
     c = Corpus.make(200, D)
     q = make_queries(c, 5, 4, 0.75)
-    spec = {"backend": "faiss", "n": 200, "dim": D, "seed": 0, "mean_segments": 20, "embeddings": None,
-            "workdir": str(tmp_path / "index"), "k": 10, "add_batch": 1, "warmup": 0, "threads": 1}
+    spec = {
+        "backend": "faiss",
+        "n": 200,
+        "dim": D,
+        "seed": 0,
+        "mean_segments": 20,
+        "embeddings": None,
+        "workdir": str(tmp_path / "index"),
+        "k": 10,
+        "add_batch": 1,
+        "warmup": 0,
+        "threads": 1,
+    }
     r = run_isolated(spec, q, exact_top_videos(c, q, 10), tmp_path, max_rss_bytes=1)
     assert r["error"].startswith("stopped: RSS") and "--max-rss-gb" in r["error"] and "progress" in r
 
