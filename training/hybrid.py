@@ -157,6 +157,9 @@ def train_hybrid(cfg: HybridTrainConfig, model: HybridDRCA, resume: bool = True)
         loss = lc.kd_weight * kd + lc.copy_kd_weight * kd_copy + lc.nce_weight * nce
         return loss, {"kd": kd.item(), "kd_copy": kd_copy.item(), "nce": nce.item()}
 
+    if held_idx and state.epoch == 0 and d.is_main:  # the starting point: the stem's own answers, untrained layers
+        engine.MetricLog(out_dir / engine.METRICS).write({"kind": "eval", "epoch": 0,
+                                                          **evaluate(model, cache, held_idx)})
     t0 = time.time()
     engine.fit(model=model, optimizer=optimizer, loader=loader, loss_fn=loss_fn, solver=cfg.solver, run=cfg.run,
                out_dir=out_dir, d=d, device=device, state=state,
