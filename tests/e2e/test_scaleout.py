@@ -321,7 +321,7 @@ def test_gateway_killed_mid_upload_acknowledges_nothing_and_blocks_nothing(clust
             "Content-Type: video/mp4\r\n\r\n").encode()
     body_len = len(head) + len(data) + len(f"\r\n--{boundary}--\r\n")
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
-    sock.sendall((f"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}"
+    sock.sendall((f"POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}"
                   f"\r\nContent-Length: {body_len}\r\n\r\n").encode() + head + data[: len(data) // 2])
     parts = wait_until(lambda: [p for p in tmp_dir.glob("upload-*.part") if p.stat().st_size > 0], 30,
                        "the upload spooling")
