@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from model.config import DRCAConfig
 from model.dccm import DCCM
-from model.layers import Attention, ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock
+from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock, init_transformer
 
 
 @dataclass
@@ -55,19 +55,11 @@ class DRCA(nn.Module):
         starts spatial-only, as TimeSformer); the DCCM as `model.dccm.reference_init`; the classifier
         truncated-normal (std 0.02), zero bias. Our embedding projection is initialised like the classifier;
         the conv stem keeps PyTorch's defaults."""
-        for p in (self.pos_embed, self.cls_token, self.time_embed):
-            nn.init.trunc_normal_(p, std=0.02)
+        init_transformer((self.pos_embed, self.cls_token, self.time_embed), [])
         if isinstance(self.patch_embed, PatchEmbed):
             nn.init.kaiming_normal_(self.patch_embed.proj.weight, mode="fan_in", nonlinearity="linear")
             nn.init.zeros_(self.patch_embed.proj.bias)
-        for blk in [*self.blocks, *self.align_blocks]:
-            for m in blk.modules():
-                if isinstance(m, Attention):
-                    nn.init.xavier_uniform_(m.qkv.weight)
-                    nn.init.zeros_(m.qkv.bias)
-                    nn.init.zeros_(m.proj.bias)
-            nn.init.zeros_(blk.temporal.temporal_fc.weight)
-            nn.init.zeros_(blk.temporal.temporal_fc.bias)
+        init_transformer((), [*self.blocks, *self.align_blocks])
         for head in (self.cls_head, self.embed_head):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)

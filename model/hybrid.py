@@ -40,7 +40,7 @@ from model.config import DRCAConfig
 from model.dccm import DCCM, FrameSplit
 from model.drca import DRCAOutput
 from model.efficientnet import FEATURE_DIM, LATE_CHANNELS, EfficientNetLite0, block_channels, block_stride
-from model.layers import Attention, DividedSTBlock, ResolutionAlignBlock
+from model.layers import DividedSTBlock, ResolutionAlignBlock, init_transformer
 
 
 @dataclass
@@ -92,16 +92,7 @@ class HybridDRCA(nn.Module):
     def _init_weights(self) -> None:
         """As `DRCA._init_weights` for the transformer layers; the output projection zero (the network
         starts as the stem's frame mean). The stem's weights come from a checkpoint or the teacher."""
-        for p in (self.pos_embed, self.cls_token, self.time_embed):
-            nn.init.trunc_normal_(p, std=0.02)
-        for blk in [*self.blocks, *self.align_blocks]:
-            for m in blk.modules():
-                if isinstance(m, Attention):
-                    nn.init.xavier_uniform_(m.qkv.weight)
-                    nn.init.zeros_(m.qkv.bias)
-                    nn.init.zeros_(m.proj.bias)
-            nn.init.zeros_(blk.temporal.temporal_fc.weight)
-            nn.init.zeros_(blk.temporal.temporal_fc.bias)
+        init_transformer((self.pos_embed, self.cls_token, self.time_embed), [*self.blocks, *self.align_blocks])
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 

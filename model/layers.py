@@ -225,3 +225,20 @@ def pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:
         return x.reshape(b, t, size[0], 2, size[1], 2, c).mean(dim=(3, 5))
     out = F.adaptive_avg_pool2d(x.reshape(b * t, h, w, c).permute(0, 3, 1, 2), size)
     return out.permute(0, 2, 3, 1).reshape(b, t, *size, c)
+
+
+def init_transformer(embeddings: tuple[nn.Parameter, ...], blocks: list[nn.Module]) -> None:
+    """The reference's initialisation of the embeddings (truncated normal, std 0.02) and of the divided
+    space-time and Resolution-Align layers: q/k/v Xavier-uniform with zero attention biases (as
+    nn.MultiheadAttention), the rest nn.Linear's defaults, and a zero `temporal_fc` (each layer starts
+    spatial-only, as TimeSformer)."""
+    for p in embeddings:
+        nn.init.trunc_normal_(p, std=0.02)
+    for blk in blocks:
+        for m in blk.modules():
+            if isinstance(m, Attention):
+                nn.init.xavier_uniform_(m.qkv.weight)
+                nn.init.zeros_(m.qkv.bias)
+                nn.init.zeros_(m.proj.bias)
+        nn.init.zeros_(blk.temporal.temporal_fc.weight)
+        nn.init.zeros_(blk.temporal.temporal_fc.bias)
