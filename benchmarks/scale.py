@@ -33,7 +33,7 @@ import httpx
 
 from benchmarks._env import write_result
 from benchmarks.service import make_videos, random_checkpoint
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model import SHIPPED_CHECKPOINT
 from tests.procs import Gateway, RedisServer, Worker, start_all, wait_jobs
 
 log = logging.getLogger("benchmarks.scale")

@@ -78,7 +78,8 @@ import numpy as np
 import torch
 
 from benchmarks._env import write_result
-from model.checkpoint import SHIPPED_CHECKPOINT, read_config_and_card
+from model import SHIPPED_CHECKPOINT
+from model.checkpoint import read_config_and_card
 from service.concepts import ConceptBank, concept_scores
 from training.metrics import average_precision, ranking
 

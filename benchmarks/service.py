@@ -50,7 +50,7 @@ import torch
 
 from benchmarks._env import write_result
 from media.video import ffmpeg_exe
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model import SHIPPED_CHECKPOINT
 from service.settings import Settings
 
 log = logging.getLogger("benchmarks.service")

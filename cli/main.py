@@ -1,9 +1,11 @@
 """The `drca` command root. Each package keeps its own commands in its `cli.py`; this module only wires them.
 
 The commands of `model` (flops, demo, convert-seed) and `training` (train, eval, synth, media) are registered directly:
-their modules import only typer at load time. The service's commands (serve, worker, ingest, reindex) are resolved
-when one of them is asked for, so `drca train`, `drca synth`, `drca flops`, `drca eval` and `drca media`
-never import the `service` package (tests/test_layers.py checks this in a fresh interpreter).
+at load time their modules import only typer and the torch-free `model.config` and `model.presets`; everything
+else is imported inside the command that runs it. The service's commands (serve, worker, ingest, reindex) are
+resolved when one of them is asked for, so `drca train`, `drca synth`, `drca flops`, `drca eval` and `drca media`
+never import the `service` package (tests/test_layers.py checks this in a fresh interpreter). `drca --help` and
+`drca ingest` (the HTTP client) load no torch, faiss, redis or fastapi (tests/test_light_imports.py).
 """
 
 from __future__ import annotations

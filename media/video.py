@@ -14,6 +14,9 @@ Every file goes through two stages:
 Timestamps are decord's real presentation times (correct for variable frame rate), and frames come out
 upright: decord 0.6 applies the display rotation itself; if a build does not (the decoded size is the
 coded size although the header says 90/270 degrees), we rotate with torch.
+
+torch is imported where frames become tensors (``VideoReader.get_frames``), so that the limits, the probe
+and ``VIDEO_EXTENSIONS`` load without it: the settings and the ingestion client use them.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,19 @@ class VideoLimits:
 
 
 DEFAULT_LIMITS = VideoLimits()
+
+#: The file extensions of the video containers that this path opens (ffmpeg's probe, then decord), lower
+#: case without the dot: the files `drca ingest` and training collect from a folder, and the names the
+#: service stores uploads under. A file is still judged by its content; the extension only picks files.
+VIDEO_EXTENSIONS = frozenset({
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "mts", "flv", "3gp", "ogv", "ogg", "wmv",
+    "asf", "dv", "vob",
+})
+
+
+def has_video_extension(path: str | Path) -> bool:
+    """Whether the file name ends in one of ``VIDEO_EXTENSIONS`` (in any case)."""
+    return Path(path).suffix.lower().lstrip(".") in VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -415,6 +434,8 @@ class VideoReader:
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> Clip:
         """Decode exactly these frames (seek + decode, in the given order, repeats allowed)."""
+        import torch
+
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise ValueError("get_frames needs at least one index")
@@ -458,6 +479,8 @@ class VideoReader:
         return np.concatenate(out)
 
     def _upright(self, frames: torch.Tensor) -> torch.Tensor:
+        import torch
+
         h, w = frames.shape[1], frames.shape[2]
         if (w, h) == (self.info.width, self.info.height):
             return frames  # already upright (decord applied the rotation, or there is none)

@@ -29,9 +29,6 @@ CONFIG = "config.json"
 CARD = "card.json"
 TEXT_PREFIX = "text_head."
 
-#: The checkpoint shipped inside the `model` package (the service's default; `drca train shipped` rebuilds it).
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "drca-lite0"
-
 
 Network = DRCA | HybridDRCA
 

@@ -154,7 +154,7 @@ def validate(cfg: DRCAConfig) -> None:
 
 def _validate_lite0(cfg: DRCAConfig) -> None:
     """The hybrid's constraints: tokens on the stem's stride-32 grid, the DCCM always on, a 1280-d feature."""
-    from model.efficientnet import FEATURE_DIM, NUM_BLOCKS, block_stride
+    from model.efficientnet_spec import FEATURE_DIM, NUM_BLOCKS, block_stride
 
     b, i, h = cfg.backbone, cfg.input, cfg.head
     if not 1 <= b.stem_split < NUM_BLOCKS:

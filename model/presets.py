@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from model.config import BackboneConfig, DRCAConfig, HeadConfig, InputConfig
-from model.efficientnet import FEATURE_DIM, LITE_MEAN, LITE_STD
+from model.efficientnet_spec import FEATURE_DIM, LITE_MEAN, LITE_STD
 
 _S = BackboneConfig(embed_dim=384, depth=12, num_heads=6)
 _B = BackboneConfig(embed_dim=768, depth=12, num_heads=12)
@@ -18,11 +18,12 @@ def _k(backbone: BackboneConfig, k: int) -> BackboneConfig:
 
 
 PRESETS: dict[str, DRCAConfig] = {
-    # The shipped checkpoint's preset (`drca train shipped`): DRCA layers on the pretrained EfficientNet-Lite0
-    # stem (`model.hybrid`) at 224 px, 8 frames. The stem's first 5 blocks see every frame; 192-d tokens
-    # on the 7x7 grid, 1 divided space-time layer, then the DCCM keeps K=4 frames for the stem's late
-    # blocks at full size (the other 4 at half size) and 2 Resolution-Align layers. The 1000 ImageNet
-    # classes and the 1280-d embedding; docs/model.md has the choice of stem and size.
+    # The shipped checkpoint's preset (model/checkpoints/drca-lite0, made by `drca train shipped`): DRCA
+    # layers on the pretrained EfficientNet-Lite0 stem (`model.hybrid`) at 224 px, 8 frames. The stem's
+    # first 5 blocks see every frame; 192-d tokens on the 7x7 grid, 1 divided space-time layer, then the
+    # DCCM keeps K=4 frames for the stem's late blocks at full size (the other 4 at half size) and 2
+    # Resolution-Align layers. The 1000 ImageNet classes and the 1280-d embedding; docs/model.md has the
+    # choice of stem and size.
     "drca-lite0-224": DRCAConfig(
         name="drca-lite0-224",
         input=InputConfig(num_frames=8, img_size=224, mean=LITE_MEAN, std=LITE_STD),
@@ -42,8 +43,8 @@ PRESETS: dict[str, DRCAConfig] = {
     "drca-b-k4-224": DRCAConfig(name="drca-b-k4-224", input=_IN224, backbone=_k(_B, 4)),
     # A CPU-sized paper-style network: 112 px with 14 px patches (an 8x8 grid, halved to 4x4 by the DCCM),
     # 192-d, 6 layers, K=4 from layer 2, linear patch embedding and cls-token pooling. From scratch on the
-    # synth data it stayed at chance within a CPU budget (docs/training.md), so the shipped checkpoint uses
-    # `drca-cpu` below; this one is kept as the speed reference of docs/model.md.
+    # synth data it stayed at chance within a CPU budget (docs/training.md), so the synthetic-class checkpoint
+    # used `drca-cpu` below; this one is kept as the speed reference of docs/model.md.
     "drca-cpu-112": DRCAConfig(
         name="drca-cpu-112",
         input=InputConfig(num_frames=8, img_size=112),
@@ -54,7 +55,8 @@ PRESETS: dict[str, DRCAConfig] = {
         ),
         head=HeadConfig(num_classes=0, embed_dim=256),
     ),
-    # The shipped checkpoint's preset (`drca train shipped`, distilled from an ImageNet teacher): 160 px
+    # The previous shipped checkpoint's preset, and still `drca train distill`'s default student (distilled
+    # from scratch from an ImageNet teacher; the shipped one is `drca-lite0-224` above): 160 px
     # (the teacher's own agreement with itself collapses below that, docs/training.md) with a
     # convolutional stem down to a 10x10 grid (halved to 5x5 by the DCCM), 160-d, 6 layers, K=4 of 8
     # frames from layer 2, mean-pooled tokens, the 1000 ImageNet classes and a 256-d embedding. Sized by

@@ -21,7 +21,6 @@ parameters (`SimilarityHead` with `encoder=dict(type='None')`).
 from __future__ import annotations
 
 import ast
-import hashlib
 import logging
 import math
 import pickle
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from model.checkpoint import ModelCard, save_checkpoint
 from model.config import BackboneConfig, DRCAConfig, HeadConfig, InputConfig, apply_overrides
+from model.digest import sha256_file
 from model.drca import DRCA
 from model.presets import PRESETS
 
@@ -71,10 +71,7 @@ def read_reference(path: str | Path) -> ReferenceCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise SeedError(f"{path}: no such file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = sha256_file(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
@@ -100,7 +97,7 @@ def read_reference(path: str | Path) -> ReferenceCheckpoint:
         raise SeedError(f"{path}: its state_dict is not a dict of tensors")
     text = meta.get("config")
     return ReferenceCheckpoint(state=dict(state), config_text=text if isinstance(text, str) else None,
-                               sha256=digest.hexdigest())
+                               sha256=digest)
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,7 +17,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from service.browser import BrowserGuardMiddleware
 from service.deps import rate_limit, require_api_key
-from service.errors import ServiceError, error_response, install_error_handlers
+from service.errors import METHODS, ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import admin, health, inference, media, videos
 from service.runtime import ServiceRuntime
@@ -41,10 +41,6 @@ DOCS_PAGE = """<!doctype html>
   presets: [SwaggerUIBundle.presets.apis]});</script>
 </body></html>
 """
-
-#: HTTP methods with their own `method` label; any other method name is counted as `other`.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
 
 class _LatencyMiddleware:
     """Request latency by route template (`/v1/videos/{video_id}`, not the raw path). Every label has a
@@ -75,7 +71,7 @@ class _LatencyMiddleware:
                 path = "unmatched"
             elif scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
                 path = "/v1" + path  # routers included with a prefix report their own path
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.request_latency.labels(method, path, str(status["code"])).observe(
                 time.perf_counter() - t0)
 

@@ -191,8 +191,6 @@ def ingest(
 
     from tqdm import tqdm
 
-    _check_faiss()  # the client shares the service's error types, which import the indexer
-
     from service.ingest import IngestInputError, collect_files, ingest_files
     from service.settings import read_key_file
 

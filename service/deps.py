@@ -13,7 +13,6 @@ from fastapi import Path, Request
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
 from service.runtime import ServiceRuntime
 from service.schemas import MAX_ID, Int, parse_int
-from service.search import SearchService
 from service.storage import UploadForm, parse_upload
 
 log = logging.getLogger(__name__)
@@ -34,11 +33,6 @@ def runtime(request: Request) -> ServiceRuntime:
     if rt is None or rt.index is None:
         raise NotReady("the service is starting")
     return rt
-
-
-def search_service(request: Request) -> SearchService:
-    runtime(request)
-    return request.app.state.search
 
 
 def client_address(request: Request) -> str:

@@ -164,7 +164,8 @@ def error_response(err: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(err.code, err.message), status_code=err.status, headers=err.headers)
 
 
-#: The methods a 405's `Allow` header may name.
+#: The HTTP methods the service knows: a 405's `Allow` header names some of them, and request metrics label
+#: each by name (any other method is counted as `other`).
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 

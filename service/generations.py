@@ -16,7 +16,6 @@ on every start, before anything is served).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from indexer import FaissGenerations, IndexConfig, IndexGenerations, SegmentIndex
 from model.checkpoint import WEIGHTS, CheckpointError
+from model.digest import sha256_file
 from service.settings import Settings
 from service.store import Label, MetadataStore, NotFound
 
@@ -64,14 +64,11 @@ class CheckpointMismatch(Exception):
 def checkpoint_identity(checkpoint: Path, embed_dim: int) -> CheckpointIdentity:
     """The identity of the checkpoint directory: the sha256 of its weights file (read, never loaded)."""
     weights = Path(checkpoint) / WEIGHTS
-    h = hashlib.sha256()
     try:
-        with open(weights, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        sha256 = sha256_file(weights)
     except OSError as e:
         raise CheckpointError(f"cannot read {weights}: {e.strerror or e}") from None
-    return CheckpointIdentity(h.hexdigest(), embed_dim, str(Path(checkpoint).resolve()))
+    return CheckpointIdentity(sha256, embed_dim, str(Path(checkpoint).resolve()))
 
 
 def index_generations(settings: Settings, embed_dim: int) -> IndexGenerations:

@@ -7,14 +7,14 @@ Resumable: each file is hashed locally first, and files whose content the server
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from service.storage import VIDEO_EXTENSIONS
+from media.video import has_video_extension
+from model.digest import sha256_file
 
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
@@ -34,7 +34,7 @@ def collect_files(target: Path) -> list[Path]:
     """A folder (recursively, files with a video extension, sorted) or a list file (one path a line,
     relative to the list's folder; blank lines and `#` comments ignored)."""
     if target.is_dir():
-        return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_EXTENSIONS)
+        return sorted(p for p in target.rglob("*") if p.is_file() and has_video_extension(p))
     if target.is_file() and target.suffix.lower() in LIST_SUFFIXES:
         out = []
         for line in target.read_text(encoding="utf-8").splitlines():
@@ -46,14 +46,6 @@ def collect_files(target: Path) -> list[Path]:
     if target.is_file():
         return [target]
     raise IngestInputError(f"{target}: no such file or folder")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _reason(r: httpx.Response) -> str:

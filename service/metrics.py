@@ -7,8 +7,6 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-VIDEO_STATUSES = ("pending", "processing", "indexed", "failed")
-
 
 class _StoreCollector:
     """Scrape-time gauges read from the metadata store, the broker and the index."""

@@ -15,11 +15,11 @@ from model.checkpoint import CheckpointError, CheckpointMissing, ModelCard, read
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.generations import checkpoint_identity, finish_switch, open_index
-from service.metrics import VIDEO_STATUSES, ServiceMetrics
+from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
 from service.settings import Settings
 from service.storage import VideoStorage
-from service.store import MetadataStore
+from service.store import VIDEO_STATUSES, MetadataStore
 from service.store.sqlite import SQLiteMetadataStore
 from service.thumbnails import ThumbnailCache
 

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from service.store import JobStatus, VideoStatus
+
 #: Ids are stored as signed 64-bit integers (SQLite, FAISS): anything outside 0..MAX_ID is 422, never
 #: an overflow deeper down.
 MAX_ID = 2**63 - 1
@@ -69,14 +71,14 @@ class ErrorResponse(BaseModel):
 class UploadResponse(BaseModel):
     video_id: int
     job_id: int
-    status: Literal["queued", "running", "done", "failed"]
+    status: JobStatus
     created: bool = Field(description="False when the same content was already uploaded (HTTP 200)")
 
 
 class JobResponse(BaseModel):
     job_id: int
     video_id: int
-    status: Literal["queued", "running", "done", "failed"]
+    status: JobStatus
     error: str | None = None
     created_at: float
     timings: dict[str, float] = Field(description="Seconds per stage: queue_wait_s, decode_s, forward_s, ...")
@@ -98,7 +100,7 @@ class VideoResponse(BaseModel):
     sha256: str
     source_name: str | None
     duration: float | None
-    status: Literal["pending", "processing", "indexed", "failed", "deleted"]
+    status: VideoStatus
     error: str | None = None
     created_at: float
     metadata: dict[str, Any] = Field(default_factory=dict)

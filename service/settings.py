@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from media.video import VideoLimits
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model import SHIPPED_CHECKPOINT
 
 
 def read_key_file(path: Path) -> list[str]:

@@ -23,11 +23,11 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from media.video import VIDEO_EXTENSIONS
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
 
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (external_id, metadata, k, ...)
 MAX_FIELDS = 32
-VIDEO_EXTENSIONS = {"mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "3gp", "ogv", "wmv"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]+")
 
 

@@ -23,11 +23,10 @@ from tqdm import tqdm
 
 from media.sampling import SampleFrames
 from media.segments import segment_clips
-from media.video import open_video
+from media.video import has_video_extension, open_video
 from model.checkpoint import load_checkpoint
 from training.data.annotations import load_video_list
 from training.data.datasets import DecodedClipDataset
-from training.data.real import VIDEO_EXTENSIONS
 from training.data.retrieval_sets import Protocol, load_fivr, load_near_duplicate, relevant_ids
 from training.embed import embed_clips
 from training.metrics import chamfer_matrix, classification_metrics, retrieval_metrics
@@ -80,7 +79,7 @@ def find_videos(video_dir: str | Path, ids: list[str]) -> dict[str, Path]:
     video_dir = Path(video_dir)
     found: dict[str, Path] = {}
     for p in video_dir.iterdir() if video_dir.is_dir() else ():
-        if p.suffix.lower() in VIDEO_EXTENSIONS:
+        if has_video_extension(p):
             found.setdefault(p.stem, p)
     missing = [i for i in ids if i not in found]
     if missing:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from media.video import has_video_extension
 from model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from model.drca import DRCA
 from training import engine
@@ -27,7 +28,6 @@ from training.classify import list_prefix, resolve_classes
 from training.config import RetrievalConfig
 from training.data.annotations import load_video_list
 from training.data.datasets import ClipDataset, FrameCache, InstanceDataset
-from training.data.real import VIDEO_EXTENSIONS
 from training.losses import MetricLoss
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def training_videos(cfg: RetrievalConfig) -> tuple[list[Path], list[int]]:
         folder = Path(cfg.data.extra_videos)
         if not folder.is_dir():
             raise ValueError(f"data.extra_videos={folder} is not a folder")
-        extra = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        extra = sorted(p for p in folder.rglob("*") if has_video_extension(p))
         if not extra:
             raise ValueError(f"data.extra_videos={folder} has no videos")
         paths += extra

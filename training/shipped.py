@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from model.checkpoint import SHIPPED_CHECKPOINT, ModelCard, build_model, save_checkpoint
+from model import SHIPPED_CHECKPOINT
+from model.checkpoint import ModelCard, build_model, save_checkpoint
 from model.config import apply_overrides
 from model.hybrid import HybridDRCA
 from training.data.distill import heldout_video_paths, load_split

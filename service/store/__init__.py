@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 
 VideoStatus = Literal["pending", "processing", "indexed", "failed", "deleted"]
 JobStatus = Literal["queued", "running", "done", "failed"]
+#: The statuses a stored video can be counted by: `deleted` is a record's end, and its record is removed.
+VIDEO_STATUSES: tuple[VideoStatus, ...] = ("pending", "processing", "indexed", "failed")
 
 # Allowed status transitions; anything else is a programming error in the caller.
 VIDEO_TRANSITIONS: dict[str, set[str]] = {

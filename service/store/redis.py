@@ -32,10 +32,7 @@ from service.store import (
     Label,
     NotFound,
     VideoRecord,
-    VideoStatus,
 )
-
-STATUSES: tuple[VideoStatus, ...] = ("pending", "processing", "indexed", "failed")
 
 
 def _video_json(v: VideoRecord) -> str:

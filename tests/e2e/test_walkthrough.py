@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import SHIPPED_CHECKPOINT
+from model import SHIPPED_CHECKPOINT
 from tests.e2e.test_serve import ROOT, Server
 
 

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from media.segments import segment_clips
 from media.video import open_video
-from model.checkpoint import SHIPPED_CHECKPOINT, build_model, read_weights
+from model import SHIPPED_CHECKPOINT
+from model.checkpoint import build_model, read_weights
 from model.efficientnet import EfficientNetLite0
 from model.hybrid import HybridDRCA
 from model.presets import get_preset, uncompressed

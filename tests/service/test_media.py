@@ -10,10 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from media.video import DEFAULT_LIMITS
+from media.video import DEFAULT_LIMITS, VIDEO_EXTENSIONS
 from service.app import STATIC_DIR, create_app
 from service.routes.media import MEDIA_TYPES
-from service.storage import VIDEO_EXTENSIONS
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings
 

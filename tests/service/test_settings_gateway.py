@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from model.checkpoint import SHIPPED_CHECKPOINT
+from model import SHIPPED_CHECKPOINT
 from service.app import create_app
 from service.settings import Settings
 from tests.service.conftest import make_settings

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from model import SHIPPED_CHECKPOINT
+from model.checkpoint import load_checkpoint
 from service.app import create_app
 from service.encoder import VideoEncoder
 from service.settings import Settings

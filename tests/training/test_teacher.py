@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.efficientnet import FEATURE_DIM, EfficientNetLite0
+from model.efficientnet import EfficientNetLite0
+from model.efficientnet_spec import FEATURE_DIM
 from training.data.imagenet import class_names, load_classes
 from training.teacher import (
     WEIGHTS_MEMBER,

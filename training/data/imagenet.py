@@ -3,9 +3,10 @@
 Provenance: the ``timm`` wheel (``pip download --no-deps timm``, never installed) ships the class order
 (``timm/data/_info/imagenet_synsets.txt``, the standard sorted-WordNet-id order the teacher's ``_fc`` uses),
 the lemmas (``imagenet_synset_to_lemma.txt``) and the WordNet definitions
-(``imagenet_synset_to_definition.txt``). ``build_classes`` turns them into ``CLASSES_FILE`` (committed,
-tab-separated: index, WordNet id, name, lemmas, definition). A class's name is its first lemma; the two
-first lemmas that occur twice ("crane", "maillot") get a distinguishing word so that names are unique.
+(``imagenet_synset_to_definition.txt``). ``build_classes`` derives the classes from them; ``CLASSES_FILE``
+holds its result (committed, tab-separated: index, WordNet id, name, lemmas, definition). A class's name is
+its first lemma; the two first lemmas that occur twice ("crane", "maillot") get a distinguishing word so
+that names are unique.
 """
 
 from __future__ import annotations
@@ -58,14 +59,6 @@ def build_classes(timm_wheel: str | Path) -> list[ImageNetClass]:
     if len({c.name for c in out}) != 1000:
         raise ValueError("ImageNet class names are not unique")
     return out
-
-
-def write_classes(classes: list[ImageNetClass], path: Path = CLASSES_FILE) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["index", "wnid", "name", "lemmas", "definition"])
-        for c in classes:
-            w.writerow([c.index, c.wnid, c.name, c.lemmas, c.definition])
 
 
 def load_classes(path: Path = CLASSES_FILE) -> list[ImageNetClass]:

