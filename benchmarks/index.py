@@ -656,7 +656,7 @@ def measure_reindex(
     data dir of generated videos (module docstring). Errors are recorded, not raised."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.reindex import reindex
     from service.settings import Settings
     from tests.service.media import distinct_videos, tiny_checkpoint

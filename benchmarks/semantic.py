@@ -19,7 +19,7 @@ same clips. The stills' sha256 are checked against the manifest and the files.
 
 What it does, in one run:
 
-1. Starts the embedded service in this process (`service.app.create_app`: the same routes, worker,
+1. Starts the embedded service in this process (`service.http.app.create_app`: the same routes, worker,
    catalog and search code as `drca serve`, driven through the ASGI stack) with the checkpoint, renders
    the still clips into a temporary folder, and uploads them and every real video of the `drca media
    fetch-real` manifest with an opaque external id (the first 12 hex digits of the video's or the still's
@@ -226,7 +226,7 @@ class EmbeddedService:
     def __init__(self, checkpoint: Path, data_dir: Path, torch_threads: int = 0) -> None:
         from fastapi.testclient import TestClient
 
-        from service.app import create_app
+        from service.http.app import create_app
         from service.settings import Settings
 
         self.settings = Settings(checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=torch_threads,

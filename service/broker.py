@@ -8,7 +8,7 @@ Two kinds of work cross it:
 - synchronous inference (`InferenceRequest`: classify a file, embed a query video, embed query text):
   the gateway blocks in `infer` until a worker `reply`s or the timeout passes (-> 503).
 
-`InProcessBroker` is the embedded default (a priority queue and futures). `service.redis_broker.RedisBroker`
+`InProcessBroker` is the embedded default (a priority queue and futures). `service.backends.redis.broker.RedisBroker`
 implements the same `Broker` protocol for the scale-out deployment: every field of the messages is plain data
 (strings, ints, numpy arrays), so they serialise without pickling.
 """

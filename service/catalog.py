@@ -14,7 +14,7 @@ A lock serialises these, so a delete racing a finishing job cannot leave vectors
 a thread lock and `index` is the `VideoIndex`; in the scale-out deployment the same code runs in every
 gateway and worker with the Redis store, a `RedisLock` and, as `index`, `RedisVectorLog` (the durable
 stream that every gateway replica's FAISS index follows) or `MilvusChangeLog` (writes into the one Milvus,
-announced to the gateways' text tables); service/vector_stream.py.
+announced to the gateways' text tables); service/backends/redis/streams.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexer import SegmentIndex, Span
+from service.backends.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
 from service.broker import Broker, IngestJob
 from service.concepts import concept_scores
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
-from service.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)

@@ -102,8 +102,8 @@ def serve(
     """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
     --redis URL: one gateway replica; encoding is done by `drca worker --redis URL` processes."""
     _check_faiss()
-    from service import server
-    from service.app import create_app
+    from service.http import server
+    from service.http.app import create_app
 
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from indexer import FaissGenerations, IndexConfig, IndexGenerations, SegmentIndex
 from model.checkpoint import WEIGHTS, CheckpointError
+from service.backends.store import Label, MetadataStore, NotFound
 from service.settings import Settings
-from service.store import Label, MetadataStore, NotFound
 
 log = logging.getLogger(__name__)
 

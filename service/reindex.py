@@ -31,6 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
+from service.backends.sqlite import SQLiteMetadataStore
+from service.backends.store import VideoRecord
 from service.catalog import top_labels
 from service.errors import InvalidInput
 from service.generations import (
@@ -43,8 +45,6 @@ from service.generations import (
 )
 from service.runtime import read_card
 from service.settings import Settings
-from service.store import VideoRecord
-from service.store.sqlite import SQLiteMetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _drop_previous(gens, current: str) -> None:
 def _fill(settings: Settings, checkpoint: Path, store: SQLiteMetadataStore, index: SegmentIndex, target: str,
           progress: bool) -> tuple[int, float]:
     """Embed every indexed video that the new generation lacks; (videos embedded, their seconds)."""
-    from service.encoder import VideoEncoder
+    from service.encoding.encoder import VideoEncoder
 
     labels_path = pending_labels_path(settings, target)
     done = read_pending_labels(labels_path)
@@ -328,7 +328,7 @@ class OnlineReindex:
     def complete(self, job, segments, vectors: np.ndarray, probs: np.ndarray | None, class_names: list[str],
                  duration: float) -> None:
         """A reindex job's result: labels (fsync'd), then the segments into the new generation."""
-        from service.store import NotFound
+        from service.backends.store import NotFound
 
         labels = top_labels(probs, class_names, self.settings.stored_labels) if probs is not None else []
         with self.rt.catalog.lock:
@@ -383,7 +383,7 @@ class OnlineReindex:
 
     def _prepare(self) -> None:
         from indexer import wal
-        from service.encoder import VideoEncoder
+        from service.encoding.encoder import VideoEncoder
 
         identity, checkpoint = self.identity, self.checkpoint
         gens = index_generations(self.settings, identity.embed_dim)

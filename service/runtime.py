@@ -12,6 +12,8 @@ from typing import Literal
 
 from indexer import SegmentIndex
 from model.checkpoint import CheckpointError, CheckpointMissing, ModelCard, read_config_and_card
+from service.backends.sqlite import SQLiteMetadataStore
+from service.backends.store import MetadataStore
 from service.broker import Broker, InProcessBroker
 from service.catalog import Catalog
 from service.generations import checkpoint_identity, finish_switch, open_index
@@ -19,8 +21,6 @@ from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.priority import QueriesInFlight
 from service.settings import Settings
 from service.storage import VideoStorage
-from service.store import MetadataStore
-from service.store.sqlite import SQLiteMetadataStore
 from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ class ServiceRuntime:
             self._open_limiters()
         self.metrics.add_state(self._videos_by_status, self.broker.queue_depth, self._index_size)
         if self.with_worker:
-            from service.encoder import VideoEncoder
-            from service.worker import EncoderWorker
+            from service.encoding.encoder import VideoEncoder
+            from service.encoding.worker import EncoderWorker
 
             threads = encoder_threads(s, self.role)
             if threads and not s.torch_threads:
@@ -141,9 +141,14 @@ class ServiceRuntime:
             self.reindex.resume()
 
     def _open_redis(self, storage: VideoStorage) -> None:
-        from service.redis_broker import RedisBroker, RedisLock, connect
-        from service.store.redis import RedisMetadataStore
-        from service.vector_stream import ChangeFollower, MilvusChangeLog, RedisVectorLog, VectorFollower
+        from service.backends.redis.broker import RedisBroker, RedisLock, connect
+        from service.backends.redis.store import RedisMetadataStore
+        from service.backends.redis.streams import (
+            ChangeFollower,
+            MilvusChangeLog,
+            RedisVectorLog,
+            VectorFollower,
+        )
 
         s = self.settings
         self.redis = connect(s.redis_url)
@@ -185,7 +190,7 @@ class ServiceRuntime:
     def _open_limiters(self) -> None:
         """The request and failed-authentication limits: in Redis when there is one (shared by every
         gateway replica), else in this process."""
-        from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimiter, RedisBuckets
+        from service.http.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimiter, RedisBuckets
 
         s = self.settings
 

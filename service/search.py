@@ -2,7 +2,7 @@
 
 Video query: the query's segment embeddings against every indexed segment, aggregated per video
 (`max` by default: the best pair of segments; `chamfer` in settings). An uploaded query is embedded in
-several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoder`);
+several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoding.encoder`);
 each view is searched on its own and a video scores its best view, which the hit names (`VideoMatch`).
 
 Text query, for each candidate video v (weights and the rest in settings; docs/api.md has examples):
@@ -42,7 +42,7 @@ BANK_CHUNK = 256
 
 @dataclass(frozen=True)
 class QueryView:
-    name: str  # "original", "mirrored", ... (service.encoder.QUERY_VIEWS)
+    name: str  # "original", "mirrored", ... (service.encoding.encoder.QUERY_VIEWS)
     vectors: np.ndarray  # (S, E) L2-normalised
     segments: list[Span] | None
     box: list[int] | None = None  # the region of the query's frame embedded, [x, y, w, h]; None: all

@@ -13,10 +13,10 @@ import torch
 
 from indexer import Span
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
+from service.encoding.worker import EncoderWorker
 from service.errors import WorkerUnavailable
 from service.priority import QueriesInFlight
 from service.settings import Settings
-from service.worker import EncoderWorker
 from tests.waiting import wait_until
 
 

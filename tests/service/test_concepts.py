@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.backends.store import Label, VideoRecord
 from service.broker import InferenceRequest
 from service.catalog import TextTable
 from service.concepts import ConceptBank, bank_phrases, class_phrase, concept_scores
-from service.store import Label, VideoRecord
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import CLASS_NAMES, tiny_checkpoint
 

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from media.segments import PROBE_SEGMENTS
 from media.video import DEFAULT_LIMITS
-from service.app import create_app
 from service.broker import InferenceRequest
 from service.errors import ServiceError
-from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
+from service.http.app import create_app
+from service.http.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
 from service.thumbnails import ThumbnailCache
 from tests.procs import ROOT, free_port
 from tests.service.conftest import ingest, make_settings, wait_job
@@ -67,7 +67,7 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`drca serve`'s server (service.server.server_config) on a free port, with 1 s timeouts."""
+    """`drca serve`'s server (service.http.server.server_config) on a free port, with 1 s timeouts."""
     settings = make_settings(checkpoint, tmp_path_factory.mktemp("server"), port=free_port(),
                              header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, idle_timeout_s=TIMEOUT_S)
     with running_server(settings) as srv:
@@ -466,7 +466,7 @@ def chunked(checkpoint, tmp_path_factory):
 
 
 def test_a_long_video_is_decoded_and_embedded_in_bounded_chunks(chunked, long_video, monkeypatch):
-    import service.encoder as encoder_module
+    import service.encoding.encoder as encoder_module
 
     calls: list[int] = []
     real = encoder_module.decode_segments
@@ -503,7 +503,7 @@ def test_more_segments_than_max_segments_is_422(checkpoint, tmp_path, long_video
 def test_synchronous_requests_do_not_wait_behind_a_long_ingest(chunked, long_video, media, monkeypatch):
     """The job's decoding is held after its first chunk; classify, a video query and a text query must
     all complete meanwhile (before: they queued behind the whole video, and only then the job finished)."""
-    import service.encoder as encoder_module
+    import service.encoding.encoder as encoder_module
 
     first_chunk, release = threading.Event(), threading.Event()
     real = encoder_module.OpenedVideo.clips

@@ -13,8 +13,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from indexer import Span
-from service.app import create_app
 from service.broker import InferenceResult
+from service.http.app import create_app
 from service.runtime import encoder_threads
 from service.settings import Settings
 from service.storage import VideoStorage

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.deps import MAX_JSON_BYTES
-from service.routes.videos import _EXTERNAL_ID
+from service.http.deps import MAX_JSON_BYTES
+from service.http.routes.videos import _EXTERNAL_ID
 from service.storage import MAX_FIELD_BYTES
 from tests.commits import wal_commits
 from tests.service.conftest import LIMITS, ingest, upload, wait_job

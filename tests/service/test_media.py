@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from media.video import DEFAULT_LIMITS
-from service.app import STATIC_DIR, create_app
-from service.routes.media import MEDIA_TYPES
+from service.http.app import STATIC_DIR, create_app
+from service.http.routes.media import MEDIA_TYPES
 from service.storage import VIDEO_EXTENSIONS
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from indexer import VideoIndex
 from indexer.milvus_index import MilvusVideoIndex
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import distinct_videos
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.encoder import VideoEncoder
+from service.encoding.encoder import VideoEncoder
 from service.generations import checkpoint_identity, index_generations
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings, upload, wait_job
 from tests.service.media import CLASS_NAMES, distinct_videos, tiny_checkpoint
 from tests.waiting import wait_until

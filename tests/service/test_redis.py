@@ -13,16 +13,16 @@ from fastapi.testclient import TestClient
 
 from indexer import Span
 from indexer.milvus_index import MilvusVideoIndex
-from service.app import create_app
+from service.backends.redis.broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
+from service.backends.redis.store import RedisMetadataStore
+from service.backends.redis.streams import MilvusChangeLog, RedisVectorLog
+from service.backends.store import DuplicateContent, InvalidTransition, NotFound
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
 from service.errors import ServiceError, WorkerUnavailable
-from service.redis_broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
+from service.http.app import create_app
 from service.runtime import ServiceRuntime
 from service.storage import VideoStorage
-from service.store import DuplicateContent, InvalidTransition, NotFound
-from service.store.redis import RedisMetadataStore
-from service.vector_stream import MilvusChangeLog, RedisVectorLog
 from tests.commits import assert_milvus_rows_once
 from tests.procs import MilvusLiteServer
 from tests.service.conftest import make_settings, upload, wait_job

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import distinct_videos
 

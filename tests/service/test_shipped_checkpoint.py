@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-from service.app import create_app
-from service.encoder import VideoEncoder
+from service.encoding.encoder import VideoEncoder
+from service.http.app import create_app
 from service.settings import Settings
 from tests.service.conftest import ingest
 from training.data.imagenet import class_names

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.schemas import Health, Readiness
+from service.http.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 

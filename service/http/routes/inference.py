@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.broker import InferenceRequest
-from service.deps import (
+from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
+from service.http.deps import (
     check_k,
     form_ids,
     form_value,
@@ -17,9 +18,7 @@ from service.deps import (
     read_multipart,
     runtime,
 )
-from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
-from service.runtime import ServiceRuntime
-from service.schemas import (
+from service.http.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     LabelOut,
@@ -29,6 +28,7 @@ from service.schemas import (
     parse_float,
     parse_int,
 )
+from service.runtime import ServiceRuntime
 from service.search import VideoMatch, external_ids
 from service.storage import UploadForm
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Path, Request
 
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
+from service.http.schemas import MAX_ID, Int, parse_int
 from service.runtime import ServiceRuntime
-from service.schemas import MAX_ID, Int, parse_int
 from service.search import SearchService
 from service.storage import UploadForm, parse_upload
 

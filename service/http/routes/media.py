@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import VideoIdPath, runtime
+from service.backends.store import NotFound
 from service.errors import ERRORS, BadRequest, NotFoundError, ServiceError
+from service.http.deps import VideoIdPath, runtime
 from service.runtime import ServiceRuntime
-from service.store import NotFound
 
 router = APIRouter(tags=["videos"])
 

@@ -46,7 +46,7 @@ import torch
 
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
-from service.encoder import OpenedVideo, VideoEncoder
+from service.encoding.encoder import OpenedVideo, VideoEncoder
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight

@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.catalog import Conflict
-from service.deps import read_json, runtime
 from service.errors import ERRORS, InvalidInput
+from service.http.deps import read_json, runtime
+from service.http.schemas import ReindexRequest, ReindexStatus
 from service.runtime import ServiceRuntime
-from service.schemas import ReindexRequest, ReindexStatus
 
 router = APIRouter(tags=["admin"])
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.backends.store import JobRecord, VideoRecord
 from service.catalog import TOP_LABELS
-from service.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
 from service.errors import ERRORS, BadRequest, InvalidInput
-from service.runtime import ServiceRuntime
-from service.schemas import (
+from service.http.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
+from service.http.schemas import (
     MAX_ID,
     Int,
     JobResponse,
@@ -23,8 +23,8 @@ from service.schemas import (
     VideoPage,
     VideoResponse,
 )
+from service.runtime import ServiceRuntime
 from service.storage import SpooledUpload
-from service.store import JobRecord, VideoRecord
 
 router = APIRouter(tags=["videos"])
 
@@ -75,7 +75,7 @@ async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
     `min_bytes_per_segment`), before anything is queued; its duration. VideoError -> 4xx."""
     from media.segments import plan_segments
     from media.video import open_video
-    from service.encoder import check_segment_count
+    from service.encoding.encoder import check_segment_count
 
     def _probe() -> float:
         with open_video(upload.path, rt.settings.video_limits) as reader:

@@ -15,14 +15,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from service.browser import BrowserGuardMiddleware
-from service.deps import rate_limit, require_api_key
 from service.errors import ServiceError, error_response, install_error_handlers
+from service.http.browser import BrowserGuardMiddleware
+from service.http.deps import rate_limit, require_api_key
+from service.http.routes import admin, health, inference, media, videos
+from service.http.server import BodyLimitsMiddleware
 from service.metrics import ServiceMetrics
-from service.routes import admin, health, inference, media, videos
 from service.runtime import ServiceRuntime
 from service.search import SearchService
-from service.server import BodyLimitsMiddleware
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Backends: the parts a deployment keeps its shared state in."""
