@@ -233,8 +233,8 @@ class EmbeddedService:
                                  allowed_hosts=["testserver"])
         self.client = TestClient(create_app(self.settings), raise_server_exceptions=True)
         self.client.__enter__()
-        self.rt = self.client.app.state.runtime
-        self.search = self.client.app.state.search
+        self.rt = self.client.app.state.service
+        self.search = self.rt.search
         self.defaults = self.rt.settings.model_copy()
 
     def close(self) -> None:
@@ -402,10 +402,10 @@ def run_service(svc: EmbeddedService, args: argparse.Namespace, paths: dict[str,
     teacher = load_teacher(args.teacher).to(memory_format=torch.channels_last)
     if s.segment_fps != 1.0:
         raise SystemExit("the teacher sees the 1 fps segments; run with the default segment_fps")
-    num_frames = svc.rt.encoder.config.input.num_frames
+    num_frames = svc.rt.active.current.encoder.config.input.num_frames
     tp = {f: teacher_video_probs(teacher, paths[f], num_frames=num_frames).numpy() for f in items}
     student = {f: svc.labels(vid[f]) for f in items}
-    same_classes = list(svc.rt.class_names) == names
+    same_classes = list(svc.rt.active.current.class_names) == names
     set_items = set(groups["set"])
     out["items"] = {
         f: {"kind": "video" if f.startswith("videos/") else "still", "heldout": f in set_items,

@@ -99,7 +99,7 @@ class ServiceMethod:
             app = create_app(settings)
             with TestClient(app) as client:
                 ids, ingest = _ingest(client, database, paths, seconds)
-                svc = app.state.search
+                svc = app.state.service.search
                 col = {vid: j for j, vid in enumerate(database)}
                 aggs = ("max", "chamfer")
                 scores = {a: np.full((len(queries), len(database)), -np.inf) for a in aggs}

@@ -145,7 +145,7 @@ def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
     rt = srv.config.loaded_app
     while not hasattr(rt, "state"):  # uvicorn wraps the app in its own middleware
         rt = rt.app
-    store = rt.state.runtime.store
+    store = rt.state.service.catalog.store
 
     def broken(*a, **kw):
         raise RuntimeError("injected fault")
@@ -267,7 +267,7 @@ def test_text_query_with_text_search_off_is_503(no_text, media):
     err = _error(no_text.post("/v1/search", json={"text": "a dog", "k": 3}), 503)
     assert err["code"] == "text_search_disabled" and "text_search=false" in err["message"]
     # the worker says the same when a gateway with other settings asks it (scale-out)
-    rt = no_text.app.state.runtime
+    rt = no_text.app.state.service
     with pytest.raises(ServiceError) as e:
         rt.broker.infer(InferenceRequest("embed_text", texts=("a dog",)), 30)
     assert (e.value.status, e.value.code) == (503, "text_search_disabled")
@@ -304,7 +304,7 @@ def test_thumbnail_times_are_quantised(small_cache, media):
 
 def test_thumbnail_cache_is_capped_lru(small_cache, media):
     c, root = small_cache
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     vids = [ingest(c, media[name]) for name in ("bars", "testsrc", "life", "rgb")]
     keep = c.get(f"/v1/videos/{vids[0]}/thumbnail", params={"t": "1"}).content
     for vid in vids[1:]:
@@ -476,7 +476,7 @@ def test_a_long_video_is_decoded_and_embedded_in_bounded_chunks(chunked, long_vi
         return real(reader, segs, inp, *a, **kw)
 
     monkeypatch.setattr(encoder_module, "decode_segments", counting)
-    worker = chunked.app.state.runtime.worker
+    worker = chunked.app.state.service.worker
     worker.peak_clips = 0
     vid = ingest(chunked, long_video)
     s = chunked.app.state.settings

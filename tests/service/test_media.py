@@ -41,7 +41,7 @@ def test_thumbnail_rendered_once_and_cached(app_client, media, monkeypatch):
     cached = data / "thumbnails" / str(vid) / "5s.jpg"
     assert cached.read_bytes() == r.content
 
-    rt = c.app.state.runtime
+    rt = c.app.state.service
 
     def no_render(*_a):
         raise AssertionError("rendered again")
@@ -159,7 +159,7 @@ def test_delete_drops_thumbnails_and_content(app_client, media):
 def test_deleted_while_rendering_leaves_no_thumbnail(app_client, media, monkeypatch):
     c, data = app_client
     vid = ingest(c, media["bars"])
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     render = rt.thumbnails.render
 
     def render_then_delete(path, t):

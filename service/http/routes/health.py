@@ -21,18 +21,16 @@ def healthz() -> Health:
 @router.head("/readyz", include_in_schema=False)  # the GET answer without its body
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(request: Request) -> JSONResponse:
-    rt = getattr(request.app.state, "runtime", None)
-    body = Readiness(
-        ready=bool(rt and rt.ready),
-        model_loaded=bool(rt and rt.encoder is not None),
-        index_open=bool(rt and rt.index is not None),
-        worker_running=bool(rt and rt.workers_running()),
-        videos=len(rt.index) if rt and rt.index is not None else 0,
-    )
+    svc = getattr(request.app.state, "service", None)
+    if svc is None:  # starting
+        body = Readiness(ready=False, model_loaded=False, index_open=False, worker_running=False, videos=0)
+    else:
+        body = Readiness(**svc.readiness())
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
 @router.head("/metrics", include_in_schema=False)  # the GET answer without its body
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
