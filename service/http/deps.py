@@ -17,6 +17,7 @@ from service.catalog import Catalog
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
 from service.http.ratelimit import Limits
 from service.http.schemas import MAX_ID, Int, parse_int
+from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
 from service.roles import Service
 from service.search import SearchService
@@ -53,6 +54,11 @@ def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def metrics(request: Request) -> ServiceMetrics:
+    """The app's metrics (served whether or not the service has started)."""
+    return request.app.state.metrics
+
+
 def catalog(svc: Annotated[Service, Depends(service)]) -> Catalog:
     return svc.catalog
 
@@ -80,6 +86,7 @@ ActiveDep = Annotated[ActiveGeneration, Depends(active)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 QueriesDep = Annotated[QueriesInFlight, Depends(queries)]
 ThumbnailsDep = Annotated[ThumbnailCache, Depends(thumbnails)]
+MetricsDep = Annotated[ServiceMetrics, Depends(metrics)]
 
 
 def _limits(request: Request) -> Limits:

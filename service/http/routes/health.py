@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.http.deps import MetricsDep
 from service.http.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -31,6 +32,5 @@ def readyz(request: Request) -> JSONResponse:
 
 @router.head("/metrics", include_in_schema=False)  # the GET answer without its body
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(service_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)
