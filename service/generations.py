@@ -1,8 +1,8 @@
 """Which index a service opens, and which checkpoint made its vectors.
 
-`open_index` is the one place that builds the index part of a runtime: FAISS generations in the data dir
-or Milvus generations at `milvus_uri` (`indexer.backend`), the current generation opened, its recorded
-checkpoint identity checked. A data dir's vectors and stored labels come from one checkpoint; the
+`open_index` is the one place that opens a role's index: FAISS generations in the data dir or Milvus
+generations at `milvus_uri` (`service/backends/index.py` picks them), the current generation opened, its
+recorded checkpoint identity checked. A data dir's vectors and stored labels come from one checkpoint; the
 index metadata records that checkpoint's identity (`checkpoint_sha256` of its weights file,
 `embed_dim`, and its path for the messages). Starting with another checkpoint raises `CheckpointMismatch`
 (one line naming both and the command that re-embeds: `drca reindex --checkpoint NEW`).
