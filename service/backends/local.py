@@ -12,12 +12,12 @@ import numpy as np
 
 from indexer import Span
 from service.active import Active
+from service.backends.buckets import Buckets, LocalBuckets
 from service.backends.parts import Part, Vectors, WorkerVectors, nothing
 from service.backends.sqlite import SQLiteMetadataStore
 from service.broker import Broker, IngestJob, InProcessBroker
 from service.catalog import Catalog, LiveTextTable
 from service.generations import CheckpointIdentity
-from service.http.ratelimit import Buckets, LocalBuckets
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ from indexer import SegmentIndex
 
 if TYPE_CHECKING:
     from service.active import Active
+    from service.backends.buckets import Buckets
     from service.backends.store import MetadataStore
     from service.broker import Broker, IngestJob
     from service.catalog import Catalog, LiveTextTable, VectorWriter
     from service.generations import CheckpointIdentity
-    from service.http.ratelimit import Buckets
 
 
 class BackendUnavailable(Exception):

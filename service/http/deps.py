@@ -15,10 +15,10 @@ from fastapi import Depends, Path, Request
 from service.active import ActiveGeneration
 from service.catalog import Catalog
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
-from service.http.ratelimit import Limits
 from service.http.schemas import MAX_ID, Int, parse_int
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
+from service.ratelimit import Limits
 from service.roles import Service
 from service.search import SearchService
 from service.settings import Settings

@@ -16,9 +16,9 @@ from service.backends.parts import Part, Vectors, nothing
 from service.broker import Broker
 from service.catalog import Catalog, LiveTextTable
 from service.generations import finish_switch, open_index
-from service.http.ratelimit import Limits
 from service.metrics import VIDEO_STATUSES, ServiceMetrics
 from service.priority import QueriesInFlight
+from service.ratelimit import Limits
 from service.roles.base import Role, index_size
 from service.search import SearchService
 from service.settings import Settings

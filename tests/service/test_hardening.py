@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from media.segments import PROBE_SEGMENTS
 from media.video import DEFAULT_LIMITS
+from service.backends.buckets import LocalBuckets
 from service.broker import InferenceRequest
 from service.errors import ServiceError
 from service.http.app import create_app
-from service.http.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
+from service.ratelimit import AuthFailureLimiter, RateLimited
 from service.thumbnails import ThumbnailCache
 from tests.procs import ROOT, free_port
 from tests.service.conftest import ingest, make_settings, wait_job

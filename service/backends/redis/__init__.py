@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 import redis
 
 from service.active import Active
+from service.backends.buckets import Buckets
 from service.backends.parts import BackendUnavailable, Part, Vectors, WorkerVectors
 from service.backends.redis.broker import RedisBroker, RedisLock, connect
 from service.backends.redis.buckets import RedisBuckets
@@ -21,7 +22,6 @@ from service.backends.redis.streams import ChangeFollower, MilvusChangeLog, Redi
 from service.broker import Broker, IngestJob
 from service.catalog import Catalog, LiveTextTable
 from service.generations import CheckpointIdentity, open_index
-from service.http.ratelimit import Buckets
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

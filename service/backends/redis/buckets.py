@@ -1,4 +1,4 @@
-"""Rate-limit token buckets in Redis, shared by every gateway replica (`service.http.ratelimit` has the
+"""Rate-limit token buckets in Redis, shared by every gateway replica (`service.ratelimit` has the
 limiters and the in-process buckets)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from service.http.ratelimit import hashed_key
+from service.backends.buckets import hashed_key
 
 # KEYS[1]: the bucket (HASH tokens, ts). ARGV: rate per second, burst, now (s), cost (0: only look).
 # Allowed when at least max(cost, 1) tokens are left; then `cost` are taken. Returns {allowed, wait_ms}.

@@ -1,9 +1,9 @@
 """Rate limits: token buckets per API key (or per client address without keys), and per client address
 for failed authentication. Over a limit: 429 with `Retry-After`.
 
-The buckets live in this process (`LocalBuckets`, the embedded service) or in Redis
-(`service.backends.redis.buckets.RedisBuckets`, the scale-out deployment: every gateway replica shares
-them); the backend bundle gives them (`Backend.buckets`). Either way only a hash of the bucket's
+The buckets (service/backends/buckets.py) live in this process (`LocalBuckets`, the embedded service) or
+in Redis (`RedisBuckets`, the scale-out deployment: every gateway replica shares them); the backend
+bundle gives them (`Backend.buckets`). Either way only a hash of the bucket's
 key (an API key or an address) is kept.
 
 - `RateLimiter` (settings `rate_limit_per_s`, `rate_limit_burst`; off by default): one token per `/v1`
@@ -15,62 +15,17 @@ key (an API key or an address) is kept.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from service.backends.buckets import Buckets
 from service.errors import ServiceError
 from service.settings import Settings
 
 
 class RateLimited(ServiceError):
     status, code = 429, "rate_limited"
-
-
-def hashed_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-class Buckets(Protocol):
-    rate: float
-    burst: int
-
-    def take(self, key: str, cost: int = 1) -> float:
-        """Take `cost` tokens (0: only look) from `key`'s bucket if it holds at least max(cost, 1); 0.0
-        when allowed, else the seconds until it would be."""
-        ...
-
-
-class LocalBuckets:
-    """Token buckets in this process, thread-safe. At most `max_keys` are kept (least recently used are
-    forgotten, which only ever refills a bucket), so a flood of distinct addresses cannot grow memory."""
-
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
-        self._lock = threading.Lock()
-
-    def take(self, key: str, cost: int = 1) -> float:
-        h, now = hashed_key(key), self.clock()
-        with self._lock:
-            tokens, at = self._buckets.pop(h, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
-            need = max(cost, 1)
-            wait = 0.0
-            if tokens >= need:
-                tokens -= cost
-            else:
-                wait = (need - tokens) / self.rate
-            self._buckets[h] = (tokens, now)
-            while len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-            return wait
 
 
 def _retry_after(wait_s: float) -> dict[str, str]:
