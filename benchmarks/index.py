@@ -656,7 +656,8 @@ def measure_reindex(
     data dir of generated videos (module docstring). Errors are recorded, not raised."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.active import read_serving_checkpoint
+    from service.http.app import create_app
     from service.reindex import reindex
     from service.settings import Settings
     from tests.service.media import distinct_videos, tiny_checkpoint
@@ -696,7 +697,7 @@ def measure_reindex(
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
             ids = [_ingest(c, p) for p in paths]
         stage = "offline"
-        summary = reindex(settings, new, progress=False)
+        summary = reindex(settings, read_serving_checkpoint(new, weights=True), progress=False)
         out["offline"] = {
             "videos": summary.videos,
             "embedded": summary.embedded,

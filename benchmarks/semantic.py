@@ -19,7 +19,7 @@ same clips. The stills' sha256 are checked against the manifest and the files.
 
 What it does, in one run:
 
-1. Starts the embedded service in this process (`service.app.create_app`: the same routes, worker,
+1. Starts the embedded service in this process (`service.http.app.create_app`: the same routes, worker,
    catalog and search code as `drca serve`, driven through the ASGI stack) with the checkpoint, renders
    the still clips into a temporary folder, and uploads them and every real video of the `drca media
    fetch-real` manifest with an opaque external id (the first 12 hex digits of the video's or the still's
@@ -227,15 +227,15 @@ class EmbeddedService:
     def __init__(self, checkpoint: Path, data_dir: Path, torch_threads: int = 0) -> None:
         from fastapi.testclient import TestClient
 
-        from service.app import create_app
+        from service.http.app import create_app
         from service.settings import Settings
 
         self.settings = Settings(checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=torch_threads,
                                  allowed_hosts=["testserver"])
         self.client = TestClient(create_app(self.settings), raise_server_exceptions=True)
         self.client.__enter__()
-        self.rt = self.client.app.state.runtime
-        self.search = self.client.app.state.search
+        self.rt = self.client.app.state.service
+        self.search = self.rt.search
         self.defaults = self.rt.settings.model_copy()
 
     def close(self) -> None:
@@ -403,10 +403,10 @@ def run_service(svc: EmbeddedService, args: argparse.Namespace, paths: dict[str,
     teacher = load_teacher(args.teacher).to(memory_format=torch.channels_last)
     if s.segment_fps != 1.0:
         raise SystemExit("the teacher sees the 1 fps segments; run with the default segment_fps")
-    num_frames = svc.rt.encoder.config.input.num_frames
+    num_frames = svc.rt.active.current.encoder.config.input.num_frames
     tp = {f: teacher_video_probs(teacher, paths[f], num_frames=num_frames).numpy() for f in items}
     student = {f: svc.labels(vid[f]) for f in items}
-    same_classes = list(svc.rt.class_names) == names
+    same_classes = list(svc.rt.active.current.class_names) == names
     set_items = set(groups["set"])
     out["items"] = {
         f: {"kind": "video" if f.startswith("videos/") else "still", "heldout": f in set_items,

@@ -352,7 +352,7 @@ def main() -> None:
         url = args.server
         if url is None:
             proc, url = start_server(ckpt, work / "data")
-        from service.encoder import VideoEncoder
+        from service.encoding.encoder import VideoEncoder
 
         enc = VideoEncoder(Settings(checkpoint=ckpt, text_search=False))
         rounds = []

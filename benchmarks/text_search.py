@@ -22,11 +22,11 @@ import numpy as np
 
 from benchmarks._env import write_result
 from model.text import MINILM_DIM
+from service.backends.store import Label, VideoRecord
 from service.catalog import TextTable
 from service.concepts import ConceptBank
 from service.search import side_scores
 from service.settings import Settings
-from service.store import Label, VideoRecord
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -429,6 +429,11 @@ class VideoReader:
         log.info("%s: %s: %s", self.source, what, str(e).strip()[-500:] or type(e).__name__)
         return VideoDecodeError(what, self.source)
 
+    @property
+    def probe(self) -> HeaderProbe:
+        """The header of the stream this reader decodes (checked against the limits when it was opened)."""
+        return self._probe
+
     def __len__(self) -> int:
         return self.info.num_frames
 
@@ -591,3 +596,14 @@ def open_video(
         if tmp:
             _unlink_quiet(path)
         raise
+
+
+def reopen_video(path: str | Path, probe: HeaderProbe, limits: VideoLimits | None = None,
+                 num_threads: int = 1) -> VideoReader:
+    """Open a video that `open_video` already validated, on the header it probed then (`VideoReader.probe`):
+    the header is neither read nor checked again. For a stored file whose content cannot change (the
+    service's uploads are content-addressed); anything else goes through `open_video`."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoUnavailable("no such file", str(path))
+    return VideoReader(path, probe, limits or DEFAULT_LIMITS, str(path), False, _stat_key(path), num_threads)

@@ -7,9 +7,11 @@ mismatch with a message naming the tensor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors import safe_open
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from model.config import DRCAConfig
@@ -164,11 +167,70 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
 
 
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """A checkpoint directory read once: its config and card, parsed, and the sha256 of its weights file;
+    with the file's bytes when the weights are to be loaded (`load_checkpoint_files`), so nothing is
+    opened or read twice (a gateway only needs the card and the hash)."""
+
+    path: Path
+    config: DRCAConfig
+    card: ModelCard
+    sha256: str
+    weights: bytes | None = None
+
+
+def read_checkpoint(path: str | Path, weights: bool = True) -> CheckpointFiles:
+    """Read a checkpoint directory once: config and card (validated), the weights file hashed, and its
+    bytes kept when `weights`. `CheckpointMissing` when a file is missing, `CheckpointError` when one is
+    malformed or unreadable."""
+    path = Path(path)
+    _require(path, CONFIG, CARD, WEIGHTS)
+    cfg, card = read_config_and_card(path)
+    try:
+        data = (path / WEIGHTS).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path / WEIGHTS}: {e.strerror or e}") from None
+    return CheckpointFiles(path, cfg, card, hashlib.sha256(data).hexdigest(), data if weights else None)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     path = Path(path)
     _require(path, WEIGHTS)
     cfg, card = read_config_and_card(path)
-    shapes = read_shapes(path)
+    return _build(path, cfg, card, read_shapes(path), lambda: read_weights(path, map_location), map_location)
+
+
+def load_checkpoint_files(files: CheckpointFiles, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """The networks of a checkpoint already read (`read_checkpoint(path, weights=True)`), from the bytes
+    read then: the directory is not opened again."""
+    if files.weights is None:
+        raise ValueError(f"{files.path} was read without its weights")
+    data, path = files.weights, files.path
+
+    def tensors() -> dict[str, torch.Tensor]:
+        try:
+            return load_bytes(data)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
+
+    return _build(path, files.config, files.card, _header_shapes(data, path), tensors, map_location)
+
+
+def _header_shapes(data: bytes, path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (its first 8 bytes: the header's length)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError("the header is cut short")
+        header = json.loads(data[8 : 8 + n])
+        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CheckpointError(f"{path / WEIGHTS}: not a readable safetensors file ({_one_line(e)})") from None
+
+
+def _build(path: Path, cfg: DRCAConfig, card: ModelCard, shapes: dict[str, tuple[int, ...]],
+           read_tensors: Callable[[], dict[str, torch.Tensor]], map_location: str | torch.device) -> LoadedCheckpoint:
     text_shapes = {k[len(TEXT_PREFIX):]: v for k, v in shapes.items() if k.startswith(TEXT_PREFIX)}
     if text_shapes and not card.text_dim:
         raise CheckpointError(f"{path}: weights hold a text head but card.text_dim is 0")
@@ -184,7 +246,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     _check_shapes(skeleton, {k: v for k, v in shapes.items() if not k.startswith(TEXT_PREFIX)}, path)
     _check_shapes(text_skeleton, text_shapes, path, prefix=TEXT_PREFIX)
 
-    tensors = read_weights(path, map_location)
+    tensors = read_tensors()
     model = build_model(cfg)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(TEXT_PREFIX)}, strict=True)
     text_head = None

@@ -8,7 +8,7 @@ Two kinds of work cross it:
 - synchronous inference (`InferenceRequest`: classify a file, embed a query video, embed query text):
   the gateway blocks in `infer` until a worker `reply`s or the timeout passes (-> 503).
 
-`InProcessBroker` is the embedded default (a priority queue and futures). `service.redis_broker.RedisBroker`
+`InProcessBroker` is the embedded default (a priority queue and futures). `service.backends.redis.broker.RedisBroker`
 implements the same `Broker` protocol for the scale-out deployment: every field of the messages is plain data
 (strings, ints, numpy arrays), so they serialise without pickling.
 """
@@ -21,13 +21,16 @@ import uuid
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from indexer import Span
 from service.errors import ServiceError, WorkerUnavailable
+
+if TYPE_CHECKING:
+    from service.encoding.plan import VideoPlan
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class IngestJob:
     path: str  # the stored upload (content-addressed under the data dir)
     attempt: int = 1
     generation: str | None = None  # a reindex job: embed for this index generation (service/reindex.py)
+    plan: VideoPlan | None = None  # the upload's segment plan, made by the route (None: the worker plans)
 
 
 InferenceKind = Literal["classify", "embed_video", "embed_text"]
@@ -82,6 +86,9 @@ class Broker(Protocol):
     def enqueue(self, job: IngestJob) -> None: ...
     def infer(self, request: InferenceRequest, timeout_s: float) -> InferenceResult: ...
     def queue_depth(self) -> int: ...
+    def workers_alive(self) -> int:
+        """Encoder workers taking work from this broker now."""
+        ...
     # worker side
     def register_worker(self) -> None: ...
     def unregister_worker(self) -> None: ...
@@ -129,6 +136,9 @@ class InProcessBroker:
     def queue_depth(self) -> int:
         return len(self._jobs)
 
+    def workers_alive(self) -> int:
+        return self._workers
+
     # worker side -------------------------------------------------------------------------------
     def register_worker(self) -> None:
         with self._cond:
@@ -163,7 +173,7 @@ class InProcessBroker:
 
     def release(self, job: IngestJob) -> None:
         """The job could not be finished for a passing reason: queue it again."""
-        self.enqueue(IngestJob(job.job_id, job.video_id, job.path, attempt=job.attempt + 1, generation=job.generation))
+        self.enqueue(replace(job, attempt=job.attempt + 1))
 
     def reply(self, task: InferenceTask, result: InferenceResult | None, error: ServiceError | None = None) -> None:
         fut: Future = task.handle  # type: ignore[assignment]

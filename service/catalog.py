@@ -14,7 +14,7 @@ A lock serialises these, so a delete racing a finishing job cannot leave vectors
 a thread lock and `index` is the `VideoIndex`; in the scale-out deployment the same code runs in every
 gateway and worker with the Redis store, a `RedisLock` and, as `index`, `RedisVectorLog` (the durable
 stream that every gateway replica's FAISS index follows) or `MilvusChangeLog` (writes into the one Milvus,
-announced to the gateways' text tables); service/vector_stream.py.
+announced to the gateways' text tables); service/backends/redis/streams.py.
 """
 
 from __future__ import annotations
@@ -22,22 +22,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from indexer import SegmentIndex, Span
+from service.backends.store import (
+    DuplicateContent,
+    JobRecord,
+    Label,
+    MetadataStore,
+    NotFound,
+    VideoRecord,
+    VideoStatus,
+)
 from service.broker import Broker, IngestJob
 from service.concepts import concept_scores
 from service.errors import ServiceError
 from service.storage import SpooledUpload, VideoStorage
-from service.store import DuplicateContent, JobRecord, Label, MetadataStore, NotFound, VideoRecord
 from service.thumbnails import ThumbnailCache
 
+if TYPE_CHECKING:
+    from service.encoding.plan import VideoPlan
+
 log = logging.getLogger(__name__)
+
+PAGE = 500  # records per store read when walking every video of a status
 
 TOP_LABELS = 5  # labels a video shows (GET /v1/videos); it stores `stored_labels` of them
 
@@ -185,6 +198,61 @@ class TextTable:
         return self._map
 
 
+def iter_videos(store: MetadataStore, status: VideoStatus) -> Iterator[VideoRecord]:
+    """Every video of `status`, a page of `PAGE` records at a time (`Catalog.videos`)."""
+    offset = 0
+    while True:
+        page = store.list_videos(offset=offset, limit=PAGE, status=status)
+        yield from page
+        if len(page) < PAGE:
+            return
+        offset += PAGE
+
+
+class LiveTextTable:
+    """The catalog's text table, kept current: built from the store at the first text query, then
+    updated by the catalog's writes and, in a scale-out gateway, by the vector or change stream's entries
+    written by other processes (`applied`); `reset` drops it (rebuilt at the next query)."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._table: TextTable | None = None
+
+    def put(self, video: VideoRecord) -> None:
+        with self._lock:
+            if self._table is not None:
+                self._table.put(video)
+
+    def drop(self, video_id: int) -> None:
+        with self._lock:
+            if self._table is not None:
+                self._table.drop(video_id)
+
+    def applied(self, video_id: int, added: bool) -> None:
+        """A write from the vector or change stream was applied here: follow it."""
+        if not added:
+            self.drop(video_id)
+            return
+        try:
+            self.put(self._store.get_video(video_id))
+        except NotFound:
+            self.drop(video_id)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._table = None
+
+    def table(self) -> TextTable:
+        with self._lock:
+            if self._table is None:
+                table = TextTable()
+                for v in iter_videos(self._store, "indexed"):
+                    table.put(v)
+                self._table = table
+            return self._table
+
+
 class VectorWriter(Protocol):
     """The index writes the catalog makes: the index itself (`SegmentIndex`: FAISS or Milvus), or, in the
     scale-out deployment, `RedisVectorLog` (FAISS replicas) or `MilvusChangeLog` (one shared Milvus)."""
@@ -194,18 +262,22 @@ class VectorWriter(Protocol):
 
 
 class Catalog:
+    """`index`: where segment vectors are written (the active index, or a stream in the scale-out
+    deployment); `broker`: where new jobs are queued (None: a worker's catalog, which queues none);
+    `text`: the text table, shared with the stream followers that keep it current (a new one by default)."""
+
     def __init__(self, store: MetadataStore, index: VectorWriter | SegmentIndex, storage: VideoStorage,
                  thumbnails: ThumbnailCache | None = None, broker: Broker | None = None,
-                 lock: AbstractContextManager | None = None, stored_labels: int = TOP_LABELS) -> None:
+                 lock: AbstractContextManager | None = None, stored_labels: int = TOP_LABELS,
+                 text: LiveTextTable | None = None) -> None:
         self.store = store
         self.stored_labels = stored_labels  # class probabilities kept per video (the top this many)
         self.index = index
         self.storage = storage
         self.thumbnails = thumbnails
-        self.broker = broker  # where new jobs are queued (None: a worker-only catalog)
+        self.broker = broker
         self._lock = lock if lock is not None else threading.RLock()
-        self._text_lock = threading.Lock()
-        self._text: TextTable | None = None
+        self.text = text if text is not None else LiveTextTable(store)
 
     @property
     def lock(self) -> AbstractContextManager:
@@ -226,20 +298,28 @@ class Catalog:
     def count_videos(self) -> int:
         return self.store.count_videos()
 
+    def videos(self, status: VideoStatus) -> Iterator[VideoRecord]:
+        """Every video of `status` (read a page at a time)."""
+        return iter_videos(self.store, status)
+
+    def count_by_status(self, statuses: tuple[str, ...]) -> dict[str, int]:
+        return {st: self.store.count_videos(st) for st in statuses}
+
     def get_job(self, job_id: int) -> JobRecord:
         """The job record; `NotFound` (HTTP 404) when there is none."""
         return self.store.get_job(job_id)
 
     # uploads ------------------------------------------------------------------------------------
     def register(self, upload: SpooledUpload, duration: float, external_id: str | None,
-                 metadata: dict[str, Any] | None) -> Registered:
+                 metadata: dict[str, Any] | None, plan: VideoPlan | None = None) -> Registered:
         """Keep the upload and create its video + job, or return the existing video for this content.
-        A previously failed video gets a new job (its file is re-tried)."""
+        A previously failed video gets a new job (its file is re-tried). `plan`: the upload's segment plan,
+        queued with its job (the worker does not probe or plan the file again)."""
         with self._lock:
             existing = self.store.find_by_hash(upload.sha256)
             if existing is not None:
                 upload.discard()
-                return self._existing(existing)
+                return self._existing(existing, plan)
             if external_id is not None:
                 other = self.store.find_by_external_id(external_id)
                 if other is not None:
@@ -255,20 +335,20 @@ class Catalog:
                 raise Conflict(str(e)) from None
             job = self.store.create_job(video.video_id)
             reg = Registered(video, job, created=True)
-            self._queue(reg)
+            self._queue(reg, plan)
             return reg
 
-    def _queue(self, reg: Registered) -> None:
+    def _queue(self, reg: Registered, plan: VideoPlan | None) -> None:
         if self.broker is not None:
-            self.broker.enqueue(self.job_for(reg.video, reg.job))
+            self.broker.enqueue(replace(self.job_for(reg.video, reg.job), plan=plan))
 
-    def _existing(self, video: VideoRecord) -> Registered:
+    def _existing(self, video: VideoRecord, plan: VideoPlan | None) -> Registered:
         jobs = self.store.jobs_for_video(video.video_id)
         if video.status == "failed":
-            self.store.set_status(video.video_id, "pending")
+            video = self.store.set_status(video.video_id, "pending")
             job = self.store.create_job(video.video_id)
-            reg = Registered(self.store.get_video(video.video_id), job, created=True)
-            self._queue(reg)
+            reg = Registered(video, job, created=True)
+            self._queue(reg, plan)
             return reg
         return Registered(video, jobs[-1], created=False)
 
@@ -284,43 +364,37 @@ class Catalog:
     def _unfinished_jobs(self, reset_running: bool) -> list[IngestJob]:
         out = []
         for status in ("processing", "pending"):
-            offset = 0
-            while True:
-                page = self.store.list_videos(offset=offset, limit=500, status=status)
-                for v in page:
-                    jobs = self.store.jobs_for_video(v.video_id)
-                    if not jobs:
-                        jobs = [self.store.create_job(v.video_id)]
-                    job = jobs[-1]
-                    if job.status == "running" and reset_running:
-                        job = self.store.set_job_status(job.job_id, "queued")
-                    if job.status == "queued":
-                        out.append(self.job_for(v, job))
-                if len(page) < 500:
-                    break
-                offset += 500
+            for v in list(self.videos(status)):
+                jobs = self.store.jobs_for_video(v.video_id)
+                if not jobs:
+                    jobs = [self.store.create_job(v.video_id)]
+                job = jobs[-1]
+                if job.status == "running" and reset_running:
+                    job = self.store.set_job_status(job.job_id, "queued")
+                if job.status == "queued":
+                    out.append(self.job_for(v, job))
         return sorted(out, key=lambda j: j.job_id)
 
     # worker side --------------------------------------------------------------------------------
-    def start(self, job: IngestJob) -> bool:
-        """Mark the job running; False when it should be skipped: its video was deleted meanwhile, or it
-        already finished, or another worker runs it. A job redelivered after its worker died
-        (`attempt` > 1, still `running`) is taken over."""
+    def start(self, job: IngestJob) -> VideoRecord | None:
+        """Mark the job running and return its video (the worker reads it from here, once); None when it
+        should be skipped: its video was deleted meanwhile, or it already finished, or another worker runs
+        it. A job redelivered after its worker died (`attempt` > 1, still `running`) is taken over."""
         with self._lock:
             try:
                 video = self.store.get_video(job.video_id)
                 current = self.store.get_job(job.job_id)
             except NotFound:
-                return False
+                return None
             taken_over = current.status == "running" and job.attempt > 1
             if current.status != "queued" and not taken_over:
-                return False
+                return None
             if video.status == "pending":
-                self.store.set_status(job.video_id, "processing")
+                video = self.store.set_status(job.video_id, "processing")
             if not taken_over:
                 wait = round(time.time() - current.created_at, 4)  # acknowledged -> taken by a worker
                 self.store.set_job_status(job.job_id, "running", timings={"queue_wait_s": wait})
-            return True
+            return video
 
     def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
                  class_names: list[str], duration: float, text_embedding: np.ndarray | None,
@@ -335,13 +409,11 @@ class Catalog:
         with self._lock:
             if still_current is not None and not still_current():
                 return False
-            try:
-                self.store.get_video(job.video_id)
+            try:  # labels first: whoever sees the vectors (a replica's follower) can read them
+                video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             except NotFound:
                 log.info("video %d was deleted while job %d ran; dropping its result", job.video_id, job.job_id)
                 return True
-            # labels first: whoever sees the vectors (a replica's follower) can read them
-            video = self.store.update_video(job.video_id, duration=duration, labels=labels, extra=extra)
             t0 = time.perf_counter()
             self.index.add_video(job.video_id, segments, vectors)  # all segments, one durable write
             timings = {**timings, "index_s": round(time.perf_counter() - t0, 4)}
@@ -350,7 +422,7 @@ class Catalog:
             created = self.store.get_job(job.job_id).created_at
             timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
             self.store.set_job_status(job.job_id, "done", timings=timings)
-            self._text_put(video)
+            self.text.put(video)
             return True
 
     def fail(self, job: IngestJob, reason: str, timings: dict[str, float]) -> None:
@@ -374,45 +446,24 @@ class Catalog:
                 self.storage.remove(video.content_hash)
             if self.thumbnails is not None:
                 self.thumbnails.drop(video_id)
-            self._text_drop(video_id)
+            self.text.drop(video_id)
+
+    def relabel(self, labels: dict[int, list[Label]]) -> None:
+        """Replace the stored labels of these videos (a reindex recomputed them); deleted ones are skipped."""
+        for vid, lbs in labels.items():
+            try:
+                self.store.update_video(vid, labels=lbs)
+            except NotFound:  # deleted meanwhile
+                continue
 
     # text search side table ---------------------------------------------------------------------
-    def _text_put(self, video: VideoRecord) -> None:
-        with self._text_lock:
-            if self._text is not None:
-                self._text.put(video)
-
-    def _text_drop(self, video_id: int) -> None:
-        with self._text_lock:
-            if self._text is not None:
-                self._text.drop(video_id)
-
     def vector_applied(self, video_id: int, added: bool) -> None:
         """A gateway replica's index applied a write from the vector stream: follow it in the text table."""
-        if not added:
-            self._text_drop(video_id)
-            return
-        try:
-            self._text_put(self.store.get_video(video_id))
-        except NotFound:
-            self._text_drop(video_id)
+        self.text.applied(video_id, added)
 
     def reset_text_table(self) -> None:
         """Forget the text table; the next text query rebuilds it from the store."""
-        with self._text_lock:
-            self._text = None
+        self.text.reset()
 
     def text_table(self) -> TextTable:
-        with self._text_lock:
-            if self._text is None:
-                table = TextTable()
-                offset = 0
-                while True:
-                    page = self.store.list_videos(offset=offset, limit=1000, status="indexed")
-                    for v in page:
-                        table.put(v)
-                    if len(page) < 1000:
-                        break
-                    offset += 1000
-                self._text = table
-            return self._text
+        return self.text.table()

@@ -10,44 +10,42 @@ import typer
 app = typer.Typer(help="The service: gateway, encoder worker, batch ingest.", no_args_is_help=True)
 
 
+#: The index options of `serve`, `worker` and `reindex`.
+INDEX_OPTION = typer.Option(None, "--index", help="faiss | milvus: the vector index (default: DRCA_INDEX or faiss); "
+                            "in scale-out with milvus, workers write into Milvus themselves.")
+MILVUS_URI_OPTION = typer.Option(None, "--milvus-uri", help="With --index milvus: a Milvus Lite file or "
+                                 "http://host:19530, the server every gateway and worker shares in scale-out "
+                                 "(default: DRCA_MILVUS_URI or DATA_DIR/milvus.db).")
+
+
 def _settings(settings_file: Path | None, **given: object):
     """Settings from the flags given (None: not given), the settings file and the environment; exit 2 on
-    a bad value or a missing checkpoint."""
+    a bad value."""
     from pydantic import ValidationError
 
-    from model.checkpoint import CheckpointError
-    from service.runtime import read_card
     from service.settings import Settings
 
     try:
         extra = {"_env_file": settings_file} if settings_file else {}
-        settings = Settings(**extra, **{k: v for k, v in given.items() if v is not None})
-        read_card(settings.checkpoint)
+        return Settings(**extra, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         typer.echo(f"error: bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}", err=True)
         raise typer.Exit(2) from None
-    except CheckpointError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    if settings.redis_url:
-        _check_redis(settings.redis_url)
-    return settings
 
 
-def _check_index(settings) -> None:
-    """Exit 2 with one line when the data dir's index was made by another checkpoint (service/generations.py)."""
+def _built(build, settings):
+    """`build(settings)`, a role: exit 2 with one line when the checkpoint is missing or malformed, the
+    index holds another checkpoint's vectors (service/generations.py) or is held by another process, or
+    the backend cannot be reached."""
     from indexer import IndexerError
-    from service.generations import CheckpointMismatch, check_identity, checkpoint_identity
-    from service.runtime import read_card
+    from model.checkpoint import CheckpointError
+    from service.backends import BackendUnavailable
+    from service.generations import CheckpointMismatch
 
-    _, embed_dim, _ = read_card(settings.checkpoint)
     try:
-        check_identity(settings, checkpoint_identity(settings.checkpoint, embed_dim))
-    except CheckpointMismatch as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except IndexerError as e:  # e.g. the Milvus Lite file is held by another process
+        return build(settings)
+    except (CheckpointError, CheckpointMismatch, IndexerError, BackendUnavailable) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
@@ -68,18 +66,6 @@ def _warn_key_on_command_line(instead: str) -> None:
                f"/proc/*/cmdline) and stays in the shell history; use {instead} instead", err=True)
 
 
-def _check_redis(url: str) -> None:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        client.ping()
-        client.close()
-    except (ValueError, redis.RedisError) as e:
-        typer.echo(f"error: cannot use Redis at {url}: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
 @app.command("serve")
 def serve(
     host: str = typer.Option(None, help="Bind address (default: DRCA_HOST or 127.0.0.1)."),
@@ -93,25 +79,27 @@ def serve(
                                       "a line; default: DRCA_API_KEYS_FILE)."),
     redis_url: str = typer.Option(None, "--redis", help="Gateway only, with Redis as broker and store "
                                   "(default: DRCA_REDIS_URL; unset: the embedded service)."),
-    index: str = typer.Option(None, "--index", help="faiss | milvus: the vector index (default: DRCA_INDEX or "
-                              "faiss)."),
-    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: a Milvus Lite file or "
-                                   "http://host:19530 (default: DRCA_MILVUS_URI or DATA_DIR/milvus.db)."),
+    index: str = INDEX_OPTION,
+    milvus_uri: str = MILVUS_URI_OPTION,
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
 ) -> None:
     """Run the service. Embedded (default): HTTP gateway, encoder worker and index in one process. With
     --redis URL: one gateway replica; encoding is done by `drca worker --redis URL` processes."""
     _check_faiss()
-    from service import server
-    from service.app import create_app
+    from service.http import server
+    from service.http.app import create_app
+    from service.roles import build_server
 
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
                          device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url,
                          index=index, milvus_uri=milvus_uri)
-    _check_index(settings)
-    server.run(create_app(settings), settings)
+    built = _built(build_server, settings)  # the checkpoint read once, the index checked against it
+    try:
+        server.run(create_app(settings, service=built), settings)
+    finally:
+        built.stop()
 
 
 @app.command("worker")
@@ -120,10 +108,8 @@ def worker(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
-    index: str = typer.Option(None, "--index", help="faiss | milvus: with milvus, the worker writes vectors into "
-                              "Milvus itself (default: DRCA_INDEX or faiss)."),
-    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: the Milvus server every "
-                                   "gateway and worker shares, http://host:19530 (default: DRCA_MILVUS_URI)."),
+    index: str = INDEX_OPTION,
+    milvus_uri: str = MILVUS_URI_OPTION,
     check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "
                                "its heartbeat recently, else 1 (container healthcheck)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
@@ -134,30 +120,29 @@ def worker(
     import signal
     import threading
 
-    from service.runtime import ServiceRuntime
+    from service.backends import backend_class
+    from service.roles import build_worker
 
     settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
                          device=device, index=index, milvus_uri=milvus_uri)
-    if not settings.redis_url:
+    if backend_class(settings).workers_in_process:
         typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
         raise typer.Exit(2)
     if check:
         raise typer.Exit(0 if _worker_alive_here(settings) else 1)
-    if settings.index == "milvus":  # it writes into the shared Milvus: the same checkpoint check as a gateway
-        _check_index(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    rt = ServiceRuntime(settings, role="worker")
-    rt.start()
-    logging.getLogger(__name__).info("drca worker %s running (Redis %s)", rt.broker.name, settings.redis_url)
+    role = _built(build_worker, settings)  # with Milvus: the same checkpoint check as a gateway
+    role.start()
+    logging.getLogger(__name__).info("drca worker %s running (Redis %s)", role.broker.name, settings.redis_url)
     try:
         while not stop.wait(1.0):
-            if not rt.worker.alive:
+            if not role.alive:
                 logging.getLogger(__name__).error("the encoder worker stopped; exiting")
                 raise typer.Exit(1)
     finally:
-        rt.stop()
+        role.stop()
 
 
 def _worker_alive_here(settings) -> bool:
@@ -228,9 +213,8 @@ def ingest(
 def reindex(
     checkpoint: Path = typer.Option(..., help="The new checkpoint directory whose embeddings replace the index's."),
     data_dir: Path = typer.Option(None, help="The data directory (default: DRCA_DATA_DIR or ./data)."),
-    index: str = typer.Option(None, "--index", help="faiss | milvus (default: DRCA_INDEX or faiss)."),
-    milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus (default: DRCA_MILVUS_URI "
-                                   "or DATA_DIR/milvus.db)."),
+    index: str = INDEX_OPTION,
+    milvus_uri: str = MILVUS_URI_OPTION,
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
     server: str = typer.Option(None, "--server", help="Online: ask the running service at this URL to reindex "
@@ -249,12 +233,14 @@ def reindex(
     _check_faiss()
     from indexer import IndexerError
     from model.checkpoint import CheckpointError
+    from service.active import read_serving_checkpoint
     from service.reindex import ReindexError
     from service.reindex import reindex as run_reindex
 
     settings = _settings(settings_file, data_dir=data_dir, index=index, milvus_uri=milvus_uri, device=device)
     try:
-        summary = run_reindex(settings, checkpoint)
+        new = read_serving_checkpoint(checkpoint, weights=True)  # NEW, read once; the serving one is not read
+        summary = run_reindex(settings, new)
     except (ReindexError, IndexerError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2 if not isinstance(e, ReindexError) else 1) from None

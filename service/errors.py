@@ -26,8 +26,8 @@ from media.video import (
     VideoTooLong,
     VideoUnavailable,
 )
-from service.schemas import ErrorResponse
-from service.store import NotFound, StoreError
+from service.backends.store import NotFound, StoreError
+from service.http.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 

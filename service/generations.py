@@ -1,8 +1,8 @@
 """Which index a service opens, and which checkpoint made its vectors.
 
-`open_index` is the one place that builds the index part of a runtime: FAISS generations in the data dir
-or Milvus generations at `milvus_uri` (`indexer.backend`), the current generation opened, its recorded
-checkpoint identity checked. A data dir's vectors and stored labels come from one checkpoint; the
+`open_index` is the one place that opens a role's index: FAISS generations in the data dir or Milvus
+generations at `milvus_uri` (`service/backends/index.py` picks them), the current generation opened, its
+recorded checkpoint identity checked. A data dir's vectors and stored labels come from one checkpoint; the
 index metadata records that checkpoint's identity (`checkpoint_sha256` of its weights file,
 `embed_dim`, and its path for the messages). Starting with another checkpoint raises `CheckpointMismatch`
 (one line naming both and the command that re-embeds: `drca reindex --checkpoint NEW`).
@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from indexer import FaissGenerations, IndexConfig, IndexGenerations, SegmentIndex
+from indexer import IndexGenerations, SegmentIndex
 from model.checkpoint import WEIGHTS, CheckpointError
 from model.digest import sha256_file
+from service.backends.index import index_generations, index_location
+from service.backends.store import Label
 from service.settings import Settings
-from service.store import Label, MetadataStore, NotFound
+
+if TYPE_CHECKING:
+    from service.catalog import Catalog
+
+__all__ = ["index_generations"]  # re-exported: the generations of the configured index backend
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +79,8 @@ def checkpoint_identity(checkpoint: Path, embed_dim: int) -> CheckpointIdentity:
     return CheckpointIdentity(sha256, embed_dim, str(Path(checkpoint).resolve()))
 
 
-def index_generations(settings: Settings, embed_dim: int) -> IndexGenerations:
-    """The generations of the configured backend: FAISS directories beside `index_dir`, or Milvus
-    collections behind the `segments` alias at `milvus_uri`."""
-    if settings.index == "milvus":
-        from indexer.milvus_index import MilvusConfig, MilvusGenerations
-
-        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-        if "://" not in settings.milvus_location:  # a Milvus Lite file: its directory must exist (a new data dir)
-            Path(settings.milvus_location).parent.mkdir(parents=True, exist_ok=True)
-        return MilvusGenerations(MilvusConfig(uri=settings.milvus_location, dim=embed_dim, token=token,
-                                              index_type=settings.milvus_index_type))
-    return FaissGenerations(settings.index_dir, IndexConfig(dim=embed_dim, allow_empty_recovery=True))
-
-
 def mismatch_message(settings: Settings, recorded: CheckpointIdentity, given: CheckpointIdentity) -> str:
-    where = settings.milvus_location if settings.index == "milvus" else str(settings.index_dir)
-    return (f"the index at {where} holds vectors of checkpoint {recorded.describe()}, but this service was "
+    return (f"the index at {index_location(settings)} holds vectors of checkpoint {recorded.describe()}, but this service was "
             f"started with {given.describe()}; re-embed the stored videos first: "
             f"drca reindex --checkpoint {given.path}")
 
@@ -158,17 +151,24 @@ def read_pending_labels(path: Path) -> dict[int, list[Label]]:
     return out
 
 
-def finish_switch(settings: Settings, store: MetadataStore, generation: str) -> None:
+def append_pending_labels(path: Path, video_id: int, labels: list[Label]) -> None:
+    """One video's recomputed labels, appended and fsync'd (before its segments are added to the new
+    generation: a video in it always has its labels)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"video_id": video_id, "labels": [[lb.name, lb.prob] for lb in labels]}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def finish_switch(settings: Settings, catalog: Catalog, generation: str | None) -> None:
     """Write the labels a reindex recomputed for `generation` (now current) into the store, then forget
-    them. Idempotent: re-running after a crash writes the same labels again."""
+    them. Idempotent: re-running after a crash writes the same labels again. None: no index, nothing to do."""
+    if generation is None:
+        return
     path = pending_labels_path(settings, generation)
     labels = read_pending_labels(path)
     if not path.exists():
         return
-    for vid, lbs in labels.items():
-        try:
-            store.update_video(vid, labels=lbs)
-        except NotFound:  # deleted meanwhile
-            continue
+    catalog.relabel(labels)
     path.unlink()
     log.info("labels of %d videos from generation %s written to the store", len(labels), generation)

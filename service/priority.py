@@ -5,7 +5,7 @@ moment their body has been read until their answer is ready). While any is in fl
 worker holds its ingest work back between steps: no ingest chunk is decoded, no batch of ingest clips
 goes to the model and no ingest job is committed, so the query's own work (its decoding, its forward
 pass, its index search and scoring in the gateway) has the cores to itself. A query's work inside the
-worker still goes first as it always did (`service/worker.py`).
+worker still goes first as it always did (`service/encoding/worker.py`).
 
 The hold is bounded so that ingest is never starved: once queries have been in flight without a break for
 `ingest_yield_max_s`, ingest work proceeds beside them until the count next drops to zero.

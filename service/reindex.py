@@ -21,9 +21,9 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,20 +31,23 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
-from service.catalog import top_labels
+from model.checkpoint import CheckpointError, CheckpointFiles, read_config_and_card
+from service.active import Active, ActiveGeneration, identity_of, read_serving_checkpoint
+from service.backends.sqlite import SQLiteMetadataStore
+from service.backends.store import NotFound, VideoRecord
+from service.broker import Broker, IngestJob
+from service.catalog import Catalog, top_labels
 from service.errors import InvalidInput
 from service.generations import (
     CheckpointIdentity,
-    checkpoint_identity,
+    append_pending_labels,
     finish_switch,
     index_generations,
     pending_labels_path,
     read_pending_labels,
 )
-from service.runtime import read_card
 from service.settings import Settings
-from service.store import VideoRecord
-from service.store.sqlite import SQLiteMetadataStore
+from service.storage import VideoStorage
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,20 @@ class ReindexSummary:
     video_seconds: float  # duration of the videos this run embedded
 
 
-def indexed_videos(store: SQLiteMetadataStore) -> list[VideoRecord]:
-    out, offset = [], 0
-    while page := store.list_videos(offset=offset, limit=500, status="indexed"):
-        out += page
-        offset += len(page)
-    return out
+class _NoVectorWrites:
+    """The offline reindex's catalog reads records and writes labels; its vectors go into the new
+    generation directly, never through the catalog."""
+
+    def add_video(self, video_id, segments, vectors) -> None:
+        raise AssertionError("the offline reindex writes no vectors through the catalog")
+
+    def delete_video(self, video_id: int) -> bool:
+        raise AssertionError("the offline reindex deletes no vectors through the catalog")
 
 
-def reindex(settings: Settings, checkpoint: Path, progress: bool = True) -> ReindexSummary:
-    """Re-embed the data dir's indexed videos with `checkpoint` into a new generation and switch to it."""
+def reindex(settings: Settings, checkpoint: CheckpointFiles, progress: bool = True) -> ReindexSummary:
+    """Re-embed the data dir's indexed videos with `checkpoint` (NEW, read once with its weights:
+    `read_serving_checkpoint`) into a new generation and switch to it."""
     if settings.redis_url:
         raise ReindexError("offline reindex works on the embedded store; a Redis deployment is reindexed "
                            "online (not available yet)")
@@ -84,34 +91,34 @@ def reindex(settings: Settings, checkpoint: Path, progress: bool = True) -> Rein
         return _reindex(settings, checkpoint, progress)
 
 
-def _reindex(settings: Settings, checkpoint: Path, progress: bool) -> ReindexSummary:
+def _reindex(settings: Settings, checkpoint: CheckpointFiles, progress: bool) -> ReindexSummary:
     t0 = time.perf_counter()
-    _, new_dim, _ = read_card(checkpoint)
-    new = checkpoint_identity(checkpoint, new_dim)
-    gens = index_generations(settings, new_dim)
+    new = identity_of(checkpoint)
+    gens = index_generations(settings, new.embed_dim)
     store = SQLiteMetadataStore(settings.store_path)
+    catalog = Catalog(store, _NoVectorWrites(), VideoStorage(settings.videos_dir))
     try:
         current = gens.current()
         recorded = CheckpointIdentity.from_metadata(gens.metadata(current)) if current else None
         target = gens.name_for(new.short)
         if current == target or (recorded is not None and recorded.sha256 == new.sha256):
-            finish_switch(settings, store, current)  # a switch interrupted before the labels were written
+            finish_switch(settings, catalog, current)  # a switch interrupted before the labels were written
             _drop_previous(gens, current)
-            n = len(indexed_videos(store))
+            n = sum(1 for _ in catalog.videos("indexed"))
             log.info("the index generation %s is already made by %s", current, new.describe())
             return ReindexSummary(current, n, 0, time.perf_counter() - t0, 0.0)
         held = _hold(settings, current, recorded)  # refuses while a server runs on the data dir
         try:
             with gens.open(target) as index:
                 index.set_metadata({**new.as_metadata(), "previous": current or ""})
-                embedded, video_s = _fill(settings, checkpoint, store, index, target, progress)
+                embedded, video_s = _fill(settings, checkpoint, catalog, index, target, progress)
                 n = len(index)
         finally:
             if held is not None:
                 held.close()
         gens.switch(target)
         log.info("switched the index to generation %s (%s)", target, new.describe())
-        finish_switch(settings, store, target)
+        finish_switch(settings, catalog, target)
         _drop_previous(gens, target)
         return ReindexSummary(target, n, embedded, time.perf_counter() - t0, video_s)
     finally:
@@ -125,7 +132,8 @@ def _hold(settings: Settings, current: str | None, recorded: CheckpointIdentity 
         return None
     from indexer import IndexLocked
 
-    dim = recorded.embed_dim if recorded is not None else read_card(settings.checkpoint)[1]
+    # an index from before identities were recorded: its size is the serving checkpoint's (config only)
+    dim = recorded.embed_dim if recorded is not None else read_config_and_card(settings.checkpoint)[0].head.embed_dim
     try:
         return index_generations(settings, dim).open(current)
     except IndexLocked as e:
@@ -139,14 +147,14 @@ def _drop_previous(gens, current: str) -> None:
         log.info("dropped the previous index generation %s", previous)
 
 
-def _fill(settings: Settings, checkpoint: Path, store: SQLiteMetadataStore, index: SegmentIndex, target: str,
+def _fill(settings: Settings, checkpoint: CheckpointFiles, catalog: Catalog, index: SegmentIndex, target: str,
           progress: bool) -> tuple[int, float]:
     """Embed every indexed video that the new generation lacks; (videos embedded, their seconds)."""
-    from service.encoder import VideoEncoder
+    from service.encoding.encoder import VideoEncoder
 
     labels_path = pending_labels_path(settings, target)
     done = read_pending_labels(labels_path)
-    videos = indexed_videos(store)
+    videos = list(catalog.videos("indexed"))
     wanted = {v.video_id for v in videos}
     for vid in done:  # deleted by a server that ran between two attempts
         if vid not in wanted:
@@ -155,11 +163,11 @@ def _fill(settings: Settings, checkpoint: Path, store: SQLiteMetadataStore, inde
     log.info("reindex into %s: %d of %d videos to embed", target, len(todo), len(videos))
     if not todo:
         return 0, 0.0
-    encoder = VideoEncoder(settings.model_copy(update={"checkpoint": checkpoint, "text_search": False}))
+    encoder = VideoEncoder(settings.model_copy(update={"checkpoint": checkpoint.path, "text_search": False}),
+                           checkpoint)
     failed: list[tuple[int, str]] = []
     video_s = 0.0
-    with open(labels_path, "a") as labels_file, tqdm(total=len(todo), unit="video", desc="reindex",
-                                                    disable=not progress) as bar:
+    with tqdm(total=len(todo), unit="video", desc="reindex", disable=not progress) as bar:
         for v in todo:
             try:
                 segments, vectors, probs, duration = _embed(encoder, v, settings.batch_size)
@@ -168,10 +176,7 @@ def _fill(settings: Settings, checkpoint: Path, store: SQLiteMetadataStore, inde
                 bar.update(1)
                 continue
             labels = top_labels(probs, encoder.class_names, settings.stored_labels) if probs is not None else []
-            labels_file.write(json.dumps({"video_id": v.video_id, "labels": [[lb.name, lb.prob] for lb in labels]})
-                              + "\n")
-            labels_file.flush()
-            os.fsync(labels_file.fileno())  # before the add: a video in the index always has its labels
+            append_pending_labels(labels_path, v.video_id, labels)  # fsync'd before the add
             index.add_video(v.video_id, segments, vectors)  # all segments, one durable write
             video_s += duration
             log.info("video %d: %d segments re-embedded", v.video_id, len(segments))
@@ -209,8 +214,9 @@ SWITCH_GRACE_S = 5.0  # the previous generation stays open this long after the s
 class OnlineReindex:
     """`POST /v1/admin/reindex` (or `drca reindex --server URL --checkpoint NEW`) on the embedded service.
 
-    1. the new generation is opened (created) and records the new checkpoint; `data_dir/reindex-online.json`
-       names the checkpoint and the generation (a restart resumes from it);
+    1. the new checkpoint is read once (its identity, card and the weights its encoder is loaded from);
+       the new generation is opened (created) and records it; `data_dir/reindex-online.json` names the
+       checkpoint and the generation (a restart resumes from it);
     2. every indexed video the new generation lacks is queued on the service's own broker as a reindex job
        (`IngestJob.generation`); the worker embeds it with the new checkpoint's encoder, and `complete`
        appends its recomputed labels to `reindex-<generation>.labels.jsonl` (fsync'd) and adds its
@@ -218,17 +224,22 @@ class OnlineReindex:
        generation with the current model meanwhile, and are queued for the new one too; searches keep using
        the current generation and model;
     3. when every indexed video is in the new generation (checked under the catalog lock, so no upload can
-       slip in between), the switch: the generation pointer or alias, then the runtime's index, model and
-       class names, then the labels into the store. The previous generation is dropped `SWITCH_GRACE_S`
-       later. A job the old model embedded that commits after the switch is embedded again.
+       slip in between), the switch: the generation pointer or alias, then the active generation (index,
+       model, card and class names together) replaced in one assignment (`Active.swap`), then the labels
+       into the store. The previous generation is dropped `SWITCH_GRACE_S` later. A job the old model
+       embedded that commits after the switch is embedded again.
 
     A kill -9 at any point: the next start (with the old checkpoint before the switch, the new one after)
     resumes from the state file; videos already in the new generation with their labels are not embedded
     again."""
 
-    def __init__(self, rt) -> None:
-        self.rt = rt
-        self.settings: Settings = rt.settings
+    def __init__(self, settings: Settings, catalog: Catalog, broker: Broker, active: Active,
+                 on_switch: Sequence[Callable[[], None]] = ()) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.broker = broker
+        self.active = active
+        self.on_switch = tuple(on_switch)  # called after a switch (the search service forgets its concept bank)
         self.state_path = self.settings.data_dir / ONLINE_STATE
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -237,10 +248,9 @@ class OnlineReindex:
         self.state = "idle"  # idle | running | switched | failed
         self.checkpoint: Path | None = None
         self.identity: CheckpointIdentity | None = None
-        self.generation: str | None = None
+        self._files: CheckpointFiles | None = None  # NEW, read by `start`, until its encoder is loaded
+        self.target: ActiveGeneration | None = None  # the new generation with its encoder, once prepared
         self.error: str | None = None
-        self.encoder = None  # the new checkpoint's VideoEncoder
-        self.index: SegmentIndex | None = None  # the new generation
         self.done: set[int] = set()
         self.in_flight: set[int] = set()
         self.failures: dict[int, str] = {}
@@ -254,28 +264,27 @@ class OnlineReindex:
     def status(self) -> dict:
         with self._lock:
             return {"state": self.state, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                    "generation": self.generation, "videos": self.total, "done": len(self.done),
-                    "embedded": self.embedded, "failed": len(self.failures), "video_seconds": round(self.video_seconds, 3),
+                    "generation": self.target.generation if self.target else None, "videos": self.total,
+                    "done": len(self.done), "embedded": self.embedded, "failed": len(self.failures),
+                    "video_seconds": round(self.video_seconds, 3),
                     "seconds": round(self.seconds or (time.monotonic() - self.started if self.started else 0.0), 3),
                     "error": self.error}
 
     def start(self, checkpoint: Path) -> dict:
         """Begin (or, for the same checkpoint, keep running or retry) a reindex; `ReindexError` with the
         reason when it cannot."""
-        from model.checkpoint import CheckpointError
-
         checkpoint = Path(checkpoint).resolve()
         try:
-            _, dim, _ = read_card(checkpoint)
-            identity = checkpoint_identity(checkpoint, dim)
+            files = read_serving_checkpoint(checkpoint, weights=True)
         except CheckpointError as e:
             raise InvalidInput(str(e)) from None
+        identity = identity_of(files)
         with self._lock:
             same = self.identity is not None and self.identity.sha256 == identity.sha256
             already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
             if self.state == "running" and not same:
                 raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
-            current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
+            current = CheckpointIdentity.from_metadata(self.active.current.index.metadata())
             if not already and current is not None and current.sha256 == identity.sha256:
                 raise ReindexError(f"the index is already made by {identity.describe()}")
         if already:
@@ -286,6 +295,7 @@ class OnlineReindex:
             if self.state == "running":
                 raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
             self.state, self.checkpoint, self.identity, self.error = "running", checkpoint, identity, None
+            self._files, self.target = files, None
             self.failures, self.in_flight, self.done = {}, set(), set()
             self.total = self.embedded = 0
             self.video_seconds, self.started, self.seconds = 0.0, time.monotonic(), 0.0
@@ -304,8 +314,9 @@ class OnlineReindex:
         except (OSError, ValueError, KeyError) as e:
             log.error("cannot read %s (%s); the online reindex is not resumed", self.state_path, e)
             return
-        current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
-        if self.rt.generation == saved.get("generation") or (
+        active = self.active.current
+        current = CheckpointIdentity.from_metadata(active.index.metadata())
+        if active.generation == saved.get("generation") or (
                 current is not None and current.sha256 == saved.get("checkpoint_sha256")):
             self.state_path.unlink()  # switched before the previous run ended (labels: finish_switch at start)
             return
@@ -322,28 +333,33 @@ class OnlineReindex:
             self._thread.join(30)
 
     # the worker's side --------------------------------------------------------------------------
-    def wants(self, job) -> bool:
-        return self.state == "running" and job.generation == self.generation and self.index is not None
+    def _wanted(self, job: IngestJob) -> ActiveGeneration | None:
+        target = self.target
+        if self.state == "running" and target is not None and job.generation == target.generation:
+            return target
+        return None
 
-    def complete(self, job, segments, vectors: np.ndarray, probs: np.ndarray | None, class_names: list[str],
-                 duration: float) -> None:
+    def encoder_for(self, job: IngestJob):
+        """The new checkpoint's encoder for one of this reindex's jobs; None when it is not wanted (another
+        or a finished reindex's)."""
+        target = self._wanted(job)
+        return target.encoder if target is not None else None
+
+    def complete(self, job: IngestJob, segments, vectors: np.ndarray, probs: np.ndarray | None,
+                 class_names: list[str], duration: float) -> None:
         """A reindex job's result: labels (fsync'd), then the segments into the new generation."""
-        from service.store import NotFound
-
         labels = top_labels(probs, class_names, self.settings.stored_labels) if probs is not None else []
-        with self.rt.catalog.lock:
-            if not self.wants(job):
+        with self.catalog.lock:
+            target = self._wanted(job)
+            if target is None:
                 return
             try:
-                self.rt.store.get_video(job.video_id)
+                self.catalog.get_video(job.video_id)
             except NotFound:  # deleted while it was re-embedded
                 self._settle(job.video_id)
                 return
-            with open(pending_labels_path(self.settings, self.generation), "a") as f:
-                f.write(json.dumps({"video_id": job.video_id, "labels": [[lb.name, lb.prob] for lb in labels]}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())  # before the add: a video in the new generation always has its labels
-            self.index.add_video(job.video_id, segments, vectors)
+            append_pending_labels(pending_labels_path(self.settings, target.generation), job.video_id, labels)
+            target.index.add_video(job.video_id, segments, vectors)
             with self._lock:
                 self.done.add(job.video_id)
                 self.embedded += 1
@@ -351,7 +367,7 @@ class OnlineReindex:
             log.info("video %d: %d segments re-embedded", job.video_id, len(segments))
         self._settle(job.video_id)
 
-    def failed(self, job, reason: str) -> None:
+    def failed(self, job: IngestJob, reason: str) -> None:
         with self._lock:
             self.failures[job.video_id] = reason
         self._settle(job.video_id)
@@ -378,17 +394,15 @@ class OnlineReindex:
         with self._lock:
             self.state, self.error = "failed", message
             self.seconds = time.monotonic() - self.started
-        if self.rt.worker is not None:
-            self.rt.worker.reindex = None
 
     def _prepare(self) -> None:
         from indexer import wal
-        from service.encoder import VideoEncoder
+        from service.encoding.encoder import VideoEncoder
 
-        identity, checkpoint = self.identity, self.checkpoint
+        identity, checkpoint, files = self.identity, self.checkpoint, self._files
         gens = index_generations(self.settings, identity.embed_dim)
         try:
-            current = self.rt.generation
+            current = self.active.current.generation
             _drop_previous(gens, current)  # left by an earlier reindex that ended before dropping it
             target = gens.name_for(identity.short)
             index = gens.open(target)
@@ -397,23 +411,22 @@ class OnlineReindex:
         index.set_metadata({**identity.as_metadata(), "previous": current or ""})
         wal.write_atomic(self.state_path, json.dumps({"checkpoint": str(checkpoint), "generation": target,
                                                       "checkpoint_sha256": identity.sha256}).encode())
-        encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": checkpoint, "text_search": False}))
-        encoder.text_encoder = self.rt.encoder.text_encoder  # MiniLM does not depend on the checkpoint
+        encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": checkpoint, "text_search": False}),
+                               files)
+        encoder.text_encoder = self.active.current.encoder.text_encoder  # MiniLM does not depend on the checkpoint
         labelled = read_pending_labels(pending_labels_path(self.settings, target))
         with self._lock:
-            self.generation, self.index, self.encoder = target, index, encoder
+            self.target = ActiveGeneration.of(files, target, index, encoder)
+            self._files = None  # the weights are loaded: their bytes are not kept
             self.done = {vid for vid in labelled if vid in index}  # from an interrupted run
-        self.rt.worker.reindex = self
         log.info("online reindex into %s with %s: %d videos already there", target, identity.describe(),
                  len(self.done))
 
     def _indexed(self) -> dict[int, VideoRecord]:
-        return {v.video_id: v for v in indexed_videos(self.rt.store)}
+        return {v.video_id: v for v in self.catalog.videos("indexed")}
 
     def _step(self) -> bool:
         """Queue what the new generation lacks, or switch when it lacks nothing; True when finished."""
-        from service.broker import IngestJob
-
         wanted = self._indexed()
         with self._lock:
             self.total = len(wanted)
@@ -431,50 +444,44 @@ class OnlineReindex:
             self._fail(message)
             return True
         for v in todo:
-            self.rt.broker.enqueue(IngestJob(0, v.video_id, str(v.extra["path"]), generation=self.generation))
+            self.broker.enqueue(IngestJob(0, v.video_id, str(v.extra["path"]), generation=self.target.generation))
         if idle and not self.failures:
             return self._switch()
         return False
 
     def _switch(self) -> bool:
-        rt = self.rt
-        with rt.catalog.lock:
+        target = self.target
+        with self.catalog.lock:
             indexed = set(self._indexed())
             if not indexed <= self.done:
                 return False  # an upload was indexed meanwhile: it is queued by the next step
             for vid in self.done - indexed:  # deleted while the reindex ran
-                self.index.delete_video(vid)
-            gens = index_generations(self.settings, self.identity.embed_dim)
+                target.index.delete_video(vid)
+            gens = index_generations(self.settings, target.embed_dim)
             try:
-                gens.switch(self.generation)
+                gens.switch(target.generation)
             finally:
                 gens.close()
-            old_index, old_generation = rt.index, rt.generation
             with self._lock:  # the status says "switched" from the moment searches use the new generation
-                rt.index = rt.catalog.index = self.index
+                old = self.active.swap(target)  # queries, uploads and the worker: the new index and model
                 self.state = "switched"
                 self.seconds = time.monotonic() - self.started
-            rt.generation = self.generation
-            rt.card, rt.embed_dim, rt.clip_frames = read_card(self.checkpoint)
-            rt.class_names = list(rt.card.class_names)
-            rt.encoder = rt.worker.encoder = self.encoder  # queries and new uploads: the new model
-            rt.worker.reindex = None
-            finish_switch(self.settings, rt.store, self.generation)
-            rt.catalog.reset_text_table()
-        for callback in rt.on_switch:
+            finish_switch(self.settings, self.catalog, target.generation)
+            self.catalog.reset_text_table()
+        for callback in self.on_switch:
             callback()
         self.state_path.unlink(missing_ok=True)
         log.info("switched the index to generation %s (%s): %d videos, %d embedded, %.1f s of video in %.1f s",
-                 self.generation, self.identity.describe(), len(indexed), self.embedded, self.video_seconds,
+                 target.generation, target.checkpoint.describe(), len(indexed), self.embedded, self.video_seconds,
                  self.seconds)
         stopped = self._stop.wait(SWITCH_GRACE_S)  # searches that began on the old generation finish first
-        old_index.close()
+        old.index.close()
         if not stopped:
-            gens = index_generations(self.settings, old_index.dim)
+            gens = index_generations(self.settings, old.index.dim)
             try:
-                if old_generation and gens.exists(old_generation):
-                    gens.drop(old_generation)
+                if old.generation and gens.exists(old.generation):
+                    gens.drop(old.generation)
             finally:
                 gens.close()
-            log.info("dropped the previous index generation %s", old_generation)
+            log.info("dropped the previous index generation %s", old.generation)
         return True

@@ -2,7 +2,7 @@
 
 Video query: the query's segment embeddings against every indexed segment, aggregated per video
 (`max` by default: the best pair of segments; `chamfer` in settings). An uploaded query is embedded in
-several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoder`);
+several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoding.encoder`);
 each view is searched on its own and a video scores its best view, which the hit names (`VideoMatch`).
 
 Text query, for each candidate video v (weights and the rest in settings; docs/api.md has examples):
@@ -27,11 +27,11 @@ import numpy as np
 from indexer import Span, VideoHit
 from indexer.index import Aggregation
 from model.text import text_encoder_id
-from service.broker import InferenceRequest
-from service.catalog import TextTable
+from service.active import Active
+from service.broker import Broker, InferenceRequest
+from service.catalog import Catalog, TextTable
 from service.concepts import ConceptBank
 from service.errors import InvalidInput
-from service.runtime import ServiceRuntime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ BANK_CHUNK = 256
 
 @dataclass(frozen=True)
 class QueryView:
-    name: str  # "original", "mirrored", ... (service.encoder.QUERY_VIEWS)
+    name: str  # "original", "mirrored", ... (service.encoding.encoder.QUERY_VIEWS)
     vectors: np.ndarray  # (S, E) L2-normalised
     segments: list[Span] | None
     box: list[int] | None = None  # the region of the query's frame embedded, [x, y, w, h]; None: all
@@ -74,14 +74,19 @@ def video_query_from(vectors: np.ndarray, segments: list[Span] | None, views: li
 
 
 class SearchService:
-    def __init__(self, rt: ServiceRuntime) -> None:
-        self.rt = rt
+    """Queries over the active generation (each query reads it once), the catalog's records and text
+    table, and the encoder workers behind the broker (query embeddings, classification)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, broker: Broker, active: Active) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.broker = broker
+        self.active = active
         self._bank: ConceptBank | None = None
         self._bank_lock = threading.Lock()
 
     def _texts(self, texts: list[str]):
-        return self.rt.broker.infer(InferenceRequest("embed_text", texts=tuple(texts)),
-                                    self.rt.settings.inference_timeout_s)
+        return self.broker.infer(InferenceRequest("embed_text", texts=tuple(texts)), self.settings.inference_timeout_s)
 
     def _sentences(self, texts: list[str]) -> np.ndarray:
         parts = [self._texts(texts[i : i + BANK_CHUNK]).sentence for i in range(0, len(texts), BANK_CHUNK)]
@@ -89,13 +94,14 @@ class SearchService:
 
     # the concept bank: built once per checkpoint (at start, in the background; else at the first query) ---
     def concept_bank(self) -> ConceptBank | None:
-        if not self.rt.class_names:
+        current = self.active.current
+        if not current.class_names:
             return None
         with self._bank_lock:
             if self._bank is None:
-                self._bank = ConceptBank.build(self.rt.class_names, self._sentences,
-                                               self.rt.card.class_descriptions,
-                                               cache_dir=self.rt.settings.concepts_dir,
+                self._bank = ConceptBank.build(list(current.class_names), self._sentences,
+                                               current.card.class_descriptions,
+                                               cache_dir=self.settings.concepts_dir,
                                                embedder_id=text_encoder_id())
                 log.info("concept bank: %d concepts, %d phrases", len(self._bank), len(self._bank.phrase_concept))
             return self._bank
@@ -120,20 +126,24 @@ class SearchService:
         return t
 
     # queries ------------------------------------------------------------------------------------
+    def classify(self, path: str) -> np.ndarray:
+        """A video's class probabilities (C,): the mean of its segments' (one request to an encoder worker)."""
+        return self.broker.infer(InferenceRequest("classify", video_path=path), self.settings.inference_timeout_s).probs
+
     def embed_video_query(self, path: str) -> VideoQuery:
         """An uploaded query video -> its views' segment embeddings (one request to an encoder worker)."""
-        res = self.rt.broker.infer(InferenceRequest("embed_video", video_path=path),
-                                   self.rt.settings.inference_timeout_s)
+        res = self.broker.infer(InferenceRequest("embed_video", video_path=path), self.settings.inference_timeout_s)
         return video_query_from(res.vectors, res.segments, res.views, res.boxes)
 
     def video_query(self, query: VideoQuery, k: int, min_score: float | None, exclude: set[int],
                     aggregation: Aggregation | None = None) -> list[VideoMatch]:
         """Top-k videos over all views of the query: each view searched on its own, a video scores its
         best view (exact: a video in the merged top-k is in the top-k of its best view)."""
-        agg = aggregation or self.rt.settings.aggregation
+        agg = aggregation or self.settings.aggregation
+        index = self.active.current.index
         best: dict[int, VideoMatch] = {}
         for view in query.views:
-            for h in self.rt.index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
+            for h in index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
                                           min_score=min_score, exclude_ids=exclude):
                 cur = best.get(h.video_id)
                 if cur is None or h.score > cur.hit.score:
@@ -142,21 +152,22 @@ class SearchService:
 
     def stored_query(self, video_id: int) -> VideoQuery:
         """"More like this": an indexed video's own segments, as stored (one view)."""
-        stored = self.rt.index.get(video_id)
+        stored = self.active.current.index.get(video_id)
         if stored is None:
-            self.rt.catalog.get_video(video_id)  # NotFound -> 404
+            self.catalog.get_video(video_id)  # NotFound -> 404
             raise InvalidInput(f"video {video_id} is not indexed yet (see its job)")
         return video_query_from(stored.vectors, stored.segments)
 
     def text_query(self, text: str, k: int, min_score: float | None, exclude: set[int]) -> list[VideoHit]:
-        s = self.rt.settings
+        s = self.settings
+        index = self.active.current.index
         res = self._texts([text])
         q_sent = res.sentence[0]  # (384,)
         q_head = res.projected[0] if res.projected is not None else None  # (E,)
         cand: set[int] = set()
         n_cand = max(s.text_candidates, k)
         if q_head is not None and s.text_weight_head:
-            for h in self.rt.index.search(q_head[None, :], k=n_cand, exclude_ids=exclude):
+            for h in index.search(q_head[None, :], k=n_cand, exclude_ids=exclude):
                 cand.add(h.video_id)
         ids, side = self.side_scores(q_sent)
         if len(ids):
@@ -168,7 +179,7 @@ class SearchService:
         for vid in cand:
             if vid in exclude:
                 continue
-            stored = self.rt.index.get(vid)
+            stored = index.get(vid)
             if stored is None:
                 continue
             head, seg = 0.0, None
@@ -185,9 +196,9 @@ class SearchService:
 
     def side_scores(self, q_sent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(video ids, concept + metadata terms) over every indexed video."""
-        s = self.rt.settings
+        s = self.settings
         bank = self.concept_bank() if s.text_weight_concept else None
-        return side_scores(self.rt.catalog.text_table(), bank, q_sent, s)
+        return side_scores(self.catalog.text_table(), bank, q_sent, s)
 
 
 def side_scores(table: TextTable, bank: ConceptBank | None, q_sent: np.ndarray,
@@ -201,11 +212,11 @@ def side_scores(table: TextTable, bank: ConceptBank | None, q_sent: np.ndarray,
     return ids, total
 
 
-def external_ids(rt: ServiceRuntime, hits: list[VideoHit] | list[VideoMatch]) -> dict[int, str | None]:
+def external_ids(catalog: Catalog, hits: list[VideoHit] | list[VideoMatch]) -> dict[int, str | None]:
     out = {}
     for h in (m.hit if isinstance(m, VideoMatch) else m for m in hits):
         try:
-            out[h.video_id] = rt.catalog.get_video(h.video_id).external_id
+            out[h.video_id] = catalog.get_video(h.video_id).external_id
         except KeyError:
             out[h.video_id] = None
     return out

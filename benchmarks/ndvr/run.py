@@ -7,7 +7,7 @@
 Database: the benchmark's originals, then the distractors (``benchmarks.ndvr.distractors``) in a seeded
 random order; a database of size n is the first n of that list, so every size holds all 29 originals.
 
-* ``drca``: **the service itself**, in this process: ``service.app.create_app`` with the service's default
+* ``drca``: **the service itself**, in this process: ``service.http.app.create_app`` with the service's default
   settings (``--setting`` changes one, e.g. ``--setting aggregation=chamfer``; the JSON records them). Every
   database video is uploaded with ``POST /v1/videos`` and indexed by the embedded worker into the FAISS
   index; the ingest rate is the database's seconds of video over the wall time from the first upload to
@@ -75,7 +75,7 @@ class ServiceRun:
 
 
 class ServiceMethod:
-    """The service itself, in this process: `service.app.create_app` with the given settings (default:
+    """The service itself, in this process: `service.http.app.create_app` with the given settings (default:
     the service's defaults), database videos uploaded through `POST /v1/videos` and indexed by the
     embedded worker (FAISS), queries through the same `SearchService` calls as `POST /v1/search`."""
 
@@ -89,7 +89,7 @@ class ServiceMethod:
     def run(self, database: list[str], queries: list[str], paths: dict[str, Path], seconds: float) -> ServiceRun:
         from fastapi.testclient import TestClient
 
-        from service.app import create_app
+        from service.http.app import create_app
         from service.search import VideoQuery
         from service.settings import Settings
 
@@ -99,7 +99,7 @@ class ServiceMethod:
             app = create_app(settings)
             with TestClient(app) as client:
                 ids, ingest = _ingest(client, database, paths, seconds)
-                svc = app.state.search
+                svc = app.state.service.search
                 col = {vid: j for j, vid in enumerate(database)}
                 aggs = ("max", "chamfer")
                 scores = {a: np.full((len(queries), len(database)), -np.inf) for a in aggs}

@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.backends.redis.broker import RedisLock
+from service.backends.redis.store import RedisMetadataStore
+from service.backends.redis.streams import RedisVectorLog
 from service.catalog import Catalog
-from service.redis_broker import RedisLock
 from service.storage import SpooledUpload, VideoStorage
-from service.store.redis import RedisMetadataStore
-from service.vector_stream import RedisVectorLog
 from tests.commits import assert_committed_once, assert_milvus_rows_once, stream_commits
 from tests.procs import ROOT, Gateway, MilvusLiteServer, RedisServer, Worker, start_all, wait_jobs
 from tests.service.media import distinct_videos, tiny_checkpoint
@@ -366,7 +366,7 @@ def test_catalog_lock_holder_killed_blocks_writes_until_the_lock_expires(cluster
     gw.start()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from service.redis_broker import RedisLock, connect\n"
+         "from service.backends.redis.broker import RedisLock, connect\n"
          f"RedisLock(connect({cluster.redis.url!r}), 'drca:lock:catalog').__enter__()\n"
          "print('held', flush=True)\ntime.sleep(600)\n"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE)

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
-from service.app import create_app
-from service.server import server_config
+from service.http.app import create_app
+from service.http.server import server_config
 from service.settings import Settings
 
 
@@ -82,7 +82,7 @@ def closes_within(c: Conn, seconds: float) -> None:
 
 @contextmanager
 def running_server(settings: Settings, **config: object) -> Iterator[uvicorn.Server]:
-    """`drca serve`'s server (service.server.server_config) for `settings`, until the block ends."""
+    """`drca serve`'s server (service.http.server.server_config) for `settings`, until the block ends."""
     srv = uvicorn.Server(server_config(create_app(settings), settings, log_level="warning", **config))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

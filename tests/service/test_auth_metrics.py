@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 
 KEY = "s3cret-key-value"

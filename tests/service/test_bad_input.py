@@ -148,7 +148,7 @@ def test_failed_ingest_marks_job_failed_and_indexes_nothing(client, media):
     assert "decod" in job["error"] and str(client.app.state.settings.data_dir) not in job["error"], job
     video = client.get(f"/v1/videos/{r.json()['video_id']}").json()
     assert video["status"] == "failed" and video["error"] == job["error"] and video["segments"] == []
-    assert client.app.state.runtime.index.get(r.json()["video_id"]) is None
+    assert client.app.state.service.active.current.index.get(r.json()["video_id"]) is None
     assert r.json()["video_id"] not in wal_commits(client.app.state.settings.index_dir)
 
 

@@ -12,12 +12,21 @@ import pytest
 import torch
 
 from indexer import Span
+from model.checkpoint import ModelCard
+from service.active import Active, ActiveGeneration
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
+from service.encoding.worker import EncoderWorker
 from service.errors import WorkerUnavailable
+from service.generations import CheckpointIdentity
 from service.priority import QueriesInFlight
 from service.settings import Settings
-from service.worker import EncoderWorker
 from tests.waiting import wait_until
+
+
+def serving(encoder) -> Active:
+    """A fake encoder as the active generation's (the worker embeds with it)."""
+    return Active(ActiveGeneration(CheckpointIdentity("0" * 64, 4), ModelCard(), tuple(encoder.class_names), 2,
+                                   None, None, encoder))
 
 
 def test_infer_without_worker_is_503_at_once():
@@ -98,7 +107,7 @@ class FakeEncoder:
         self.in_model = False
         self.gave_up = False
 
-    def open(self, path: str, query: bool = False) -> FakeVideo:
+    def open(self, path: str, query: bool = False, plan=None) -> FakeVideo:
         return FakeVideo(self)
 
     def forward(self, clips: torch.Tensor):
@@ -148,7 +157,7 @@ def test_worker_overlaps_decode_with_forward_and_batches_clips(tmp_path):
     cat.expected = 8
     for i in range(8):
         broker.enqueue(IngestJob(i, i, f"v{i}.mp4"))
-    worker = EncoderWorker(enc, broker, cat, settings)
+    worker = EncoderWorker(serving(enc), broker, cat, settings)
     worker.start()
     try:
         assert cat.all_done.wait(60)
@@ -205,7 +214,7 @@ class GatedEncoder:
     def __init__(self, held: HeldClips, segments: int) -> None:
         self.held, self.segments, self.gate = held, segments, threading.Event()
 
-    def open(self, path: str, query: bool = False) -> LongVideo:
+    def open(self, path: str, query: bool = False, plan=None) -> LongVideo:
         return LongVideo(self.held, self.segments)
 
     def forward(self, clips: torch.Tensor):
@@ -222,7 +231,7 @@ def test_decode_ahead_clips_bounds_the_clips_held_across_jobs(tmp_path):
     held = HeldClips()
     enc, cat, broker = GatedEncoder(held, segments=40), FakeCatalog(), InProcessBroker()
     cat.expected = 4
-    worker = EncoderWorker(enc, broker, cat, settings)
+    worker = EncoderWorker(serving(enc), broker, cat, settings)
     worker.start()
     try:
         for i in range(4):
@@ -267,7 +276,7 @@ class StepEncoder:
         with self.lock:
             return sum(s == step for s, _ in self.steps)
 
-    def open(self, path: str, query: bool = False) -> StepVideo:
+    def open(self, path: str, query: bool = False, plan=None) -> StepVideo:
         return StepVideo(self, self.segments)
 
     def forward(self, clips: torch.Tensor):
@@ -306,7 +315,7 @@ def test_a_query_in_flight_is_served_before_the_next_ingest_step(tmp_path, segme
     queries = QueriesInFlight(settings.ingest_yield_max_s)
     enc, cat, broker = StepEncoder(queries, segments=segments), FakeCatalog(), InProcessBroker()
     cat.expected = 1
-    worker = EncoderWorker(enc, broker, cat, settings, queries=queries)
+    worker = EncoderWorker(serving(enc), broker, cat, settings, queries=queries)
     worker.start()
     try:
         broker.enqueue(IngestJob(0, 0, "long.mp4"))
@@ -346,7 +355,7 @@ def test_queries_hold_ingest_back_no_longer_than_the_bound(tmp_path):
     enc, cat, broker = StepEncoder(queries, segments=8), FakeCatalog(), InProcessBroker()
     enc.gate.set()
     cat.expected = 1
-    worker = EncoderWorker(enc, broker, cat, settings, queries=queries)
+    worker = EncoderWorker(serving(enc), broker, cat, settings, queries=queries)
     worker.start()
     try:
         with queries.serving():  # a query in flight for the whole job

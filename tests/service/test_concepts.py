@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.backends.store import Label, VideoRecord
 from service.broker import InferenceRequest
 from service.catalog import TextTable
 from service.concepts import ConceptBank, bank_phrases, class_phrase, concept_scores
-from service.store import Label, VideoRecord
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import CLASS_NAMES, tiny_checkpoint
 
@@ -133,7 +133,7 @@ def concept_client(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _embed(client: TestClient, texts: list[str]) -> np.ndarray:
-    rt = client.app.state.runtime
+    rt = client.app.state.service
     return rt.broker.infer(InferenceRequest("embed_text", texts=tuple(texts)), 60.0).sentence
 
 
@@ -162,10 +162,10 @@ def test_text_search_finds_the_video_whose_labels_name_the_query(concept_client,
     """Labels as a confident classifier would give them (written into the store, then re-read by the
     catalog as a replica does): the query finds the video by meaning, not by words."""
     c = concept_client
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     bike, cook = ingest(c, media["rgb"]), ingest(c, media["bars_copy"])
-    rt.store.update_video(bike, labels=[Label("riding a bike", 0.9), Label("dancing", 0.1)])
-    rt.store.update_video(cook, labels=[Label("cooking", 0.95), Label("swimming", 0.05)])
+    rt.catalog.store.update_video(bike, labels=[Label("riding a bike", 0.9), Label("dancing", 0.1)])
+    rt.catalog.store.update_video(cook, labels=[Label("cooking", 0.95), Label("swimming", 0.05)])
     for vid in (bike, cook):
         rt.catalog.vector_applied(vid, added=True)
     hits = c.post("/v1/search", json={"text": "a cyclist on the road", "k": 10}).json()["hits"]
@@ -189,9 +189,9 @@ def test_a_thousand_classes_classify_labels_and_text_search(tmp_path, media):
         probs = [lb["prob"] for lb in top]
         assert len(top) == 50 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0
         assert [lb["name"] for lb in top[:5]] == [lb["name"] for lb in labels]  # same model, same frames
-        rt = c.app.state.runtime
+        rt = c.app.state.service
         table = rt.catalog.text_table()
         assert table.label_probs.shape[1] == 64 and int((table.label_probs > 0).sum()) == 64
         r = c.post("/v1/search", json={"text": "class 042", "k": 5})
         assert r.status_code == 200 and r.json()["hits"][0]["video_id"] == vid
-        assert len(c.app.state.search.concept_bank()) == 1000
+        assert len(c.app.state.service.search.concept_bank()) == 1000

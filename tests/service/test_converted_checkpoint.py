@@ -12,8 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from model.seed import convert_seed
-from service.app import create_app
-from service.encoder import VideoEncoder
+from service.encoding.encoder import VideoEncoder
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import lavfi_video
 

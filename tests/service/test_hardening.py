@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from media.segments import PROBE_SEGMENTS
 from media.video import DEFAULT_LIMITS
-from service.app import create_app
+from service.backends.buckets import LocalBuckets
 from service.broker import InferenceRequest
 from service.errors import ServiceError
-from service.ratelimit import AuthFailureLimiter, LocalBuckets, RateLimited
+from service.http.app import create_app
+from service.ratelimit import AuthFailureLimiter, RateLimited
 from service.thumbnails import ThumbnailCache
 from tests.procs import ROOT, free_port
 from tests.service.conftest import ingest, make_settings, wait_job
@@ -67,7 +68,7 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`drca serve`'s server (service.server.server_config) on a free port, with 1 s timeouts."""
+    """`drca serve`'s server (service.http.server.server_config) on a free port, with 1 s timeouts."""
     settings = make_settings(checkpoint, tmp_path_factory.mktemp("server"), port=free_port(),
                              header_timeout_s=TIMEOUT_S, body_timeout_s=TIMEOUT_S, idle_timeout_s=TIMEOUT_S)
     with running_server(settings) as srv:
@@ -145,7 +146,7 @@ def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
     rt = srv.config.loaded_app
     while not hasattr(rt, "state"):  # uvicorn wraps the app in its own middleware
         rt = rt.app
-    store = rt.state.runtime.store
+    store = rt.state.service.catalog.store
 
     def broken(*a, **kw):
         raise RuntimeError("injected fault")
@@ -267,7 +268,7 @@ def test_text_query_with_text_search_off_is_503(no_text, media):
     err = _error(no_text.post("/v1/search", json={"text": "a dog", "k": 3}), 503)
     assert err["code"] == "text_search_disabled" and "text_search=false" in err["message"]
     # the worker says the same when a gateway with other settings asks it (scale-out)
-    rt = no_text.app.state.runtime
+    rt = no_text.app.state.service
     with pytest.raises(ServiceError) as e:
         rt.broker.infer(InferenceRequest("embed_text", texts=("a dog",)), 30)
     assert (e.value.status, e.value.code) == (503, "text_search_disabled")
@@ -304,7 +305,7 @@ def test_thumbnail_times_are_quantised(small_cache, media):
 
 def test_thumbnail_cache_is_capped_lru(small_cache, media):
     c, root = small_cache
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     vids = [ingest(c, media[name]) for name in ("bars", "testsrc", "life", "rgb")]
     keep = c.get(f"/v1/videos/{vids[0]}/thumbnail", params={"t": "1"}).content
     for vid in vids[1:]:
@@ -466,7 +467,7 @@ def chunked(checkpoint, tmp_path_factory):
 
 
 def test_a_long_video_is_decoded_and_embedded_in_bounded_chunks(chunked, long_video, monkeypatch):
-    import service.encoder as encoder_module
+    import service.encoding.encoder as encoder_module
 
     calls: list[int] = []
     real = encoder_module.decode_segments
@@ -476,7 +477,7 @@ def test_a_long_video_is_decoded_and_embedded_in_bounded_chunks(chunked, long_vi
         return real(reader, segs, inp, *a, **kw)
 
     monkeypatch.setattr(encoder_module, "decode_segments", counting)
-    worker = chunked.app.state.runtime.worker
+    worker = chunked.app.state.service.worker
     worker.peak_clips = 0
     vid = ingest(chunked, long_video)
     s = chunked.app.state.settings
@@ -503,7 +504,7 @@ def test_more_segments_than_max_segments_is_422(checkpoint, tmp_path, long_video
 def test_synchronous_requests_do_not_wait_behind_a_long_ingest(chunked, long_video, media, monkeypatch):
     """The job's decoding is held after its first chunk; classify, a video query and a text query must
     all complete meanwhile (before: they queued behind the whole video, and only then the job finished)."""
-    import service.encoder as encoder_module
+    import service.encoding.encoder as encoder_module
 
     first_chunk, release = threading.Event(), threading.Event()
     real = encoder_module.OpenedVideo.clips

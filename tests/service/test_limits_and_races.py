@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.deps import MAX_JSON_BYTES
-from service.routes.videos import _EXTERNAL_ID
+from service.http.deps import MAX_JSON_BYTES
+from service.http.routes.videos import _EXTERNAL_ID
 from service.storage import MAX_FIELD_BYTES
 from tests.commits import wal_commits
 from tests.service.conftest import LIMITS, ingest, upload, wait_job
@@ -135,7 +135,7 @@ def test_concurrent_deletes_one_wins(client, videos, tmp_path):
     for t in threads:
         t.join(30)
     assert sorted(codes) == [204, 404, 404, 404]
-    assert client.app.state.runtime.index.get(vid) is None
+    assert client.app.state.service.active.current.index.get(vid) is None
 
 
 def _unique(path: Path, tmp: Path, tag: str) -> Path:
@@ -151,7 +151,7 @@ def test_delete_racing_a_finishing_job_leaves_nothing(client, media, monkeypatch
     catalog lock, and the job drops its result (no index commit). `during_the_commit`: the job holds the lock
     (its index add is running), the delete waits for it and then removes what it added. Either way the
     video, its job and its vectors are gone, and the job's end changes nothing."""
-    rt = client.app.state.runtime
+    rt = client.app.state.service
     done = threading.Event()
     vid_box: dict[str, int] = {}
     deleter: list[threading.Thread] = []
@@ -169,7 +169,7 @@ def test_delete_racing_a_finishing_job_leaves_nothing(client, media, monkeypatch
 
         monkeypatch.setattr(rt.catalog, "complete", complete_after_delete)
     else:
-        add = rt.index.add_video
+        add = rt.active.current.index.add_video
         complete = rt.catalog.complete
 
         def add_then_race(video_id, segments, vectors):
@@ -182,7 +182,7 @@ def test_delete_racing_a_finishing_job_leaves_nothing(client, media, monkeypatch
             complete(job, *args, **kwargs)
             done.set()
 
-        monkeypatch.setattr(rt.index, "add_video", add_then_race)
+        monkeypatch.setattr(rt.active.current.index, "add_video", add_then_race)
         monkeypatch.setattr(rt.catalog, "complete", complete_then_signal)
 
     path = _unique(media["life"], tmp_path, f"race-{when}")
@@ -195,7 +195,7 @@ def test_delete_racing_a_finishing_job_leaves_nothing(client, media, monkeypatch
     monkeypatch.undo()
     wait_until(lambda: client.get(f"/v1/videos/{vid}").status_code == 404, 10, "the video deleted")
     _error(client.get(f"/v1/jobs/{r.json()['job_id']}"), 404, "not_found")
-    assert rt.index.get(vid) is None
+    assert rt.active.current.index.get(vid) is None
     commits = wal_commits(client.app.state.settings.index_dir).get(vid, [])
     assert len(commits) == (0 if when == "before_the_commit" else 1)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from media.video import DEFAULT_LIMITS, VIDEO_EXTENSIONS
-from service.app import STATIC_DIR, create_app
-from service.routes.media import MEDIA_TYPES
+from service.http.app import STATIC_DIR, create_app
+from service.http.routes.media import MEDIA_TYPES
 from service.thumbnails import THUMBNAIL_WIDTH, ThumbnailCache
 from tests.service.conftest import ingest, make_settings
 
@@ -40,7 +40,7 @@ def test_thumbnail_rendered_once_and_cached(app_client, media, monkeypatch):
     cached = data / "thumbnails" / str(vid) / "5s.jpg"
     assert cached.read_bytes() == r.content
 
-    rt = c.app.state.runtime
+    rt = c.app.state.service
 
     def no_render(*_a):
         raise AssertionError("rendered again")
@@ -158,7 +158,7 @@ def test_delete_drops_thumbnails_and_content(app_client, media):
 def test_deleted_while_rendering_leaves_no_thumbnail(app_client, media, monkeypatch):
     c, data = app_client
     vid = ingest(c, media["bars"])
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     render = rt.thumbnails.render
 
     def render_then_delete(path, t):

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from indexer import VideoIndex
 from indexer.milvus_index import MilvusVideoIndex
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import distinct_videos
 
@@ -26,7 +26,7 @@ def responses(checkpoint: Path, data_dir: Path, videos: list[Path], **backend: s
     out = []
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         ids = [ingest(c, v) for v in videos]
-        kind = type(c.app.state.runtime.index)
+        kind = type(c.app.state.service.active.current.index)
         for body in ({"video_id": ids[0], "k": 5}, {"video_id": ids[1], "k": 3, "exclude_ids": [ids[2], ids[3]]},
                      {"video_id": ids[2], "k": 5, "min_score": 0.5}):
             r = c.post("/v1/search", json=body)

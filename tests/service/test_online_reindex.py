@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.encoder import VideoEncoder
+from service.encoding.encoder import VideoEncoder
 from service.generations import checkpoint_identity, index_generations
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings, upload, wait_job
 from tests.service.media import CLASS_NAMES, distinct_videos, tiny_checkpoint
 from tests.waiting import wait_until
@@ -91,9 +91,9 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
         status = c.get("/v1/admin/reindex").json()
         # the late video counts if it was indexed before the switch (else the new model embedded it after)
         assert status["state"] == "switched" and status["done"] == status["videos"] in (4, 5) and not status["failed"]
-        rt = c.app.state.runtime
+        rt = c.app.state.service
         new_id = checkpoint_identity(new, EMBED_DIM)
-        assert rt.index.metadata()["checkpoint_sha256"] == new_id.sha256 and len(rt.index) == 5
+        assert rt.active.current.index.metadata()["checkpoint_sha256"] == new_id.sha256 and len(rt.active.current.index) == 5
         for v in [*ids, late_id]:  # labels recomputed by the new model, the late video's too
             labels = c.get(f"/v1/videos/{v}").json()["labels"]
             assert labels and all(lb["name"] in NEW_CLASSES for lb in labels), (v, labels)
@@ -106,7 +106,7 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
         gens = index_generations(settings, EMBED_DIM)
         try:
             assert gens.current() == gens.name_for(new_id.short)
-            previous = rt.index.metadata()["previous"]
+            previous = rt.active.current.index.metadata()["previous"]
             wait_until(lambda: not gens.exists(previous), 15, "the old generation dropped after the grace")
         finally:
             gens.close()

@@ -13,16 +13,16 @@ from fastapi.testclient import TestClient
 
 from indexer import Span
 from indexer.milvus_index import MilvusVideoIndex
-from service.app import create_app
+from service.backends.redis.broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
+from service.backends.redis.store import RedisMetadataStore
+from service.backends.redis.streams import MilvusChangeLog, RedisVectorLog, VectorFollower
+from service.backends.store import DuplicateContent, InvalidTransition, NotFound
 from service.broker import InferenceRequest, InferenceResult, IngestJob
 from service.catalog import Catalog
 from service.errors import ServiceError, WorkerUnavailable
-from service.redis_broker import RedisBroker, RedisLock, connect, decode_reply, encode_reply
-from service.runtime import ServiceRuntime
+from service.http.app import create_app
+from service.roles import build_worker
 from service.storage import VideoStorage
-from service.store import DuplicateContent, InvalidTransition, NotFound
-from service.store.redis import RedisMetadataStore
-from service.vector_stream import MilvusChangeLog, RedisVectorLog
 from tests.commits import assert_milvus_rows_once
 from tests.procs import MilvusLiteServer
 from tests.service.conftest import make_settings, upload, wait_job
@@ -166,7 +166,7 @@ def redis_service(request, redis_server, checkpoint, tmp_path):
         backend = {"index": "milvus", "milvus_uri": milvus.uri}
     settings = make_settings(checkpoint, tmp_path / "data", redis_url=redis_server.url, inference_timeout_s=10,
                              **backend)
-    worker = ServiceRuntime(settings, role="worker")
+    worker = build_worker(settings)
     worker.start()
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
@@ -179,9 +179,10 @@ def redis_service(request, redis_server, checkpoint, tmp_path):
 
 def test_gateway_and_worker_through_redis(redis_service, media):
     c, worker, milvus = redis_service
-    rt = c.app.state.runtime
+    rt = c.app.state.service
     if milvus is not None:  # the gateway holds no index copy: it searches the Milvus the worker writes
-        assert type(rt.index) is MilvusVideoIndex and rt.follower is None
+        assert type(rt.active.current.index) is MilvusVideoIndex
+        assert not any(isinstance(f, VectorFollower) for f in rt.vectors.followers)
         assert type(worker.catalog.index) is MilvusChangeLog
     # a text query before the upload builds this gateway's text table; the video reaches it through the stream
     assert c.post("/v1/search", json={"text": "colour bars", "k": 3}).json()["hits"] == []

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.backends.sqlite import SQLiteMetadataStore
 from service.generations import (
     CheckpointMismatch,
     check_identity,
@@ -24,7 +24,7 @@ from service.generations import (
     index_generations,
     open_index,
 )
-from service.store.sqlite import SQLiteMetadataStore
+from service.http.app import create_app
 from tests.procs import ROOT, MilvusLiteServer, free_port
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import CLASS_NAMES, SOURCES, lavfi_video, tiny_checkpoint

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.service.conftest import ingest, make_settings
 from tests.service.media import distinct_videos
 
@@ -33,7 +33,7 @@ def service(request, checkpoint, multi_segment_videos, tmp_path_factory):
 def expected_scores(c: TestClient, query_id: int, ids: list[int], aggregation: str) -> dict[int, float]:
     """Cosine similarity of every segment pair; `max`: the best pair, `chamfer`: the mean over the query's
     segments of each one's best match (docs/indexer.md)."""
-    index = c.app.state.runtime.index
+    index = c.app.state.service.active.current.index
     q = index.get(query_id).vectors
     out = {}
     for v in ids:
@@ -63,7 +63,7 @@ def form_searcher(c: TestClient):
 
 def test_scores_follow_the_aggregation_setting(service):
     c, ids, aggregation = service
-    assert all(len(c.app.state.runtime.index.get(v).segments) == 3 for v in ids)
+    assert all(len(c.app.state.service.active.current.index.get(v).segments) == 3 for v in ids)
     for query in ids[:2]:
         want = expected_scores(c, query, ids, aggregation)
         hits = search(c, video_id=query, k=len(ids))
@@ -71,8 +71,8 @@ def test_scores_follow_the_aggregation_setting(service):
         for h in hits:
             assert h["score"] == pytest.approx(want[h["video_id"]], abs=2e-6), (aggregation, h)
     # the two aggregations differ on these videos: the check above tells them apart
-    q = c.app.state.runtime.index.get(ids[0]).vectors
-    d = c.app.state.runtime.index.get(ids[1]).vectors
+    q = c.app.state.service.active.current.index.get(ids[0]).vectors
+    d = c.app.state.service.active.current.index.get(ids[1]).vectors
     assert not np.isclose((q @ d.T).max(), (q @ d.T).max(axis=1).mean(), atol=1e-4)
 
 

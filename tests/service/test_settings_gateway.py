@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from model import SHIPPED_CHECKPOINT
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.service.conftest import make_settings
 

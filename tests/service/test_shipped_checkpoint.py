@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from model import SHIPPED_CHECKPOINT
 from model.checkpoint import load_checkpoint
-from service.app import create_app
-from service.encoder import VideoEncoder
+from service.encoding.encoder import VideoEncoder
+from service.http.app import create_app
 from service.settings import Settings
 from tests.service.conftest import ingest
 from training.data.imagenet import class_names

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from service.store import DuplicateContent, InvalidTransition, Label, MetadataStore, NotFound
-from service.store.redis import RedisMetadataStore
-from service.store.sqlite import SQLiteMetadataStore
+from service.backends.redis.store import RedisMetadataStore
+from service.backends.sqlite import SQLiteMetadataStore
+from service.backends.store import DuplicateContent, InvalidTransition, Label, MetadataStore, NotFound
 
 
 def h(i: int) -> str:

@@ -63,7 +63,7 @@ def test_stored_and_text_queries_name_their_view(client, copies):
 def test_query_views_decode_the_same_in_any_chunks(checkpoint, tmp_path, copies):
     """Rows are segment-major (every view of a segment together); chunk boundaries inside a segment's
     views, and the probe frames reused for the first segments, give the same clips as one pass."""
-    from service.encoder import VideoEncoder
+    from service.encoding.encoder import VideoEncoder
     from tests.service.conftest import make_settings
 
     long_copy = tmp_path / "long_letterbox.mp4"

@@ -1,4 +1,4 @@
-"""`SQLiteMetadataStore`: the `MetadataStore` protocol (`service.store`) on SQLite (WAL), the embedded
+"""`SQLiteMetadataStore`: the `MetadataStore` protocol (`service.backends.store`) on SQLite (WAL), the embedded
 service's store of video metadata and ingest jobs.
 
 `SQLiteMetadataStore` keeps one connection per thread (SQLite connections must not be shared across
@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.store import (
+from service.backends.store import (
     JOB_TRANSITIONS,
     VIDEO_TRANSITIONS,
     DuplicateContent,

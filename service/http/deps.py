@@ -1,4 +1,6 @@
-"""Request dependencies shared by the routes: the runtime, API-key auth, and body parsing."""
+"""Request dependencies shared by the routes: their typed collaborators (the catalog, the search
+service, the active generation, the settings, ... of the role the app serves, `service.roles.Service`),
+API-key auth, and body parsing."""
 
 from __future__ import annotations
 
@@ -8,12 +10,20 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Path, Request
+from fastapi import Depends, Path, Request
 
+from service.active import ActiveGeneration
+from service.catalog import Catalog
 from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
-from service.runtime import ServiceRuntime
-from service.schemas import MAX_ID, Int, parse_int
+from service.http.schemas import MAX_ID, Int, parse_int
+from service.metrics import ServiceMetrics
+from service.priority import QueriesInFlight
+from service.ratelimit import Limits
+from service.roles import Service
+from service.search import SearchService
+from service.settings import Settings
 from service.storage import UploadForm, parse_upload
+from service.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +38,60 @@ JobIdPath = Annotated[Int, Path(ge=0, le=MAX_ID, description="A job id")]
 T = TypeVar("T")
 
 
-def runtime(request: Request) -> ServiceRuntime:
-    rt: ServiceRuntime | None = getattr(request.app.state, "runtime", None)
-    if rt is None or rt.index is None:
+def _running(request: Request) -> Service | None:
+    return getattr(request.app.state, "service", None)
+
+
+def service(request: Request) -> Service:
+    """The role the app serves; 503 until it has started."""
+    svc = _running(request)
+    if svc is None:
         raise NotReady("the service is starting")
-    return rt
+    return svc
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def metrics(request: Request) -> ServiceMetrics:
+    """The app's metrics (served whether or not the service has started)."""
+    return request.app.state.metrics
+
+
+def catalog(svc: Annotated[Service, Depends(service)]) -> Catalog:
+    return svc.catalog
+
+
+def search(svc: Annotated[Service, Depends(service)]) -> SearchService:
+    return svc.search
+
+
+def active(svc: Annotated[Service, Depends(service)]) -> ActiveGeneration:
+    """The active generation, taken once for the request (an online reindex may swap it meanwhile)."""
+    return svc.active.current
+
+
+def queries(svc: Annotated[Service, Depends(service)]) -> QueriesInFlight:
+    return svc.queries
+
+
+def thumbnails(svc: Annotated[Service, Depends(service)]) -> ThumbnailCache:
+    return svc.thumbnails
+
+
+CatalogDep = Annotated[Catalog, Depends(catalog)]
+SearchDep = Annotated[SearchService, Depends(search)]
+ActiveDep = Annotated[ActiveGeneration, Depends(active)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+QueriesDep = Annotated[QueriesInFlight, Depends(queries)]
+ThumbnailsDep = Annotated[ThumbnailCache, Depends(thumbnails)]
+MetricsDep = Annotated[ServiceMetrics, Depends(metrics)]
+
+
+def _limits(request: Request) -> Limits:
+    svc = _running(request)
+    return svc.limits if svc is not None else Limits(None, None)
 
 
 def client_address(request: Request) -> str:
@@ -47,10 +106,10 @@ def _bearer(request: Request) -> str | None:
 def require_api_key(request: Request) -> None:
     """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare).
     Wrong keys are counted per client address (`AuthFailureLimiter`): past the limit, 429."""
-    keys = request.app.state.settings.api_keys
+    keys = settings(request).api_keys
     if not keys:
         return
-    limiter = getattr(getattr(request.app.state, "runtime", None), "auth_limiter", None)
+    limiter = _limits(request).auth
     address = client_address(request)
     if limiter is not None:
         limiter.check(address)
@@ -73,10 +132,10 @@ def rate_limit(request: Request) -> None:
     which runs first) or, without keys, per client address (a bearer token is then unchecked, so anyone
     could send a new one each time), from a bucket in this process (embedded) or in Redis, shared by every
     gateway replica."""
-    limiter = getattr(getattr(request.app.state, "runtime", None), "rate_limiter", None)
+    limiter = _limits(request).rate
     if limiter is None:
         return
-    token = _bearer(request) if request.app.state.settings.api_keys else None
+    token = _bearer(request) if settings(request).api_keys else None
     limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 
@@ -84,12 +143,12 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
-async def read_multipart(request: Request, rt: ServiceRuntime) -> UploadForm:
-    limit = rt.settings.max_upload_bytes
+async def read_multipart(request: Request, settings: Settings) -> UploadForm:
+    limit = settings.max_upload_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(f"the upload ({length} bytes) exceeds the limit of {limit} bytes")
-    return await parse_upload(request.headers.get("content-type", ""), request.stream(), rt.settings.tmp_dir, limit)
+    return await parse_upload(request.headers.get("content-type", ""), request.stream(), settings.tmp_dir, limit)
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -149,9 +208,9 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def check_k(k: int, rt: ServiceRuntime) -> int:
-    if not 1 <= k <= rt.settings.max_k:
-        raise InvalidInput(f"k must be between 1 and {rt.settings.max_k}, got {k}")
+def check_k(k: int, settings: Settings) -> int:
+    if not 1 <= k <= settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
     return k
 
 

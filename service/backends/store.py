@@ -1,6 +1,6 @@
 """The service's video and ingest-job records, their life cycle, the `MetadataStore` protocol and its
-errors. Implementations: `service.store.sqlite.SQLiteMetadataStore` (embedded service) and
-`service.store.redis.RedisMetadataStore` (scale-out). A server database can replace them by
+errors. Implementations: `service.backends.sqlite.SQLiteMetadataStore` (embedded service) and
+`service.backends.redis.store.RedisMetadataStore` (scale-out). A server database can replace them by
 implementing `MetadataStore`.
 """
 

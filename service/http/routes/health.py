@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.schemas import Health, Readiness
+from service.http.deps import MetricsDep
+from service.http.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -21,18 +22,15 @@ def healthz() -> Health:
 @router.head("/readyz", include_in_schema=False)  # the GET answer without its body
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(request: Request) -> JSONResponse:
-    rt = getattr(request.app.state, "runtime", None)
-    body = Readiness(
-        ready=bool(rt and rt.ready),
-        model_loaded=bool(rt and rt.encoder is not None),
-        index_open=bool(rt and rt.index is not None),
-        worker_running=bool(rt and rt.workers_running()),
-        videos=len(rt.index) if rt and rt.index is not None else 0,
-    )
+    svc = getattr(request.app.state, "service", None)
+    if svc is None:  # starting
+        body = Readiness(ready=False, model_loaded=False, index_open=False, worker_running=False, videos=0)
+    else:
+        body = Readiness(**svc.readiness())
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
 @router.head("/metrics", include_in_schema=False)  # the GET answer without its body
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(service_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -75,59 +75,85 @@ class RedisVectorLog:
             log.warning("this replica has not applied %s after %g s (it will)", entry, self.wait_s)
 
 
-class VectorFollower:
-    """Applies `<prefix>:vectors` to this replica's index, from its saved cursor on."""
+class StreamFollower:
+    """A thread that reads one Redis stream from `cursor` on, a batch at a time (`_step`), until stopped;
+    a Redis error or a bad batch is logged and retried half a second later."""
 
-    def __init__(self, client: redis.Redis, prefix: str, index: VideoIndex,
-                 on_change: Callable[[int, bool], None] | None = None) -> None:
+    thread_name = "drca-stream-follower"
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
         self.r = client
-        self.key = f"{prefix}:vectors"
-        self.index = index
-        self.on_change = on_change  # (video_id, added) after each applied entry: the text-search table
-        self.cursor_path = Path(index.directory) / CURSOR_FILE
-        self.cursor = self.cursor_path.read_text().strip() if self.cursor_path.exists() else "0-0"
-        self.caught_up = threading.Event()  # set once the stream is applied up to where it was at start
-        self._applied = threading.Condition()
+        self.key = key
+        self.caught_up = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="drca-vector-follower", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread.ident is not None:  # started
             self._thread.join(10)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        """This process's view is current enough to serve (`/readyz`)."""
+        return self.alive
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except redis.RedisError as e:
+                log.warning("%s: %s; retrying", self.key, e)
+                self._stop.wait(0.5)
+            except Exception:
+                log.exception("%s follower error; retrying", self.key)
+                self._stop.wait(0.5)
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+
+class VectorFollower(StreamFollower):
+    """Applies `<prefix>:vectors` to this replica's index, from its saved cursor on."""
+
+    thread_name = "drca-vector-follower"
+
+    def __init__(self, client: redis.Redis, prefix: str, index: VideoIndex,
+                 on_change: Callable[[int, bool], None] | None = None) -> None:
+        super().__init__(client, f"{prefix}:vectors")
+        self.index = index
+        self.on_change = on_change  # (video_id, added) after each applied entry: the text-search table
+        self.cursor_path = Path(index.directory) / CURSOR_FILE
+        self.cursor = self.cursor_path.read_text().strip() if self.cursor_path.exists() else "0-0"
+        self._applied = threading.Condition()
+        self._end: tuple[int, int] | None = None  # the stream's last entry when this replica started
+
+    @property
+    def ready(self) -> bool:
+        return self.alive and self.caught_up.is_set()
 
     def wait_for(self, entry_id: str, timeout_s: float) -> bool:
         target = _id_tuple(entry_id)
         with self._applied:
             return self._applied.wait_for(lambda: _id_tuple(self.cursor) >= target, timeout_s)
 
-    def _run(self) -> None:
-        end: tuple[int, int] | None = None  # the stream's last entry when this replica started
-        while not self._stop.is_set():
-            try:
-                if end is None:
-                    last = self.r.xrevrange(self.key, count=1)
-                    end = _id_tuple(last[0][0].decode()) if last else (0, 0)
-                got = self.r.xread({self.key: self.cursor}, count=500, block=500)
-                entries = got[0][1] if got else []
-                if entries:
-                    self._apply(entries)
-                if not entries or _id_tuple(self.cursor) >= end:
-                    self.caught_up.set()
-            except redis.RedisError as e:
-                log.warning("vector stream: %s; retrying", e)
-                self._stop.wait(0.5)
-            except Exception:
-                log.exception("vector follower error; retrying")
-                self._stop.wait(0.5)
+    def _step(self) -> None:
+        if self._end is None:
+            last = self.r.xrevrange(self.key, count=1)
+            self._end = _id_tuple(last[0][0].decode()) if last else (0, 0)
+        got = self.r.xread({self.key: self.cursor}, count=500, block=500)
+        entries = got[0][1] if got else []
+        if entries:
+            self._apply(entries)
+        if not entries or _id_tuple(self.cursor) >= self._end:
+            self.caught_up.set()
 
     def _apply(self, entries: list) -> None:
         adds: list[tuple[int, list[Span], np.ndarray]] = []
@@ -201,64 +227,47 @@ class MilvusChangeLog:
         return found
 
 
-class ChangeFollower:
+class ChangeFollower(StreamFollower):
     """Follows `<prefix>:changes` from the moment it starts (the text table is built from the store, which
     already holds everything before that) and calls `on_change(video_id, added)` per entry. If the stream
     was trimmed past its cursor, entries were missed: `on_gap()` (the catalog drops its text table, rebuilt
     from the store at the next text query)."""
 
+    thread_name = "drca-change-follower"
+
     def __init__(self, client: redis.Redis, prefix: str, on_change: Callable[[int, bool], None] | None = None,
                  on_gap: Callable[[], None] | None = None) -> None:
-        self.r = client
-        self.key = f"{prefix}:changes"
+        super().__init__(client, f"{prefix}:changes")
         self.on_change = on_change
         self.on_gap = on_gap
         self.cursor = "0-0"
-        self.caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         last = self.r.xrevrange(self.key, count=1)
         self.cursor = last[0][0].decode() if last else "0-0"
-        self._thread = threading.Thread(target=self._run, name="drca-change-follower", daemon=True)
-        self._thread.start()
+        super().start()
         self.caught_up.set()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _step(self) -> None:
+        got = self.r.xread({self.key: self.cursor}, count=500, block=500)
+        entries = got[0][1] if got else []
+        if not entries:
+            return
+        first = self.r.xrange(self.key, count=1)
+        if self.cursor != "0-0" and first and _id_tuple(first[0][0].decode()) > _id_tuple(self.cursor):
+            log.warning("the change stream was trimmed past this gateway's cursor; rebuilding its "
+                        "text-search table from the store")
+            if self.on_gap is not None:
+                self.on_gap()
+        for entry_id, f in entries:
             try:
-                got = self.r.xread({self.key: self.cursor}, count=500, block=500)
-                entries = got[0][1] if got else []
-                if not entries:
-                    continue
-                first = self.r.xrange(self.key, count=1)
-                if self.cursor != "0-0" and first and _id_tuple(first[0][0].decode()) > _id_tuple(self.cursor):
-                    log.warning("the change stream was trimmed past this gateway's cursor; rebuilding its "
-                                "text-search table from the store")
-                    if self.on_gap is not None:
-                        self.on_gap()
-                for entry_id, f in entries:
-                    try:
-                        vid, added = int(f[b"video_id"]), f[b"op"] == b"add"
-                    except (KeyError, ValueError) as e:
-                        log.error("change stream entry %s is malformed (%s), skipped", entry_id, e)
-                        continue
-                    if self.on_change is not None:
-                        try:
-                            self.on_change(vid, added)
-                        except Exception:
-                            log.exception("after the change of video %d", vid)
-                self.cursor = entries[-1][0].decode()
-            except redis.RedisError as e:
-                log.warning("change stream: %s; retrying", e)
-                self._stop.wait(0.5)
+                vid, added = int(f[b"video_id"]), f[b"op"] == b"add"
+            except (KeyError, ValueError) as e:
+                log.error("change stream entry %s is malformed (%s), skipped", entry_id, e)
+                continue
+            if self.on_change is not None:
+                try:
+                    self.on_change(vid, added)
+                except Exception:
+                    log.exception("after the change of video %d", vid)
+        self.cursor = entries[-1][0].decode()

@@ -8,40 +8,43 @@ an API key when keys are configured, like every /v1 route."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.catalog import Conflict
-from service.deps import read_json, runtime
 from service.errors import ERRORS, InvalidInput
-from service.runtime import ServiceRuntime
-from service.schemas import ReindexRequest, ReindexStatus
+from service.http.deps import read_json, service
+from service.http.schemas import ReindexRequest, ReindexStatus
+from service.reindex import OnlineReindex, ReindexError
+from service.roles import Service
 
 router = APIRouter(tags=["admin"])
 
 
-def _reindexer(rt: ServiceRuntime):
-    if rt.reindex is None:
+ServiceDep = Annotated[Service, Depends(service)]
+
+
+def _reindexer(svc: Service) -> OnlineReindex:
+    if svc.reindex is None:
         raise Conflict("an online reindex runs on the embedded service (this is a scale-out gateway); stop the "
                        "deployment and run `drca reindex --checkpoint NEW` on it")
-    return rt.reindex
+    return svc.reindex
 
 
 @router.post("/admin/reindex", response_model=ReindexStatus, status_code=202, responses=ERRORS)
-async def start_reindex(request: Request, rt: ServiceRuntime = Depends(runtime)) -> JSONResponse:
+async def start_reindex(request: Request, svc: ServiceDep) -> JSONResponse:
     """Start re-embedding every indexed video with `checkpoint` (202 with the progress); the same
     checkpoint again while it runs answers its progress; 409 when another reindex runs or the index is
     already made by that checkpoint, 422 when it is not a checkpoint."""
-    from service.reindex import ReindexError
-
     data = await read_json(request)
     try:
         body = ReindexRequest.model_validate(data)
     except ValueError as e:
         raise InvalidInput(f"expected {{\"checkpoint\": \"/path/to/checkpoint\"}}: {e}") from None
-    reindex = _reindexer(rt)
+    reindex = _reindexer(svc)
     try:
         status = await run_in_threadpool(reindex.start, Path(body.checkpoint))
     except ReindexError as e:
@@ -51,5 +54,5 @@ async def start_reindex(request: Request, rt: ServiceRuntime = Depends(runtime))
 
 @router.head("/admin/reindex", include_in_schema=False)  # the GET answer without its body
 @router.get("/admin/reindex", response_model=ReindexStatus, responses=ERRORS)
-def reindex_status(rt: ServiceRuntime = Depends(runtime)) -> ReindexStatus:
-    return ReindexStatus(**_reindexer(rt).status())
+def reindex_status(svc: ServiceDep) -> ReindexStatus:
+    return ReindexStatus(**_reindexer(svc).status())

@@ -26,6 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -38,14 +39,18 @@ from service.broker import InferenceRequest, InferenceResult, InferenceTask, Ing
 from service.errors import ServiceError, WorkerUnavailable
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.encoding.plan import VideoPlan
+
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
 _BLOCK_S = 0.5  # longest single blocking call: well under the socket timeout
 
-# One round trip: the stream entry and the job -> entry map, together.
+# One round trip: the stream entry and the job -> entry map, together. `plan`: the upload's segment plan
+# (JSON; empty when the job has none).
 _ENQUEUE = """
-local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'video_id', ARGV[2], 'path', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'video_id', ARGV[2], 'path', ARGV[3], 'plan', ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[1], id)
 return id
 """
@@ -122,6 +127,19 @@ def decode_reply(data: bytes) -> InferenceResult:
     return out
 
 
+def _plan(entry_id: bytes, raw: bytes | None) -> VideoPlan | None:
+    """The job entry's segment plan; None when it has none or it is unreadable (the worker plans then)."""
+    if not raw:
+        return None
+    from service.encoding.plan import VideoPlan
+
+    try:
+        return VideoPlan.from_json(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("job entry %s: unreadable segment plan (%s); the worker plans the video itself", entry_id, e)
+        return None
+
+
 class RedisBroker:
     def __init__(self, client: redis.Redis, settings: Settings, name: str | None = None,
                  on_dead_letter: Callable[[IngestJob, str], None] | None = None) -> None:
@@ -150,7 +168,8 @@ class RedisBroker:
 
     # gateway side ------------------------------------------------------------------------------
     def enqueue(self, job: IngestJob) -> None:
-        self._enqueue(keys=[self.k_jobs, self.k_msg], args=[job.job_id, job.video_id, job.path])
+        plan = job.plan.to_json() if job.plan is not None else ""
+        self._enqueue(keys=[self.k_jobs, self.k_msg], args=[job.job_id, job.video_id, job.path, plan])
 
     def has_message(self, job_id: int) -> bool:
         return bool(self.r.hexists(self.k_msg, job_id))
@@ -262,7 +281,7 @@ class RedisBroker:
             self.r.xack(self.k_jobs, GROUP, entry_id)
             return None
         attempt = int(self.r.hincrby(self.k_attempts, job_id, 1))
-        job = IngestJob(job_id, video_id, path, attempt=attempt)
+        job = IngestJob(job_id, video_id, path, attempt=attempt, plan=_plan(entry_id, fields.get(b"plan")))
         with self._lock:
             self._inflight[job_id] = entry_id.decode()
         if attempt > self.settings.max_attempts:

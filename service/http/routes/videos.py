@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from indexer import SegmentIndex
+from service.backends.store import JobRecord, VideoRecord
 from service.catalog import TOP_LABELS
-from service.deps import JobIdPath, VideoIdPath, loads_json, read_multipart, runtime
 from service.errors import ERRORS, BadRequest, InvalidInput
-from service.runtime import ServiceRuntime
-from service.schemas import (
+from service.http.deps import (
+    ActiveDep,
+    CatalogDep,
+    JobIdPath,
+    SettingsDep,
+    VideoIdPath,
+    loads_json,
+    read_multipart,
+)
+from service.http.schemas import (
     MAX_ID,
     Int,
     JobResponse,
@@ -23,8 +32,11 @@ from service.schemas import (
     VideoPage,
     VideoResponse,
 )
+from service.settings import Settings
 from service.storage import SpooledUpload
-from service.store import JobRecord, VideoRecord
+
+if TYPE_CHECKING:
+    from service.encoding.plan import VideoPlan
 
 router = APIRouter(tags=["videos"])
 
@@ -51,10 +63,10 @@ UPLOAD_BODY = {
 }
 
 
-def video_out(rt: ServiceRuntime, v: VideoRecord, with_segments: bool = True) -> VideoResponse:
+def video_out(index: SegmentIndex, v: VideoRecord, with_segments: bool = True) -> VideoResponse:
     segments = []
     if with_segments and v.status == "indexed":
-        stored = rt.index.get(v.video_id)
+        stored = index.get(v.video_id)
         if stored is not None:
             segments = [SegmentOut(start=s.start, end=s.end) for s in stored.segments]
     return VideoResponse(
@@ -70,20 +82,13 @@ def job_out(j: JobRecord) -> JobResponse:
                        created_at=j.created_at, timings=j.timings)
 
 
-async def validate_video(rt: ServiceRuntime, upload: SpooledUpload) -> float:
+async def validate_video(settings: Settings, clip_frames: int, upload: SpooledUpload) -> VideoPlan:
     """Probe + open the spooled upload with the service's limits (pixels, duration, `max_segments`,
-    `min_bytes_per_segment`), before anything is queued; its duration. VideoError -> 4xx."""
-    from media.segments import plan_segments
-    from media.video import open_video
-    from service.encoder import check_segment_count
+    `min_bytes_per_segment`) and plan its segments, before anything is queued: the plan goes with the
+    job (the worker does not probe or plan again). VideoError -> 4xx."""
+    from service.encoding.plan import plan_video
 
-    def _probe() -> float:
-        with open_video(upload.path, rt.settings.video_limits) as reader:
-            n = len(plan_segments(reader, rt.clip_frames, rt.settings.segment_fps))
-            check_segment_count(n, rt.settings, upload.size)
-            return reader.info.duration
-
-    return await run_in_threadpool(_probe)
+    return await run_in_threadpool(plan_video, upload.path, upload.size, settings, clip_frames)
 
 
 def parse_metadata(raw: str | None) -> dict | None:
@@ -107,10 +112,11 @@ def parse_external_id(raw: str | None) -> str | None:
 
 @router.post("/videos", response_model=UploadResponse, status_code=202, openapi_extra=UPLOAD_BODY,
              responses={200: {"model": UploadResponse, "description": "Same content already uploaded"}, **ERRORS})
-async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) -> JSONResponse:
+async def upload_video(request: Request, catalog: CatalogDep, active: ActiveDep,
+                       settings: SettingsDep) -> JSONResponse:
     """Store the upload (content-addressed by sha256) and queue its ingestion: 202 with the ids.
     The same content again returns the existing video and its latest job with 200."""
-    form = await read_multipart(request, rt)
+    form = await read_multipart(request, settings)
     try:
         if form.file is None:
             raise InvalidInput("missing the 'file' field (multipart/form-data)")
@@ -118,14 +124,14 @@ async def upload_video(request: Request, rt: ServiceRuntime = Depends(runtime)) 
         metadata = parse_metadata(form.fields.get("metadata"))
         if form.file.size == 0:
             raise BadRequest("the upload is empty (0 bytes)", code="empty_file")
-        existing = await run_in_threadpool(rt.catalog.find_by_hash, form.file.sha256)
+        existing = await run_in_threadpool(catalog.find_by_hash, form.file.sha256)
         if existing is not None and existing.status != "failed":
             form.discard()
-            reg = await run_in_threadpool(rt.catalog.register, form.file, existing.duration or 0.0, external_id,
+            reg = await run_in_threadpool(catalog.register, form.file, existing.duration or 0.0, external_id,
                                           metadata)
         else:
-            duration = await validate_video(rt, form.file)
-            reg = await run_in_threadpool(rt.catalog.register, form.file, duration, external_id, metadata)
+            plan = await validate_video(settings, active.clip_frames, form.file)
+            reg = await run_in_threadpool(catalog.register, form.file, plan.duration, external_id, metadata, plan)
     except BaseException:
         form.discard()
         raise
@@ -140,36 +146,38 @@ def list_videos(
     offset: Annotated[Int, Query(ge=0, le=MAX_ID)] = 0,  # Annotated: a `Query()` default drops Int's check
     limit: Annotated[Int, Query(ge=1, le=1000)] = 50,
     sha256: str | None = Query(None, description="Find the video with this content hash (lowercase hex)"),
-    rt: ServiceRuntime = Depends(runtime),
+    *,
+    catalog: CatalogDep,
+    active: ActiveDep,
 ) -> VideoPage:
     """Videos in upload order, paged; `?sha256=` looks one up by content (used by `drca ingest`)."""
     if sha256 is not None:
         if not _SHA256.match(sha256):
             raise InvalidInput("sha256 must be 64 lowercase hex characters")
-        v = rt.catalog.find_by_hash(sha256)
+        v = catalog.find_by_hash(sha256)
         videos = [v] if v is not None else []
         return VideoPage(total=len(videos), offset=0, limit=limit,
-                         videos=[video_out(rt, v, with_segments=False) for v in videos])
-    videos = rt.catalog.list_videos(offset=offset, limit=limit)
-    return VideoPage(total=rt.catalog.count_videos(), offset=offset, limit=limit,
-                     videos=[video_out(rt, v, with_segments=False) for v in videos])
+                         videos=[video_out(active.index, v, with_segments=False) for v in videos])
+    videos = catalog.list_videos(offset=offset, limit=limit)
+    return VideoPage(total=catalog.count_videos(), offset=offset, limit=limit,
+                     videos=[video_out(active.index, v, with_segments=False) for v in videos])
 
 
 @router.head("/videos/{video_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/videos/{video_id}", response_model=VideoResponse, responses=ERRORS)
-def get_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> VideoResponse:
+def get_video(video_id: VideoIdPath, catalog: CatalogDep, active: ActiveDep) -> VideoResponse:
     """Metadata, top-5 labels and indexed segments of one video."""
-    return video_out(rt, rt.catalog.get_video(video_id))
+    return video_out(active.index, catalog.get_video(video_id))
 
 
 @router.delete("/videos/{video_id}", status_code=204, responses=ERRORS)
-def delete_video(video_id: VideoIdPath, rt: ServiceRuntime = Depends(runtime)) -> None:
+def delete_video(video_id: VideoIdPath, catalog: CatalogDep) -> None:
     """Remove the video from the index, the metadata store and the file store."""
-    rt.catalog.delete(video_id)
+    catalog.delete(video_id)
 
 
 @router.head("/jobs/{job_id}", include_in_schema=False)  # the GET answer without its body
 @router.get("/jobs/{job_id}", response_model=JobResponse, responses=ERRORS)
-def get_job(job_id: JobIdPath, rt: ServiceRuntime = Depends(runtime)) -> JobResponse:
+def get_job(job_id: JobIdPath, catalog: CatalogDep) -> JobResponse:
     """An ingest job: `queued`, `running`, `done` or `failed` (with the reason) and per-stage timings."""
-    return job_out(rt.catalog.get_job(job_id))
+    return job_out(catalog.get_job(job_id))

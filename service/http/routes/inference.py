@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.broker import InferenceRequest
-from service.deps import (
+from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
+from service.http.deps import (
+    ActiveDep,
+    CatalogDep,
+    QueriesDep,
+    SearchDep,
+    SettingsDep,
     check_k,
     form_ids,
     form_value,
     is_multipart,
     read_json,
     read_multipart,
-    runtime,
 )
-from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
-from service.runtime import ServiceRuntime
-from service.schemas import (
+from service.http.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     LabelOut,
@@ -30,6 +32,7 @@ from service.schemas import (
     parse_int,
 )
 from service.search import VideoMatch, external_ids
+from service.settings import Settings
 from service.storage import UploadForm
 
 router = APIRouter(tags=["inference"])
@@ -67,19 +70,10 @@ def _validated(model, data: dict):
         raise InvalidInput("; ".join(parts)) from None
 
 
-async def _infer(rt: ServiceRuntime, req: InferenceRequest):
-    return await run_in_threadpool(rt.broker.infer, req, rt.settings.inference_timeout_s)
-
-
-def _stored_path(rt: ServiceRuntime, video_id: int) -> str:
-    video = rt.catalog.get_video(video_id)  # NotFound -> 404
-    return str(video.extra["path"])
-
-
-async def _read(request: Request, rt: ServiceRuntime) -> tuple[UploadForm | None, dict]:
+async def _read(request: Request, settings: Settings) -> tuple[UploadForm | None, dict]:
     """Multipart (file and/or form fields) or JSON; returns (form, fields as a dict)."""
     if is_multipart(request):
-        form = await read_multipart(request, rt)
+        form = await read_multipart(request, settings)
         data: dict = {}
         try:
             for name in ("video_id", "k"):
@@ -106,43 +100,45 @@ async def _read(request: Request, rt: ServiceRuntime) -> tuple[UploadForm | None
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(
     "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", "ClassifyRequest"),
     responses=ERRORS)
-async def classify(request: Request, rt: ServiceRuntime = Depends(runtime)) -> ClassifyResponse:
+async def classify(request: Request, catalog: CatalogDep, search: SearchDep, active: ActiveDep,
+                   queries: QueriesDep, settings: SettingsDep) -> ClassifyResponse:
     """Top-k classes with probabilities (mean of the segments' softmax), computed now."""
-    form, data = await _read(request, rt)
-    with rt.queries.serving():  # ingest waits while a query is in flight (service/priority.py)
+    form, data = await _read(request, settings)
+    with queries.serving():  # ingest waits while a query is in flight (service/priority.py)
         try:
             if form is not None and form.file is not None:
-                k = check_k(int(data.get("k", 5)), rt)
+                k = check_k(int(data.get("k", 5)), settings)
                 path, video_id = str(form.file.path), None
             else:
                 if "video_id" not in data:
                     raise InvalidInput("send a multipart 'file' or a 'video_id'")
                 req = _validated(ClassifyRequest, data)
-                k = check_k(req.k, rt)
-                path, video_id = _stored_path(rt, req.video_id), req.video_id
-            if not rt.class_names:
+                k = check_k(req.k, settings)
+                video = catalog.get_video(req.video_id)  # NotFound -> 404
+                path, video_id = str(video.extra["path"]), req.video_id
+            if not active.class_names:
                 raise InvalidInput("the checkpoint has no classifier head")
-            result = await _infer(rt, InferenceRequest("classify", video_path=path))
+            probs = await run_in_threadpool(search.classify, path)
         finally:
             if form is not None:
                 form.discard()
-        probs = result.probs
         top = np.argsort(-probs)[: min(k, len(probs))]
+        names = active.class_names
         return ClassifyResponse(video_id=video_id,
-                                labels=[LabelOut(name=rt.class_names[i], prob=round(float(probs[i]), 6)) for i in top])
+                                labels=[LabelOut(name=names[i], prob=round(float(probs[i]), 6)) for i in top])
 
 
 @router.post("/search", response_model=SearchResponse, openapi_extra=_body(
     "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
     "SearchRequest"), responses=ERRORS)
-async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> SearchResponse:
+async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep,
+                 settings: SettingsDep) -> SearchResponse:
     """Ranked videos for a video or text query; each hit names its best-matching segment."""
-    svc = request.app.state.search
-    form, data = await _read(request, rt)
-    with rt.queries.serving():  # ingest waits while a query is in flight (service/priority.py)
+    form, data = await _read(request, settings)
+    with queries.serving():  # ingest waits while a query is in flight (service/priority.py)
         try:
             req = _validated(SearchRequest, data)
-            check_k(req.k, rt)
+            check_k(req.k, settings)
             exclude = set(req.exclude_ids)
             has_file = form is not None and form.file is not None
             if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
@@ -150,7 +146,7 @@ async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> Sea
             if req.text is not None:
                 if not req.text.strip():
                     raise InvalidInput("text must not be blank")
-                if not rt.settings.text_search:
+                if not settings.text_search:
                     raise TextSearchDisabled(TEXT_SEARCH_OFF)
                 text_hits = await run_in_threadpool(svc.text_query, req.text, req.k, req.min_score, exclude)
                 matches = [VideoMatch(h, None, None) for h in text_hits]
@@ -166,7 +162,7 @@ async def search(request: Request, rt: ServiceRuntime = Depends(runtime)) -> Sea
         finally:
             if form is not None:
                 form.discard()
-        ext = await run_in_threadpool(external_ids, rt, matches)
+        ext = await run_in_threadpool(external_ids, catalog, matches)
         return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
 
 

@@ -10,7 +10,7 @@ Keys (all under `<prefix>:`), every record one JSON string:
 
 Each method that touches several keys writes them in one MULTI/EXEC, so a crash (of the caller or of
 Redis) never leaves half a record. Check-then-write sequences (uniqueness, status transitions) are not
-atomic on their own: the service runs them under its catalog lock (`service.redis_broker.RedisLock`),
+atomic on their own: the service runs them under its catalog lock (`service.backends.redis.broker.RedisLock`),
 which every writer holds.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import replace as _replace
 
 import redis
 
-from service.store import (
+from service.backends.store import (
     JOB_TRANSITIONS,
     VIDEO_TRANSITIONS,
     DuplicateContent,

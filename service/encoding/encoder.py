@@ -23,9 +23,10 @@ import torch
 from indexer import Span
 from media.sampling import Segment
 from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
-from media.video import VideoReader, VideoTooLong, open_video
-from model.checkpoint import load_checkpoint
-from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled, VideoTooSparse
+from media.video import VideoReader, open_video, reopen_video
+from model.checkpoint import CheckpointFiles, load_checkpoint_files, read_checkpoint
+from service.encoding.plan import VideoPlan, check_segment_count
+from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,6 @@ class DecodedVideo:
     duration: float
     views: list[str] | None = None  # per clip (query videos); None: every clip is the "original" view
     boxes: dict[str, list[int]] | None = None  # view -> [x, y, w, h] of the frame it shows, when not all of it
-
-
-def check_segment_count(n: int, settings: Settings, file_bytes: int) -> None:
-    """The cost bound of one video (indexed or query), checked from its segment plan before any frame is
-    decoded: `max_segments` per video (the worker's time and the index size per video), and at least
-    `min_bytes_per_segment` bytes of file per segment (so a few KB cannot buy minutes of worker time)."""
-    if n > settings.max_segments:
-        raise VideoTooLong(f"the video has {n} segments (at {settings.segment_fps:g} frames/s), above the limit "
-                           f"of {settings.max_segments} segments per video")
-    per = settings.min_bytes_per_segment
-    if per and n * per > file_bytes:
-        raise VideoTooSparse(
-            f"the video has {n} segments (at {settings.segment_fps:g} frames/s) in a file of only {file_bytes} "
-            f"bytes; this server embeds at most one segment per {per} bytes of file ({file_bytes // per} for "
-            "this one): re-encode it at 1 frame/s or more, or cut it")
 
 
 class OpenedVideo:
@@ -101,12 +87,15 @@ class OpenedVideo:
 
 
 class VideoEncoder:
-    def __init__(self, settings: Settings) -> None:
+    """`checkpoint`: the checkpoint already read with its weights (`read_checkpoint`; the service reads it
+    once and hands it down); None: `settings.checkpoint` is read here."""
+
+    def __init__(self, settings: Settings, checkpoint: CheckpointFiles | None = None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        ckpt = load_checkpoint(settings.checkpoint, map_location=self.device)
+        ckpt = load_checkpoint_files(checkpoint or read_checkpoint(settings.checkpoint), map_location=self.device)
         self.model = ckpt.model.eval()
         self.config = ckpt.config
         self.card = ckpt.card
@@ -128,21 +117,29 @@ class VideoEncoder:
         )
 
     # decoding (thread-safe: every call opens its own reader) -------------------------------------
-    def open(self, path: str | Path, query: bool = False) -> OpenedVideo:
-        """Probe, open and plan the segments and views (only the frames that find borders and the inner
-        picture are decoded). Raises `VideoError` for bad input, `VideoTooLong` past `max_segments`. A
-        query video (`query=True`) is also embedded in the `query_views` (mirror image, inner picture)."""
+    def open(self, path: str | Path, query: bool = False, plan: VideoPlan | None = None) -> OpenedVideo:
+        """Probe, open and plan the segments, then the views (only the frames that find borders and the
+        inner picture are decoded). With the upload's `plan` (made by the route for this clip length), the
+        file is opened on it: neither probed nor planned again. Raises `VideoError` for bad input,
+        `VideoTooLong` past `max_segments`. A query video (`query=True`) is also embedded in the
+        `query_views` (mirror image, inner picture)."""
         views = ("original", *self.settings.query_views) if query else ("original",)
-        reader = open_video(path, self.limits)
+        num_frames = self.config.input.num_frames
+        planned_here = plan is None or not plan.fits(num_frames, self.settings.segment_fps)
+        reader = open_video(path, self.limits) if planned_here else reopen_video(path, plan.probe, self.limits)
         try:
-            planned = plan_segments(reader, self.config.input.num_frames, self.settings.segment_fps)
-            check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
-            plan, probed = plan_views(reader, planned, self.config.input, remove_borders=self.settings.remove_borders,
-                                      views=views, picture=self.settings.picture)
+            if planned_here:
+                planned = plan_segments(reader, num_frames, self.settings.segment_fps)
+                check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
+            else:
+                planned = list(plan.segments)
+            view_plan, probed = plan_views(reader, planned, self.config.input,
+                                           remove_borders=self.settings.remove_borders, views=views,
+                                           picture=self.settings.picture)
         except BaseException:
             reader.close()
             raise
-        return OpenedVideo(reader, planned, plan, query, probed)
+        return OpenedVideo(reader, planned, view_plan, query, probed)
 
     def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
         """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""

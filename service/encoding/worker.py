@@ -23,9 +23,14 @@ steps (no ingest chunk decoded, no batch of ingest clips forwarded, no ingest jo
 `ingest_yield_max_s` without a break, so the query's work in the gateway (index search, scoring) does not
 share the cores with ingest either.
 
-An online reindex (service/reindex.py, `OnlineReindex`) queues reindex jobs (`IngestJob.generation` set)
-on the same broker: they go through the same stages with the reindex's encoder (a batch never mixes two
-encoders) and are committed by the reindex into its new generation. After the switch, `encoder` is the
+An ingest job carries the segment plan the gateway made when it validated the upload (`IngestJob.plan`):
+the worker opens the stored file on it, without probing or planning it again, and reads the video's
+record once (when it marks the job running).
+
+The worker embeds with the active generation's encoder (service/active.py). An online reindex
+(service/reindex.py, `OnlineReindex`) queues reindex jobs (`IngestJob.generation` set) on the same
+broker: they go through the same stages with the reindex's encoder (a batch never mixes two encoders)
+and are committed by the reindex into its new generation. After the switch, the active encoder is the
 new one; an ordinary job embedded by the old encoder is not committed into the new generation but
 released and embedded again.
 """
@@ -40,19 +45,50 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from indexer import Span
+from service.active import Active
+from service.backends.store import VideoRecord
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
-from service.encoder import OpenedVideo, VideoEncoder
+from service.encoding.encoder import OpenedVideo, VideoEncoder
+from service.encoding.plan import VideoPlan
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ReindexJobs(Protocol):
+    """The reindex jobs' side of an online reindex (service/reindex.py): which encoder embeds a job (None:
+    not wanted any more), and where its result or failure goes."""
+
+    def encoder_for(self, job: IngestJob) -> VideoEncoder | None: ...
+    def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
+                 class_names: list[str], duration: float) -> None: ...
+    def failed(self, job: IngestJob, reason: str) -> None: ...
+
+
+class _NoReindex:
+    """A worker without an online reindex (scale-out): a reindex job is never wanted."""
+
+    def encoder_for(self, job: IngestJob) -> VideoEncoder | None:
+        return None
+
+    def complete(self, job, segments, vectors, probs, class_names, duration) -> None:
+        raise AssertionError("no reindex job is taken without an online reindex")
+
+    def failed(self, job: IngestJob, reason: str) -> None:
+        """Nothing waits for it."""
+
+
+NO_REINDEX = _NoReindex()
 
 
 @dataclass(eq=False)
@@ -62,6 +98,8 @@ class _Work:
     item: WorkItem
     path: str
     encoder: VideoEncoder  # the model this item is embedded with (the current one, or a reindex's)
+    plan: VideoPlan | None = None  # the upload's segment plan (made by the gateway), when it has one
+    record: VideoRecord | None = None  # an ingest job's video, as read when the job was started
     timings: dict[str, float] = field(default_factory=dict)
     video: OpenedVideo | None = None  # opened by the first decode thread that takes it
     next_decode: int = 0  # next row to decode (a segment in one view; one view unless a query)
@@ -98,14 +136,19 @@ class _Work:
 
 
 class EncoderWorker:
-    def __init__(self, encoder: VideoEncoder, broker: Broker, catalog: Catalog, settings: Settings,
-                 metrics: ServiceMetrics | None = None, queries: QueriesInFlight | None = None) -> None:
-        self.encoder = encoder
+    """`active`: the generation whose encoder embeds (service/active.py); `reindex`: the online reindex
+    whose jobs this worker embeds and hands back (`NO_REINDEX` without one); `queries`: the gateway's
+    queries in flight (embedded service), which ingest work waits for."""
+
+    def __init__(self, active: Active, broker: Broker, catalog: Catalog, settings: Settings,
+                 metrics: ServiceMetrics | None = None, queries: QueriesInFlight | None = None,
+                 reindex: ReindexJobs = NO_REINDEX) -> None:
+        self.active = active
         self.broker = broker
         self.catalog = catalog
         self.settings = settings
         self.metrics = metrics
-        self.reindex = None  # OnlineReindex, while one runs: its jobs' encoder and committer
+        self.reindex = reindex
         self._cond = threading.Condition()
         self._sync: deque[_Work] = deque()  # synchronous video requests, in arrival order
         self._jobs: deque[_Work] = deque()  # ingest jobs, in arrival order
@@ -119,10 +162,15 @@ class EncoderWorker:
         self._draining = False  # taken work is finished, then the threads end
         self._threads: list[threading.Thread] = []
         self._committer: threading.Thread | None = None
-        self.queries = queries  # the gateway's queries in flight (embedded service): ingest waits for them
+        self.queries = queries
         self.ingest_holds = 0  # times an ingest step waited for queries in flight (tests, benchmarks)
         if queries is not None:
             queries.add_listener(self._wake)
+
+    @property
+    def encoder(self) -> VideoEncoder:
+        """The active generation's encoder: what new work is embedded with."""
+        return self.active.current.encoder
 
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -174,25 +222,25 @@ class EncoderWorker:
                     with self._cond:
                         self._held_jobs += 1
                     if item.generation is not None:  # a reindex job: the video stays indexed meanwhile
-                        reindex = self.reindex
-                        if reindex is None or not reindex.wants(item):
+                        encoder = self.reindex.encoder_for(item)
+                        if encoder is None:
                             self._job_finished()
                             continue
                         with self._cond:
-                            self._jobs.append(_Work(item, item.path, reindex.encoder))
+                            self._jobs.append(_Work(item, item.path, encoder))
                             self._cond.notify_all()
                         continue
                     try:
-                        started = self.catalog.start(item)
+                        record = self.catalog.start(item)
                     except Exception as e:  # e.g. Redis unreachable: released for another delivery
                         self._finish_error(item, e, {})
                         continue
-                    if not started:
+                    if record is None:
                         self._job_finished()
                         self.broker.ack(item)  # deleted while queued, finished, or run by another worker
                         continue
                     with self._cond:
-                        self._jobs.append(_Work(item, item.path, self.encoder))
+                        self._jobs.append(_Work(item, item.path, self.encoder, item.plan, record))
                         self._cond.notify_all()
                 elif item.request.kind == "embed_text":
                     with self._cond:
@@ -277,7 +325,7 @@ class EncoderWorker:
             try:
                 t0 = time.perf_counter()
                 if w.video is None:
-                    w.video = w.encoder.open(w.path, query=w.query)
+                    w.video = w.encoder.open(w.path, query=w.query, plan=w.plan)
                 start = w.next_decode
                 stop = min(start + self.settings.batch_size, len(w.video.segments))
                 clips = w.video.clips(start, stop)
@@ -440,7 +488,7 @@ class EncoderWorker:
                                       w.video.duration)
                 self._job_finished()
             elif isinstance(w.item, IngestJob):
-                text_emb = self._metadata_embedding(w.item)
+                text_emb = self._metadata_embedding(w.record)
                 committed = self.catalog.complete(
                     w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
                     w.video.duration, text_emb, {**w.timings}, still_current=lambda: w.encoder is self.encoder,
@@ -466,13 +514,14 @@ class EncoderWorker:
             self._held_jobs -= 1
             self._cond.notify_all()
 
-    def _metadata_embedding(self, job: IngestJob) -> np.ndarray | None:
-        if self.encoder.text_encoder is None:
+    def _metadata_embedding(self, record: VideoRecord) -> np.ndarray | None:
+        encoder = self.encoder
+        if encoder.text_encoder is None:
             return None
-        text = metadata_text(self.catalog.get_video(job.video_id))
+        text = metadata_text(record)
         if not text:
             return None
-        sent, _ = self.encoder.embed_text([text])
+        sent, _ = encoder.embed_text([text])
         return sent[0]
 
     def _finish_error(self, item: WorkItem, exc: BaseException, timings: dict[str, float]) -> None:
@@ -480,8 +529,7 @@ class EncoderWorker:
         if isinstance(item, IngestJob):
             self._job_finished()
         if isinstance(item, IngestJob) and item.generation is not None:
-            if self.reindex is not None:
-                self.reindex.failed(item, f"{type(exc).__name__}: {exc}")
+            self.reindex.failed(item, f"{type(exc).__name__}: {exc}")
             return
         if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
             # Redis is gone for longer than the client retries: record nothing, let another delivery redo it

@@ -1,5 +1,6 @@
 """The FastAPI app factory. `create_app(settings)` gives the embedded service: gateway, encoder worker
-and indexer in one process (the runtime starts in the lifespan, so the app object itself is cheap)."""
+and indexer in one process, or a gateway replica with Redis (the role is built and started in the
+lifespan, so the app object itself is cheap; `drca serve` builds it before and hands it in)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from service.browser import BrowserGuardMiddleware
-from service.deps import rate_limit, require_api_key
 from service.errors import METHODS, ServiceError, error_response, install_error_handlers
+from service.http.browser import BrowserGuardMiddleware
+from service.http.deps import rate_limit, require_api_key
+from service.http.routes import admin, health, inference, media, videos
+from service.http.server import BodyLimitsMiddleware
 from service.metrics import ServiceMetrics
-from service.routes import admin, health, inference, media, videos
-from service.runtime import ServiceRuntime
-from service.search import SearchService
-from service.server import BodyLimitsMiddleware
+from service.roles import Service, build_server
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,27 +104,26 @@ class _UnexpectedErrorMiddleware:
             await error_response(ServiceError("internal error"))(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, with_worker: bool = True) -> FastAPI:
-    """The embedded service; the gateway role alone with `with_worker=False`, or whenever `redis_url` is
-    set (workers are then `drca worker` processes)."""
+def create_app(settings: Settings | None = None, with_worker: bool = True, service: Service | None = None) -> FastAPI:
+    """The service `build_server` assembles: embedded, or a gateway replica when the backend is Redis (its
+    workers are `drca worker` processes); a gateway alone with `with_worker=False`. `service`: one already
+    built from these settings (`drca serve` builds it first, so a bad checkpoint or index is one line)."""
     settings = settings or Settings()
-    role = "gateway" if (not with_worker or settings.redis_url) else "embedded"
+    metrics = service.metrics if service is not None else ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rt = ServiceRuntime(settings, role=role)
-        rt.metrics = app.state.metrics
-        rt.start()
-        app.state.runtime = rt
-        app.state.search = SearchService(rt)
-        app.state.search.warm_up()  # the concept bank, once per checkpoint
-        rt.on_switch.append(app.state.search.reset)  # an online reindex changed the checkpoint
-        log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir, len(rt.index))
+        svc = service or build_server(settings, metrics, with_worker)
+        svc.start()
+        app.state.service = svc
+        svc.search.warm_up()  # the concept bank, once per checkpoint
+        log.info("drca service ready (data dir %s, %d videos indexed)", settings.data_dir,
+                 svc.readiness()["videos"])
         try:
             yield
         finally:
-            app.state.runtime = None
-            rt.stop()
+            app.state.service = None
+            svc.stop()
 
     app = FastAPI(
         title="drca",
@@ -136,8 +135,8 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
         redoc_url=None,  # ReDoc has no local bundle here: off
     )
     app.state.settings = settings
-    app.state.metrics = ServiceMetrics()
-    app.state.runtime = None
+    app.state.metrics = metrics
+    app.state.service = None
     install_error_handlers(app)
     app.include_router(health.router)
     v1 = [Depends(require_api_key), Depends(rate_limit)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from service.store import JobStatus, VideoStatus
+from service.backends.store import JobStatus, VideoStatus
 
 #: Ids are stored as signed 64-bit integers (SQLite, FAISS): anything outside 0..MAX_ID is 422, never
 #: an overflow deeper down.

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import VideoIdPath, runtime
+from service.backends.store import NotFound
+from service.catalog import Catalog
 from service.errors import ERRORS, BadRequest, NotFoundError, ServiceError
-from service.runtime import ServiceRuntime
-from service.store import NotFound
+from service.http.deps import CatalogDep, ThumbnailsDep, VideoIdPath
 
 router = APIRouter(tags=["videos"])
 
@@ -57,8 +57,8 @@ def check_range(header: str, size: int) -> None:
                                       headers={"Content-Range": f"bytes */{size}"})
 
 
-def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]:
-    video = rt.catalog.get_video(video_id)  # NotFound -> 404
+def _stored_file(catalog: Catalog, video_id: int) -> tuple[Path, float | None]:
+    video = catalog.get_video(video_id)  # NotFound -> 404
     path = Path(video.extra.get("path", ""))
     if not path.is_file():
         raise NotFoundError(f"the file of video {video_id} is no longer stored")
@@ -71,15 +71,17 @@ def _stored_file(rt: ServiceRuntime, video_id: int) -> tuple[Path, float | None]
 async def get_thumbnail(
     video_id: VideoIdPath,
     t: float = Query(0.0, ge=0, le=1e7, description="Seconds into the video (rounded to 1 s, clamped)"),
-    rt: ServiceRuntime = Depends(runtime),
+    *,
+    catalog: CatalogDep,
+    thumbnails: ThumbnailsDep,
 ) -> Response:
     """The frame at `t` seconds as a JPEG; rendered on first request, then served from the cache."""
-    path, duration = await run_in_threadpool(_stored_file, rt, video_id)
-    jpeg = await run_in_threadpool(rt.thumbnails.get, video_id, path, t, duration)
+    path, duration = await run_in_threadpool(_stored_file, catalog, video_id)
+    jpeg = await run_in_threadpool(thumbnails.get, video_id, path, t, duration)
     try:
-        await run_in_threadpool(rt.catalog.get_video, video_id)
+        await run_in_threadpool(catalog.get_video, video_id)
     except NotFound:  # deleted while it was rendered: do not leave its thumbnail behind
-        rt.thumbnails.drop(video_id)
+        thumbnails.drop(video_id)
         raise
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -89,9 +91,9 @@ async def get_thumbnail(
     200: {"content": {"video/mp4": {}}, "description": "The stored file"},
     206: {"description": "The requested byte range(s)"},
     416: {"description": "The range is outside the file"}, **ERRORS})
-async def get_content(video_id: VideoIdPath, request: Request, rt: ServiceRuntime = Depends(runtime)) -> FileResponse:
+async def get_content(video_id: VideoIdPath, request: Request, catalog: CatalogDep) -> FileResponse:
     """The stored upload, byte for byte. Honours `Range` (206), so browsers can seek."""
-    path, _ = await run_in_threadpool(_stored_file, rt, video_id)
+    path, _ = await run_in_threadpool(_stored_file, catalog, video_id)
     ext = path.suffix.lstrip(".").lower()
     response = FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=3600"}, stat_result=path.stat())
