@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 from service.browser import BrowserGuardMiddleware
-from service.deps import rate_limit, require_api_key
+from service.deps import rate_limit, require_admin_key, require_api_key
 from service.errors import ServiceError, error_response, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import admin, health, inference, media, videos
@@ -148,7 +148,8 @@ def create_app(settings: Settings | None = None, with_worker: bool = True) -> Fa
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
-    app.include_router(admin.router, prefix="/v1", dependencies=v1)
+    # the admin routes need an admin key, not an API key (off without one: service/deps.py)
+    app.include_router(admin.router, prefix="/v1", dependencies=[Depends(require_admin_key), Depends(rate_limit)])
 
     @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)

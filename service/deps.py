@@ -10,7 +10,15 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Path, Request
 
-from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
+from service.errors import (
+    AdminDisabled,
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from service.runtime import ServiceRuntime
 from service.schemas import MAX_ID, Int, parse_int
 from service.search import SearchService
@@ -72,6 +80,39 @@ def require_api_key(request: Request) -> None:
         if limiter is not None:
             limiter.failed(address)
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin_key(request: Request) -> None:
+    """The admin routes (`/v1/admin/*`): 403 `admin_disabled` unless admin keys are configured, whatever the
+    request holds (never open, whatever `api_keys` is); then `Authorization: Bearer <admin key>`: 401 without
+    a key or with a wrong one (counted like a wrong API key), 403 with an API key."""
+    settings = request.app.state.settings
+    if not settings.admin_keys:
+        raise AdminDisabled("the admin routes are off on this server; they need an admin key, separate from "
+                            "the API keys (DRCA_ADMIN_KEYS or DRCA_ADMIN_KEYS_FILE)")
+    limiter = getattr(getattr(request.app.state, "runtime", None), "auth_limiter", None)
+    address = client_address(request)
+    if limiter is not None:
+        limiter.check(address)
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    if _one_of(token, settings.admin_keys):
+        return
+    if _one_of(token, settings.api_keys):
+        raise Forbidden("an API key does not open the admin routes: send an admin key")
+    if limiter is not None:
+        limiter.failed(address)
+    raise Unauthorized("invalid admin key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _one_of(token: str, keys: list) -> bool:
+    """Whether `token` is one of the SecretStr `keys`, compared against every one in constant time."""
+    given, ok = token.encode(), False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key.get_secret_value().encode())
+    return ok
 
 
 def rate_limit(request: Request) -> None:

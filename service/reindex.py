@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
+from service.admin_checkpoint import CheckpointRefused, VettedCheckpoint, vet_for
 from service.catalog import top_labels
-from service.errors import InvalidInput
 from service.generations import (
     CheckpointIdentity,
     checkpoint_identity,
@@ -259,17 +259,10 @@ class OnlineReindex:
                     "seconds": round(self.seconds or (time.monotonic() - self.started if self.started else 0.0), 3),
                     "error": self.error}
 
-    def start(self, checkpoint: Path) -> dict:
-        """Begin (or, for the same checkpoint, keep running or retry) a reindex; `ReindexError` with the
-        reason when it cannot."""
-        from model.checkpoint import CheckpointError
-
-        checkpoint = Path(checkpoint).resolve()
-        try:
-            _, dim, _ = read_card(checkpoint)
-            identity = checkpoint_identity(checkpoint, dim)
-        except CheckpointError as e:
-            raise InvalidInput(str(e)) from None
+    def start(self, vetted: VettedCheckpoint) -> dict:
+        """Begin (or, for the same checkpoint, keep running or retry) a reindex with a checkpoint that
+        `service.admin_checkpoint` accepted; `ReindexError` with the reason when it cannot."""
+        checkpoint, identity = vetted.path, vetted.identity
         with self._lock:
             same = self.identity is not None and self.identity.sha256 == identity.sha256
             already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
@@ -300,8 +293,8 @@ class OnlineReindex:
             return
         try:
             saved = json.loads(self.state_path.read_text())
-            checkpoint = Path(saved["checkpoint"])
-        except (OSError, ValueError, KeyError) as e:
+            checkpoint = saved["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("cannot read %s (%s); the online reindex is not resumed", self.state_path, e)
             return
         current = CheckpointIdentity.from_metadata(self.rt.index.metadata())
@@ -309,9 +302,15 @@ class OnlineReindex:
                 current is not None and current.sha256 == saved.get("checkpoint_sha256")):
             self.state_path.unlink()  # switched before the previous run ended (labels: finish_switch at start)
             return
-        log.info("resuming the online reindex to %s", checkpoint)
+        try:  # the same checks as a request's checkpoint: a hostile one must not hang or crash the start
+            vetted = vet_for(self.settings, checkpoint)
+        except CheckpointRefused as e:
+            log.error("the online reindex in %s is not resumed, and the file is removed: %s", self.state_path, e)
+            self.state_path.unlink(missing_ok=True)
+            return
+        log.info("resuming the online reindex to %s", vetted.path)
         try:
-            self.start(checkpoint)
+            self.start(vetted)
         except ReindexError as e:
             log.error("the online reindex cannot resume: %s", e)
 
@@ -378,6 +377,7 @@ class OnlineReindex:
         with self._lock:
             self.state, self.error = "failed", message
             self.seconds = time.monotonic() - self.started
+        self.state_path.unlink(missing_ok=True)  # a failed reindex is never resumed by a restart
         if self.rt.worker is not None:
             self.rt.worker.reindex = None
 

@@ -196,7 +196,7 @@ class ServiceRuntime:
 
         if s.rate_limit_per_s > 0:
             self.rate_limiter = RateLimiter(buckets("ratelimit", s.rate_limit_per_s, s.rate_limit_burst))
-        if s.api_keys and s.auth_fail_limit_per_s > 0:
+        if (s.api_keys or s.admin_keys) and s.auth_fail_limit_per_s > 0:
             self.auth_limiter = AuthFailureLimiter(
                 buckets("authfail", s.auth_fail_limit_per_s, s.auth_fail_limit_burst))
 
