@@ -383,3 +383,46 @@ def test_g4_a_32x8192_video_is_indexed_and_searched_in_bounded_memory(tmp_path):
         assert ingest_growth <= 300 and search_growth <= 300, (ingest_growth, search_growth)
     finally:
         server.stop()
+
+
+# the settings and the check's deadline, in process ---------------------------------------------------------
+def test_an_admin_key_must_differ_from_every_api_key(tmp_path):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="admin key is also an API key"):
+        Settings(checkpoint=tmp_path, data_dir=tmp_path, api_keys=["same"], admin_keys=["same"])
+    with pytest.raises(ValidationError, match="admin_keys must not contain empty keys"):
+        Settings(checkpoint=tmp_path, data_dir=tmp_path, admin_keys=[""])
+    (tmp_path / "admin.key").write_text("from-file\n")
+    s = Settings(checkpoint=tmp_path, data_dir=tmp_path, admin_keys_file=tmp_path / "admin.key")
+    assert [k.get_secret_value() for k in s.admin_keys] == ["from-file"] and "from-file" not in repr(s)
+
+
+def test_a_check_past_its_deadline_is_a_503_and_frees_its_slot_when_done(tmp_path, monkeypatch):
+    """A check that cannot finish (a hung network file system, here a read that waits on an event) answers
+    503 at the deadline; the request does not wait for it, and its slot is freed once it returns."""
+    import asyncio
+    import threading
+
+    from service import admin_checkpoint
+    from service.errors import ServiceError
+    from service.settings import Settings
+
+    release = threading.Event()
+    real = admin_checkpoint.vet_for
+
+    def hung(settings, given):
+        release.wait(30)
+        return real(settings, given)
+
+    monkeypatch.setattr(admin_checkpoint, "vet_for", hung)
+    settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, admin_checkpoint_dirs=[tmp_path],
+                        admin_checkpoint_check_s=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(ServiceError) as e:
+        asyncio.run(admin_checkpoint.vet_in_background(settings, str(tmp_path / "x")))
+    assert e.value.status == 503 and e.value.code == "checkpoint_check_timeout" and time.monotonic() - t0 < 5
+    release.set()
+    wait_until(lambda: admin_checkpoint._pending._value == admin_checkpoint.MAX_PENDING, 10, "the slot freed")
