@@ -655,6 +655,7 @@ def measure_reindex(
     """Offline `drca reindex` OLD -> NEW, then an online reindex NEW -> OLD with searches during it, on one
     data dir of generated videos (module docstring). Errors are recorded, not raised."""
     from fastapi.testclient import TestClient
+    from pydantic import SecretStr
 
     from service.active import read_serving_checkpoint
     from service.http.app import create_app
@@ -707,9 +708,11 @@ def measure_reindex(
             "searches_during": "none: the offline reindex holds the index (a server is refused)",
         }
         stage = "online"
-        with TestClient(
-            create_app(settings.model_copy(update={"checkpoint": new})), raise_server_exceptions=False
-        ) as c:
+        # the admin route needs an admin key and the checkpoint's directory allowed (docs/api.md)
+        online = settings.model_copy(update={"checkpoint": new, "admin_keys": [SecretStr("bench-admin")],
+                                             "admin_checkpoint_dirs": [Path(old).resolve().parent]})
+        with TestClient(create_app(online), raise_server_exceptions=False) as c:
+            c.headers["Authorization"] = "Bearer bench-admin"
             query = {"video_id": ids[0], "k": 10}
             before, during, errors = [], [], 0
             for _ in range(searches_before):

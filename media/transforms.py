@@ -1,8 +1,18 @@
 """The one deterministic preprocessing path (torch only): layout, resize, crop or letterbox, normalisation.
 
-Layouts: decoded frames are uint8 ``(T, H, W, C)`` RGB; every op below works on float ``(T, C, H, W)``
-in the 0-255 pixel range (batched over T, so one clip gets one random draw), and ``preprocess`` returns
-the normalised ``(C, T, H, W)`` clip the model takes (stack clips for ``(N, C, T, H, W)``).
+Layouts: decoded frames are uint8 ``(T, H, W, C)`` RGB; every op below works on ``(T, C, H, W)`` in the
+0-255 pixel range, float (batched over T, so one clip gets one random draw) or, for the geometry ops,
+uint8; ``preprocess`` returns the normalised ``(C, T, H, W)`` clip the model takes (stack clips for
+``(N, C, T, H, W)``).
+
+Memory: ``preprocess`` resizes the decoded uint8 frames and converts only the ``img_size`` square to
+float, so a large frame is never copied to float (a 4096x2304 frame would be 113 MB). The uint8 resize
+rounds each pixel to an integer: against resizing in float, values differ by at most about one pixel
+level of 255, and on average by a few hundredths of one on natural pictures and up to a third on random
+pixels (tests/media/test_transforms.py pins both bounds); after the shipped checkpoint's normalisation (std
+128) that is at most 0.008, on average at most 0.0025. With ``fit="crop"``, a frame longer than
+``MAX_CROP_ASPECT`` times its short side is first centre-cropped to that aspect (only the centre square
+is kept anyway): a 32x8192 frame no longer becomes 224x57,344 pixels.
 
 ``input_cfg`` is any object with ``img_size``, ``mean`` and ``std`` (``model.config.InputConfig``).
 The training augmentations, built on these ops, live in ``training.data.augment``.
@@ -24,6 +34,10 @@ class InputSpec(Protocol):
 
 
 Fit = Literal["crop", "letterbox"]
+
+#: ``fit="crop"`` keeps the centre square: frames longer than this many times their short side are first
+#: centre-cropped to this aspect ratio, which bounds the resized frame (ordinary ratios are untouched).
+MAX_CROP_ASPECT = 8
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -48,9 +62,13 @@ def to_cthw(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------- geometry
 def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear (antialiased) resize of 0-255 ``(T, C, H, W)`` frames."""
+    """Bilinear (antialiased) resize of 0-255 ``(T, C, H, W)`` frames, float or uint8 (then rounded to
+    uint8, with no float copy of the input)."""
     if (x.shape[-2], x.shape[-1]) == (height, width):
         return x
+    if x.dtype == torch.uint8:  # torch's uint8 kernel (channels-last: decoded frames already are)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     # antialiased bilinear can overshoot by a hair: keep the 0-255 pixel range exact
     y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return y.clamp_(0.0, 255.0)
@@ -62,6 +80,21 @@ def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
     if h <= w:
         return resize(x, size, max(size, round(w * size / h)))
     return resize(x, max(size, round(h * size / w)), size)
+
+
+def cap_aspect(x: torch.Tensor, max_aspect: float) -> torch.Tensor:
+    """The centre of ``(..., H, W)`` frames whose long side exceeds ``max_aspect`` times the short one, cut
+    to that aspect ratio (a view); other frames as they are."""
+    h, w = x.shape[-2:]
+    if w > max_aspect * h:
+        keep = max(1, int(max_aspect * h))
+        left = (w - keep) // 2
+        return x[..., left : left + keep]
+    if h > max_aspect * w:
+        keep = max(1, int(max_aspect * w))
+        top = (h - keep) // 2
+        return x[..., top : top + keep, :]
+    return x
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -86,15 +119,18 @@ def preprocess(frames: torch.Tensor, input_cfg: InputSpec, fit: Fit = "crop") ->
     """Decoded uint8 ``(T, H, W, C)`` -> normalised float ``(C, T, img_size, img_size)``.
 
     ``fit="crop"`` (default, the training/test recipe): resize the short side to ``img_size``, centre
-    crop. ``fit="letterbox"``: keep the whole frame, pad to square with the mean colour (0 after
-    normalisation).
+    crop (frames beyond ``MAX_CROP_ASPECT`` first cut to it). ``fit="letterbox"``: keep the whole frame, pad
+    to square with the mean colour (0 after normalisation). Uint8 frames are resized as uint8 and only the
+    result is converted to float (module docstring).
     """
-    x = to_float_tchw(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames (T, H, W, 3), got {tuple(frames.shape)}")
+    x = frames.permute(0, 3, 1, 2) if frames.dtype == torch.uint8 else to_float_tchw(frames)
     size = int(input_cfg.img_size)
     if fit == "crop":
-        x = center_crop(resize_short_side(x, size), size)
+        x = center_crop(resize_short_side(cap_aspect(x, MAX_CROP_ASPECT), size), size).float()
     elif fit == "letterbox":
-        x = letterbox(x, size, fill=0.0)
+        x = letterbox(x, size, fill=0.0).float()
         x = normalize(x, input_cfg.mean, input_cfg.std)
         pad_mask = _pad_mask(frames.shape[1], frames.shape[2], size)
         return to_cthw(x.masked_fill(pad_mask, 0.0))

@@ -462,7 +462,9 @@ class VideoReader:
             batch = self._decode(uniq)
         except Exception as e:
             raise self._decode_error("decoding failed", e) from e
-        frames = torch.from_numpy(batch)[torch.from_numpy(inverse)]  # (T, H, W, C)
+        frames = torch.from_numpy(batch)  # (T, H, W, C)
+        if uniq.size != idx.size or (inverse != np.arange(idx.size)).any():  # else no copy (a 4K frame is 28 MB)
+            frames = frames[torch.from_numpy(inverse)]
         frames = self._upright(frames)
         times = torch.from_numpy(self.frame_times[idx].copy())
         return Clip(frames=frames, timestamps=times, indices=torch.from_numpy(idx))

@@ -135,10 +135,23 @@ def read_config_and_card(path: str | Path) -> tuple[DRCAConfig, ModelCard]:
     path = Path(path)
     _require(path, CONFIG, CARD)
     try:
-        cfg = DRCAConfig.from_dict(json.loads((path / CONFIG).read_text()))
-        card = ModelCard.model_validate_json((path / CARD).read_text())
-    except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
+        config_text, card_text = (path / CONFIG).read_bytes(), (path / CARD).read_bytes()
+    except OSError as e:
         raise CheckpointError(f"{path}: bad config or card: {_one_line(e)}") from None
+    try:
+        return parse_config_and_card(config_text, card_text)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def parse_config_and_card(config_text: bytes | str, card_text: bytes | str) -> tuple[DRCAConfig, ModelCard]:
+    """`config.json` and `card.json` from their contents, validated; a one-line CheckpointError (that names no
+    file) for anything malformed or hostile."""
+    try:
+        cfg = DRCAConfig.from_dict(json.loads(config_text))
+        card = ModelCard.model_validate_json(card_text)
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise CheckpointError(f"bad config or card: {_one_line(e)}") from None
     return cfg, card
 
 

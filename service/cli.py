@@ -77,6 +77,12 @@ def serve(
                                       "in `ps`: prefer --api-key-file or DRCA_API_KEYS."),
     api_key_file: Path = typer.Option(None, "--api-key-file", help="Require the bearer keys in this file (one "
                                       "a line; default: DRCA_API_KEYS_FILE)."),
+    admin_key_file: Path = typer.Option(None, "--admin-key-file", help="Turn the admin routes (online reindex) "
+                                        "on, with the admin keys in this file (one a line; default: "
+                                        "DRCA_ADMIN_KEYS_FILE or DRCA_ADMIN_KEYS; none: off)."),
+    admin_checkpoint_dir: list[Path] = typer.Option(None, "--admin-checkpoint-dir", help="A directory the "
+                                                    "online reindex may take checkpoints from (repeatable; "
+                                                    "default: DRCA_ADMIN_CHECKPOINT_DIRS; none: refused)."),
     redis_url: str = typer.Option(None, "--redis", help="Gateway only, with Redis as broker and store "
                                   "(default: DRCA_REDIS_URL; unset: the embedded service)."),
     index: str = INDEX_OPTION,
@@ -93,7 +99,9 @@ def serve(
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url,
+                         device=device, api_keys=api_key or None, api_keys_file=api_key_file,
+                         admin_keys_file=admin_key_file, admin_checkpoint_dirs=admin_checkpoint_dir or None,
+                         redis_url=redis_url,
                          index=index, milvus_uri=milvus_uri)
     built = _built(build_server, settings)  # the checkpoint read once, the index checked against it
     try:
@@ -218,9 +226,10 @@ def reindex(
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
     server: str = typer.Option(None, "--server", help="Online: ask the running service at this URL to reindex "
-                               "(CHECKPOINT is a path on the server's machine); searches keep answering."),
-    api_key_file: Path = typer.Option(None, "--api-key-file", help="With --server: the bearer key, from this "
-                                      "file (default: DRCA_API_KEY)."),
+                               "(CHECKPOINT is a path on the server's machine, inside one of its "
+                               "admin_checkpoint_dirs); searches keep answering."),
+    admin_key_file: Path = typer.Option(None, "--admin-key-file", help="With --server: the server's admin key "
+                                        "(not an API key), from this file (default: DRCA_ADMIN_KEY)."),
 ) -> None:
     """Offline (no server running on the data dir): re-embed every indexed video with CHECKPOINT into a new
     index generation, recompute the labels, then switch to it in one step. Resumable: after a kill, run it
@@ -229,7 +238,7 @@ def reindex(
     Online (--server URL): the running service does the same through its worker and queue, and switches
     when done; this command follows its progress. Restart the service with --checkpoint CHECKPOINT later."""
     if server:
-        raise typer.Exit(_reindex_online(server, checkpoint, api_key_file))
+        raise typer.Exit(_reindex_online(server, checkpoint, admin_key_file))
     _check_faiss()
     from indexer import IndexerError
     from model.checkpoint import CheckpointError
@@ -249,8 +258,9 @@ def reindex(
                f"now, {rate:.1f} s of video per second); start the service with --checkpoint {checkpoint}")
 
 
-def _reindex_online(server: str, checkpoint: Path, api_key_file: Path | None) -> int:
-    """POST /v1/admin/reindex, then follow GET /v1/admin/reindex until the switch; the exit code."""
+def _reindex_online(server: str, checkpoint: Path, admin_key_file: Path | None) -> int:
+    """POST /v1/admin/reindex with the admin key, then follow GET /v1/admin/reindex until the switch; the
+    exit code."""
     import os
     import time
 
@@ -259,10 +269,10 @@ def _reindex_online(server: str, checkpoint: Path, api_key_file: Path | None) ->
 
     from service.settings import read_key_file
 
-    key = os.environ.get("DRCA_API_KEY")
-    if api_key_file is not None:
+    key = os.environ.get("DRCA_ADMIN_KEY")
+    if admin_key_file is not None:
         try:
-            key = read_key_file(api_key_file)[0]
+            key = read_key_file(admin_key_file)[0]
         except ValueError as e:
             typer.echo(f"error: {e}", err=True)
             return 2

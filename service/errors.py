@@ -55,6 +55,16 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(ServiceError):
+    status, code = 403, "forbidden"
+
+
+class AdminDisabled(ServiceError):
+    """The admin routes on a server without admin keys (settings.admin_keys)."""
+
+    status, code = 403, "admin_disabled"
+
+
 class InvalidHost(ServiceError):
     status, code = 400, "invalid_host"
 

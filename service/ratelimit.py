@@ -72,5 +72,5 @@ class Limits:
         rate = RateLimiter(buckets("ratelimit", s.rate_limit_per_s, s.rate_limit_burst)) \
             if s.rate_limit_per_s > 0 else None
         auth = AuthFailureLimiter(buckets("authfail", s.auth_fail_limit_per_s, s.auth_fail_limit_burst)) \
-            if s.api_keys and s.auth_fail_limit_per_s > 0 else None
+            if (s.api_keys or s.admin_keys) and s.auth_fail_limit_per_s > 0 else None
         return cls(rate, auth)

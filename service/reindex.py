@@ -31,13 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
-from model.checkpoint import CheckpointError, CheckpointFiles, read_config_and_card
-from service.active import Active, ActiveGeneration, identity_of, read_serving_checkpoint
+from model.checkpoint import CheckpointFiles, read_config_and_card
+from service.active import Active, ActiveGeneration, identity_of
+from service.admin_checkpoint import CheckpointRefused, vet_for
 from service.backends.sqlite import SQLiteMetadataStore
 from service.backends.store import NotFound, VideoRecord
 from service.broker import Broker, IngestJob
 from service.catalog import Catalog, top_labels
-from service.errors import InvalidInput
 from service.generations import (
     CheckpointIdentity,
     append_pending_labels,
@@ -249,6 +249,7 @@ class OnlineReindex:
         self.checkpoint: Path | None = None
         self.identity: CheckpointIdentity | None = None
         self._files: CheckpointFiles | None = None  # NEW, read by `start`, until its encoder is loaded
+        self.generation: str | None = None  # the new generation's name, from the start of a reindex
         self.target: ActiveGeneration | None = None  # the new generation with its encoder, once prepared
         self.error: str | None = None
         self.done: set[int] = set()
@@ -264,21 +265,16 @@ class OnlineReindex:
     def status(self) -> dict:
         with self._lock:
             return {"state": self.state, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                    "generation": self.target.generation if self.target else None, "videos": self.total,
+                    "generation": self.generation, "videos": self.total,
                     "done": len(self.done), "embedded": self.embedded, "failed": len(self.failures),
                     "video_seconds": round(self.video_seconds, 3),
                     "seconds": round(self.seconds or (time.monotonic() - self.started if self.started else 0.0), 3),
                     "error": self.error}
 
-    def start(self, checkpoint: Path) -> dict:
-        """Begin (or, for the same checkpoint, keep running or retry) a reindex; `ReindexError` with the
-        reason when it cannot."""
-        checkpoint = Path(checkpoint).resolve()
-        try:
-            files = read_serving_checkpoint(checkpoint, weights=True)
-        except CheckpointError as e:
-            raise InvalidInput(str(e)) from None
-        identity = identity_of(files)
+    def start(self, files: CheckpointFiles) -> dict:
+        """Begin (or, for the same checkpoint, keep running or retry) a reindex with a checkpoint read once
+        (`service.admin_checkpoint` vetted it); `ReindexError` with the reason when it cannot."""
+        checkpoint, identity = files.path, identity_of(files)
         with self._lock:
             same = self.identity is not None and self.identity.sha256 == identity.sha256
             already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
@@ -291,11 +287,16 @@ class OnlineReindex:
             return self.status()
         if self._thread is not None:
             self._thread.join()  # the previous reindex's grace period: its old generation is dropped first
+        gens = index_generations(self.settings, identity.embed_dim)
+        try:
+            generation = gens.name_for(identity.short)  # named in the status from the first answer on
+        finally:
+            gens.close()
         with self._lock:
             if self.state == "running":
                 raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
             self.state, self.checkpoint, self.identity, self.error = "running", checkpoint, identity, None
-            self._files, self.target = files, None
+            self._files, self.target, self.generation = files, None, generation
             self.failures, self.in_flight, self.done = {}, set(), set()
             self.total = self.embedded = 0
             self.video_seconds, self.started, self.seconds = 0.0, time.monotonic(), 0.0
@@ -310,8 +311,8 @@ class OnlineReindex:
             return
         try:
             saved = json.loads(self.state_path.read_text())
-            checkpoint = Path(saved["checkpoint"])
-        except (OSError, ValueError, KeyError) as e:
+            checkpoint = saved["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("cannot read %s (%s); the online reindex is not resumed", self.state_path, e)
             return
         active = self.active.current
@@ -320,9 +321,15 @@ class OnlineReindex:
                 current is not None and current.sha256 == saved.get("checkpoint_sha256")):
             self.state_path.unlink()  # switched before the previous run ended (labels: finish_switch at start)
             return
-        log.info("resuming the online reindex to %s", checkpoint)
+        try:  # the same checks as a request's checkpoint: a hostile one must not hang or crash the start
+            vetted = vet_for(self.settings, checkpoint)
+        except CheckpointRefused as e:
+            log.error("the online reindex in %s is not resumed, and the file is removed: %s", self.state_path, e)
+            self.state_path.unlink(missing_ok=True)
+            return
+        log.info("resuming the online reindex to %s", vetted.path)
         try:
-            self.start(checkpoint)
+            self.start(vetted)
         except ReindexError as e:
             log.error("the online reindex cannot resume: %s", e)
 
@@ -394,6 +401,7 @@ class OnlineReindex:
         with self._lock:
             self.state, self.error = "failed", message
             self.seconds = time.monotonic() - self.started
+        self.state_path.unlink(missing_ok=True)  # a failed reindex is never resumed by a restart
 
     def _prepare(self) -> None:
         from indexer import wal
@@ -404,7 +412,7 @@ class OnlineReindex:
         try:
             current = self.active.current.generation
             _drop_previous(gens, current)  # left by an earlier reindex that ended before dropping it
-            target = gens.name_for(identity.short)
+            target = self.generation
             index = gens.open(target)
         finally:
             gens.close()

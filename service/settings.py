@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     # or (better: not in `ps` or the environment of every child) a file of keys, one a line (blank lines and
     # `#` comments skipped); its keys are added to api_keys
     api_keys_file: Path | None = None
+    # the admin routes (/v1/admin/*: the online reindex) are off (403 `admin_disabled`) unless admin keys are
+    # set; then they need `Authorization: Bearer <admin key>`, and an API key is refused (403). Admin keys
+    # must differ from the API keys. A file of keys as for api_keys_file
+    admin_keys: list[SecretStr] = Field(default_factory=list)
+    admin_keys_file: Path | None = None
+    # a checkpoint named in an admin request must be a directory inside one of these; none: every one refused
+    admin_checkpoint_dirs: list[Path] = Field(default_factory=list)
+    admin_checkpoint_max_bytes: int = Field(4 * 1024**3, gt=0)  # its model.safetensors, at most
+    admin_checkpoint_check_s: float = Field(60.0, gt=0)  # checking (hashing) it takes longer: 503
 
     # encoder worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -138,7 +147,7 @@ class Settings(BaseSettings):
     auth_fail_limit_per_s: float = Field(0.1, ge=0)  # 0: off
     auth_fail_limit_burst: int = Field(20, ge=1)
 
-    @field_validator("api_keys_file")
+    @field_validator("api_keys_file", "admin_keys_file")
     @classmethod
     def _key_file_readable(cls, path: Path | None) -> Path | None:
         if path is not None:
@@ -151,6 +160,12 @@ class Settings(BaseSettings):
             self.api_keys = [*self.api_keys, *(SecretStr(k) for k in read_key_file(self.api_keys_file))]
         if any(not k.get_secret_value() for k in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
+        if self.admin_keys_file is not None:
+            self.admin_keys = [*self.admin_keys, *(SecretStr(k) for k in read_key_file(self.admin_keys_file))]
+        if any(not k.get_secret_value() for k in self.admin_keys):
+            raise ValueError("admin_keys must not contain empty keys")
+        if {k.get_secret_value() for k in self.admin_keys} & {k.get_secret_value() for k in self.api_keys}:
+            raise ValueError("an admin key is also an API key: the admin keys must differ from every API key")
         if self.index == "milvus" and self.redis_url and not self.milvus_uri:
             raise ValueError("index=milvus with redis_url (scale-out) needs milvus_uri: a Milvus server "
                              "(http://host:19530) that every gateway and worker reaches")

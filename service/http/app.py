@@ -18,7 +18,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from service.errors import METHODS, ServiceError, error_response, install_error_handlers
 from service.http.browser import BrowserGuardMiddleware
-from service.http.deps import rate_limit, require_api_key
+from service.http.deps import rate_limit, require_admin_key, require_api_key
 from service.http.routes import admin, health, inference, media, videos
 from service.http.server import BodyLimitsMiddleware
 from service.metrics import ServiceMetrics
@@ -143,7 +143,8 @@ def create_app(settings: Settings | None = None, with_worker: bool = True, servi
     app.include_router(videos.router, prefix="/v1", dependencies=v1)
     app.include_router(media.router, prefix="/v1", dependencies=v1)
     app.include_router(inference.router, prefix="/v1", dependencies=v1)
-    app.include_router(admin.router, prefix="/v1", dependencies=v1)
+    # the admin routes need an admin key, not an API key (off without one: service/deps.py)
+    app.include_router(admin.router, prefix="/v1", dependencies=[Depends(require_admin_key), Depends(rate_limit)])
 
     @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)

@@ -14,7 +14,15 @@ from fastapi import Depends, Path, Request
 
 from service.active import ActiveGeneration
 from service.catalog import Catalog
-from service.errors import BadRequest, InvalidInput, NotReady, PayloadTooLarge, Unauthorized
+from service.errors import (
+    AdminDisabled,
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    NotReady,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from service.http.schemas import MAX_ID, Int, parse_int
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
@@ -125,6 +133,39 @@ def require_api_key(request: Request) -> None:
         if limiter is not None:
             limiter.failed(address)
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin_key(request: Request) -> None:
+    """The admin routes (`/v1/admin/*`): 403 `admin_disabled` unless admin keys are configured, whatever the
+    request holds (never open, whatever `api_keys` is); then `Authorization: Bearer <admin key>`: 401 without
+    a key or with a wrong one (counted like a wrong API key), 403 with an API key."""
+    s = settings(request)
+    if not s.admin_keys:
+        raise AdminDisabled("the admin routes are off on this server; they need an admin key, separate from "
+                            "the API keys (DRCA_ADMIN_KEYS or DRCA_ADMIN_KEYS_FILE)")
+    limiter = _limits(request).auth
+    address = client_address(request)
+    if limiter is not None:
+        limiter.check(address)
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    if _one_of(token, s.admin_keys):
+        return
+    if _one_of(token, s.api_keys):
+        raise Forbidden("an API key does not open the admin routes: send an admin key")
+    if limiter is not None:
+        limiter.failed(address)
+    raise Unauthorized("invalid admin key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _one_of(token: str, keys: list) -> bool:
+    """Whether `token` is one of the SecretStr `keys`, compared against every one in constant time."""
+    given, ok = token.encode(), False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key.get_secret_value().encode())
+    return ok
 
 
 def rate_limit(request: Request) -> None:

@@ -1,7 +1,8 @@
 """Online reindex (`POST /v1/admin/reindex`, what `drca reindex --server URL` calls) on the embedded
 service, with FAISS and with Milvus: while the new checkpoint re-embeds every video through the worker
 and queue, searches answer 200 from the old generation; after the switch they come from the new one,
-with the new model's vectors and labels, including a video uploaded during the reindex."""
+with the new model's vectors and labels, including a video uploaded during the reindex. The admin routes
+need an admin key and a checkpoint inside an allowed directory (tests/service/test_hardening5.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from tests.waiting import wait_until
 
 NEW_CLASSES = ["alpha", "beta", "gamma", "delta", "epsilon"]
 EMBED_DIM = 16  # tiny_checkpoint's
+ADMIN_KEY = "admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def admin_settings(assets) -> dict[str, object]:
+    """The admin routes on: an admin key, and the checkpoints' directory allowed."""
+    return {"admin_keys": [ADMIN_KEY], "admin_checkpoint_dirs": [assets[1].parent]}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,8 @@ def backend(request: pytest.FixtureRequest) -> dict[str, str]:
 
 def test_searches_answer_from_the_old_generation_until_the_switch(assets, backend, tmp_path, monkeypatch):
     old, new, videos = assets
-    settings = make_settings(old, tmp_path / "data", text_search=False, query_views=[], **backend)
+    settings = make_settings(old, tmp_path / "data", text_search=False, query_views=[], **backend,
+                             **admin_settings(assets))
     forward = VideoEncoder.forward
 
     def slow_new_model(self, clips):  # the new model is slow, so that many searches land mid-reindex
@@ -46,6 +55,7 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
 
     monkeypatch.setattr(VideoEncoder, "forward", slow_new_model)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        c.headers.update(ADMIN)  # no API keys: the other routes are open
         ids = [ingest(c, v) for v in videos[:4]]
         query = {"video_id": ids[0], "k": 10}
         before = c.post("/v1/search", json=query).json()
@@ -116,13 +126,16 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
 
 def test_reindex_route_needs_a_key_and_a_checkpoint(assets, tmp_path):
     old, _new, _videos = assets
-    settings = make_settings(old, tmp_path / "data", text_search=False, api_keys=["k1"])
+    settings = make_settings(old, tmp_path / "data", text_search=False, api_keys=["k1"], **admin_settings(assets))
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         assert c.post("/v1/admin/reindex", json={"checkpoint": str(old)}).status_code == 401
         assert c.get("/v1/admin/reindex").status_code == 401
-        key = {"Authorization": "Bearer k1"}
+        user = {"Authorization": "Bearer k1"}  # an API key is not an admin key
+        assert c.post("/v1/admin/reindex", json={"checkpoint": str(old)}, headers=user).status_code == 403
+        assert c.get("/v1/admin/reindex", headers=user).status_code == 403
+        key = ADMIN
         r = c.post("/v1/admin/reindex", json={"checkpoint": str(tmp_path / "nothing")}, headers=key)
-        assert r.status_code == 422 and "no checkpoint" in r.json()["error"]["message"]
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith("checkpoint refused:")
         r = c.post("/v1/admin/reindex", json={"checkpoint": str(old)}, headers=key)
         assert r.status_code == 409 and "already made by" in r.json()["error"]["message"]
         r = c.post("/v1/admin/reindex", json={"path": str(old)}, headers=key)
@@ -136,6 +149,7 @@ def test_online_reindex_killed_resumes_at_restart_and_drca_reindex_server_follow
     """`drca serve` killed -9 mid-reindex: restarted (with the old checkpoint), it resumes from its state
     file and embeds only what the new generation lacks; `drca reindex --server` started after the restart
     follows it to the switch (the same checkpoint: its progress)."""
+    import json
     import os
     import re
     import subprocess
@@ -149,14 +163,15 @@ def test_online_reindex_killed_resumes_at_restart_and_drca_reindex_server_follow
     videos = distinct_videos(tmp_path / "videos", 8, seconds=6, size=64)
     env = {"DRCA_CHECKPOINT": str(old), "DRCA_DATA_DIR": str(tmp_path / "data"), "DRCA_DEVICE": "cpu",
            "DRCA_TORCH_THREADS": "1", "DRCA_TEXT_SEARCH": "false", "DRCA_BATCH_SIZE": "1",
-           "DRCA_DECODE_THREADS": "1", "DRCA_PREFETCH": "1", "DRCA_INDEX": index}
+           "DRCA_DECODE_THREADS": "1", "DRCA_PREFETCH": "1", "DRCA_INDEX": index,
+           "DRCA_ADMIN_KEYS": json.dumps([ADMIN_KEY]), "DRCA_ADMIN_CHECKPOINT_DIRS": json.dumps([str(new.parent)])}
     log = tmp_path / "serve.log"
     server = HttpServer([], log, env)
     server.start()
     try:
         with server.client() as c:
             ids = [ingest(c, v) for v in videos]
-            assert c.post("/v1/admin/reindex", json={"checkpoint": str(new)}).status_code == 202
+            assert c.post("/v1/admin/reindex", json={"checkpoint": str(new)}, headers=ADMIN).status_code == 202
             wait_until(lambda: re.search(r"video \d+: \d+ segments re-embedded", server.tail(1_000_000)), 60,
                        "a first video re-embedded", interval_s=0.005)
         server.kill()
@@ -166,7 +181,7 @@ def test_online_reindex_killed_resumes_at_restart_and_drca_reindex_server_follow
         text_before = log.read_text()
         server.start()  # the old checkpoint again: it resumes
         cmd = [sys.executable, "-m", "cli.main", "reindex", "--server", server.url, "--checkpoint", str(new)]
-        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "DRCA_ADMIN_KEY": ADMIN_KEY},
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{len(ids)} videos" in done.stdout and f"--checkpoint {new}" in done.stdout
@@ -175,7 +190,7 @@ def test_online_reindex_killed_resumes_at_restart_and_drca_reindex_server_follow
         assert "resuming the online reindex" in log.read_text()[len(text_before):]
         assert not set(first) & set(second), "a video was re-embedded twice"
         assert sorted(first + second) == sorted(ids)
-        r = httpx.get(server.url + "/v1/admin/reindex").json()
+        r = httpx.get(server.url + "/v1/admin/reindex", headers=ADMIN).json()
         assert r["state"] == "switched" and r["done"] == len(ids)
         labels = httpx.get(f"{server.url}/v1/videos/{ids[0]}").json()["labels"]
         assert all(lb["name"] in NEW_CLASSES for lb in labels)

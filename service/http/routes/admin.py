@@ -2,18 +2,20 @@
 
 `POST /v1/admin/reindex` starts re-embedding every stored video with another checkpoint into a new index
 generation, through the service's own worker and queue; searches keep using the current generation until
-the switch (service/reindex.py, `OnlineReindex`). `GET /v1/admin/reindex` reports its progress. Both need
-an API key when keys are configured, like every /v1 route."""
+the switch (service/reindex.py, `OnlineReindex`). `GET /v1/admin/reindex` reports its progress. Both are
+off unless admin keys are configured, and then need an admin key (`require_admin_key`, wired in app.py);
+the checkpoint must lie in an allowed directory and is checked off the request threads
+(service/admin_checkpoint.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.admin_checkpoint import vet_in_background
 from service.catalog import Conflict
 from service.errors import ERRORS, InvalidInput
 from service.http.deps import read_json, service
@@ -38,15 +40,17 @@ def _reindexer(svc: Service) -> OnlineReindex:
 async def start_reindex(request: Request, svc: ServiceDep) -> JSONResponse:
     """Start re-embedding every indexed video with `checkpoint` (202 with the progress); the same
     checkpoint again while it runs answers its progress; 409 when another reindex runs or the index is
-    already made by that checkpoint, 422 when it is not a checkpoint."""
+    already made by that checkpoint, 422 when it is not a checkpoint in an allowed directory (one message
+    that names no path), 503 when checking it takes too long."""
     data = await read_json(request)
     try:
         body = ReindexRequest.model_validate(data)
     except ValueError as e:
         raise InvalidInput(f"expected {{\"checkpoint\": \"/path/to/checkpoint\"}}: {e}") from None
     reindex = _reindexer(svc)
+    checkpoint = await vet_in_background(svc.settings, body.checkpoint)
     try:
-        status = await run_in_threadpool(reindex.start, Path(body.checkpoint))
+        status = await run_in_threadpool(reindex.start, checkpoint)
     except ReindexError as e:
         raise Conflict(str(e)) from None
     return JSONResponse(ReindexStatus(**status).model_dump(), status_code=202)
