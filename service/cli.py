@@ -87,6 +87,8 @@ def serve(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    runtime: str = typer.Option(None, "--runtime", help="auto | torch | openvino: what runs the model (default: "
+                                "DRCA_RUNTIME or auto: OpenVINO on a CPU, torch on CUDA)."),
     api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable). Visible "
                                       "in `ps`: prefer --api-key-file or DRCA_API_KEYS."),
     api_key_file: Path = typer.Option(None, "--api-key-file", help="Require the bearer keys in this file (one "
@@ -108,8 +110,8 @@ def serve(
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, api_keys=api_key or None, api_keys_file=api_key_file, redis_url=redis_url,
-                         index=index, milvus_uri=milvus_uri)
+                         device=device, runtime=runtime, api_keys=api_key or None, api_keys_file=api_key_file,
+                         redis_url=redis_url, index=index, milvus_uri=milvus_uri)
     _check_index(settings)
     server.run(create_app(settings), settings)
 
@@ -120,6 +122,8 @@ def worker(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="The data directory the gateways store uploads in (shared)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    runtime: str = typer.Option(None, "--runtime", help="auto | torch | openvino: what runs the model (default: "
+                                "DRCA_RUNTIME or auto: OpenVINO on a CPU, torch on CUDA)."),
     index: str = typer.Option(None, "--index", help="faiss | milvus: with milvus, the worker writes vectors into "
                               "Milvus itself (default: DRCA_INDEX or faiss)."),
     milvus_uri: str = typer.Option(None, "--milvus-uri", help="With --index milvus: the Milvus server every "
@@ -137,7 +141,7 @@ def worker(
     from service.runtime import ServiceRuntime
 
     settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, index=index, milvus_uri=milvus_uri)
+                         device=device, runtime=runtime, index=index, milvus_uri=milvus_uri)
     if not settings.redis_url:
         typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
         raise typer.Exit(2)

@@ -26,6 +26,7 @@ from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
 from media.video import VideoReader, VideoTooLong, open_video
 from model.checkpoint import load_checkpoint
 from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled, VideoTooSparse
+from service.inference import open_runner
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class VideoEncoder:
         ckpt = load_checkpoint(settings.checkpoint, map_location=self.device)
         self.model = ckpt.model.eval()
         self.config = ckpt.config
+        self.runner = open_runner(settings, self.model, self.config, self.device)
         self.card = ckpt.card
         self.text_head = ckpt.text_head
         self.class_names: list[str] = list(ckpt.card.class_names)
@@ -122,8 +124,8 @@ class VideoEncoder:
 
             self.text_encoder = TextEncoder(device=str(self.device))
         log.info(
-            "encoder ready: %s on %s, %d classes, %d-d embeddings, text head %s",
-            self.config.name, self.device, len(self.class_names), self.embed_dim,
+            "encoder ready: %s on %s (%s), %d classes, %d-d embeddings, text head %s",
+            self.config.name, self.device, self.runner.name, len(self.class_names), self.embed_dim,
             "yes" if self.text_head is not None else "no",
         )
 
@@ -154,13 +156,11 @@ class VideoEncoder:
             video.close()
 
     # the model ---------------------------------------------------------------------------------
-    @torch.inference_mode()
     def forward(self, clips: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """clips (N, C, T, H, W) -> embeddings (N, E) float32 L2-normalised, class probs (N, C) | None."""
-        out = self.model(clips.to(self.device, non_blocking=True))
-        emb = out.embedding.float().cpu().numpy()
-        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy() if out.logits is not None else None
-        return emb, probs
+        out = self.runner(clips)
+        probs = torch.softmax(torch.from_numpy(out.logits), dim=-1).numpy() if out.logits is not None else None
+        return out.embedding, probs
 
     @torch.inference_mode()
     def embed_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
