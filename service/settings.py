@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # what runs the model's forward pass (service/inference.py): "auto" is OpenVINO on a CPU device and torch
     # on CUDA; "torch" is the reference path everywhere. OpenVINO's precision: f32, or bf16 (opt-in, on a CPU
-    # with bf16 instructions); its compiled model is cached per checkpoint (None: data_dir/cache/openvino)
+    # with bf16 instructions); its compiled model is cached per checkpoint (None: data_dir/cache/openvino).
+    # OpenVINO runs as many threads as torch's intra-op pool has (`torch_threads` below, or its automatic value)
     runtime: Literal["auto", "torch", "openvino"] = "auto"
     runtime_precision: Literal["f32", "bf16"] = "f32"
     runtime_cache_dir: Path | None = None
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
     prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
     decode_ahead_clips: int = Field(64, ge=1)  # decoded clips waiting for the model, at most (bounds memory)
-    # intra-op threads of the model (torch's, or OpenVINO's INFERENCE_NUM_THREADS); 0: automatic, which in the embedded service is all cores but one (the
+    # intra-op threads of the model; 0: automatic, which in the embedded service is all cores but one (the
     # gateway keeps a core's worth of responsiveness whatever the worker does), and torch's default in a
     # standalone worker (`drca worker`)
     torch_threads: int = Field(0, ge=0)
