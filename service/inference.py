@@ -1,8 +1,8 @@
 """The encoder's forward pass behind one small interface, run by torch or by OpenVINO.
 
 - `TorchRunner`: the network in torch on the encoder's device. The reference, and the CUDA path.
-- `OpenVINORunner`: the network exported by `model.export` and compiled by OpenVINO for the CPU. The
-  default on a CPU device (about 3x faster than torch eager there, and steadier when the cores are shared).
+- `OpenVINORunner`: the network exported by `model.export` and compiled by OpenVINO for the CPU: the
+  default on a CPU device, where it needs a fraction of torch eager's CPU time per clip.
 
 `runtime` (setting `DRCA_RUNTIME`, `drca serve --runtime`): `auto` is OpenVINO on a CPU device and torch
 on CUDA. `runtime_precision`: OpenVINO's inference precision, `f32` (set explicitly: OpenVINO would pick
