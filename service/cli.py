@@ -13,6 +13,8 @@ app = typer.Typer(help="The service: gateway, encoder worker, batch ingest.", no
 #: The index options of `serve`, `worker` and `reindex`.
 INDEX_OPTION = typer.Option(None, "--index", help="faiss | milvus: the vector index (default: DRCA_INDEX or faiss); "
                             "in scale-out with milvus, workers write into Milvus themselves.")
+RUNTIME_OPTION = typer.Option(None, "--runtime", help="auto | torch | openvino: what runs the model (default: "
+                           "DRCA_RUNTIME or auto: OpenVINO on a CPU, torch on CUDA).")
 MILVUS_URI_OPTION = typer.Option(None, "--milvus-uri", help="With --index milvus: a Milvus Lite file or "
                                  "http://host:19530, the server every gateway and worker shares in scale-out "
                                  "(default: DRCA_MILVUS_URI or DATA_DIR/milvus.db).")
@@ -73,6 +75,7 @@ def serve(
     checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the shipped drca-lite0)."),
     data_dir: Path = typer.Option(None, help="Videos, index and metadata (default: ./data)."),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    runtime: str = RUNTIME_OPTION,
     api_key: list[str] = typer.Option(None, "--api-key", help="Require this bearer key (repeatable). Visible "
                                       "in `ps`: prefer --api-key-file or DRCA_API_KEYS."),
     api_key_file: Path = typer.Option(None, "--api-key-file", help="Require the bearer keys in this file (one "
@@ -99,7 +102,7 @@ def serve(
     if api_key:
         _warn_key_on_command_line("--api-key-file FILE or DRCA_API_KEYS")
     settings = _settings(settings_file, host=host, port=port, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, api_keys=api_key or None, api_keys_file=api_key_file,
+                         device=device, runtime=runtime, api_keys=api_key or None, api_keys_file=api_key_file,
                          admin_keys_file=admin_key_file, admin_checkpoint_dirs=admin_checkpoint_dir or None,
                          redis_url=redis_url,
                          index=index, milvus_uri=milvus_uri)
@@ -118,6 +121,7 @@ def worker(
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     index: str = INDEX_OPTION,
     milvus_uri: str = MILVUS_URI_OPTION,
+    runtime: str = RUNTIME_OPTION,
     check: bool = typer.Option(False, "--check", help="Health check: exit 0 if a worker on this host beat "
                                "its heartbeat recently, else 1 (container healthcheck)."),
     settings_file: Path = typer.Option(None, help="A file of DRCA_* lines (default: $DRCA_SETTINGS_FILE)."),
@@ -132,7 +136,7 @@ def worker(
     from service.roles import build_worker
 
     settings = _settings(settings_file, redis_url=redis_url, checkpoint=checkpoint, data_dir=data_dir,
-                         device=device, index=index, milvus_uri=milvus_uri)
+                         device=device, runtime=runtime, index=index, milvus_uri=milvus_uri)
     if backend_class(settings).workers_in_process:
         typer.echo("error: drca worker needs --redis URL (or DRCA_REDIS_URL)", err=True)
         raise typer.Exit(2)

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
 
     # encoder worker
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # what runs the model's forward pass (service/encoding/inference.py): "auto" is OpenVINO on a CPU device and torch
+    # on CUDA; "torch" is the reference path everywhere. OpenVINO's precision: f32, or bf16 (opt-in, on a CPU
+    # with bf16 instructions); its compiled model is cached per checkpoint (None: data_dir/cache/openvino).
+    # OpenVINO runs as many threads as torch's intra-op pool has (`torch_threads` below, or its automatic value)
+    runtime: Literal["auto", "torch", "openvino"] = "auto"
+    runtime_precision: Literal["f32", "bf16"] = "f32"
+    runtime_cache_dir: Path | None = None
     batch_size: int = Field(16, ge=1)  # clips per forward pass
     max_wait_ms: float = Field(10.0, ge=0)  # how long a partial batch waits for more clips
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
@@ -190,6 +197,10 @@ class Settings(BaseSettings):
     @property
     def thumbnails_dir(self) -> Path:
         return self.data_dir / "thumbnails"
+
+    @property
+    def runtime_cache_path(self) -> Path:  # the OpenVINO runtime's compiled models, per checkpoint
+        return self.runtime_cache_dir or self.data_dir / "cache" / "openvino"
 
     @property
     def index_dir(self) -> Path:

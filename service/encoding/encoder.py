@@ -25,6 +25,7 @@ from media.sampling import Segment
 from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
 from media.video import VideoReader, open_video, reopen_video
 from model.checkpoint import CheckpointFiles, load_checkpoint_files, read_checkpoint
+from service.encoding.inference import open_runner
 from service.encoding.plan import VideoPlan, check_segment_count
 from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
@@ -95,9 +96,11 @@ class VideoEncoder:
         self.device = resolve_device(settings.device)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        ckpt = load_checkpoint_files(checkpoint or read_checkpoint(settings.checkpoint), map_location=self.device)
+        files = checkpoint or read_checkpoint(settings.checkpoint)
+        ckpt = load_checkpoint_files(files, map_location=self.device)
         self.model = ckpt.model.eval()
         self.config = ckpt.config
+        self.runner = open_runner(settings, self.model, self.config, self.device, files.sha256)
         self.card = ckpt.card
         self.text_head = ckpt.text_head
         self.class_names: list[str] = list(ckpt.card.class_names)
@@ -111,8 +114,8 @@ class VideoEncoder:
 
             self.text_encoder = TextEncoder(device=str(self.device))
         log.info(
-            "encoder ready: %s on %s, %d classes, %d-d embeddings, text head %s",
-            self.config.name, self.device, len(self.class_names), self.embed_dim,
+            "encoder ready: %s on %s (%s), %d classes, %d-d embeddings, text head %s",
+            self.config.name, self.device, self.runner.name, len(self.class_names), self.embed_dim,
             "yes" if self.text_head is not None else "no",
         )
 
@@ -151,13 +154,11 @@ class VideoEncoder:
             video.close()
 
     # the model ---------------------------------------------------------------------------------
-    @torch.inference_mode()
     def forward(self, clips: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """clips (N, C, T, H, W) -> embeddings (N, E) float32 L2-normalised, class probs (N, C) | None."""
-        out = self.model(clips.to(self.device, non_blocking=True))
-        emb = out.embedding.float().cpu().numpy()
-        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy() if out.logits is not None else None
-        return emb, probs
+        out = self.runner(clips)
+        probs = torch.softmax(torch.from_numpy(out.logits), dim=-1).numpy() if out.logits is not None else None
+        return out.embedding, probs
 
     @torch.inference_mode()
     def embed_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
