@@ -3,6 +3,8 @@ and the DCCM's half-size frames skip real stem work."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from media.segments import segment_clips
 from media.video import open_video
 from model.checkpoint import SHIPPED_CHECKPOINT, build_model, load_checkpoint, read_weights
+from model.drca import DRCAOutput
 from model.efficientnet import EfficientNetLite0
 from model.hybrid import HybridDRCA
 from model.presets import get_preset, uncompressed
@@ -21,6 +24,9 @@ from training.hybrid import HybridTrainConfig, hybrid_loss, start_training
 
 DATA = Path(__file__).parents[1] / "data"
 TIGER = DATA / "tiger.mp4"
+# the shipped network's outputs on the tiger clip, recorded from the code it was trained with (re-made by
+# `python -m tests.model.test_hybrid`, only when the shipped weights change)
+REFERENCE = Path(__file__).parent / "fixtures" / "shipped_tiger_outputs.json"
 PRESET = get_preset("drca-lite0-224")
 
 
@@ -79,6 +85,34 @@ def shipped() -> HybridDRCA:
     net = load_checkpoint(SHIPPED_CHECKPOINT).model
     assert isinstance(net, HybridDRCA) and not net.training
     return net
+
+
+def _record(out: DRCAOutput) -> dict:
+    """What `REFERENCE` keeps of an output: its saliency frames, its embedding and its ten largest logits."""
+    top = out.logits[0].topk(10)
+    return {"saliency_indices": out.saliency_indices[0].tolist(),
+            "embedding": [round(v, 7) for v in out.embedding[0].tolist()],
+            "top_classes": top.indices.tolist(), "top_logits": [round(v, 5) for v in top.values.tolist()]}
+
+
+def test_the_shipped_split_is_the_one_the_checkpoint_was_trained_at(shipped: HybridDRCA) -> None:
+    """The early/late boundary of the stem (`stem_split`) is where the DRCA layers were trained: block 5
+    (stride 8, 40 channels). Block 4 has the same channels and stride, so a network split there loads
+    the same weights and runs; only its outputs tell (cosine 0.990 to the reference, logits off by 0.5,
+    another saliency frame)."""
+    assert get_preset("drca-lite0-224").backbone.stem_split == 5
+    assert load_checkpoint(SHIPPED_CHECKPOINT).config == PRESET  # what `drca train shipped` trains is what ships
+    assert shipped.split == 5
+    ref = json.loads(REFERENCE.read_text())
+    sha = hashlib.sha256((SHIPPED_CHECKPOINT / "model.safetensors").read_bytes()).hexdigest()
+    assert sha == ref["weights_sha256"], "the shipped weights changed: re-make the reference (see REFERENCE)"
+    with torch.no_grad():
+        out = shipped(_tiger_clip())
+    assert out.saliency_indices[0].tolist() == ref["saliency_indices"]
+    emb, want = out.embedding[0], torch.tensor(ref["embedding"])
+    assert float(emb @ want) > 0.9999 and (emb - want).abs().max() < 2e-3
+    assert out.logits[0].topk(5).indices.tolist() == ref["top_classes"][:5]
+    assert (out.logits[0][ref["top_classes"]] - torch.tensor(ref["top_logits"])).abs().max() < 0.05
 
 
 def _late_maps_and_output(net: HybridDRCA, run) -> tuple[list[torch.Tensor], object]:
@@ -166,3 +200,10 @@ def test_k4_does_less_stem_work_than_no_compression(batch: int) -> None:
 
     k4, full = flops(PRESET), flops(uncompressed(PRESET))
     assert full / k4 >= 1.25, (full, k4)
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        _out = load_checkpoint(SHIPPED_CHECKPOINT).model(_tiger_clip())
+    _sha = hashlib.sha256((SHIPPED_CHECKPOINT / "model.safetensors").read_bytes()).hexdigest()
+    REFERENCE.write_text(json.dumps({"weights_sha256": _sha, **_record(_out)}) + "\n")
