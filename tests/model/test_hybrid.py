@@ -1,11 +1,13 @@
-"""The pretrained-stem DRCA (`model.hybrid`): it starts as the teacher, the cache path is the serving path,
-and the DCCM's half-size frames skip real stem work."""
+"""The pretrained-stem DRCA (`model.hybrid`): it starts as the teacher; on the shipped weights and a real clip
+the cache path is the serving path and the outputs are the recorded ones (the stem split where it was
+trained); a training step moves the DRCA layers and never the stem; the DCCM's half-size frames skip real
+stem work."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from media.segments import segment_clips
 from media.video import open_video
-from model.checkpoint import SHIPPED_CHECKPOINT, build_model, load_checkpoint, read_weights
+from model.checkpoint import (
+    SHIPPED_CHECKPOINT,
+    build_model,
+    load_checkpoint,
+    read_config_and_card,
+    read_weights,
+)
 from model.drca import DRCAOutput
 from model.efficientnet import EfficientNetLite0
 from model.hybrid import HybridDRCA
@@ -24,16 +32,10 @@ from training.hybrid import HybridTrainConfig, hybrid_loss, start_training
 
 DATA = Path(__file__).parents[1] / "data"
 TIGER = DATA / "tiger.mp4"
-# the shipped network's outputs on the tiger clip, recorded from the code it was trained with (re-made by
-# `python -m tests.model.test_hybrid`, only when the shipped weights change)
+# the shipped network's outputs on the tiger clip, a fixed reference (re-made by `python -m tests.model.test_hybrid`
+# only when the shipped weights change)
 REFERENCE = Path(__file__).parent / "fixtures" / "shipped_tiger_outputs.json"
 PRESET = get_preset("drca-lite0-224")
-
-
-def small(**backbone: object):
-    """The shipped preset at 96 px and 4 frames (K=2): the same network, cheap to run."""
-    cfg = replace(PRESET, input=replace(PRESET.input, num_frames=4, img_size=96))
-    return replace(cfg, backbone=replace(cfg.backbone, num_saliency=2, **backbone))
 
 
 def _pretrained_stem() -> dict[str, torch.Tensor]:
@@ -101,7 +103,7 @@ def test_the_shipped_split_is_the_one_the_checkpoint_was_trained_at(shipped: Hyb
     the same weights and runs; only its outputs tell (cosine 0.990 to the reference, logits off by 0.5,
     another saliency frame)."""
     assert get_preset("drca-lite0-224").backbone.stem_split == 5
-    assert load_checkpoint(SHIPPED_CHECKPOINT).config == PRESET  # what `drca train shipped` trains is what ships
+    assert read_config_and_card(SHIPPED_CHECKPOINT)[0] == PRESET  # what `drca train shipped` trains is what ships
     assert shipped.split == 5
     ref = json.loads(REFERENCE.read_text())
     sha = hashlib.sha256((SHIPPED_CHECKPOINT / "model.safetensors").read_bytes()).hexdigest()
@@ -115,7 +117,7 @@ def test_the_shipped_split_is_the_one_the_checkpoint_was_trained_at(shipped: Hyb
     assert (out.logits[0][ref["top_classes"]] - torch.tensor(ref["top_logits"])).abs().max() < 0.05
 
 
-def _late_maps_and_output(net: HybridDRCA, run) -> tuple[list[torch.Tensor], object]:
+def _late_maps_and_output(net: HybridDRCA, run: Callable[[], DRCAOutput]) -> tuple[list[torch.Tensor], DRCAOutput]:
     """``run()``'s output and the late maps that entered the DRCA layers (the inputs of `late_proj`:
     the saliency frames' full-size maps, then the other frames' half-size maps), frame by frame."""
     seen: list[torch.Tensor] = []
