@@ -99,6 +99,30 @@ def _stem(tensors: tuple[Tensor, ...]) -> StemOutputs:
     return StemOutputs(**dict(zip(STEM_FIELDS, tensors, strict=True)))
 
 
+def start_training(model: HybridDRCA, solver: SolverConfig, out_dir: Path,
+                   resume: bool) -> tuple[torch.optim.Optimizer, engine.TrainState]:
+    """Freeze the whole stem (its ImageNet classifier too: the teacher's labels stay the teacher's), then
+    `engine.start_training`: the optimizer over what is left, the DRCA layers."""
+    for p in model.stem.parameters():
+        p.requires_grad_(False)
+    return engine.start_training(model, solver, out_dir, resume)
+
+
+def hybrid_loss(model: HybridDRCA, anchor: StemOutputs, copy: StemOutputs,
+                lc: HybridLossConfig) -> tuple[Tensor, dict[str, float]]:
+    """One batch's objective (module docstring): anchors and their copies through the network together,
+    the distillation of both against the anchor's teacher distribution, and InfoNCE between them."""
+    both = StemOutputs(**{k: torch.cat([getattr(anchor, k), getattr(copy, k)]) for k in STEM_FIELDS})
+    out = model.forward_stem(both)
+    b = anchor.early.shape[0]
+    target = teacher_distribution(model, anchor.pooled_full, lc.temperature)
+    kd = distill_kl(out.logits[:b], target, lc.temperature)
+    kd_copy = distill_kl(out.logits[b:], target, lc.temperature)
+    nce = symmetric_info_nce(out.embedding[:b], out.embedding[b:], lc.nce_temperature)
+    loss = lc.kd_weight * kd + lc.copy_kd_weight * kd_copy + lc.nce_weight * nce
+    return loss, {"kd": kd.item(), "kd_copy": kd_copy.item(), "nce": nce.item()}
+
+
 @torch.no_grad()
 def evaluate(model: HybridDRCA, cache: StemCache, indices: list[int], batch: int = 32) -> dict[str, float]:
     """Held-out clips: label agreement with the teacher and copy -> anchor retrieval, model and stem alone."""
@@ -137,25 +161,13 @@ def train_hybrid(cfg: HybridTrainConfig, model: HybridDRCA, resume: bool = True)
     cache = StemCache(cfg.cache_dir)
     train_idx, held_idx = cache.indices("train"), cache.indices("heldout")
     log.info("stem cache: %d training clips, %d held-out", len(train_idx), len(held_idx))
-    for p in model.stem.parameters():
-        p.requires_grad_(False)
     dataset = StemPairs(cache, train_idx, cfg.run.seed)
     loader = engine.make_loader(dataset, cfg.batch_size, 0, d, shuffle=True, seed=cfg.run.seed, drop_last=True)
-    optimizer, state = engine.start_training(model, cfg.solver, out_dir, resume)
-    lc = cfg.loss
+    optimizer, state = start_training(model, cfg.solver, out_dir, resume)
 
     def loss_fn(batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
         n = len(STEM_FIELDS)
-        anchor, copy = _stem(batch[:n]), _stem(batch[n:])
-        both = StemOutputs(**{k: torch.cat([getattr(anchor, k), getattr(copy, k)]) for k in STEM_FIELDS})
-        out = model.forward_stem(both)
-        b = batch[0].shape[0]
-        target = teacher_distribution(model, anchor.pooled_full, lc.temperature)
-        kd = distill_kl(out.logits[:b], target, lc.temperature)
-        kd_copy = distill_kl(out.logits[b:], target, lc.temperature)
-        nce = symmetric_info_nce(out.embedding[:b], out.embedding[b:], lc.nce_temperature)
-        loss = lc.kd_weight * kd + lc.copy_kd_weight * kd_copy + lc.nce_weight * nce
-        return loss, {"kd": kd.item(), "kd_copy": kd_copy.item(), "nce": nce.item()}
+        return hybrid_loss(model, _stem(batch[:n]), _stem(batch[n:]), cfg.loss)
 
     if held_idx and state.epoch == 0 and d.is_main:  # the starting point: the stem's own answers, untrained layers
         engine.MetricLog(out_dir / engine.METRICS).write({"kind": "eval", "epoch": 0,

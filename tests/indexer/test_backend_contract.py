@@ -244,3 +244,117 @@ def test_generations_switch_atomically(backend: Backend):
             assert len(cur) == 3 and 100 in cur and 1 not in cur
     finally:
         gens.close()
+
+
+def _count_knn_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The segment k-NN sizes every search asks for from now on, in order (each backend's `neighbours`,
+    seen through the shared `search_videos`)."""
+    import indexer.index
+    import indexer.milvus_index
+
+    calls: list[int] = []
+    real = indexer.index.search_videos
+
+    def counting(q, k, qsegs, aggregation, min_score, exclude_ids, neighbours, videos, max_kk):
+        def counted(kk: int):
+            calls.append(kk)
+            return neighbours(kk)
+
+        return real(q, k, qsegs, aggregation, min_score, exclude_ids, counted, videos, max_kk)
+
+    monkeypatch.setattr(indexer.index, "search_videos", counting)
+    monkeypatch.setattr(indexer.milvus_index, "search_videos", counting)
+    return calls
+
+
+@pytest.mark.parametrize("aggregation", ["max", "chamfer"])
+def test_search_widens_past_videos_that_flood_the_segment_knn(backend: Backend, aggregation: str,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """Two long videos close to the query (20 segments near each query segment) hold every one of the
+    first k-NN's 32 segments: 2 distinct videos for k = 5, so the k-NN must widen before the other videos
+    show; each video is returned once, in the brute-force order."""
+    index = backend.open()
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((2, D)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    vectors = {}
+    for vid in (500, 501):  # 40 segments each, every one nearer its query segment than any other video's
+        x = q[np.arange(40) % 2] + 0.05 * rng.standard_normal((40, D)).astype(np.float32)
+        vectors[vid] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        index.add_video(vid, [Span(float(i), float(i + 1)) for i in range(40)], vectors[vid])
+    add_range(index, range(1, 31))
+    vectors.update({vid: video_vectors(vid, D)[1] for vid in range(1, 31)})
+    calls = _count_knn_calls(monkeypatch)
+    hits = index.search(q, k=5, aggregation=aggregation)
+    assert len(calls) > 1 and calls[0] == 32, calls  # the first k-NN alone could not answer
+    want = brute_force(vectors, q, 5, aggregation, set())
+    assert [h.video_id for h in hits] == [w[0] for w in want]  # each video once
+    assert [h.score for h in hits] == pytest.approx([w[1] for w in want], abs=1e-5)
+    assert {500, 501} < {h.video_id for h in hits}
+
+
+class ClientSpy:
+    """A `MilvusClient` that records which of its methods were called (with their arguments) and then
+    calls them. Milvus Lite de-duplicates primary keys on `insert` as on `upsert`; a cluster does not, so
+    on Lite only the calls tell them apart."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_milvus_writes_are_upserts_by_segment_key(tmp_path: Path):
+    """Every write is an `upsert` whose rows carry the (video, segment) key: adding a video again (a job
+    re-run, a reindex) replaces its rows on a cluster too, where an `insert` would keep both copies."""
+    from indexer.milvus_index import MilvusVideoIndex, primary_key
+
+    index = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "milvus.db"), dim=D), "segments_t")
+    try:
+        spy = ClientSpy(index.client)
+        index.client = spy
+        add_range(index, range(1, 4))
+        add_range(index, range(1, 4))  # the same videos again
+        index.add_videos([(vid, *video_vectors(vid, D)) for vid in (2, 3)])
+        writes = [(name, args, kwargs) for name, args, kwargs in spy.calls if name in ("insert", "upsert")]
+        assert writes and {name for name, _, _ in writes} == {"upsert"}, [w[0] for w in writes]
+        for _, args, kwargs in writes:
+            rows = kwargs.get("data", args[1] if len(args) > 1 else None)
+            assert [r["pk"] for r in rows] == [primary_key(r["video_id"], r["seg"]) for r in rows]
+        assert index.count_segments() == sum(len(video_vectors(v, D)[0]) for v in range(1, 4))
+    finally:
+        index.close()
+
+
+def test_milvus_refuses_more_segments_than_the_key_holds(tmp_path: Path):
+    """The primary key keeps 14 bits for the segment: a video of 2**14 segments fits; one more would write
+    segment 2**14 under the next video's segment-0 key, overwriting it. That is refused, nothing written."""
+    from indexer.milvus_index import SEG_BITS, MilvusVideoIndex
+
+    n = 1 << SEG_BITS
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((n + 1, D)).astype(np.float32)
+    spans = [Span(float(i), float(i + 1)) for i in range(n + 1)]
+    index = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "milvus.db"), dim=D), "segments_t")
+    try:
+        add_range(index, [3, 5])  # the neighbours of videos 2 and 4 in key space
+        with pytest.raises(InvalidVectors, match="segments"):
+            index.add_video(2, spans, vecs)
+        assert 2 not in index and index.count_segments() == sum(len(video_vectors(v, D)[0]) for v in (3, 5))
+        assert_stored(index, 3)
+        index.add_video(4, spans[:n], vecs[:n])  # exactly 2**14: the largest that fits
+        assert index.get(4).segments == spans[:n]
+        assert_stored(index, 3)
+        assert_stored(index, 5)
+    finally:
+        index.close()

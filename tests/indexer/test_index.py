@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
 
+import indexer.index as index_module
 from indexer import IndexConfig, InvalidVectors, Span, VideoIndex
 
 D = 16
@@ -135,22 +137,45 @@ def brute_force(vecs: dict[int, np.ndarray], q: np.ndarray, agg: str) -> list[tu
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("agg", ["max", "chamfer"])
-def test_k_expansion_matches_brute_force(tmp_path, seed, agg):
-    """Flat index: the expanded segment k-NN + re-scoring returns exactly the brute-force top videos."""
+def test_k_expansion_matches_brute_force(tmp_path, monkeypatch, seed, agg):
+    """Flat index: fewer than k long videos close to the query hold every segment of the first k-NN of
+    each query segment (max(4k, 32) segments), so the k-NN must widen (more than one call) before the other videos show;
+    the expanded k-NN + re-scoring returns exactly the brute-force top videos, each once."""
     rng = np.random.default_rng(seed)
+    k = int(rng.integers(3, 15))
+    first = max(4 * k, 32)  # the first k-NN's size (`search_videos`)
+    q = unit(rng, int(rng.integers(1, 5)))
+    flood = set(rng.choice(30, size=int(rng.integers(1, k)), replace=False).tolist())
     idx = VideoIndex.open(tmp_path, config("flat"))
     vecs = {}
     for v in range(int(rng.integers(30, 120))):
-        # Skewed segment counts: a few long videos flood the segment k-NN, the case that needs expansion.
-        x = unit(rng, int(rng.choice([1, 2, 40])))
+        if v in flood:  # `first` segments near each query segment, nearer to it than any random one
+            x = np.repeat(q, first, axis=0)
+            x += 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        else:  # skewed segment counts
+            x = unit(rng, int(rng.choice([1, 2, 40])))
         vecs[v] = x
         idx.add_video(v, segs(len(x)), x)
-    q = unit(rng, int(rng.integers(1, 5)))
-    k = int(rng.integers(1, 15))
+    calls = []
+    real = index_module.search_videos
+
+    def counting(q, k, qsegs, aggregation, min_score, exclude_ids, neighbours, videos, max_kk):
+        def counted(kk):
+            calls.append(kk)
+            return neighbours(kk)
+
+        return real(q, k, qsegs, aggregation, min_score, exclude_ids, counted, videos, max_kk)
+
+    monkeypatch.setattr(index_module, "search_videos", counting)
     got = idx.search(q, k=k, aggregation=agg)
-    want = brute_force(vecs, q / np.linalg.norm(q, axis=1, keepdims=True), agg)[:k]
-    assert [round(h.score, 4) for h in got] == [round(s, 4) for _, s in want]
-    assert {h.video_id for h in got} == {v for v, _ in want} or len({round(s, 4) for _, s in want}) < k
+    assert len(calls) > 1 and calls[0] == first, calls
+    assert len({h.video_id for h in got}) == len(got) == k  # each video once
+    want = brute_force(vecs, q, agg)[: k + 1]
+    assert [h.score for h in got] == pytest.approx([s for _, s in want[:k]], abs=1e-5)
+    tied = any(a - b < 1e-5 for (_, a), (_, b) in itertools.pairwise(want))  # float32 vs float64 order
+    assert [h.video_id for h in got] == [v for v, _ in want[:k]] or tied
+    assert flood < {h.video_id for h in got}
     idx.close()
 
 

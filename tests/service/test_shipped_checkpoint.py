@@ -6,15 +6,20 @@ moved through a camera path: a tiger, a sports car, the US Capitol and a sailing
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
+from media.video import ffmpeg_exe
 from model import SHIPPED_CHECKPOINT
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, read_weights
+from model.efficientnet import EfficientNetLite0
 from service.encoding.encoder import VideoEncoder
 from service.http.app import create_app
 from service.settings import Settings
@@ -64,6 +69,65 @@ def test_shipped_checkpoint_labels_the_tiger_clip_a_tiger(tmp_path: Path) -> Non
     _, probs = enc.forward(enc.decode(TIGER).clips)
     top5 = [enc.class_names[i] for i in np.argsort(-probs.mean(0))[:5]]
     assert "tiger" in top5, top5
+
+
+# near-duplicate edits (ffmpeg filters) of the copy-detection benchmark's kinds: geometry, colour, framing
+EDITS = {
+    "cropped, mirrored, rescaled": "crop=iw*0.75:ih*0.75:iw*0.05:ih*0.2,hflip,scale=200:200",
+    "grey, small, inside a coloured frame": "format=gray,scale=160:160,pad=320:240:40:50:color=0x406080",
+}
+
+
+def _edited_copy(src: Path, vf: str, out: Path) -> Path:
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(src), "-vf", vf, "-c:v", "libx264",
+                    "-crf", "32", "-pix_fmt", "yuv420p", str(out)], check=True, timeout=60)
+    return out
+
+
+@pytest.mark.slow
+def test_the_trained_layers_tell_copies_apart_better_than_the_stem_alone(tmp_path: Path) -> None:
+    """What the DRCA layers add to the frozen stem, on the committed clips: copy discrimination. Each clip
+    gets edited copies (`EDITS`); a copy's margin is its similarity to its own clip minus its highest
+    similarity to another clip. The served embeddings (the service's decoding, the shipped network) beat
+    the stem alone (the frame mean of its pooled feature, from the same checkpoint's stem weights) on
+    every edit, as the card's held-out figures say (copy mAP 0.897 against 0.857).
+
+    Measured: served margins 0.74 and 0.65 (per edit) against the stem's 0.60 and 0.54, the other clips at
+    similarity 0.07 against 0.24. Without the DRCA layers (the stem's mean over the saliency frames) the
+    margins are the stem's (0.61, 0.52); with noise of 3x each tensor's std on every DRCA weight
+    (embedding cosine 0.82 to the shipped one) they fall below it (0.50-0.52, 0.46-0.49)."""
+    enc = VideoEncoder(Settings(data_dir=tmp_path / "data", device="cpu", text_search=False))
+    stem = EfficientNetLite0().eval()
+    stem.load_state_dict({k[len("stem."):]: v for k, v in read_weights(SHIPPED_CHECKPOINT).items()
+                          if k.startswith("stem.")})
+
+    def stem_alone(clips: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            feats = stem.features(clips.transpose(1, 2).flatten(0, 1)).unflatten(0, clips.shape[:1] + clips.shape[2:3])
+        return F.normalize(feats.mean(1), dim=-1).numpy()
+
+    names = list(SENTENCES)
+    originals = torch.cat([enc.decode(DATA / n).clips[:1] for n in names])
+    served = {"originals": enc.forward(originals)[0]}
+    alone = {"originals": stem_alone(originals)}
+    for i, vf in enumerate(EDITS.values()):
+        copies = torch.cat([enc.decode(_edited_copy(DATA / n, vf, tmp_path / f"{i}-{n}")).clips[:1] for n in names])
+        served[vf], alone[vf] = enc.forward(copies)[0], stem_alone(copies)
+
+    def discrimination(emb: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """Mean margin per edit, and the mean similarity of a copy to the other clips."""
+        margins, others = [], []
+        off = ~np.eye(len(names), dtype=bool)
+        for vf in EDITS.values():
+            sims = emb[vf] @ emb["originals"].T  # copy i against original j
+            margins.append(float(np.mean(sims.diagonal() - np.where(off, sims, -np.inf).max(1))))
+            others.append(sims[off].mean())
+        return np.array(margins), float(np.mean(others))
+
+    (m_served, o_served), (m_alone, o_alone) = discrimination(served), discrimination(alone)
+    assert (m_served > 0.3).all(), m_served  # every copy is nearest its own clip, by far
+    assert (m_served > m_alone + 0.04).all() and m_served.mean() > m_alone.mean() + 0.08, (m_served, m_alone)
+    assert o_served < o_alone - 0.08, (o_served, o_alone)
 
 
 @pytest.fixture(scope="module")
