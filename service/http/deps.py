@@ -26,7 +26,7 @@ from service.errors import (
 from service.http.schemas import MAX_ID, Int, parse_int
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight
-from service.ratelimit import Limits
+from service.ratelimit import AuthFailureLimiter, Limits
 from service.roles import Service
 from service.search import SearchService
 from service.settings import Settings
@@ -111,28 +111,36 @@ def _bearer(request: Request) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def require_api_key(request: Request) -> None:
-    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare).
-    Wrong keys are counted per client address (`AuthFailureLimiter`): past the limit, 429."""
-    keys = settings(request).api_keys
-    if not keys:
-        return
+def _presented_key(request: Request, what: str, placeholder: str) -> tuple[str, AuthFailureLimiter | None, str]:
+    """The bearer token of the request, after the client address's failed-key limit (429 past it); 401
+    without one. Returns (token, the limiter, the address) so a wrong key can be counted."""
     limiter = _limits(request).auth
     address = client_address(request)
     if limiter is not None:
         limiter.check(address)
     token = _bearer(request)
     if token is None:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <{placeholder}>'",
                            headers={"WWW-Authenticate": "Bearer"})
-    given = token.encode()
-    ok = False
-    for key in keys:  # compare against every key, so timing does not reveal which one matched
-        ok |= hmac.compare_digest(given, key.get_secret_value().encode())
-    if not ok:
-        if limiter is not None:
-            limiter.failed(address)
-        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return token, limiter, address
+
+
+def _wrong_key(limiter: AuthFailureLimiter | None, address: str, what: str) -> Unauthorized:
+    """A wrong key, counted against the client address."""
+    if limiter is not None:
+        limiter.failed(address)
+    return Unauthorized(f"invalid {what}", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_api_key(request: Request) -> None:
+    """When API keys are configured, `Authorization: Bearer <key>` must name one (constant-time compare).
+    Wrong keys are counted per client address (`AuthFailureLimiter`): past the limit, 429."""
+    keys = settings(request).api_keys
+    if not keys:
+        return
+    token, limiter, address = _presented_key(request, "API key", "key")
+    if not _one_of(token, keys):
+        raise _wrong_key(limiter, address, "API key")
 
 
 def require_admin_key(request: Request) -> None:
@@ -143,25 +151,17 @@ def require_admin_key(request: Request) -> None:
     if not s.admin_keys:
         raise AdminDisabled("the admin routes are off on this server; they need an admin key, separate from "
                             "the API keys (DRCA_ADMIN_KEYS or DRCA_ADMIN_KEYS_FILE)")
-    limiter = _limits(request).auth
-    address = client_address(request)
-    if limiter is not None:
-        limiter.check(address)
-    token = _bearer(request)
-    if token is None:
-        raise Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+    token, limiter, address = _presented_key(request, "admin key", "admin key")
     if _one_of(token, s.admin_keys):
         return
     if _one_of(token, s.api_keys):
         raise Forbidden("an API key does not open the admin routes: send an admin key")
-    if limiter is not None:
-        limiter.failed(address)
-    raise Unauthorized("invalid admin key", headers={"WWW-Authenticate": "Bearer"})
+    raise _wrong_key(limiter, address, "admin key")
 
 
 def _one_of(token: str, keys: list) -> bool:
-    """Whether `token` is one of the SecretStr `keys`, compared against every one in constant time."""
+    """Whether `token` is one of the SecretStr `keys`, compared against every one in constant time (so the
+    timing does not reveal which one matched)."""
     given, ok = token.encode(), False
     for key in keys:
         ok |= hmac.compare_digest(given, key.get_secret_value().encode())
