@@ -34,6 +34,7 @@ from indexer import SegmentIndex
 from model.checkpoint import CheckpointFiles, read_config_and_card
 from service.active import Active, ActiveGeneration, identity_of
 from service.admin_checkpoint import CheckpointRefused, vet_for
+from service.backends import backend_class
 from service.backends.sqlite import SQLiteMetadataStore
 from service.backends.store import NotFound, VideoRecord
 from service.broker import Broker, IngestJob
@@ -79,7 +80,7 @@ class _NoVectorWrites:
 def reindex(settings: Settings, checkpoint: CheckpointFiles, progress: bool = True) -> ReindexSummary:
     """Re-embed the data dir's indexed videos with `checkpoint` (NEW, read once with its weights:
     `read_serving_checkpoint`) into a new generation and switch to it."""
-    if settings.redis_url:
+    if not backend_class(settings).workers_in_process:
         raise ReindexError("offline reindex works on the embedded store; a Redis deployment is reindexed "
                            "online (not available yet)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
