@@ -53,11 +53,6 @@ def to_openvino(net: nn.Module, cfg: DRCAConfig) -> ov.Model:
     """Trace `net` (a DRCA or HybridDRCA on the CPU, in eval mode) into an OpenVINO model."""
     if net.training:
         raise ValueError("export the network in eval mode (the training forward is another graph)")
-    b = cfg.backbone
-    if b.stem == "lite0" and b.num_saliency == cfg.input.num_frames:
-        # the compressed branch is then empty: zero-size tensors, which OpenVINO's converter refuses
-        raise ValueError(f"{cfg.name} keeps every frame (K = T = {b.num_saliency}): it does not export to "
-                         "OpenVINO; run it with runtime=torch")
     example = torch.randn(input_shape(cfg, batch=2), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = net(example)

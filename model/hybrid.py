@@ -142,17 +142,21 @@ class HybridDRCA(nn.Module):
         split = self.dccm.select(tokens)
         k = split.top.shape[1]
         high_late = self.stem.late(split.take_top(early).flatten(0, 1), self.split)
-        low_late = self.stem.late(halve(split.take_rest(early).flatten(0, 1)), self.split)
+        low_late = None
+        if k < t:  # static sizes: with K = T the traced graph has no compressed branch
+            low_late = self.stem.late(halve(split.take_rest(early).flatten(0, 1)), self.split)
+            low_late = low_late.unflatten(0, (b, t - k))
         return self._after_dccm(cls, tokens, split, high_late.unflatten(0, (b, k)),
-                                self._pooled(high_late).unflatten(0, (b, k)), low_late.unflatten(0, (b, t - k)))
+                                self._pooled(high_late).unflatten(0, (b, k)), low_late)
 
     def forward_stem(self, s: StemOutputs) -> DRCAOutput:
         """The network from the stem's outputs for every frame at both sizes (training on a cache; in
         training mode the perturbed top-k mixes them softly, in eval mode it picks)."""
         cls, tokens = self._full_resolution(s.early)
         split = self.dccm.select(tokens)
+        low_late = split.take_rest(s.late_half) if split.top.shape[1] < tokens.shape[1] else None
         return self._after_dccm(cls, tokens, split, split.take_top(s.late_full), split.take_top(s.pooled_full),
-                                split.take_rest(s.late_half))
+                                low_late)
 
     def _full_resolution(self, early: Tensor) -> tuple[Tensor, Tensor]:
         """early (B, T, C, h, w) -> cls (B, 1, D) and tokens (B, T, g, g, D) after the first layers."""
@@ -167,15 +171,21 @@ class HybridDRCA(nn.Module):
         return cls, tokens
 
     def _after_dccm(self, cls: Tensor, tokens: Tensor, split: FrameSplit, high_late: Tensor, high_pooled: Tensor,
-                    low_late: Tensor) -> DRCAOutput:
-        """high_late (B, K, 320, g, g), high_pooled (B, K, 1280), low_late (B, T-K, 320, g', g') -> the output."""
-        high = split.take_top(tokens)
-        low = self.dccm.compression(split.take_rest(tokens), high)
-        high = high + self.late_proj(high_late.permute(0, 1, 3, 4, 2))
-        low = low + self.late_proj(low_late.permute(0, 1, 3, 4, 2))
+                    low_late: Tensor | None) -> DRCAOutput:
+        """high_late (B, K, 320, g, g), high_pooled (B, K, 1280), low_late (B, T-K, 320, g', g') -> the output.
+        low_late None: K = T, no compressed frames, so no compression and no low-resolution tokens (the
+        network computes what it would with empty ones, and the exported graph holds no zero-size tensor)."""
+        saliency = split.take_top(tokens)
+        high, low = saliency + self.late_proj(high_late.permute(0, 1, 3, 4, 2)), None
+        if low_late is not None:
+            low = self.dccm.compression(split.take_rest(tokens), saliency)
+            low = low + self.late_proj(low_late.permute(0, 1, 3, 4, 2))
         for blk in self.align_blocks:
             cls, high, low = blk(cls, high, low)
-        mean_token = torch.cat([high.mean(dim=(2, 3)), low.mean(dim=(2, 3))], dim=1).mean(dim=1)
+        frame_means = high.mean(dim=(2, 3))
+        if low is not None:
+            frame_means = torch.cat([frame_means, low.mean(dim=(2, 3))], dim=1)
+        mean_token = frame_means.mean(dim=1)
         stem_feature = high_pooled.mean(dim=1)  # (B, 1280): the saliency frames, seen at full size
         features = stem_feature + self.out_proj(self.norm(mean_token))
         logits = self.stem._fc(features) if self.cfg.head.num_classes else None

@@ -2,7 +2,8 @@
 
 Token layouts (B = batch, T = frames, H x W = patch grid, C = channels):
 - full resolution stage:  cls (B, 1, C), tokens (B, T, H, W, C)
-- resolution-align stage: cls (B, 1, C), high (B, K, H, W, C), low (B, T-K, H/2, W/2, C)
+- resolution-align stage: cls (B, 1, C), high (B, K, H, W, C), low (B, T-K, H/2, W/2, C), or None when
+  K = T (no compressed frames)
 """
 
 from __future__ import annotations
@@ -198,7 +199,11 @@ class ResolutionAlignBlock(nn.Module):
                            align_corners=True)
         return up.permute(0, 2, 3, 1).reshape(b, t, *size, c)
 
-    def forward(self, cls: Tensor, high: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, cls: Tensor, high: Tensor, low: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """low None: no compressed frames (K = T); the layer then runs on the saliency frames alone (what it
+        computes with an empty `low`, without the zero-size tensors that an exported graph cannot hold)."""
+        if low is None:
+            return self._saliency_only(cls, high)
         k = high.shape[1]
         aligned = torch.cat([pool_to(high, low.shape[2:4]), low], dim=1)  # (B, T, H/2, W/2, C)
         upd = self.temporal(aligned)
@@ -215,6 +220,17 @@ class ResolutionAlignBlock(nn.Module):
             self.ffn(self.norm_ffn(cls)), self.ffn(self.norm_ffn(high)), self.ffn(self.norm_ffn(low))
         )
         return cls + cls_ffn, high + high_ffn, low + low_ffn
+
+    def _saliency_only(self, cls: Tensor, high: Tensor) -> tuple[Tensor, Tensor, None]:
+        """`forward` without compressed frames: temporal attention over the saliency frames pooled to the
+        half grid (the size the compression would give), no low-resolution spatial attention."""
+        h, w = high.shape[2:4]
+        high = high + self.upsample(self.temporal(pool_to(high, ((h + 1) // 2, (w + 1) // 2))), (h, w))
+        cls_high, high_upd = self.spatial_high(cls, high)
+        cls = cls + cls_high.mean(dim=1, keepdim=True)
+        high = high + high_upd
+        cls_ffn, high_ffn = self.drop_path.shared(self.ffn(self.norm_ffn(cls)), self.ffn(self.norm_ffn(high)))
+        return cls + cls_ffn, high + high_ffn, None
 
 
 def pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:

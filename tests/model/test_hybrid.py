@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,38 @@ def test_k4_does_less_stem_work_than_no_compression(batch: int) -> None:
 
     k4, full = flops(PRESET), flops(uncompressed(PRESET))
     assert full / k4 >= 1.25, (full, k4)
+
+
+def small(**backbone: object):
+    """The shipped preset at 96 px and 4 frames (K=2): the same network, cheap to run."""
+    preset = get_preset("drca-lite0-224")
+    cfg = replace(preset, input=replace(preset.input, num_frames=4, img_size=96))
+    return replace(cfg, backbone=replace(cfg.backbone, num_saliency=2, **backbone))
+
+
+def test_keeping_every_frame_skips_the_empty_compressed_branch() -> None:
+    """K = T (the uncompressed twin): no compression and no low-resolution tokens (None rather than
+    zero-size tensors, which an exported graph cannot hold); each Resolution-Align layer computes what it
+    computes with an empty `low`, on an odd grid (3x3, half grid 2x2) and an even one (4x4)."""
+    torch.manual_seed(0)
+    cfg = small()
+    net = build_model(replace(cfg, backbone=replace(cfg.backbone, num_saliency=4))).eval()
+    for blk in net.align_blocks:  # not the zero init: the temporal attention contributes
+        torch.nn.init.normal_(blk.temporal.temporal_fc.weight, std=0.05)
+    compressed: list[int] = []
+    net.dccm.compression.register_forward_hook(lambda *args: compressed.append(1))
+    x = torch.randn(2, 3, 4, 96, 96)
+    with torch.no_grad():
+        served = net(x)
+        cached = net.forward_stem(net.stem_outputs(x))
+        assert not compressed and served.saliency_indices.tolist() == [[0, 1, 2, 3]] * 2
+        assert torch.allclose(served.embedding, cached.embedding, atol=1e-5)
+        blk, cls = net.align_blocks[0], torch.randn(2, 1, 192)
+        for grid, half in ((3, 2), (4, 2)):
+            high = torch.randn(2, 4, grid, grid, 192)
+            skipped, empty = blk(cls, high, None), blk(cls, high, high.new_zeros(2, 0, half, half, 192))
+            assert skipped[2] is None and empty[2].shape == (2, 0, half, half, 192)
+            assert torch.equal(skipped[0], empty[0]) and torch.equal(skipped[1], empty[1]), grid
 
 
 if __name__ == "__main__":

@@ -187,16 +187,29 @@ def test_drca_serve_runtime_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert result.exit_code == 2 and "bad setting runtime" in result.output
 
 
-def test_a_network_that_keeps_every_frame_is_refused_with_a_reason() -> None:
-    """K = T leaves the compressed branch empty (zero-size tensors), which OpenVINO's converter refuses:
-    one clear error rather than the converter's."""
-    from model.checkpoint import build_model, read_config_and_card
-    from model.export import to_openvino
+@pytest.mark.slow
+def test_a_network_that_keeps_every_frame_exports_and_matches_torch(tmp_path: Path, clips: dict[str, Tensor]) -> None:
+    """K = T (the uncompressed twin, the baseline of the DCCM's saving) has no compressed branch in its
+    graph: it exports through the service's compile path and gives torch's outputs, every frame kept."""
+    from model.checkpoint import build_model, load_checkpoint_files, read_checkpoint
     from model.presets import uncompressed
 
-    cfg = uncompressed(read_config_and_card(SHIPPED_CHECKPOINT)[0])
-    with pytest.raises(ValueError, match="keeps every frame.*runtime=torch"):
-        to_openvino(build_model(cfg).eval(), cfg)
+    files = read_checkpoint(SHIPPED_CHECKPOINT)
+    cfg = uncompressed(files.config)
+    assert cfg.backbone.num_saliency == cfg.input.num_frames == 8
+    net = build_model(cfg)
+    net.load_state_dict(load_checkpoint_files(files).model.state_dict())
+    net.eval()
+    compiled = inference.compile_openvino(net, cfg, files.sha256, tmp_path, "f32", torch.get_num_threads())
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    runner, reference = inference.OpenVINORunner(compiled), inference.TorchRunner(net, torch.device("cpu"))
+    for name in ("tiger", "batch"):
+        got, ref = runner(clips[name]), reference(clips[name])
+        assert got.embedding.shape == ref.embedding.shape == (len(clips[name]), 1280)
+        assert cosine(got.embedding, ref.embedding).min() >= 0.99999, name
+        np.testing.assert_array_equal(got.saliency_indices, np.tile(np.arange(8), (len(clips[name]), 1)))
+        np.testing.assert_array_equal(got.saliency_indices, ref.saliency_indices)
+        assert top5(got.logits) == top5(ref.logits), name
 
 
 def test_auto_is_openvino_on_a_cpu_and_torch_on_cuda() -> None:
