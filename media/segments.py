@@ -11,9 +11,10 @@ its first segments) and applied to each segment's frames (`ViewPlan.clips`). `vi
 whole video at once; the service's worker plans once and decodes a chunk of segments at a time
 (`plan_segments`, `decode_segments`), so its memory does not grow with a video's length.
 
-`DecodeTimes` (optional everywhere): where decoding's time goes, for the service's profile: the container
-and its frames (`decode`), the original view's preprocessing (`preprocess`), and the views' own work
-(`views`: finding the borders and the inner picture, the extra views' mirror, crop and preprocessing).
+`DecodeTimes` (optional everywhere): where decoding's time goes, for the service's profile: opening the
+container (`open`: the caller's), its frames (`decode`), the original view's preprocessing (`preprocess`),
+and the views' own work (`views`: finding the borders and the inner picture, the extra views' mirror, crop
+and preprocessing).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ PROBE_FRAMES = 16
 class DecodeTimes:
     """Seconds spent per stage while decoding one video (accumulated over its calls; not thread-safe)."""
 
-    decode: float = 0.0  # opening the container, reading its frame times, decoding the frames
+    open: float = 0.0  # opening the container: probing it, opening the decoder, planning the segments
+    decode: float = 0.0  # decoding the frames
     preprocess: float = 0.0  # the original view: crop to the active picture, resize, normalise, stack
     views: float = 0.0  # finding the borders and the inner picture; the extra views (mirror, inner crop)
 

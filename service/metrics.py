@@ -48,8 +48,9 @@ class ServiceMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         # the profile of the ingest and query paths (benchmarks/service.py reads it): seconds per item in each
-        # stage, by path (ingest, reindex, query: a video query, classify) and stage (decode: container and
-        # frames; preprocess; views: borders, inner picture, extra views; forward: the item's share of its
+        # stage, by path (ingest, reindex, query: a video query, classify) and stage (open: probing the
+        # container, opening the decoder, planning the segments; decode: the frames; preprocess; views:
+        # borders, inner picture, extra views; forward: the item's share of its
         # batches; text: metadata embedding; index: the durable add; commit: the records; spool: the query's
         # upload read; search: the index search of its views). Stages are disjoint; what they leave out of an
         # item's time is waiting (queues, batching), HTTP and bookkeeping

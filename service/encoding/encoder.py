@@ -153,7 +153,7 @@ class VideoEncoder:
                 check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
             else:
                 planned = list(plan.segments)
-            times.decode += time.perf_counter() - t0
+            times.open += time.perf_counter() - t0
             view_plan, probed = plan_views(reader, planned, self.config.input,
                                            remove_borders=self.settings.remove_borders, views=views,
                                            picture=self.settings.picture, times=times)

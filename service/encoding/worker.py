@@ -121,11 +121,12 @@ class _Work:
         return "query" if self.query else "classify"
 
     def decode_timings(self) -> dict[str, float]:
-        """Seconds spent decoding (container and frames), preprocessing and on the views, so far."""
+        """Seconds spent opening the video, decoding its frames, preprocessing and on the views, so far."""
         t = self.video.times if self.video is not None else None
         if t is None:
             return {"decode_s": round(self.decode_s, 4)}
-        return {"decode_s": round(t.decode, 4), "preprocess_s": round(t.preprocess, 4), "views_s": round(t.views, 4)}
+        return {"open_s": round(t.open, 4), "decode_s": round(t.decode, 4), "preprocess_s": round(t.preprocess, 4),
+                "views_s": round(t.views, 4)}
 
     @property
     def sync(self) -> bool:
@@ -494,7 +495,7 @@ class EncoderWorker:
     def _stage_times(w: _Work) -> dict[str, float]:
         """Its decoding and forward times, split by stage (unrounded: the metrics sum them)."""
         t = w.video.times
-        return {"decode_s": t.decode, "preprocess_s": t.preprocess, "views_s": t.views,
+        return {"open_s": t.open, "decode_s": t.decode, "preprocess_s": t.preprocess, "views_s": t.views,
                 "forward_s": w.timings.get("forward_s", 0.0)}
 
     def _observe(self, w: _Work, extra: dict[str, float] | None = None) -> None:
