@@ -51,7 +51,8 @@ class ServiceMetrics:
         # stage, by path (ingest, reindex, query: a video query, classify) and stage (open: probing the
         # container, opening the decoder, planning the segments; decode: the frames; preprocess; views:
         # borders, inner picture, extra views; forward: the item's share of its
-        # batches; text: metadata embedding; index: the durable add; commit: the records; spool: the query's
+        # batches; text: metadata embedding; index: the durable add; commit: the records up to the job's own
+        # (recorded before it is marked done, a reply before it is sent); spool: the query's
         # upload read; search: the index search of its views). Stages are disjoint; what they leave out of an
         # item's time is waiting (queues, batching), HTTP and bookkeeping
         self.stage_seconds = Histogram(

@@ -532,12 +532,12 @@ class EncoderWorker:
                 text_emb = self._metadata_embedding(w.record)
                 text_s = time.perf_counter() - t0
                 timings = {k: round(v, 4) for k, v in w.timings.items()} | {"text_s": round(text_s, 4)}
-                t0 = time.perf_counter()
                 committed = self.catalog.complete(
                     w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
                     w.video.duration, text_emb, timings, still_current=lambda: w.encoder is self.encoder,
+                    before_done=lambda t: self._observe(w, {"text_s": text_s, "index_s": t["index_s"],
+                                                            "commit_s": t["commit_s"]}),
                 )
-                complete_s = time.perf_counter() - t0
                 if not committed:  # a reindex switched models meanwhile: embed it again with the new one
                     log.info("job %d was embedded by the previous model; queued again", w.item.job_id)
                     self.broker.release(w.item)
@@ -547,13 +547,11 @@ class EncoderWorker:
                 self._job_finished()
                 if self.metrics:
                     self.metrics.jobs_finished.labels("done").inc()
-                index_s = timings.get("index_s", 0.0)
-                self._observe(w, {"text_s": text_s, "index_s": index_s, "commit_s": max(0.0, complete_s - index_s)})
             else:
+                self._observe(w)  # before the reply: whoever has the answer sees its stages recorded
                 self.broker.reply(w.item, InferenceResult(
                     probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration,
                     views=w.video.views, boxes=w.video.boxes))
-                self._observe(w)
         except Exception as e:
             self._finish_error(w.item, e, w.timings)
 

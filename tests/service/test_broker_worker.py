@@ -137,7 +137,7 @@ class FakeCatalog:
         return True
 
     def complete(self, job, segments, vectors, probs, class_names, duration, text_emb, timings,
-                 still_current=None) -> bool:
+                 still_current=None, before_done=None) -> bool:
         assert still_current is None or still_current()  # no reindex switched the model here
         self.done[job.job_id] = (len(segments), vectors)
         if len(self.done) == self.expected:

@@ -72,9 +72,8 @@ def test_an_ingest_job_records_every_stage_and_the_metrics_add_them_up(profiled,
     prof = profile_delta(read_profile(profiled.get("/metrics").text), before)["ingest"]
     for stage in (*DECODE_STAGES, "text", "index", "commit"):
         assert prof["items"][stage] == 1, (stage, prof)
-    for stage in DECODE_STAGES + ("index",):
+    for stage in (*DECODE_STAGES, "text", "index", "commit"):  # recorded before the job was marked done
         assert prof["seconds"][stage] == pytest.approx(t[f"{stage}_s"], abs=1e-4), stage
-    assert prof["seconds"]["commit"] >= t["commit_s"] - 1e-4  # the metric includes the job's own record
     assert prof["clips"] == {"original": len(video["segments"])} and len(video["segments"]) == 2
 
 
