@@ -10,10 +10,16 @@ image, the inner picture of a picture-in-picture) are planned once per video (`p
 its first segments) and applied to each segment's frames (`ViewPlan.clips`). `view_clips` does it for a
 whole video at once; the service's worker plans once and decodes a chunk of segments at a time
 (`plan_segments`, `decode_segments`), so its memory does not grow with a video's length.
+
+`DecodeTimes` (optional everywhere): where decoding's time goes, for the service's profile: opening the
+container (`open`: the caller's), its frames (`decode`), the original view's preprocessing (`preprocess`),
+and the views' own work (`views`: finding the borders and the inner picture, the extra views' mirror, crop
+and preprocessing).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +35,16 @@ from model.config import InputConfig
 View = Literal["original", "mirrored", "inner"]
 PROBE_SEGMENTS = 2  # borders and the inner picture are found on the frames of the first segments
 PROBE_FRAMES = 16
+
+
+@dataclass
+class DecodeTimes:
+    """Seconds spent per stage while decoding one video (accumulated over its calls; not thread-safe)."""
+
+    open: float = 0.0  # opening the container: probing it, opening the decoder, planning the segments
+    decode: float = 0.0  # decoding the frames
+    preprocess: float = 0.0  # the original view: crop to the active picture, resize, normalise, stack
+    views: float = 0.0  # finding the borders and the inner picture; the extra views (mirror, inner crop)
 
 
 def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0) -> list[Segment]:
@@ -62,8 +78,9 @@ class ViewPlan:
                 out[v] = self.active
         return out
 
-    def clips(self, frames: Tensor) -> list[Tensor]:
+    def clips(self, frames: Tensor, times: DecodeTimes | None = None) -> list[Tensor]:
         """One segment's decoded frames -> its preprocessed clip in every view, in ``views`` order."""
+        t0 = time.perf_counter()
         frames = crop(frames, self.active)
         out = []
         for v in self.views:
@@ -76,12 +93,19 @@ class ViewPlan:
                 x = crop(frames, self.inner)
             clip = preprocess(x, self.inp, self.fit)
             out.append(grey_normalised(clip) if self.picture == "grey" else clip)
+            if times is not None:
+                t1 = time.perf_counter()
+                if v == "original":
+                    times.preprocess += t1 - t0
+                else:
+                    times.views += t1 - t0
+                t0 = t1
         return out
 
 
 def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: Fit = "crop",
                remove_borders: bool = False, views: tuple[View, ...] = ("original",),
-               picture: Picture = "rgb") -> tuple[ViewPlan, list[Tensor]]:
+               picture: Picture = "rgb", times: DecodeTimes | None = None) -> tuple[ViewPlan, list[Tensor]]:
     """Find the active picture (when ``remove_borders``) and the inner picture (when ``inner`` is asked
     for) on frames of the first ``PROBE_SEGMENTS`` segments. Returns the plan and those segments' decoded
     frames (so they are not decoded twice). Unknown view names are a ValueError."""
@@ -89,7 +113,11 @@ def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: 
         if v not in ("original", "mirrored", "inner"):
             raise ValueError(f"unknown view {v!r}")
     info = reader.info
+    t0 = time.perf_counter()
     head = [reader.get_frames(s.indices).frames for s in segs[:PROBE_SEGMENTS]]
+    t1 = time.perf_counter()
+    if times is not None:
+        times.decode += t1 - t0
     full = Box(0, 0, info.width, info.height)
     if head and (head[0].shape[2], head[0].shape[1]) != (info.width, info.height):  # rotated upright
         full = Box(0, 0, int(head[0].shape[2]), int(head[0].shape[1]))
@@ -101,13 +129,27 @@ def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: 
     active = active_box(probe) if remove_borders else full
     inner = inner_box(crop(probe, active)) if "inner" in views else None
     present = tuple(v for v in views if v != "inner" or inner is not None)
+    if times is not None:
+        times.views += time.perf_counter() - t1
     return ViewPlan(present, active, inner, (full.w, full.h), inp, fit, picture), head
 
 
-def decode_segments(reader: VideoReader, segs: list[Segment], plan: ViewPlan) -> Tensor:
+def decode_segments(reader: VideoReader, segs: list[Segment], plan: ViewPlan,
+                    times: DecodeTimes | None = None) -> Tensor:
     """Decode exactly the frames of these segments (one `get_frames` call per segment) and preprocess
     them in every view of ``plan``: clips ``(len(segs) * len(plan.views), C, T, H, W)``, segment-major."""
-    return torch.stack([c for s in segs for c in plan.clips(reader.get_frames(s.indices).frames)])
+    clips: list[Tensor] = []
+    for s in segs:
+        t0 = time.perf_counter()
+        frames = reader.get_frames(s.indices).frames
+        if times is not None:
+            times.decode += time.perf_counter() - t0
+        clips.extend(plan.clips(frames, times))
+    t0 = time.perf_counter()
+    out = torch.stack(clips)
+    if times is not None:
+        times.preprocess += time.perf_counter() - t0
+    return out
 
 
 @dataclass

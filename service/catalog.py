@@ -398,10 +398,15 @@ class Catalog:
 
     def complete(self, job: IngestJob, segments: list[Span], vectors: np.ndarray, probs: np.ndarray | None,
                  class_names: list[str], duration: float, text_embedding: np.ndarray | None,
-                 timings: dict[str, float], still_current: Callable[[], bool] | None = None) -> bool:
+                 timings: dict[str, float], still_current: Callable[[], bool] | None = None,
+                 before_done: Callable[[dict[str, float]], None] | None = None) -> bool:
         """Record a finished job: labels, all its segments in one durable index add, status. False (nothing
         written) when `still_current` says, under the lock, that the vectors' model is no longer the index's
-        (an online reindex switched meanwhile)."""
+        (an online reindex switched meanwhile). Adds to `timings` (and records with the job): `index_s` (the
+        durable index add), `commit_s` (the rest of this call, the lock's wait included, up to the job's
+        own record) and `total_s` (upload acknowledged -> done); `before_done` sees them just before the job
+        is marked done (so whoever sees it done sees what was recorded)."""
+        t_start = time.perf_counter()
         labels = top_labels(probs, class_names, self.stored_labels) if probs is not None else []
         extra: dict[str, Any] = {"segments": len(segments)}
         if text_embedding is not None:
@@ -416,11 +421,14 @@ class Catalog:
                 return True
             t0 = time.perf_counter()
             self.index.add_video(job.video_id, segments, vectors)  # all segments, one durable write
-            timings = {**timings, "index_s": round(time.perf_counter() - t0, 4)}
+            index_s = time.perf_counter() - t0
             if video.status != "indexed":
                 self.store.set_status(job.video_id, "indexed")
             created = self.store.get_job(job.job_id).created_at
-            timings = {**timings, "total_s": round(time.time() - created, 4)}  # upload acknowledged -> done
+            timings.update(index_s=round(index_s, 4), commit_s=round(time.perf_counter() - t_start - index_s, 4),
+                           total_s=round(time.time() - created, 4))  # total: upload acknowledged -> done
+            if before_done is not None:
+                before_done(timings)
             self.store.set_job_status(job.job_id, "done", timings=timings)
             self.text.put(video)
             return True

@@ -14,6 +14,7 @@ a video shorter than one clip still gives one segment spread over the whole vide
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 
 from indexer import Span
 from media.sampling import Segment
-from media.segments import ViewPlan, decode_segments, plan_segments, plan_views
+from media.segments import DecodeTimes, ViewPlan, decode_segments, plan_segments, plan_views
 from media.video import VideoReader, open_video, reopen_video
 from model.checkpoint import CheckpointFiles, load_checkpoint_files, read_checkpoint
 from service.encoding.inference import open_runner
@@ -31,6 +32,10 @@ from service.errors import TEXT_SEARCH_OFF, TextSearchDisabled
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: decord's threads per open video: the worker decodes `decode_threads` videos at once, each on one thread
+#: (the thread split: docs/api.md#threads)
+DECODER_THREADS = 1
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -53,11 +58,13 @@ class DecodedVideo:
 class OpenedVideo:
     """A validated video, its planned segments and views. Its rows are every segment in every view of
     the plan, segment-major (one row per segment for an indexed video); `clips(a, b)` decodes rows
-    a..b-1 only, so the worker holds one chunk of a long video at a time. Not thread-safe (one decoder)."""
+    a..b-1 only, so the worker holds one chunk of a long video at a time. Not thread-safe (one decoder).
+    `times`: the seconds spent so far decoding, preprocessing and on the views (opening it included)."""
 
     def __init__(self, reader: VideoReader, planned: list[Segment], plan: ViewPlan, query: bool,
-                 probed: list[torch.Tensor] | None = None) -> None:
+                 probed: list[torch.Tensor] | None = None, times: DecodeTimes | None = None) -> None:
         self._reader, self._planned, self._plan = reader, planned, plan
+        self.times = times or DecodeTimes()
         # frames plan_views decoded for the probe, by segment: used once, so nothing is decoded twice
         self._probed: dict[int, torch.Tensor] = dict(enumerate(probed or []))
         n_views = len(plan.views)
@@ -73,15 +80,22 @@ class OpenedVideo:
         first, last = start // n_views, (stop - 1) // n_views + 1
         # a chunk that ends inside the last segment's views leaves the rest of them to the next chunk
         keep_last = stop % n_views != 0
-        rows = torch.cat([self._segment_rows(i, keep=keep_last and i == last - 1) for i in range(first, last)])
-        return rows[start - first * n_views : stop - first * n_views]
+        parts = [self._segment_rows(i, keep=keep_last and i == last - 1) for i in range(first, last)]
+        t0 = time.perf_counter()
+        rows = torch.cat(parts)[start - first * n_views : stop - first * n_views]
+        self.times.preprocess += time.perf_counter() - t0
+        return rows
 
     def _segment_rows(self, i: int, keep: bool) -> torch.Tensor:
         """Segment i in every view: from the probe's frames (used up unless `keep`), else decoded."""
         frames = self._probed.get(i) if keep else self._probed.pop(i, None)
         if frames is None:
-            return decode_segments(self._reader, self._planned[i : i + 1], self._plan)
-        return torch.stack(self._plan.clips(frames))
+            return decode_segments(self._reader, self._planned[i : i + 1], self._plan, self.times)
+        clips = self._plan.clips(frames, self.times)
+        t0 = time.perf_counter()
+        out = torch.stack(clips)
+        self.times.preprocess += time.perf_counter() - t0
+        return out
 
     def close(self) -> None:
         self._reader.close()
@@ -129,20 +143,24 @@ class VideoEncoder:
         views = ("original", *self.settings.query_views) if query else ("original",)
         num_frames = self.config.input.num_frames
         planned_here = plan is None or not plan.fits(num_frames, self.settings.segment_fps)
-        reader = open_video(path, self.limits) if planned_here else reopen_video(path, plan.probe, self.limits)
+        times = DecodeTimes()
+        t0 = time.perf_counter()
+        reader = (open_video(path, self.limits, num_threads=DECODER_THREADS) if planned_here
+                  else reopen_video(path, plan.probe, self.limits, num_threads=DECODER_THREADS))
         try:
             if planned_here:
                 planned = plan_segments(reader, num_frames, self.settings.segment_fps)
                 check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
             else:
                 planned = list(plan.segments)
+            times.open += time.perf_counter() - t0
             view_plan, probed = plan_views(reader, planned, self.config.input,
                                            remove_borders=self.settings.remove_borders, views=views,
-                                           picture=self.settings.picture)
+                                           picture=self.settings.picture, times=times)
         except BaseException:
             reader.close()
             raise
-        return OpenedVideo(reader, planned, view_plan, query, probed)
+        return OpenedVideo(reader, planned, view_plan, query, probed, times)
 
     def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
         """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""
@@ -152,6 +170,15 @@ class VideoEncoder:
                                 views=video.views, boxes=video.boxes)
         finally:
             video.close()
+
+    def describe(self) -> dict[str, str]:
+        """What runs the forward pass, for the metrics (`drca_encoder_info`) and the benchmarks."""
+        runtime = self.runner.name
+        return {"runtime": runtime, "device": self.device.type, "model": self.config.name,
+                "precision": self.settings.runtime_precision if runtime == "openvino" else "f32",
+                "encoder_threads": str(self.runner.threads), "torch_threads": str(torch.get_num_threads()),
+                "torch_interop_threads": str(torch.get_num_interop_threads()),
+                "decoder_threads_per_video": str(DECODER_THREADS)}
 
     # the model ---------------------------------------------------------------------------------
     def forward(self, clips: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:

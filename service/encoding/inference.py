@@ -56,6 +56,11 @@ class ForwardOutput:
 class Runner(Protocol):
     name: RuntimeName
 
+    @property
+    def threads(self) -> int:
+        """The threads its forward pass runs on (CPU)."""
+        ...
+
     def __call__(self, clips: torch.Tensor) -> ForwardOutput:
         """clips (N, 3, T, S, S) float32, normalised -> the network's outputs."""
         ...
@@ -73,6 +78,10 @@ class TorchRunner:
     def __init__(self, net: nn.Module, device: torch.device) -> None:
         self.net, self.device = net, device
 
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
     @torch.inference_mode()
     def __call__(self, clips: torch.Tensor) -> ForwardOutput:
         out = self.net(clips.to(self.device, non_blocking=True))
@@ -89,6 +98,10 @@ class OpenVINORunner:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self._names = [o.get_any_name() for o in compiled.outputs]
+
+    @property
+    def threads(self) -> int:
+        return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
 
     def __call__(self, clips: torch.Tensor) -> ForwardOutput:
         x = np.ascontiguousarray(clips.detach().cpu().numpy(), dtype=np.float32)

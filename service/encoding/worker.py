@@ -110,7 +110,23 @@ class _Work:
     failed: bool = False  # failed and out of its lane (a decode thread may still hold it)
     emb: list[np.ndarray] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
-    decode_s: float = 0.0
+    decode_s: float = 0.0  # opening and decoding its chunks, all stages (split in `video.times`)
+    view_clips: dict[str, int] = field(default_factory=dict)  # clips forwarded, by view
+
+    @property
+    def stage_path(self) -> str:
+        """Its path in the profile (`drca_stage_seconds`): ingest, reindex, query (a video query) or classify."""
+        if isinstance(self.item, IngestJob):
+            return "ingest" if self.item.generation is None else "reindex"
+        return "query" if self.query else "classify"
+
+    def decode_timings(self) -> dict[str, float]:
+        """Seconds spent opening the video, decoding its frames, preprocessing and on the views, so far."""
+        t = self.video.times if self.video is not None else None
+        if t is None:
+            return {"decode_s": round(self.decode_s, 4)}
+        return {"open_s": round(t.open, 4), "decode_s": round(t.decode, 4), "preprocess_s": round(t.preprocess, 4),
+                "views_s": round(t.views, 4)}
 
     @property
     def sync(self) -> bool:
@@ -186,6 +202,9 @@ class EncoderWorker:
             t.start()
         if self.metrics:
             self.metrics.worker_up.set(1)
+            s = self.settings
+            self.metrics.encoder_info.info({**self.encoder.describe(), "batch_size": str(s.batch_size),
+                                            "decode_threads": str(s.decode_threads), "max_wait_ms": f"{s.max_wait_ms:g}"})
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, finish what was taken, then return."""
@@ -277,7 +296,7 @@ class EncoderWorker:
             busy = w.busy
         if not busy:
             self._close(w)
-        self._finish_error(w.item, exc, {**w.timings, "decode_s": round(w.decode_s, 4)})
+        self._finish_error(w.item, exc, {**w.timings, **w.decode_timings()})
 
     def _remove(self, w: _Work) -> None:
         """Take a finished or failed item out of its lane, releasing its decoded clips (lock held)."""
@@ -455,7 +474,10 @@ class EncoderWorker:
                 w.emb.append(emb[i : i + k])
                 if probs is not None:
                     w.probs.append(probs[i : i + k])
-                w.timings["forward_s"] = round(w.timings.get("forward_s", 0.0) + dt * k / n, 4)
+                w.timings["forward_s"] = w.timings.get("forward_s", 0.0) + dt * k / n  # its share of the batch
+                views = w.video.views[w.forwarded : w.forwarded + k] if w.video.views else ["original"] * k
+                for v in views:
+                    w.view_clips[v] = w.view_clips.get(v, 0) + 1
                 w.forwarded += k
                 i += k
                 if w.complete and w not in finished:
@@ -463,11 +485,28 @@ class EncoderWorker:
             for w in finished:
                 self._remove(w)
         for w in finished:
-            w.timings["decode_s"] = round(w.decode_s, 4)
+            w.timings.update(self._stage_times(w))
             if w.sync:
                 self._finish(w)  # the reply, now: nothing to write, and never queued behind an ingest commit
             else:
                 self._done.put(w)
+
+    @staticmethod
+    def _stage_times(w: _Work) -> dict[str, float]:
+        """Its decoding and forward times, split by stage (unrounded: the metrics sum them)."""
+        t = w.video.times
+        return {"open_s": t.open, "decode_s": t.decode, "preprocess_s": t.preprocess, "views_s": t.views,
+                "forward_s": w.timings.get("forward_s", 0.0)}
+
+    def _observe(self, w: _Work, extra: dict[str, float] | None = None) -> None:
+        """Its stage times and clips into the profile metrics (`drca_stage_seconds`, `drca_encoder_clips`)."""
+        if self.metrics is None:
+            return
+        path = w.stage_path
+        for key, seconds in {**self._stage_times(w), **(extra or {})}.items():
+            self.metrics.stage_seconds.labels(path, key.removesuffix("_s")).observe(seconds)
+        for view, n in w.view_clips.items():
+            self.metrics.encoder_clips.labels(path, view).inc(n)
 
     # stage 4: index + mark done / reply ---------------------------------------------------------
     def _commit(self) -> None:
@@ -487,11 +526,17 @@ class EncoderWorker:
                 self.reindex.complete(w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
                                       w.video.duration)
                 self._job_finished()
+                self._observe(w)
             elif isinstance(w.item, IngestJob):
+                t0 = time.perf_counter()
                 text_emb = self._metadata_embedding(w.record)
+                text_s = time.perf_counter() - t0
+                timings = {k: round(v, 4) for k, v in w.timings.items()} | {"text_s": round(text_s, 4)}
                 committed = self.catalog.complete(
                     w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
-                    w.video.duration, text_emb, {**w.timings}, still_current=lambda: w.encoder is self.encoder,
+                    w.video.duration, text_emb, timings, still_current=lambda: w.encoder is self.encoder,
+                    before_done=lambda t: self._observe(w, {"text_s": text_s, "index_s": t["index_s"],
+                                                            "commit_s": t["commit_s"]}),
                 )
                 if not committed:  # a reindex switched models meanwhile: embed it again with the new one
                     log.info("job %d was embedded by the previous model; queued again", w.item.job_id)
@@ -503,6 +548,7 @@ class EncoderWorker:
                 if self.metrics:
                     self.metrics.jobs_finished.labels("done").inc()
             else:
+                self._observe(w)  # before the reply: whoever has the answer sees its stages recorded
                 self.broker.reply(w.item, InferenceResult(
                     probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration,
                     views=w.video.views, boxes=w.video.boxes))
@@ -526,6 +572,7 @@ class EncoderWorker:
 
     def _finish_error(self, item: WorkItem, exc: BaseException, timings: dict[str, float]) -> None:
         err = to_service_error(exc)
+        timings = {k: round(v, 4) for k, v in timings.items()}
         if isinstance(item, IngestJob):
             self._job_finished()
         if isinstance(item, IngestJob) and item.generation is not None:

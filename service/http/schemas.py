@@ -81,7 +81,8 @@ class JobResponse(BaseModel):
     status: JobStatus
     error: str | None = None
     created_at: float
-    timings: dict[str, float] = Field(description="Seconds per stage: queue_wait_s, decode_s, forward_s, ...")
+    timings: dict[str, float] = Field(description="Seconds per stage: queue_wait_s, open_s, decode_s, "
+                                      "preprocess_s, views_s, forward_s, text_s, index_s, commit_s, total_s")
 
 
 class LabelOut(BaseModel):

@@ -3,14 +3,15 @@ reindex, on the local backend (`drca serve` without Redis)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from service.active import Active, read_serving_checkpoint
 from service.backends.parts import Part
-from service.encoding.encoder import VideoEncoder
+from service.encoding.encoder import DECODER_THREADS, VideoEncoder
 from service.encoding.worker import EncoderWorker
 from service.metrics import ServiceMetrics
 from service.reindex import OnlineReindex
@@ -18,6 +19,11 @@ from service.roles.gateway import Front, Service, open_serving
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def encoder_threads(settings: Settings, leave_a_core: bool, cores: int | None = None) -> int:
@@ -28,9 +34,43 @@ def encoder_threads(settings: Settings, leave_a_core: bool, cores: int | None = 
         return settings.torch_threads
     if not leave_a_core:
         return 0
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, (cores or usable_cores()) - 1)
+
+
+@dataclass(frozen=True)
+class ThreadSplit:
+    """How the embedded service's work shares the cores (docs/api.md#threads). On 2 cores: the encoder
+    1 thread, 2 decode threads of 1 decord thread each, and the gateway's request threads, which mostly
+    wait (a query's work runs in the worker; ingest steps wait while a query is in flight)."""
+
+    cores: int
+    encoder: int  # OpenVINO's INFERENCE_NUM_THREADS, and torch's intra-op pool: the torch runtime's forward
+    # pass, and under OpenVINO torch's own ops (preprocessing in the decode threads, the MiniLM text encoder)
+    decoders: int  # videos decoded at once (`decode_threads`)
+    per_decoder: int  # decord's threads per video (`DECODER_THREADS`)
+    interop: int  # torch's inter-op pool: the service forks no torch work, so one thread
+
+
+def thread_split(settings: Settings, cores: int | None = None) -> ThreadSplit:
+    """The embedded service's split for `cores` (default: this process's affinity)."""
+    cores = cores or usable_cores()
+    return ThreadSplit(cores, encoder_threads(settings, leave_a_core=True, cores=cores), settings.decode_threads,
+                       DECODER_THREADS, 1)
+
+
+def apply_thread_split(split: ThreadSplit, settings: Settings) -> None:
+    """Set torch's pools to the split before the encoder is built (OpenVINO takes torch's intra-op count). A
+    `torch_threads` setting is applied by the encoder itself; the inter-op pool can be set once per process,
+    before any inter-op work (a second embedded service in the same process keeps the first's)."""
+    import torch
+
+    if not settings.torch_threads:
+        torch.set_num_threads(split.encoder)
+    if torch.get_num_interop_threads() != split.interop:
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(split.interop)
+    log.info("threads on %d cores: encoder %d, %d decode threads x %d decord thread, torch inter-op %d",
+             split.cores, split.encoder, split.decoders, split.per_decoder, torch.get_num_interop_threads())
 
 
 def build_embedded(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:
@@ -40,12 +80,7 @@ def build_embedded(settings: Settings, metrics: ServiceMetrics | None = None) ->
     files = read_serving_checkpoint(settings.checkpoint, weights=True)
     with ExitStack() as stack:
         backend, generation = open_serving(settings, files, stack)
-        threads = encoder_threads(settings, leave_a_core=True)
-        if threads and not settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(threads)
-            log.info("encoder: %d torch threads (one core left to the gateway)", threads)
+        apply_thread_split(thread_split(settings), settings)
         active = Active(replace(generation, encoder=VideoEncoder(settings, files)))
         front = Front.build(settings, metrics, backend, active)
         stack.pop_all()

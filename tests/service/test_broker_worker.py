@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from indexer import Span
+from media.segments import DecodeTimes
 from model.checkpoint import ModelCard
 from service.active import Active, ActiveGeneration
 from service.broker import InferenceRequest, InferenceResult, IngestJob, InProcessBroker
@@ -74,6 +75,7 @@ class FakeVideo:
 
     def __init__(self, encoder: FakeEncoder) -> None:
         self.encoder = encoder
+        self.times = DecodeTimes()  # what a real video records while it is decoded (nothing, here)
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
         enc = self.encoder
@@ -135,7 +137,7 @@ class FakeCatalog:
         return True
 
     def complete(self, job, segments, vectors, probs, class_names, duration, text_emb, timings,
-                 still_current=None) -> bool:
+                 still_current=None, before_done=None) -> bool:
         assert still_current is None or still_current()  # no reindex switched the model here
         self.done[job.job_id] = (len(segments), vectors)
         if len(self.done) == self.expected:
@@ -197,6 +199,7 @@ class LongVideo:
 
     def __init__(self, held: HeldClips, n: int) -> None:
         self.held, self.segments, self.duration = held, [Span(i, i + 1) for i in range(n)], float(n)
+        self.times = DecodeTimes()
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
         return self.held.track(torch.zeros(stop - start, 3, 2, 4, 4))
@@ -296,6 +299,7 @@ class StepVideo:
 
     def __init__(self, encoder: StepEncoder, n: int) -> None:
         self.encoder, self.segments, self.duration = encoder, [Span(i, i + 1) for i in range(n)], float(n)
+        self.times = DecodeTimes()
 
     def clips(self, start: int, stop: int) -> torch.Tensor:
         self.encoder.record("decode")

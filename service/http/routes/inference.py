@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -11,6 +13,7 @@ from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, Te
 from service.http.deps import (
     ActiveDep,
     CatalogDep,
+    MetricsDep,
     QueriesDep,
     SearchDep,
     SettingsDep,
@@ -132,9 +135,11 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
     "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
     "SearchRequest"), responses=ERRORS)
 async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep,
-                 settings: SettingsDep) -> SearchResponse:
+                 settings: SettingsDep, metrics: MetricsDep) -> SearchResponse:
     """Ranked videos for a video or text query; each hit names its best-matching segment."""
+    t0 = time.perf_counter()
     form, data = await _read(request, settings)
+    spool_s = time.perf_counter() - t0
     with queries.serving():  # ingest waits while a query is in flight (service/priority.py)
         try:
             req = _validated(SearchRequest, data)
@@ -157,13 +162,24 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
                 else:
                     query = await run_in_threadpool(svc.stored_query, req.video_id)
                     exclude.add(req.video_id)  # "more like this": not the video itself
-                matches = await run_in_threadpool(svc.video_query, query, req.k, req.min_score, exclude)
+                matches, search_s = await run_in_threadpool(_timed, svc.video_query, query, req.k, req.min_score,
+                                                            exclude)
                 kind = "video"
+                if has_file:  # an uploaded video query: its gateway stages (the worker records the others)
+                    metrics.stage_seconds.labels("query", "spool").observe(spool_s)
+                    metrics.stage_seconds.labels("query", "search").observe(search_s)
         finally:
             if form is not None:
                 form.discard()
         ext = await run_in_threadpool(external_ids, catalog, matches)
         return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
+
+
+def _timed(fn, *args):
+    """fn(*args) and the seconds it took."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
 
 
 def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
