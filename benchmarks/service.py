@@ -202,8 +202,8 @@ async def job_peak_rss(url: str, pid: int, path: Path) -> dict:
 
 
 async def queries_while_ingesting(url: str, path: Path, queries: list[Path], texts: list[str]) -> dict:
-    """Text and video queries, one at a time, from the moment the long video's job runs until it is done.
-    A query that fails (503 after `inference_timeout_s`, say) is counted in `errors`, not timed."""
+    """Text and video queries, one at a time, from the moment the long video's job runs until it is done
+    (at least one of each kind, so a job that ends early still gives both). A query that fails (503 after `inference_timeout_s`, say) is counted in `errors`, not timed."""
     lat: dict[str, list[float]] = {"text": [], "video": []}
     errors: dict[str, dict[str, int]] = {"text": {}, "video": {}}
     async with httpx.AsyncClient(base_url=url, timeout=600) as c:
@@ -212,7 +212,7 @@ async def queries_while_ingesting(url: str, path: Path, queries: list[Path], tex
         async def query_loop(_job_id: int) -> None:
             async def run() -> None:
                 i = 0
-                while not done.is_set():
+                while i < 2 or not done.is_set():
                     t0 = time.perf_counter()
                     if i % 2 == 0:
                         r = await c.post("/v1/search", json={"text": texts[i // 2 % len(texts)], "k": 10})
