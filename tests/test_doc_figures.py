@@ -67,6 +67,7 @@ OUT_OF_NEXT = re.compile(r"\s+of\s+(?:the\s+|its\s+)?\d")  # "7 of 7", "29 of th
 OUT_OF_PREV = re.compile(r"\d\s+of\s+(?:the\s+|its\s+)?$")  # ... and its total
 # not a figure: a bound (a target, a tolerance, a limit), an arXiv id, a section number, a version after v
 NOT_A_FIGURE_BEFORE = re.compile(r"(?:[≤≥<>]=?|\barXiv|\bsection|§)\s*$")
+INLINE_CODE = re.compile(r"`(?:[^`\n]|\n(?![ \t]*\n))*`")
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
 LINK_TARGET = re.compile(r"\]\([^)\s]*\)|<?https?://[^\s)>]+>?")
 # the path of the figure that follows: `<!-- @a.b[0] -->`, or a ratio's two: `<!-- @a / @b -->`
@@ -110,7 +111,8 @@ def resolve(data: object, path: str) -> float:
 
 
 def _strip_code(text: str) -> str:
-    return re.sub(r"`[^`\n]*`", lambda m: " " * len(m.group(0)), text)
+    """`text` without its inline code (which may run over a line break, not over a blank line)."""
+    return _blank(INLINE_CODE, text)
 
 
 def _blank(pattern: re.Pattern[str], text: str) -> str:
