@@ -29,8 +29,9 @@ number written as a measurement is written:
 - a count out of a total (`7 of 7`, `29 of the 34`).
 Other integers (`8 frames`, `K = 4`, `HTTP 422`, `224 px`, `2-core`) are not figures. Not figures either,
 and the whole list of exemptions:
-- code: fenced blocks and inline code (commands, settings and their defaults, parameters, worked examples
-  and derived arithmetic are written as code), and HTML comments;
+- code: fenced blocks and inline code (commands, settings and their defaults, parameters, worked examples,
+  derived arithmetic and constants the code holds, such as the paper's figures in `model.cli.SEED_GFLOPS`,
+  are written as code), and HTML comments;
 - URLs and Markdown link targets;
 - in tables, the header row and the first column (the row's label), as inside the markers;
 - a bound: a number right after a comparison sign (`≥ 0.97`, `<= 400 ms`: a target, a tolerance, a limit);
@@ -192,8 +193,8 @@ def is_figure(line: str, m: re.Match[str]) -> bool:
     before, after = line[: m.start()], line[m.end():]
     if NOT_A_FIGURE_BEFORE.search(before):
         return False
-    return bool("." in raw or unit or (not unit and MEASURE_UNIT.match(after))
-                or OUT_OF_NEXT.match(after) or OUT_OF_PREV.search(before))
+    return bool("." in raw or unit or MEASURE_UNIT.match(after) or OUT_OF_NEXT.match(after)
+                or OUT_OF_PREV.search(before))
 
 
 def stray_figures(doc: Path, text: str) -> list[str]:
