@@ -185,6 +185,9 @@ def copy_metrics(scores: np.ndarray, cs: CopySet, queries: list[str], database: 
         "per_query": {q: {"top": _finite(top[i]), "source": _finite(source[i]) if copy[i] else None}
                       for i, q in enumerate(queries)},
     }
+    if not np.isfinite(no_copy_top).any():  # no no-copy query (or none scored): no threshold to choose
+        out["at_target"] = None
+        return out
     t = threshold_at_fpr(no_copy_top, fpr)
     out["at_target"] = {"fpr_target": fpr, **_rates(rates_at(t, no_copy_top, copy_source)),
                         "fpr_by_no_copy_source": _by_source(cs, queries, copy, top, t)}
@@ -248,10 +251,10 @@ def calibrated_thresholds(path: Path | None, fpr: float) -> dict[str, float]:
     doc = json.loads(path.read_text())["results"]
     out = {}
     for name, m in doc["methods"].items():
-        if m.get("at_target", {}).get("fpr_target") == fpr:
+        if (m.get("at_target") or {}).get("fpr_target") == fpr:
             out[name] = m["at_target"]["threshold"]
         for norm, n in m.get("normalisations", {}).items():
-            if n.get("at_target", {}).get("fpr_target") == fpr:
+            if (n.get("at_target") or {}).get("fpr_target") == fpr:
                 out[f"{name}/{norm}"] = n["at_target"]["threshold"]
     if not out:
         raise SystemExit(f"{path}: no threshold chosen at --fpr {fpr}")
@@ -396,7 +399,8 @@ def _service_method(name: str, args: argparse.Namespace, overrides: dict[str, An
 
 def print_tables(results: dict[str, Any]) -> None:
     def row(label: str, m: dict[str, Any]) -> str:
-        t = m["at_target"]
+        t = m["at_target"] or {"threshold": float("nan"), "false_positive_rate": float("nan"),
+                               "copy_recall": float("nan")}
         return (f"| {label} | {m['pooled_micro_ap']:.3f} | {m['map']:.3f} | {m['map_by_kind'].get('chain', float('nan')):.3f}"
                 f" | {m['map_by_kind'].get('excerpt', float('nan')):.3f} | {t['threshold']:.4f} | "
                 f"{t['false_positive_rate']:.3f} | {t['copy_recall']:.3f} |")
