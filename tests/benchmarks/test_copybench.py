@@ -234,7 +234,7 @@ def test_copyset_splits_spans_and_determinism(tiny_copyset: Path, sources: Path,
 
     # the same seed gives the same bytes; another seed other parameters
     again = tmp_path / "again"
-    copyset.build(sources / "real", sources / "stills", again, TINY, workers=1)
+    copyset.build(sources / "real", sources / "stills", again, TINY, workers=2)
     assert _digests(again) == _digests(tiny_copyset)
     other = copyset.CopySetConfig(**{**TINY.__dict__, "seed": 2})
     cfg_q = "gen__mandel.rotate+noise"
