@@ -12,6 +12,8 @@ from tests.procs import RedisServer
 from tests.service.media import make_media, tiny_checkpoint
 from tests.waiting import wait_until
 
+DATA = Path(__file__).parents[1] / "data"
+REAL_CLIPS = ("tiger.mp4", "car.mp4", "capitol.mp4", "sailboat.mp4")  # tests/data/make_clips.py
 LIMITS = {"max_upload_bytes": 1_000_000, "max_pixels": 320 * 240, "max_duration_s": 10.0, "max_k": 50,
           "allowed_hosts": ["testserver", "127.0.0.1", "localhost"]}  # TestClient sends Host: testserver
 
@@ -37,6 +39,16 @@ def client(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     app = create_app(make_settings(checkpoint, tmp_path_factory.mktemp("data")))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def shipped_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, int]]]:
+    """The embedded service on the shipped checkpoint (`drca serve`'s default), with the four real clips of
+    tests/data indexed: their video ids by file name."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("shipped-data"), device="cpu", batch_size=4,
+                        torch_threads=2, allowed_hosts=["testserver"])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c, {name: ingest(c, DATA / name) for name in REAL_CLIPS}
 
 
 def upload(client: TestClient, path: Path, **fields: str):

@@ -21,8 +21,10 @@ from service.settings import Settings
 class Conn:
     """One raw keep-alive HTTP/1.1 connection: send bytes, read whole responses."""
 
-    def __init__(self, port: int, timeout_s: float = 20.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    def __init__(self, port: int, timeout_s: float = 20.0, source: str | None = None) -> None:
+        """`source`: the client's own loopback address (e.g. 127.0.0.2), for per-address limits."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data: bytes) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.service.conftest import ingest, upload, wait_job
 from tests.service.media import CLASS_NAMES
 
@@ -45,13 +47,40 @@ def test_upload_search_classify_delete(client, media):
 
     r = client.post("/v1/search", json={"text": "someone riding a bike", "k": 4})
     assert r.status_code == 200, r.text
-    assert r.json()["query"] == "text" and len(r.json()["hits"]) == 4
+    assert r.json()["query"] == "text" and len(r.json()["hits"]) == 4  # which ranks first: the next test
+    scores = [h["score"] for h in r.json()["hits"]]
+    assert scores == sorted(scores, reverse=True)
 
     assert client.delete(f"/v1/videos/{ids['bars']}").status_code == 204
     assert client.get(f"/v1/videos/{ids['bars']}").status_code == 404
     with open(media["bars_copy"], "rb") as f:
         hits = client.post("/v1/search", files={"file": ("q.mp4", f)}, data={"k": "10"}).json()["hits"]
     assert ids["bars"] not in [h["video_id"] for h in hits]
+
+
+# descriptions other than the clips' own sentences (tests/service/test_shipped_checkpoint.py), and what the
+# shipped checkpoint answers for them: the clip itself, first, with every other clip scored about 0
+DESCRIBED = {
+    "a striped big cat": "tiger.mp4",
+    "a fast red car on the road": "car.mp4",
+    "a ship with sails": "sailboat.mp4",
+    "a government building with a dome": "capitol.mp4",
+}
+
+
+@pytest.mark.slow
+def test_a_text_query_ranks_the_clip_it_describes_first(shipped_client):
+    """The real clips of tests/data on the shipped checkpoint: a text query answers the clip it describes
+    first, ahead of the three others, through the API (hits, order, scores)."""
+    client, ids = shipped_client
+    names = {v: k for k, v in ids.items()}
+    for text, clip in DESCRIBED.items():
+        r = client.post("/v1/search", json={"text": text, "k": 4})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert r.json()["query"] == "text" and sorted(h["video_id"] for h in hits) == sorted(ids.values())
+        ranked = [(names[h["video_id"]], round(h["score"], 3)) for h in hits]
+        assert hits[0]["video_id"] == ids[clip] and hits[0]["score"] > hits[1]["score"] + 0.02, (text, ranked)
 
 
 def test_same_content_returns_existing_video(client, media):

@@ -216,12 +216,18 @@ class GatedEncoder:
 
     def __init__(self, held: HeldClips, segments: int) -> None:
         self.held, self.segments, self.gate = held, segments, threading.Event()
+        self.lock = threading.Lock()
+        self.in_model = 0  # forward passes waiting for the gate
 
     def open(self, path: str, query: bool = False, plan=None) -> LongVideo:
         return LongVideo(self.held, self.segments)
 
     def forward(self, clips: torch.Tensor):
+        with self.lock:
+            self.in_model += 1
         assert self.gate.wait(30)
+        with self.lock:
+            self.in_model -= 1
         n = len(clips)
         return np.ones((n, 4), np.float32), np.full((n, 2), 0.5, np.float32)
 
@@ -241,12 +247,16 @@ def test_decode_ahead_clips_bounds_the_clips_held_across_jobs(tmp_path):
             broker.enqueue(IngestJob(i, i, f"long{i}.mp4"))
         wait_until(lambda: held.decoded >= settings.decode_ahead_clips, 10, "decoding under way")
 
-        def settled() -> bool:  # nothing more decoded for 0.5 s: as far as the worker goes while stalled
-            now = held.decoded
-            time.sleep(0.5)
-            return held.decoded == now
+        def stalled() -> bool:
+            """As far as the worker goes while the model is stalled, by its own state: a batch is in the model
+            (which it cannot leave while the gate is shut), every job has been taken, no chunk is being
+            decoded, and the worker has no chunk it may start. Nothing changes again until the gate opens."""
+            with worker._cond:  # noqa: SLF001
+                jobs = list(worker._jobs)  # noqa: SLF001
+                return (enc.in_model == 1 and broker.queue_depth() == 0 and len(jobs) == 4
+                        and not any(w.busy for w in jobs) and worker._pick_decode() is None)  # noqa: SLF001
 
-        wait_until(settled, 20, "decoding stalled behind the model")
+        wait_until(stalled, 20, "decoding stalled behind the model")
         bound = settings.decode_ahead_clips + 2 * settings.batch_size
         assert held.peak <= bound, (held.peak, bound)
         enc.gate.set()

@@ -6,6 +6,8 @@ need an admin key and a checkpoint inside an allowed directory (tests/service/te
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -47,14 +49,16 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
     settings = make_settings(old, tmp_path / "data", text_search=False, query_views=[], **backend,
                              **admin_settings(assets))
     forward = VideoEncoder.forward
+    release = threading.Event()  # the new model embeds nothing until the searches mid-reindex are done
 
-    def slow_new_model(self, clips):  # the new model is slow, so that many searches land mid-reindex
+    def held_new_model(self, clips):
         if Path(self.settings.checkpoint) == new.resolve():
-            time.sleep(0.3)
+            assert release.wait(60), "the new model was never released"
         return forward(self, clips)
 
-    monkeypatch.setattr(VideoEncoder, "forward", slow_new_model)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    monkeypatch.setattr(VideoEncoder, "forward", held_new_model)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c, contextlib.ExitStack() as held:
+        held.callback(release.set)  # whatever happens, so that the worker can stop
         c.headers.update(ADMIN)  # no API keys: the other routes are open
         ids = [ingest(c, v) for v in videos[:4]]
         query = {"video_id": ids[0], "k": 10}
@@ -72,6 +76,12 @@ def test_searches_answer_from_the_old_generation_until_the_switch(assets, backen
         assert late.status_code == 202, late.text
 
         during, after = [], []
+        for _ in range(3):  # the reindex cannot finish before the new model is released
+            resp = c.post("/v1/search", json=query)
+            assert resp.status_code == 200, resp.text
+            during.append(resp.json())
+        assert c.get("/v1/admin/reindex").json()["state"] == "running"
+        release.set()
         deadline = time.monotonic() + 120
         while True:
             state_before = c.get("/v1/admin/reindex").json()["state"]

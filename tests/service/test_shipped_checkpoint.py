@@ -7,7 +7,6 @@ moved through a camera path: a tiger, a sports car, the US Capitol and a sailing
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from model import SHIPPED_CHECKPOINT
 from model.checkpoint import load_checkpoint, read_weights
 from model.efficientnet import EfficientNetLite0
 from service.encoding.encoder import VideoEncoder
-from service.http.app import create_app
 from service.settings import Settings
-from tests.service.conftest import ingest
 from training.data.imagenet import class_names
 
 DATA = Path(__file__).parents[1] / "data"
@@ -128,16 +125,6 @@ def test_the_trained_layers_tell_copies_apart_better_than_the_stem_alone(tmp_pat
     assert (m_served > 0.3).all(), m_served  # every copy is nearest its own clip, by far
     assert (m_served > m_alone + 0.04).all() and m_served.mean() > m_alone.mean() + 0.08, (m_served, m_alone)
     assert o_served < o_alone - 0.08, (o_served, o_alone)
-
-
-@pytest.fixture(scope="module")
-def shipped_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, int]]]:
-    """The embedded service on the shipped checkpoint, with the four real clips indexed."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), device="cpu", batch_size=4, torch_threads=2,
-                        allowed_hosts=["testserver"])
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        ids = {name: ingest(c, DATA / name) for name in SENTENCES}
-        yield c, ids
 
 
 @pytest.mark.slow
