@@ -104,9 +104,9 @@ class _Work:
     item: WorkItem
     path: str
     encoder: VideoEncoder  # the model this item is embedded with (the current one, or a reindex's)
-    checkpoint: str | None = None  # a request's: the sha256 of `encoder`'s checkpoint (its reply names it)
     plan: VideoPlan | None = None  # the upload's segment plan (made by the gateway), when it has one
     record: VideoRecord | None = None  # an ingest job's video, as read when the job was started
+    checkpoint: str | None = None  # a request's: the sha256 of `encoder`'s checkpoint (its reply names it)
     timings: dict[str, float] = field(default_factory=dict)
     video: OpenedVideo | None = None  # opened by the first decode thread that takes it
     next_decode: int = 0  # next row to decode (a segment in one view; one view unless a query)
