@@ -147,3 +147,14 @@ def test_g9_queries_in_flight_across_a_switch_that_changes_the_embedding_size(as
         r = c.post("/v1/search", json={"text": TEXT, "k": 10})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_switched", r.text
         assert r.headers["retry-after"] == "1"
+
+
+def test_g9_the_checkpoint_of_a_reply_crosses_redis():
+    """Scale-out: the reply that a worker sends through Redis names the checkpoint that embedded it."""
+    import numpy as np
+
+    from service.backends.redis.broker import decode_reply, encode_reply
+
+    sent = InferenceResult(sentence=np.ones((1, 3), np.float32), checkpoint="ab" * 32)
+    assert decode_reply(encode_reply(sent, None)).checkpoint == "ab" * 32
+    assert decode_reply(encode_reply(InferenceResult(), None)).checkpoint is None
