@@ -20,7 +20,7 @@ keeps every frame (`model.presets.uncompressed`, the same weights) as `K8`, each
 own runners (`service.encoding.inference.open_runner`: `TorchRunner`, and `OpenVINORunner` compiled
 into a temporary cache dir), in torch eager, OpenVINO f32 (the default CPU path) and, where the CPU
 has bf16 instructions, OpenVINO bf16 (not the default: it fails the quality gate; opt-in only). At
-batch 1 and at the service batch size (`Settings().batch_size`), random normalised clips, all of them
+batch 1 and at the service batch sizes (`Settings().batch_size_for` each runtime), random normalised clips, all of them
 round robin (one pass of each in turn) for `--seconds` at each batch; `--threads` threads for torch and
 for OpenVINO (default 1 here, whatever the presets use: then CPU time is the cost of a clip, whatever else
 the machine runs).
@@ -284,8 +284,9 @@ def runtime_summary(runs: dict[str, dict], flops: dict[str, int]) -> dict[str, o
 
 
 def service_batches() -> tuple[int, ...]:
-    """Batch 1 and the service's batch size."""
-    return tuple(sorted({1, Settings().batch_size}))
+    """Batch 1 and the service's batch sizes (`batch_size`, or each runtime's default when it is unset)."""
+    s = Settings()
+    return tuple(sorted({1, s.batch_size_for("openvino"), s.batch_size_for("torch")}))
 
 
 def main(argv: list[str] | None = None) -> None:

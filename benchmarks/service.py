@@ -241,6 +241,16 @@ async def queries_while_ingesting(url: str, path: Path, queries: list[Path], tex
     return out
 
 
+def server_settings() -> dict:
+    """The settings the servers ran with that decide the figures (`batch_size` unset: each runtime's)."""
+    s = Settings()
+    out = s.model_dump(include={"torch_threads", "decode_threads", "batch_size", "max_wait_ms", "prefetch",
+                                "decode_ahead_clips", "max_segments", "device", "runtime", "runtime_precision"})
+    if out["batch_size"] is None:
+        out["batch_size"] = {r: s.batch_size_for(r) for r in ("torch", "openvino")}
+    return out
+
+
 def stage_rates(enc, videos: list[Path], repeats: int = 3) -> dict:
     """Decode-only and encoder-only rates with the server's settings, in this process (best of `repeats`)."""
     settings = enc.settings
@@ -251,15 +261,16 @@ def stage_rates(enc, videos: list[Path], repeats: int = 3) -> dict:
             decoded = list(pool.map(enc.decode, videos))
         decode_s = min(decode_s, time.perf_counter() - t0)
     clips = torch.cat([d.clips for d in decoded])
-    enc.forward(clips[: settings.batch_size])  # warm-up
+    batch = enc.batch_size  # the server's, for this runtime
+    enc.forward(clips[:batch])  # warm-up
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for i in range(0, len(clips), settings.batch_size):
-            enc.forward(clips[i : i + settings.batch_size])
+        for i in range(0, len(clips), batch):
+            enc.forward(clips[i : i + batch])
         encode_s = min(encode_s, time.perf_counter() - t0)
     return {
         "decode_threads": settings.decode_threads,
-        "batch_size": settings.batch_size,
+        "batch_size": batch,
         "segments": len(clips),
         "video_seconds": sum(d.duration for d in decoded),
         "decode_videos_per_s": len(videos) / decode_s,
@@ -594,9 +605,7 @@ def main(argv: list[str] | None = None) -> Path:
             "videos": args.videos,
             "video_seconds_each": args.seconds,
             "video_size": args.size,
-            "server_settings": Settings().model_dump(include={
-                "torch_threads", "decode_threads", "batch_size", "max_wait_ms", "prefetch", "decode_ahead_clips",
-                "max_segments", "device", "runtime", "runtime_precision"}),
+            "server_settings": server_settings(),
             **last,  # one runtime: its fields at the top (several: the last's, and each under `runs`)
             "note": "2-core machine shared with other jobs; decode and encode share the same cores when pipelined",
         }

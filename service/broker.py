@@ -68,6 +68,9 @@ class InferenceResult:
     # embed_text
     sentence: np.ndarray | None = None  # (N, 384) MiniLM sentence embeddings, L2-normalised
     projected: np.ndarray | None = None  # (N, E) text head output, or None without a text head
+    # the sha256 of the checkpoint that embedded the query (an online reindex may switch models meanwhile:
+    # a search uses the generation of that checkpoint, service/search.py); None: not said
+    checkpoint: str | None = None
 
 
 @dataclass

@@ -118,6 +118,16 @@ class TextSearchDisabled(ServiceError):
     status, code = 503, "text_search_disabled"
 
 
+class ModelSwitched(ServiceError):
+    """An online reindex switched the model twice while one query was embedded and searched: the server's
+    state, not the client's request (`Retry-After`: it can be sent again at once)."""
+
+    status, code = 503, "model_switched"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 TEXT_SEARCH_OFF = "text search is disabled on this server (text_search=false: no text encoder is loaded)"
 
 

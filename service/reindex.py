@@ -171,7 +171,7 @@ def _fill(settings: Settings, checkpoint: CheckpointFiles, catalog: Catalog, ind
     with tqdm(total=len(todo), unit="video", desc="reindex", disable=not progress) as bar:
         for v in todo:
             try:
-                segments, vectors, probs, duration = _embed(encoder, v, settings.batch_size)
+                segments, vectors, probs, duration = _embed(encoder, v, encoder.batch_size)
             except Exception as e:  # a file that no longer decodes: report it, switch nothing
                 failed.append((v.video_id, f"{type(e).__name__}: {e}"))
                 bar.update(1)

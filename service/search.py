@@ -14,30 +14,40 @@ Text query, for each candidate video v (weights and the rest in settings; docs/a
 Candidates: the top `text_candidates` videos by the head term (from the index), united with the top
 `text_candidates` by the concept + metadata terms (exact over all indexed videos, in memory). A term that
 is unavailable (no text head or no classifier in the checkpoint, no metadata) contributes 0.
+
+One generation per query: a query's embedding (or an indexed video's stored segments) is searched in the
+index generation of the checkpoint that made it (`InferenceResult.checkpoint`), never in another one. An
+online reindex that switches models between the two: the query is searched in the new generation when
+the new model embedded it, else embedded once more; a second switch meanwhile is a 503 `model_switched`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from indexer import Span, VideoHit
 from indexer.index import Aggregation
 from model.text import text_encoder_id
-from service.active import Active
+from service.active import Active, ActiveGeneration
 from service.broker import Broker, InferenceRequest
 from service.catalog import Catalog, TextTable
 from service.concepts import ConceptBank
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ModelSwitched
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Texts per embedding request while the concept bank is built (each request is one worker pass).
 BANK_CHUNK = 256
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class QueryView:
 @dataclass(frozen=True)
 class VideoQuery:
     views: list[QueryView]
+    checkpoint: str | None = None  # the sha256 of the checkpoint whose vectors these are (None: not said)
 
 
 @dataclass(frozen=True)
@@ -61,16 +72,16 @@ class VideoMatch:
 
 
 def video_query_from(vectors: np.ndarray, segments: list[Span] | None, views: list[str] | None = None,
-                     boxes: dict[str, list[int]] | None = None) -> VideoQuery:
+                     boxes: dict[str, list[int]] | None = None, checkpoint: str | None = None) -> VideoQuery:
     """Group an embedding result's rows by view (rows without a view name are all "original")."""
     if views is None:
-        return VideoQuery([QueryView("original", vectors, segments, (boxes or {}).get("original"))])
+        return VideoQuery([QueryView("original", vectors, segments, (boxes or {}).get("original"))], checkpoint)
     out = []
     for name in dict.fromkeys(views):
         rows = [i for i, v in enumerate(views) if v == name]
         segs = [segments[i] for i in rows] if segments is not None else None
         out.append(QueryView(name, vectors[rows], segs, (boxes or {}).get(name)))
-    return VideoQuery(out)
+    return VideoQuery(out, checkpoint)
 
 
 class SearchService:
@@ -125,43 +136,89 @@ class SearchService:
         t.start()
         return t
 
+    # one generation per query ---------------------------------------------------------------------
+    def _in_one_generation(self, make: Callable[[], T],
+                           made_by: Callable[[T], str | None]) -> tuple[ActiveGeneration, T]:
+        """`make()` (a worker's embedding, or an indexed video's segments) and the active generation of the
+        checkpoint that made it (`made_by`: its sha256; None: not said, the generation read before). An
+        online reindex may switch models meanwhile: then the new generation if the new model made it, else
+        made once more; `ModelSwitched` (503) if the model changed again."""
+        for _ in range(2):
+            before = self.active.current
+            out = make()
+            sha = made_by(out)
+            for gen in (before, self.active.current):
+                if sha is None or sha == gen.checkpoint.sha256:
+                    return gen, out
+            log.info("the model was switched while a query was embedded; embedding it again")
+        raise ModelSwitched("the model was switched (an online reindex) while this query was embedded; "
+                            "send it again")
+
+    def _generation_of(self, query: VideoQuery) -> ActiveGeneration:
+        current = self.active.current
+        if query.checkpoint is not None and query.checkpoint != current.checkpoint.sha256:
+            raise ModelSwitched("the model was switched (an online reindex) after this query was embedded; "
+                                "send it again")
+        return current
+
     # queries ------------------------------------------------------------------------------------
-    def classify(self, path: str) -> np.ndarray:
-        """A video's class probabilities (C,): the mean of its segments' (one request to an encoder worker)."""
-        return self.broker.infer(InferenceRequest("classify", video_path=path), self.settings.inference_timeout_s).probs
+    def classify(self, path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        """A video's class probabilities (C,), the mean of its segments' (one request to an encoder worker),
+        and the class names of the checkpoint that computed them."""
+        request = InferenceRequest("classify", video_path=path)
+        gen, res = self._in_one_generation(lambda: self.broker.infer(request, self.settings.inference_timeout_s),
+                                           lambda r: r.checkpoint)
+        return res.probs, gen.class_names
 
     def embed_video_query(self, path: str) -> VideoQuery:
         """An uploaded query video -> its views' segment embeddings (one request to an encoder worker)."""
         res = self.broker.infer(InferenceRequest("embed_video", video_path=path), self.settings.inference_timeout_s)
-        return video_query_from(res.vectors, res.segments, res.views, res.boxes)
+        return video_query_from(res.vectors, res.segments, res.views, res.boxes, res.checkpoint)
+
+    def video_search(self, make_query: Callable[[], VideoQuery], k: int, min_score: float | None,
+                     exclude: set[int]) -> tuple[list[VideoMatch], float]:
+        """`make_query()` (`embed_video_query` of an upload, or `stored_query`) searched in the generation of
+        the checkpoint that made it (see `_in_one_generation`); the matches and the index search's seconds."""
+        gen, query = self._in_one_generation(make_query, lambda q: q.checkpoint)
+        t0 = time.perf_counter()
+        matches = self._search_views(gen, query, k, min_score, exclude, self.settings.aggregation)
+        return matches, time.perf_counter() - t0
 
     def video_query(self, query: VideoQuery, k: int, min_score: float | None, exclude: set[int],
                     aggregation: Aggregation | None = None) -> list[VideoMatch]:
-        """Top-k videos over all views of the query: each view searched on its own, a video scores its
-        best view (exact: a video in the merged top-k is in the top-k of its best view)."""
-        agg = aggregation or self.settings.aggregation
-        index = self.active.current.index
+        """Top-k videos over all views of the query, in the active generation (`ModelSwitched` when another
+        checkpoint made the query)."""
+        return self._search_views(self._generation_of(query), query, k, min_score, exclude,
+                                  aggregation or self.settings.aggregation)
+
+    @staticmethod
+    def _search_views(gen: ActiveGeneration, query: VideoQuery, k: int, min_score: float | None,
+                      exclude: set[int], agg: Aggregation) -> list[VideoMatch]:
+        """Each view searched on its own in `gen`'s index, a video scores its best view (exact: a video in
+        the merged top-k is in the top-k of its best view)."""
+        index = gen.index
         best: dict[int, VideoMatch] = {}
         for view in query.views:
             for h in index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
-                                          min_score=min_score, exclude_ids=exclude):
+                                  min_score=min_score, exclude_ids=exclude):
                 cur = best.get(h.video_id)
                 if cur is None or h.score > cur.hit.score:
                     best[h.video_id] = VideoMatch(h, view.name, view.box)
         return sorted(best.values(), key=lambda m: (-m.hit.score, m.hit.video_id))[:k]
 
     def stored_query(self, video_id: int) -> VideoQuery:
-        """"More like this": an indexed video's own segments, as stored (one view)."""
-        stored = self.active.current.index.get(video_id)
+        """"More like this": an indexed video's own segments, as stored in the active generation (one view)."""
+        gen = self.active.current
+        stored = gen.index.get(video_id)
         if stored is None:
             self.catalog.get_video(video_id)  # NotFound -> 404
             raise InvalidInput(f"video {video_id} is not indexed yet (see its job)")
-        return video_query_from(stored.vectors, stored.segments)
+        return video_query_from(stored.vectors, stored.segments, checkpoint=gen.checkpoint.sha256)
 
     def text_query(self, text: str, k: int, min_score: float | None, exclude: set[int]) -> list[VideoHit]:
         s = self.settings
-        index = self.active.current.index
-        res = self._texts([text])
+        gen, res = self._in_one_generation(lambda: self._texts([text]), lambda r: r.checkpoint)
+        index = gen.index
         q_sent = res.sentence[0]  # (384,)
         q_head = res.projected[0] if res.projected is not None else None  # (E,)
         cand: set[int] = set()

@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from media.video import VideoLimits
 from model import SHIPPED_CHECKPOINT
 
+#: `batch_size` when it is not set, by the runtime that runs the forward pass (`Settings.batch_size_for`)
+DEFAULT_BATCH_SIZE_OPENVINO = 4
+DEFAULT_BATCH_SIZE_TORCH = 16
+
 
 def read_key_file(path: Path) -> list[str]:
     """API keys from a file, one a line; blank lines and `#` comments are skipped. ValueError if none."""
@@ -99,7 +103,11 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "openvino"] = "auto"
     runtime_precision: Literal["f32", "bf16"] = "f32"
     runtime_cache_dir: Path | None = None
-    batch_size: int = Field(16, ge=1)  # clips per forward pass
+    # clips per forward pass (and segments per decoded chunk); None: by the runtime (`batch_size_for`):
+    # OpenVINO on the CPU spends the same time per clip at batch 1 as at 16 (benchmarks/results/encoder-runtime.json),
+    # so a small batch costs no throughput and bounds how long a query waits for the ingest batch in the model;
+    # torch (CUDA, or the eager reference on the CPU) keeps the larger batch
+    batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float = Field(10.0, ge=0)  # how long a partial batch waits for more clips
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
     prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
@@ -180,6 +188,12 @@ class Settings(BaseSettings):
             raise ValueError(f"index=milvus with redis_url needs a Milvus server URI (http://host:19530), not "
                              f"{self.milvus_uri!r}: a Milvus Lite file is held by one process")
         return self
+
+    def batch_size_for(self, runtime: Literal["torch", "openvino"]) -> int:
+        """Clips per forward pass with this runtime: `batch_size` when set, else the runtime's default."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return DEFAULT_BATCH_SIZE_OPENVINO if runtime == "openvino" else DEFAULT_BATCH_SIZE_TORCH
 
     # derived paths -------------------------------------------------------------------------------
     @property

@@ -115,6 +115,7 @@ class VideoEncoder:
         self.model = ckpt.model.eval()
         self.config = ckpt.config
         self.runner = open_runner(settings, self.model, self.config, self.device, files.sha256)
+        self.batch_size = settings.batch_size_for(self.runner.name)  # clips per forward pass
         self.card = ckpt.card
         self.text_head = ckpt.text_head
         self.class_names: list[str] = list(ckpt.card.class_names)

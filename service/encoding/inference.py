@@ -121,6 +121,13 @@ def resolve_runtime(setting: str, device: torch.device) -> RuntimeName:
     return setting  # type: ignore[return-value]
 
 
+def resolve_batch_size(settings: Settings, device: torch.device) -> int:
+    """Clips per forward pass on `device`: `batch_size` when set, else the default of the runtime that
+    `resolve_runtime` picks (`Settings.batch_size_for`: small for OpenVINO, whose time per clip does not
+    fall with the batch; larger for torch)."""
+    return settings.batch_size_for(resolve_runtime(settings.runtime, device))
+
+
 def supports_bf16() -> bool:
     """Whether OpenVINO's CPU plugin can run bf16 here (avx512_bf16 or AMX)."""
     import openvino as ov

@@ -2,26 +2,28 @@
 micro-batches clips, and serves synchronous requests before ingestion.
 
 Every video (an ingest job's, or a classify / video-query upload) is decoded in chunks of `batch_size`
-segments, never all at once, so a worker's memory does not grow with a video's length:
+segments (`Settings.batch_size_for`: 4 on OpenVINO, 16 on torch unless set), never all at once, so a
+worker's memory does not grow with a video's length:
 
 1. the feeder thread `take`s items from the broker: synchronous requests always, ingest jobs only while
    it holds fewer than `prefetch` (so a queue of long videos cannot fill it);
 2. `decode_threads` decode threads open each video (probe, decoder, segment plan: `VideoEncoder.open`)
    and decode one chunk at a time, synchronous requests first, while at most `decode_ahead_clips`
    decoded clips wait for the model;
-3. the runner thread answers text requests, then gathers clips (synchronous requests' first, then jobs'
-   in arrival order) into batches of up to `batch_size`, waiting at most `max_wait_ms` for a partial
-   batch to fill, and runs one forward pass per batch under `torch.inference_mode`;
+3. the runner thread gathers clips (synchronous requests' first, then jobs' in arrival order) into
+   batches of up to `batch_size`, waiting at most `max_wait_ms` for a partial batch to fill, and runs one
+   forward pass per batch under `torch.inference_mode`; the text thread answers text requests (MiniLM and
+   the text head) beside it, so a text query never waits for the batch in the model;
 4. a synchronous request gets its reply from the runner as soon as all its segments are embedded; the
    committer thread finishes each ingest job: indexed (one durable add of all its segments, at most
    `max_segments`) and then marked done. Its fsyncs do not stall the model.
 
-So a classify or query issued while a long video ingests waits for at most the chunk being decoded and
-the batch in the model, not for the whole video. In the embedded service the gateway also says which
-queries are in flight (`service.priority.QueriesInFlight`): while any is, ingest work is held back between
-steps (no ingest chunk decoded, no batch of ingest clips forwarded, no ingest job committed), for at most
-`ingest_yield_max_s` without a break, so the query's work in the gateway (index search, scoring) does not
-share the cores with ingest either.
+So a classify or video query issued while a long video ingests waits for at most the chunk being decoded
+and the batch in the model, not for the whole video; a text query waits for neither. In the embedded
+service the gateway also says which queries are in flight (`service.priority.QueriesInFlight`): while any
+is, ingest work is held back between steps (no ingest chunk decoded, no batch of ingest clips forwarded,
+no ingest job committed), for at most `ingest_yield_max_s` without a break, so the query's work in the
+gateway (index search, scoring) does not share the cores with ingest either.
 
 An ingest job carries the segment plan the gateway made when it validated the upload (`IngestJob.plan`):
 the worker opens the stored file on it, without probing or planning it again, and reads the video's
@@ -30,9 +32,12 @@ record once (when it marks the job running).
 The worker embeds with the active generation's encoder (service/active.py). An online reindex
 (service/reindex.py, `OnlineReindex`) queues reindex jobs (`IngestJob.generation` set) on the same
 broker: they go through the same stages with the reindex's encoder (a batch never mixes two encoders)
-and are committed by the reindex into its new generation. After the switch, the active encoder is the
-new one; an ordinary job embedded by the old encoder is not committed into the new generation but
-released and embedded again.
+and are committed by the reindex into its new generation. Queries do not hold them back: while clips of
+both encoders wait, the two take turns at the forward pass (`_take_batch`), so a reindex finishes under
+any query load and a query waits for at most one reindex batch. After the switch, the active encoder is
+the new one; an ordinary job embedded by the old encoder is not committed into the new generation but
+released and embedded again. A query's reply names the checkpoint that embedded it
+(`InferenceResult.checkpoint`), so that its search uses that checkpoint's generation (service/search.py).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ from service.active import Active
 from service.backends.store import VideoRecord
 from service.broker import Broker, InferenceResult, InferenceTask, IngestJob, WorkItem
 from service.catalog import Catalog, metadata_text
-from service.encoding.encoder import OpenedVideo, VideoEncoder
+from service.encoding.encoder import OpenedVideo, VideoEncoder, resolve_device
+from service.encoding.inference import resolve_batch_size
 from service.encoding.plan import VideoPlan
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
@@ -100,6 +106,7 @@ class _Work:
     encoder: VideoEncoder  # the model this item is embedded with (the current one, or a reindex's)
     plan: VideoPlan | None = None  # the upload's segment plan (made by the gateway), when it has one
     record: VideoRecord | None = None  # an ingest job's video, as read when the job was started
+    checkpoint: str | None = None  # a request's: the sha256 of `encoder`'s checkpoint (its reply names it)
     timings: dict[str, float] = field(default_factory=dict)
     video: OpenedVideo | None = None  # opened by the first decode thread that takes it
     next_decode: int = 0  # next row to decode (a segment in one view; one view unless a query)
@@ -131,6 +138,12 @@ class _Work:
     @property
     def sync(self) -> bool:
         return isinstance(self.item, InferenceTask)
+
+    @property
+    def yields(self) -> bool:
+        """An ordinary ingest job: held back while queries are in flight. A reindex job is not (it shares
+        the model with queries in turns instead: `EncoderWorker._take_batch`), nor is a request."""
+        return isinstance(self.item, IngestJob) and self.item.generation is None
 
     @property
     def query(self) -> bool:
@@ -168,7 +181,10 @@ class EncoderWorker:
         self._cond = threading.Condition()
         self._sync: deque[_Work] = deque()  # synchronous video requests, in arrival order
         self._jobs: deque[_Work] = deque()  # ingest jobs, in arrival order
-        self._texts: deque[InferenceTask] = deque()  # text embedding requests
+        self._texts: queue.Queue[InferenceTask | None] = queue.Queue()  # text requests (None: stop)
+        self.batch_size = resolve_batch_size(settings, resolve_device(settings.device))  # clips per forward pass
+        self._batches = 0  # forward passes so far
+        self._last_batch: dict[int, int] = {}  # id(encoder) -> its latest forward pass (`_take_batch`)
         self._held_jobs = 0  # taken and not yet finished (lanes + committer)
         self._clips = 0  # decoded clips waiting for the model, plus those being decoded (reserved)
         self.peak_clips = 0  # the most that were ever held (reported by tests and benchmarks)
@@ -194,6 +210,7 @@ class EncoderWorker:
         self._threads = [
             threading.Thread(target=self._feed, name="drca-feeder", daemon=True),
             threading.Thread(target=self._run, name="drca-encoder", daemon=True),
+            threading.Thread(target=self._text_loop, name="drca-text", daemon=True),
             *(threading.Thread(target=self._decode_loop, name=f"drca-decode-{i}", daemon=True)
               for i in range(self.settings.decode_threads)),
         ]
@@ -203,7 +220,7 @@ class EncoderWorker:
         if self.metrics:
             self.metrics.worker_up.set(1)
             s = self.settings
-            self.metrics.encoder_info.info({**self.encoder.describe(), "batch_size": str(s.batch_size),
+            self.metrics.encoder_info.info({**self.encoder.describe(), "batch_size": str(self.batch_size),
                                             "decode_threads": str(s.decode_threads), "max_wait_ms": f"{s.max_wait_ms:g}"})
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -211,6 +228,7 @@ class EncoderWorker:
         self.broker.unregister_worker()
         self._stop.set()
         self._threads[0].join(timeout_s)  # the feeder: nothing new after this
+        self._texts.put(None)  # the text thread ends after the requests taken
         with self._cond:
             self._draining = True
             self._cond.notify_all()
@@ -262,15 +280,15 @@ class EncoderWorker:
                         self._jobs.append(_Work(item, item.path, self.encoder, item.plan, record))
                         self._cond.notify_all()
                 elif item.request.kind == "embed_text":
-                    with self._cond:
-                        self._texts.append(item)
-                        self._cond.notify_all()
+                    self._texts.put(item)
                 elif item.request.video_path is None:
                     self._finish_error(item, ServiceError("the request names no video", status=422,
                                                           code="invalid_input"), {})
                 else:
+                    current = self.active.current
                     with self._cond:
-                        self._sync.append(_Work(item, item.request.video_path, self.encoder))
+                        self._sync.append(_Work(item, item.request.video_path, current.encoder,
+                                                checkpoint=current.checkpoint.sha256))
                         self._cond.notify_all()
             except Exception:  # keep feeding: one bad item must not stop the worker
                 log.exception("feeder error")
@@ -314,15 +332,23 @@ class EncoderWorker:
     def _pick_decode(self) -> tuple[_Work, int] | None:
         """The item to decode a chunk of next, and how many clips it reserves (lock held). A chunk is
         `batch_size` segments; jobs wait while `decode_ahead_clips` are held, synchronous requests may
-        go one chunk past it (so they never wait behind a full buffer of job clips)."""
-        chunk = self.settings.batch_size
+        go one chunk past it (so they never wait behind a full buffer of job clips). An encoder with no
+        clip decoded or being decoded (an online reindex's, behind a stream of queries) goes first, so that
+        it has clips ready when its turn at the model comes (`_take_batch`)."""
+        chunk = self.batch_size
         held = self._hold_s() > 0
-        for w in self._lanes():
+        lanes = list(self._lanes())
+        supplied: list[VideoEncoder] = []
+        for w in lanes:
+            if (w.busy or w.chunks) and not any(w.encoder is e for e in supplied):
+                supplied.append(w.encoder)
+        unsupplied = [w for w in lanes if not any(w.encoder is e for e in supplied)]
+        for w in [*unsupplied, *lanes]:
             if not w.needs_decode or len(w.chunks) >= 2:
                 continue
-            if held and not w.sync:  # a query is in flight: no ingest decoding
+            if held and w.yields:  # a query is in flight: no ingest decoding (a reindex job goes on)
                 self.ingest_holds += 1
-                return None
+                continue
             n = chunk if w.video is None else min(chunk, len(w.video.segments) - w.next_decode)
             cap = self.settings.decode_ahead_clips + (chunk if w.sync else 0)
             if self._clips + n <= cap or self._clips == 0:
@@ -346,7 +372,7 @@ class EncoderWorker:
                 if w.video is None:
                     w.video = w.encoder.open(w.path, query=w.query, plan=w.plan)
                 start = w.next_decode
-                stop = min(start + self.settings.batch_size, len(w.video.segments))
+                stop = min(start + self.batch_size, len(w.video.segments))
                 clips = w.video.clips(start, stop)
                 dt = time.perf_counter() - t0
             except Exception as e:  # a bad video fails its own item only
@@ -387,24 +413,21 @@ class EncoderWorker:
             with contextlib.suppress(Exception):
                 w.video.close()
 
-    # stage 3: text requests, batch + forward ---------------------------------------------------------
+    # stage 3: batch + forward (text requests: their own thread) -------------------------------------
     def _run(self) -> None:
         max_wait = self.settings.max_wait_ms / 1000
         while True:
             with self._cond:
                 while True:
-                    if self._texts:
-                        task, batch = self._texts.popleft(), None
-                        break
                     hold = self._hold_s()
-                    # a query in flight: only synchronous requests' clips go to the model
-                    lanes = list(self._sync) if hold else list(self._lanes())
+                    # a query in flight: no ordinary ingest clips go to the model (requests' and reindex jobs' do)
+                    lanes = [w for w in self._lanes() if not (hold and w.yields)]
                     ready = sum(w.buffered for w in lanes)
                     if ready:
                         more_coming = any(w.busy or w.needs_decode for w in lanes)
                         waited = time.perf_counter() - (self._first_ready or 0.0)
-                        if ready >= self.settings.batch_size or not more_coming or waited >= max_wait:
-                            task, batch = None, self._take_batch(lanes)
+                        if ready >= self.batch_size or not more_coming or waited >= max_wait:
+                            batch = self._take_batch(lanes)
                             break
                         self._cond.wait(max(0.0, max_wait - waited))
                         continue
@@ -415,21 +438,29 @@ class EncoderWorker:
                     if self._draining and not self._sync and not self._jobs:
                         return
                     self._cond.wait(0.2)
-            if task is not None:
-                self._embed_text(task)
-            else:
-                self._forward(batch)
+            self._forward(batch)
 
     def _take_batch(self, lanes: list[_Work]) -> list[tuple[_Work, torch.Tensor]]:
         """Up to `batch_size` decoded clips of these lanes, in their order (synchronous requests' first),
-        all for one encoder (lock held)."""
+        all for one encoder (lock held): the first lane's with clips, unless clips of another encoder (an
+        online reindex's, beside the current model's) wait too and that encoder ran the last batch. Then the
+        encoder that waited longest goes: two models take turns at the forward pass, so queries never
+        starve a reindex and a query waits for at most one reindex batch."""
         take: list[tuple[_Work, torch.Tensor]] = []
         n = 0
-        encoder = next(w.encoder for w in lanes if w.chunks)
+        waiting: list[VideoEncoder] = []  # the encoders with clips, in lane order
         for w in lanes:
-            while w.encoder is encoder and w.chunks and n < self.settings.batch_size:
+            if w.chunks and not any(w.encoder is e for e in waiting):
+                waiting.append(w.encoder)
+        encoder = waiting[0]
+        if len(waiting) > 1 and self._last_batch.get(id(encoder)) == self._batches:
+            encoder = min(waiting[1:], key=lambda e: self._last_batch.get(id(e), -1))
+        self._batches += 1
+        self._last_batch[id(encoder)] = self._batches
+        for w in lanes:
+            while w.encoder is encoder and w.chunks and n < self.batch_size:
                 head = w.chunks[0]
-                k = min(len(head) - w.offset, self.settings.batch_size - n)
+                k = min(len(head) - w.offset, self.batch_size - n)
                 take.append((w, head[w.offset : w.offset + k]))
                 w.offset += k
                 n += k
@@ -443,10 +474,17 @@ class EncoderWorker:
         self._cond.notify_all()
         return take
 
+    def _text_loop(self) -> None:
+        """Text requests, on their own thread: a text query never waits for the batch in the model."""
+        while (task := self._texts.get()) is not None:
+            self._embed_text(task)
+
     def _embed_text(self, task: InferenceTask) -> None:
         try:
-            sent, proj = self.encoder.embed_text(list(task.request.texts))
-            self.broker.reply(task, InferenceResult(sentence=sent, projected=proj))
+            current = self.active.current
+            sent, proj = current.encoder.embed_text(list(task.request.texts))
+            self.broker.reply(task, InferenceResult(sentence=sent, projected=proj,
+                                                    checkpoint=current.checkpoint.sha256))
         except Exception as e:
             self._finish_error(task, e, {})
 
@@ -512,7 +550,7 @@ class EncoderWorker:
     def _commit(self) -> None:
         while (w := self._done.get()) is not None:
             with self._cond:
-                while (hold := self._hold_s()) > 0:  # a query in flight: its index search goes first
+                while w.yields and (hold := self._hold_s()) > 0:  # a query in flight: its index search goes first
                     self.ingest_holds += 1
                     self._cond.wait(hold)
             self._finish(w)
@@ -551,7 +589,7 @@ class EncoderWorker:
                 self._observe(w)  # before the reply: whoever has the answer sees its stages recorded
                 self.broker.reply(w.item, InferenceResult(
                     probs=video_probs, vectors=vectors, segments=w.video.segments, duration=w.video.duration,
-                    views=w.video.views, boxes=w.video.boxes))
+                    views=w.video.views, boxes=w.video.boxes, checkpoint=w.checkpoint))
         except Exception as e:
             self._finish_error(w.item, e, w.timings)
 

@@ -26,20 +26,20 @@ SOURCES = {
 }
 
 
-def tiny_checkpoint(path: Path, class_names: list[str] = CLASS_NAMES, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer DRCA (32x32, 4 frames, 16-d embeddings) with a text head; another
-    `seed` gives another checkpoint of the same shape."""
+def tiny_checkpoint(path: Path, class_names: list[str] = CLASS_NAMES, seed: int = 0, embed_dim: int = 16) -> Path:
+    """A randomly initialised 2-layer DRCA (32x32, 4 frames, 16-d embeddings unless `embed_dim`) with a text
+    head; another `seed` gives another checkpoint of the same shape."""
     torch.manual_seed(seed)
     cfg = DRCAConfig(
         name="tiny-service",
         input=InputConfig(num_frames=4, img_size=32),
         backbone=BackboneConfig(patch_size=8, embed_dim=32, depth=2, num_heads=2, drop_path=0.0,
                                 comp_insert_layer=1, num_saliency=2, num_samples=20, sigma=0.05, sal_ref_heads=2),
-        head=HeadConfig(num_classes=len(class_names), embed_dim=16),
+        head=HeadConfig(num_classes=len(class_names), embed_dim=embed_dim),
     )
     model = DRCA(cfg).eval()
     card = ModelCard(preset="tiny-service", class_names=list(class_names), training_data="none (random init, tests only)")
-    return save_checkpoint(path, model, card, text_head=TextHead(MINILM_DIM, 16).eval())
+    return save_checkpoint(path, model, card, text_head=TextHead(MINILM_DIM, embed_dim).eval())
 
 
 def ffmpeg(*args: str) -> None:

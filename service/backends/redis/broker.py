@@ -98,6 +98,7 @@ def encode_reply(result: InferenceResult | None, error: ServiceError | None) -> 
         return struct.pack(">I", 0) + json.dumps(header).encode()
     assert result is not None
     header = {"arrays": {}, "duration": result.duration, "views": result.views, "boxes": result.boxes,
+              "checkpoint": result.checkpoint,
               "segments": [[s.start, s.end] for s in result.segments] if result.segments is not None else None}
     blobs = []
     for name in _ARRAYS:
@@ -117,7 +118,8 @@ def decode_reply(data: bytes) -> InferenceResult:
         raise ServiceError(err["message"], status=err["status"], code=err["code"])
     header = json.loads(data[4 : 4 + n])
     offset = 4 + n
-    out = InferenceResult(duration=header["duration"], views=header.get("views"), boxes=header.get("boxes"))
+    out = InferenceResult(duration=header["duration"], views=header.get("views"), boxes=header.get("boxes"),
+                          checkpoint=header.get("checkpoint"))
     if header["segments"] is not None:
         out.segments = [Span(a, b) for a, b in header["segments"]]
     for name, (dtype, shape) in header["arrays"].items():

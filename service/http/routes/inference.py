@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -121,12 +122,12 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
                 path, video_id = str(video.extra["path"]), req.video_id
             if not active.class_names:
                 raise InvalidInput("the checkpoint has no classifier head")
-            probs = await run_in_threadpool(search.classify, path)
+            # the class names of the checkpoint that computed them (an online reindex may switch meanwhile)
+            probs, names = await run_in_threadpool(search.classify, path)
         finally:
             if form is not None:
                 form.discard()
         top = np.argsort(-probs)[: min(k, len(probs))]
-        names = active.class_names
         return ClassifyResponse(video_id=video_id,
                                 labels=[LabelOut(name=names[i], prob=round(float(probs[i]), 6)) for i in top])
 
@@ -158,11 +159,12 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
                 kind = "text"
             else:
                 if has_file:
-                    query = await run_in_threadpool(svc.embed_video_query, str(form.file.path))
+                    make_query = partial(svc.embed_video_query, str(form.file.path))
                 else:
-                    query = await run_in_threadpool(svc.stored_query, req.video_id)
+                    make_query = partial(svc.stored_query, req.video_id)
                     exclude.add(req.video_id)  # "more like this": not the video itself
-                matches, search_s = await run_in_threadpool(_timed, svc.video_query, query, req.k, req.min_score,
+                # embedded (or read) and searched in one generation (service/search.py)
+                matches, search_s = await run_in_threadpool(svc.video_search, make_query, req.k, req.min_score,
                                                             exclude)
                 kind = "video"
                 if has_file:  # an uploaded video query: its gateway stages (the worker records the others)
@@ -173,13 +175,6 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
                 form.discard()
         ext = await run_in_threadpool(external_ids, catalog, matches)
         return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
-
-
-def _timed(fn, *args):
-    """fn(*args) and the seconds it took."""
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
 
 
 def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
