@@ -161,9 +161,9 @@ def assert_switched_once(cluster: Cluster, gateways: list[Gateway], workers: lis
 def held_reindex_videos(r, consumer: str) -> set[int]:
     out = set()
     for h in r.xpending_range("drca:jobs", "workers", "-", "+", 100, consumername=consumer):
-        ((_, fields),) = r.xrange("drca:jobs", h["message_id"], h["message_id"])
-        if b"generation" in fields:
-            out.add(int(fields[b"video_id"]))
+        for _, fields in r.xrange("drca:jobs", h["message_id"], h["message_id"]):  # none: acked meanwhile
+            if b"generation" in fields:
+                out.add(int(fields[b"video_id"]))
     return out
 
 

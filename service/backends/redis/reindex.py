@@ -536,7 +536,10 @@ class RedisOnlineReindex:
         with self.catalog.lock:
             indexed = {v.video_id for v in self.catalog.videos("indexed")}
             done = {int(v) for v in self.r.smembers(self.state.done)}
-            if not indexed <= done or self.state.read().get("id") != rec["id"]:
+            now_rec = self.state.read()
+            if now_rec.get("id") != rec["id"] or now_rec.get("state") != "running":
+                return  # switched (or failed) already: by another gateway that took the lease meanwhile
+            if not indexed <= done:
                 return  # an upload was indexed meanwhile: it is queued by the next step
             entry = self.gens.switch(rec, done - indexed)
             identity = CheckpointIdentity.from_metadata(rec)
