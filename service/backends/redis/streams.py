@@ -10,6 +10,11 @@ resumes from that cursor; entries applied twice are harmless, because an add rep
 segments (an upsert by video id) and a delete of an absent video does nothing. So every replica ends up
 with each video exactly once, in the state the stream's last entry for it says.
 
+Each index generation has its own stream: `<prefix>:vectors` for the first, `<prefix>:vectors:<tag>` for one
+an online reindex made (service/backends/redis/generation.py, reindex.py). Writers append to the
+deployment's current generation, read under the catalog lock; a gateway's follower moves to the new stream
+when the gateway switches (`VectorFollower.follow`).
+
 With the Milvus backend (`DRCA_INDEX=milvus`) there is no replica to feed: Milvus is the one index.
 `MilvusChangeLog` is then the catalog's index: a write goes into Milvus first (an upsert by primary key,
 so a job taken over from a dead worker writes the same rows again, never more rows), then a short entry
