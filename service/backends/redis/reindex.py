@@ -54,7 +54,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import redis
@@ -579,6 +579,10 @@ class RedisOnlineReindex:
 
 # the worker's side --------------------------------------------------------------------------------------
 
+class _CannotLoad(Exception):
+    """A worker cannot load the reindex's checkpoint (refused, or its weights do not load)."""
+
+
 class SyncedLock:
     """A worker's catalog lock: once held, the worker embeds with the deployment's current model (`sync`);
     when the deployment switched to a checkpoint this worker has not loaded, the lock is let go while it
@@ -618,6 +622,7 @@ class RedisReindexJobs:
         self.name = worker_name()
         self.catalog: Catalog | None = None  # set by `bind` (the catalog is built with this one's lock)
         self._target: Target | None = None
+        self._staged: tuple[str, ActiveGeneration] | None = None  # (reindex id, its model) before its index opens
         self._load_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="drca-reindex-watch", daemon=True)
@@ -638,29 +643,39 @@ class RedisReindexJobs:
 
     # loading the new checkpoint --------------------------------------------------------------------
     def _load(self, reindex_id: str, tag: str, name: str, path: str, sha256: str) -> Target:
-        """The new checkpoint's generation with its encoder (loaded once per reindex)."""
+        """The new checkpoint's generation with its encoder (loaded once per reindex); `_CannotLoad` when
+        the checkpoint is refused or does not load, another exception (Milvus unreachable) when passing."""
         from service.encoding.encoder import VideoEncoder
 
         with self._load_lock:
             if self._target is not None and self._target.reindex_id == reindex_id:
                 return self._target
-            files = vet_recorded(self.settings, path, sha256)
-            encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": files.path, "text_search": False}),
-                                   files)
-            encoder.text_encoder = self.active.current.encoder.text_encoder  # MiniLM: the same for both
+            if self._staged is None or self._staged[0] != reindex_id:
+                try:
+                    files = vet_recorded(self.settings, path, sha256)
+                    settings = self.settings.model_copy(update={"checkpoint": files.path, "text_search": False})
+                    encoder = VideoEncoder(settings, files)
+                except Exception as e:
+                    raise _CannotLoad(f"{type(e).__name__}: {e}") from e
+                encoder.text_encoder = self.active.current.encoder.text_encoder  # MiniLM: the same for both
+                self._staged = (reindex_id, ActiveGeneration.of(files, name, None, encoder))  # no weight bytes kept
+            generation = self._staged[1]
             rec = {"id": reindex_id, "tag": tag, "generation": name}
-            _, index, _ = self.gens.open_target(rec, identity_of(files), gateway=False)
-            self._target = Target(reindex_id, tag, ActiveGeneration.of(files, name, index, encoder))
+            _, index, _ = self.gens.open_target(rec, generation.checkpoint, gateway=False)
+            self._target = Target(reindex_id, tag, replace(generation, index=index))
             log.info("worker %s loaded the new checkpoint %s for the online reindex", self.name,
-                     self._target.generation.checkpoint.describe())
+                     generation.checkpoint.describe())
             return self._target
 
     def _load_running(self, rec: dict[str, str]) -> Target | None:
         try:
             return self._load(rec["id"], rec["tag"], rec["generation"], rec["checkpoint"], rec["checkpoint_sha256"])
-        except Exception as e:  # refused, or weights that do not load: the reindex cannot go on
+        except _CannotLoad as e:  # refused, or weights that do not load: the reindex cannot go on
             self.state.fail(rec["id"], f"worker {self.name} cannot load the new checkpoint: {e}")
-            return None
+        except Exception as e:  # e.g. Milvus unreachable for a moment: tried again (the job is queued again)
+            log.warning("worker %s cannot open the new generation yet (%s: %s); trying again", self.name,
+                        type(e).__name__, e)
+        return None
 
     def sync(self) -> bool:
         """Under the catalog lock: embed with the deployment's current checkpoint from now on; False when
@@ -682,8 +697,8 @@ class RedisReindexJobs:
         rec = self.state.read()
         reindex_id = rec.get("id", "") if rec.get("tag") == tag else f"current-{tag}"
         try:
-            self._load(reindex_id, tag, self.deployment.r.hget(self.deployment.key, "name").decode(), identity.path,
-                       identity.sha256)
+            name = _s(self.r.hget(self.deployment.key, "name"))
+            self._load(reindex_id, tag, name, identity.path, identity.sha256)
         except Exception as e:
             raise ServiceError(f"the deployment serves checkpoint {identity.describe()}, which this worker cannot "
                                f"load: {e}", status=503, code="worker_unavailable") from None
