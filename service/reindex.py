@@ -82,7 +82,7 @@ def reindex(settings: Settings, checkpoint: CheckpointFiles, progress: bool = Tr
     `read_serving_checkpoint`) into a new generation and switch to it."""
     if not backend_class(settings).workers_in_process:
         raise ReindexError("offline reindex works on the embedded store; a Redis deployment is reindexed "
-                           "online (not available yet)")
+                           "online: drca reindex --server GATEWAY_URL --checkpoint NEW")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.data_dir / "reindex.lock", "a") as lock:
         try:

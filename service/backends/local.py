@@ -60,6 +60,13 @@ class LocalBackend:
     def worker_vectors(self, identity: CheckpointIdentity) -> WorkerVectors:
         raise ValueError("a standalone worker needs redis_url")
 
+    def prepare_index(self, identity: CheckpointIdentity) -> None:
+        """Nothing to adopt: the data dir's generation pointer is this process's own."""
+
+    def gateway_reindex(self, catalog: Catalog, broker: Broker, active: Active, on_switch=()) -> None:
+        """A gateway alone on the local backend has no worker to reindex with (the embedded service does)."""
+        return None
+
     def recovery(self, catalog: Catalog, broker: Broker) -> Part:
         def requeue() -> None:
             jobs = catalog.unfinished_jobs()

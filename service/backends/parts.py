@@ -12,6 +12,7 @@ from indexer import SegmentIndex
 if TYPE_CHECKING:
     from service.active import Active
     from service.backends.buckets import Buckets
+    from service.backends.redis.reindex import RedisOnlineReindex
     from service.backends.store import MetadataStore
     from service.broker import Broker, IngestJob
     from service.catalog import Catalog, LiveTextTable, VectorWriter
@@ -89,6 +90,16 @@ class Backend(Protocol):
 
     def recovery(self, catalog: Catalog, broker: Broker) -> Part:
         """How a gateway gets acknowledged jobs that are not queued (after a crash) queued again."""
+        ...
+
+    def prepare_index(self, identity: CheckpointIdentity) -> None:
+        """Before a serving role opens its index: what the deployment says its generation is (Redis: an
+        online reindex may have switched it; `CheckpointMismatch` for a process on the old checkpoint)."""
+        ...
+
+    def gateway_reindex(self, catalog: Catalog, broker: Broker, active: Active,
+                        on_switch: tuple[Callable[[], None], ...] = ()) -> RedisOnlineReindex | None:
+        """A gateway's online reindex (Redis: service/backends/redis/reindex.py); None where there is none."""
         ...
 
     def close(self) -> None: ...

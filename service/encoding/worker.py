@@ -262,6 +262,7 @@ class EncoderWorker:
                         encoder = self.reindex.encoder_for(item)
                         if encoder is None:
                             self._job_finished()
+                            self.broker.ack(item)  # not wanted (any more): taken off the queue
                             continue
                         with self._cond:
                             self._jobs.append(_Work(item, item.path, encoder))
@@ -563,6 +564,7 @@ class EncoderWorker:
             if isinstance(w.item, IngestJob) and w.item.generation is not None:
                 self.reindex.complete(w.item, w.video.segments, vectors, video_probs, w.encoder.class_names,
                                       w.video.duration)
+                self.broker.ack(w.item)
                 self._job_finished()
                 self._observe(w)
             elif isinstance(w.item, IngestJob):
@@ -613,14 +615,16 @@ class EncoderWorker:
         timings = {k: round(v, 4) for k, v in timings.items()}
         if isinstance(item, IngestJob):
             self._job_finished()
-        if isinstance(item, IngestJob) and item.generation is not None:
-            self.reindex.failed(item, f"{type(exc).__name__}: {exc}")
-            return
         if isinstance(item, IngestJob) and isinstance(exc, TRANSIENT_ERRORS):
             # Redis is gone for longer than the client retries: record nothing, let another delivery redo it
             log.warning("job %d not finished (%s); it will be delivered again", item.job_id, exc)
             with contextlib.suppress(Exception):
                 self.broker.release(item)
+            return
+        if isinstance(item, IngestJob) and item.generation is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.reindex.failed(item, reason)
+            self.broker.fail(item, reason)
             return
         if err.status >= 500 and not isinstance(exc, ServiceError):
             log.error("work item failed: %s: %s", type(exc).__name__, exc)

@@ -27,6 +27,7 @@ from service.storage import VideoStorage
 from service.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:
+    from service.backends.redis.reindex import RedisOnlineReindex
     from service.encoding.worker import EncoderWorker
     from service.reindex import OnlineReindex
 
@@ -35,11 +36,13 @@ log = logging.getLogger(__name__)
 
 class Service(Role):
     """What `drca serve` runs and the routes are given: the embedded service (with its own `worker` and
-    online `reindex`) or a gateway replica (neither: its workers are other processes)."""
+    online `reindex`) or a gateway replica (no worker: its workers are other processes; on Redis, the
+    deployment's online `reindex`)."""
 
     def __init__(self, *, settings: Settings, metrics: ServiceMetrics, active: Active, catalog: Catalog,
                  search: SearchService, broker: Broker, queries: QueriesInFlight, thumbnails: ThumbnailCache,
-                 limits: Limits, vectors: Vectors, reindex: OnlineReindex | None, worker: EncoderWorker | None,
+                 limits: Limits, vectors: Vectors, reindex: OnlineReindex | RedisOnlineReindex | None,
+                 worker: EncoderWorker | None,
                  checks: Sequence[Callable[[], bool]], workers_running: Callable[[], bool],
                  parts: Sequence[Part], closers: Sequence[Callable[[], None]]) -> None:
         super().__init__(parts, closers)
@@ -126,6 +129,7 @@ def open_serving(settings: Settings, files: CheckpointFiles, stack: ExitStack) -
     another checkpoint's vectors); closed by `stack` if the build fails."""
     backend = open_backend(settings)
     stack.callback(backend.close)
+    backend.prepare_index(identity_of(files))
     index, generation = open_index(settings, identity_of(files))
     stack.callback(index.close)
     return backend, ActiveGeneration.of(files, generation, index, encoder=None)
@@ -141,8 +145,10 @@ def build_gateway(settings: Settings, metrics: ServiceMetrics | None = None) -> 
         front = Front.build(settings, metrics, backend, Active(generation))
         stack.pop_all()
     broker = front.broker
+    reindex = front.backend.gateway_reindex(front.catalog, broker, front.active, on_switch=(front.search.reset,))
+    inner = (Part(reindex.resume, reindex.stop),) if reindex is not None else ()
     return Service(settings=settings, metrics=metrics, active=front.active, catalog=front.catalog,
                    search=front.search, broker=broker, queries=front.queries, thumbnails=front.thumbnails,
-                   limits=front.limits, vectors=front.vectors, reindex=None, worker=None, checks=(),
-                   workers_running=lambda: broker.workers_alive() > 0, parts=front.parts(),
+                   limits=front.limits, vectors=front.vectors, reindex=reindex, worker=None, checks=(),
+                   workers_running=lambda: broker.workers_alive() > 0, parts=front.parts(*inner),
                    closers=front.closers())

@@ -27,6 +27,7 @@ from indexer import VideoIndex
 from indexer.milvus_index import MilvusVideoIndex
 from service.backends.local import ActiveIndex
 from service.backends.redis.broker import RedisBroker
+from service.backends.redis.reindex import RedisOnlineReindex
 from service.backends.redis.streams import ChangeFollower, MilvusChangeLog, RedisVectorLog, VectorFollower
 from service.broker import InProcessBroker
 from service.encoding.encoder import VideoEncoder
@@ -94,7 +95,8 @@ def test_every_role_on_every_backend_from_the_same_parts(checkpoint, tmp_path, r
             assert isinstance(worker.catalog.index, writer_type) and worker.worker.active is worker.active
             assert worker.active.current.index is None if index_type is VideoIndex else \
                 isinstance(worker.active.current.index, MilvusVideoIndex)  # it writes into the shared Milvus
-            assert gateway.active.current.encoder is None and gateway.worker is None and gateway.reindex is None
+            assert gateway.active.current.encoder is None and gateway.worker is None
+            assert isinstance(gateway.reindex, RedisOnlineReindex)  # the deployment's, through the workers
             assert isinstance(gateway.active.current.index, index_type)
             assert isinstance(gateway.catalog.index, writer_type) and isinstance(gateway.broker, RedisBroker)
             assert [type(f) for f in gateway.vectors.followers] == [follower_type]

@@ -55,6 +55,19 @@ redis.call('HSET', KEYS[2], ARGV[1], id)
 return id
 """
 
+# An online reindex's job (service/backends/redis/reindex.py): queued unless it is queued already or its video
+# is already in the new generation (KEYS[3], the reindex's done set), so that no video is queued twice, whichever
+# gateway drives the reindex. Its job id is minus the video id.
+_ENQUEUE_REINDEX = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
+  return false
+end
+local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'video_id', ARGV[2], 'path', ARGV[3], 'plan', '',
+                      'generation', ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return id
+"""
+
 
 def connect(url: str) -> redis.Redis:
     """A client that rides out a Redis restart: every command is retried for about 20 s."""
@@ -154,6 +167,7 @@ class RedisBroker:
         self.k_attempts, self.k_requests, self.k_workers = f"{p}:jobs:attempts", f"{p}:requests", f"{p}:workers"
         self.k_reply = f"{p}:reply:"
         self._enqueue = client.register_script(_ENQUEUE)
+        self._enqueue_reindex = client.register_script(_ENQUEUE_REINDEX)
         self._inflight: dict[int, str] = {}  # job id -> stream entry id, for the jobs this worker holds
         self._lock = threading.Lock()
         self._beat_stop = threading.Event()
@@ -172,6 +186,16 @@ class RedisBroker:
     def enqueue(self, job: IngestJob) -> None:
         plan = job.plan.to_json() if job.plan is not None else ""
         self._enqueue(keys=[self.k_jobs, self.k_msg], args=[job.job_id, job.video_id, job.path, plan])
+
+    def enqueue_reindex(self, job: IngestJob, done_key: str) -> bool:
+        """Queue a reindex job (`job.generation` set, `job.job_id` minus its video id) unless it is queued or
+        its video is in `done_key` already; whether it was queued."""
+        return bool(self._enqueue_reindex(keys=[self.k_jobs, self.k_msg, done_key],
+                                          args=[job.job_id, job.video_id, job.path, job.generation]))
+
+    def queued_reindex_videos(self) -> set[int]:
+        """The videos whose reindex job is queued or being worked on."""
+        return {-int(j) for j in self.r.hkeys(self.k_msg) if int(j) < 0}
 
     def has_message(self, job_id: int) -> bool:
         return bool(self.r.hexists(self.k_msg, job_id))
@@ -283,7 +307,9 @@ class RedisBroker:
             self.r.xack(self.k_jobs, GROUP, entry_id)
             return None
         attempt = int(self.r.hincrby(self.k_attempts, job_id, 1))
-        job = IngestJob(job_id, video_id, path, attempt=attempt, plan=_plan(entry_id, fields.get(b"plan")))
+        generation = fields.get(b"generation")
+        job = IngestJob(job_id, video_id, path, attempt=attempt, plan=_plan(entry_id, fields.get(b"plan")),
+                        generation=generation.decode() if generation is not None else None)
         with self._lock:
             self._inflight[job_id] = entry_id.decode()
         if attempt > self.settings.max_attempts:

@@ -10,6 +10,11 @@ resumes from that cursor; entries applied twice are harmless, because an add rep
 segments (an upsert by video id) and a delete of an absent video does nothing. So every replica ends up
 with each video exactly once, in the state the stream's last entry for it says.
 
+Each index generation has its own stream: `<prefix>:vectors` for the first, `<prefix>:vectors:<tag>` for one
+an online reindex made (service/backends/redis/generation.py, reindex.py). Writers append to the
+deployment's current generation, read under the catalog lock; a gateway's follower moves to the new stream
+when the gateway switches (`VectorFollower.follow`).
+
 With the Milvus backend (`DRCA_INDEX=milvus`) there is no replica to feed: Milvus is the one index.
 `MilvusChangeLog` is then the catalog's index: a write goes into Milvus first (an upsert by primary key,
 so a job taken over from a dead worker writes the same rows again, never more rows), then a short entry
@@ -34,6 +39,7 @@ import redis
 
 from indexer import InvalidVectors, SegmentIndex, Span, VideoIndex
 from indexer.index import normalise, spans_array
+from service.backends.redis.generation import DeploymentGenerations, vectors_key
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +51,48 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def add_entry(video_id: int, segments: list[Span], vectors: np.ndarray, dim: int) -> dict:
+    """A vector stream's `add` entry: the video's segments and L2-normalised vectors (a bad write fails
+    here, never in the replicas)."""
+    vecs = normalise(vectors, dim)
+    segs = spans_array(segments, len(vecs))
+    return {"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist()),
+            "vectors": vecs.astype("<f4").tobytes()}
+
+
 class RedisVectorLog:
     """The catalog's index writes in Redis mode (`add_video`, `delete_video`, like `VideoIndex`).
 
-    With a `follower` (in a gateway), a write returns once this replica's index has applied it, so the
-    gateway that deleted a video never returns it in a search afterwards."""
+    Each write goes to the stream of the deployment's current generation, read under the catalog lock
+    (service/backends/redis/generation.py); a delete also goes to the generation an online reindex is
+    filling. With followers (in a gateway: the current generation's and, during a reindex, the next
+    one's), a write returns once this replica has applied it, so the gateway that deleted a video never
+    returns it in a search afterwards."""
 
     def __init__(self, client: redis.Redis, prefix: str, dim: int, follower: VectorFollower | None = None,
                  wait_s: float = 10.0) -> None:
         self.r = client
-        self.key = f"{prefix}:vectors"
-        self.dim = dim
-        self.follower = follower
+        self.prefix = prefix
+        self.dim = dim  # the first generation's; a later one's is recorded with it
+        self.followers: list[VectorFollower] = [follower] if follower is not None else []
         self.wait_s = wait_s
+        self.deployment = DeploymentGenerations(client, prefix)
 
     def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None:
-        vecs = normalise(vectors, self.dim)  # a bad write fails here, never in the replicas
-        segs = spans_array(segments, len(vecs))
-        self._append({"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist()),
-                      "vectors": vecs.astype("<f4").tobytes()})
+        tag, identity = self.deployment.current()
+        self._append(tag, add_entry(video_id, segments, vectors, identity.embed_dim if identity else self.dim))
 
     def delete_video(self, video_id: int) -> bool:
-        self._append({"op": "delete", "video_id": int(video_id)})
+        for tag in self.deployment.live_tags():
+            self._append(tag, {"op": "delete", "video_id": int(video_id)})
         return True
 
-    def _append(self, fields: dict) -> None:
-        entry = self.r.xadd(self.key, fields).decode()
-        if self.follower is not None and not self.follower.wait_for(entry, self.wait_s):
-            log.warning("this replica has not applied %s after %g s (it will)", entry, self.wait_s)
+    def _append(self, tag: str, fields: dict) -> None:
+        key = vectors_key(self.prefix, tag)
+        entry = self.r.xadd(key, fields).decode()
+        for follower in list(self.followers):
+            if follower.key == key and not follower.wait_for(entry, self.wait_s):
+                log.warning("this replica has not applied %s after %g s (it will)", entry, self.wait_s)
 
 
 class StreamFollower:
@@ -126,14 +146,15 @@ class VectorFollower(StreamFollower):
     thread_name = "drca-vector-follower"
 
     def __init__(self, client: redis.Redis, prefix: str, index: VideoIndex,
-                 on_change: Callable[[int, bool], None] | None = None) -> None:
-        super().__init__(client, f"{prefix}:vectors")
+                 on_change: Callable[[int, bool], None] | None = None, tag: str = "") -> None:
+        super().__init__(client, vectors_key(prefix, tag))
         self.index = index
         self.on_change = on_change  # (video_id, added) after each applied entry: the text-search table
         self.cursor_path = Path(index.directory) / CURSOR_FILE
         self.cursor = self.cursor_path.read_text().strip() if self.cursor_path.exists() else "0-0"
         self._applied = threading.Condition()
         self._end: tuple[int, int] | None = None  # the stream's last entry when this replica started
+        self._target = threading.Lock()  # held by a step: `follow` changes the stream between two steps
 
     @property
     def ready(self) -> bool:
@@ -144,16 +165,30 @@ class VectorFollower(StreamFollower):
         with self._applied:
             return self._applied.wait_for(lambda: _id_tuple(self.cursor) >= target, timeout_s)
 
+    def applied(self, entry_id: str) -> bool:
+        """This replica has applied the stream up to `entry_id` (or further)."""
+        with self._applied:
+            return _id_tuple(self.cursor) >= _id_tuple(entry_id)
+
+    def follow(self, other: VectorFollower) -> None:
+        """Go on with `other`'s stream, index and cursor (an online reindex's next generation, now current;
+        `other` is stopped first): this object stays the one the gateway's readiness checks."""
+        with self._target, self._applied:
+            self.key, self.index, self.cursor_path, self.cursor = other.key, other.index, other.cursor_path, other.cursor
+            self._end = None
+            self._applied.notify_all()
+
     def _step(self) -> None:
-        if self._end is None:
-            last = self.r.xrevrange(self.key, count=1)
-            self._end = _id_tuple(last[0][0].decode()) if last else (0, 0)
-        got = self.r.xread({self.key: self.cursor}, count=500, block=500)
-        entries = got[0][1] if got else []
-        if entries:
-            self._apply(entries)
-        if not entries or _id_tuple(self.cursor) >= self._end:
-            self.caught_up.set()
+        with self._target:
+            if self._end is None:
+                last = self.r.xrevrange(self.key, count=1)
+                self._end = _id_tuple(last[0][0].decode()) if last else (0, 0)
+            got = self.r.xread({self.key: self.cursor}, count=500, block=500)
+            entries = got[0][1] if got else []
+            if entries:
+                self._apply(entries)
+            if not entries or _id_tuple(self.cursor) >= self._end:
+                self.caught_up.set()
 
     def _apply(self, entries: list) -> None:
         adds: list[tuple[int, list[Span], np.ndarray]] = []
@@ -207,22 +242,33 @@ class VectorFollower(StreamFollower):
 class MilvusChangeLog:
     """The catalog's index writes in Redis mode with Milvus: into Milvus (durable, visible to every
     gateway's searches on return), then announced on `<prefix>:changes` for the gateways' text tables.
-    Called under the catalog lock, so the stream's order is the order of the writes."""
+    Called under the catalog lock, so the stream's order is the order of the writes. A write goes into the
+    deployment's current generation (`indexes(tag)`: this process's handle on it), a delete also into the
+    one an online reindex is filling."""
 
-    def __init__(self, client: redis.Redis, prefix: str, index: SegmentIndex, maxlen: int = 100_000) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, index: SegmentIndex, maxlen: int = 100_000,
+                 indexes: Callable[[str], SegmentIndex] | None = None) -> None:
         self.r = client
         self.key = f"{prefix}:changes"
-        self.index = index
+        self.index = index  # the generation this process started on
         self.maxlen = maxlen
+        self.indexes = indexes
+        self.deployment = DeploymentGenerations(client, prefix)
+
+    def _index(self, tag: str) -> SegmentIndex:
+        return self.indexes(tag) if self.indexes is not None else self.index
 
     def add_video(self, video_id: int, segments: list[Span], vectors: np.ndarray) -> None:
-        self.index.add_video(video_id, segments, vectors)  # an upsert: a re-run writes the same rows
+        self._index(self.deployment.current_tag()).add_video(video_id, segments, vectors)  # an upsert
         segs = spans_array(segments, len(vectors))
         self.r.xadd(self.key, {"op": "add", "video_id": int(video_id), "segments": json.dumps(segs.tolist())},
                     maxlen=self.maxlen, approximate=True)
 
     def delete_video(self, video_id: int) -> bool:
-        found = self.index.delete_video(video_id)
+        current, *targets = self.deployment.live_tags()
+        found = self._index(current).delete_video(video_id)
+        for tag in targets:
+            self._index(tag).delete_video(video_id)
         self.r.xadd(self.key, {"op": "delete", "video_id": int(video_id)}, maxlen=self.maxlen, approximate=True)
         return found
 

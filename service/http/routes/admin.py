@@ -1,15 +1,16 @@
 """Administration: the online reindex (`drca reindex --server URL --checkpoint NEW` calls these).
 
 `POST /v1/admin/reindex` starts re-embedding every stored video with another checkpoint into a new index
-generation, through the service's own worker and queue; searches keep using the current generation until
-the switch (service/reindex.py, `OnlineReindex`). `GET /v1/admin/reindex` reports its progress. Both are
+generation, through the service's own worker and queue (service/reindex.py, `OnlineReindex`), or, on a Redis
+deployment, through the workers and the job stream (service/backends/redis/reindex.py, `RedisOnlineReindex`);
+searches keep using the current generation until the switch. `GET /v1/admin/reindex` reports its progress. Both are
 off unless admin keys are configured, and then need an admin key (`require_admin_key`, wired in app.py);
 the checkpoint must lie in an allowed directory and is checked off the request threads
 (service/admin_checkpoint.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -23,16 +24,19 @@ from service.http.schemas import ReindexRequest, ReindexStatus
 from service.reindex import OnlineReindex, ReindexError
 from service.roles import Service
 
+if TYPE_CHECKING:
+    from service.backends.redis.reindex import RedisOnlineReindex
+
 router = APIRouter(tags=["admin"])
 
 
 ServiceDep = Annotated[Service, Depends(service)]
 
 
-def _reindexer(svc: Service) -> OnlineReindex:
+def _reindexer(svc: Service) -> OnlineReindex | RedisOnlineReindex:
     if svc.reindex is None:
-        raise Conflict("an online reindex runs on the embedded service (this is a scale-out gateway); stop the "
-                       "deployment and run `drca reindex --checkpoint NEW` on it")
+        raise Conflict("this gateway has no encoder worker to reindex with; run `drca reindex --checkpoint NEW` "
+                       "on its data dir, or reindex through the embedded service")
     return svc.reindex
 
 
