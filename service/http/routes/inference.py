@@ -27,14 +27,16 @@ from service.http.deps import (
 from service.http.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    CopySpanOut,
     LabelOut,
+    MatchThresholdOut,
     SearchHit,
     SearchRequest,
     SearchResponse,
     parse_float,
     parse_int,
 )
-from service.search import VideoMatch, external_ids
+from service.search import MatchThreshold, VideoMatch, external_ids, match_threshold
 from service.settings import Settings
 from service.storage import UploadForm
 
@@ -134,9 +136,11 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
 @router.post("/search", response_model=SearchResponse, openapi_extra=_body(
     "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
     "SearchRequest"), responses=ERRORS)
-async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep,
+async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep, active: ActiveDep,
                  settings: SettingsDep, metrics: MetricsDep) -> SearchResponse:
-    """Ranked videos for a video or text query; each hit names its best-matching segment."""
+    """Ranked videos for a video or text query; each hit names its best-matching segment. A video query's
+    hits say whether each is a copy (`match`, at `match_threshold`) and where a copy lies in both videos
+    (`spans`)."""
     t0 = time.perf_counter()
     form, data = await _read(request, settings)
     spool_s = time.perf_counter() - t0
@@ -145,6 +149,7 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
             req = _validated(SearchRequest, data)
             check_k(req.k, settings)
             exclude = set(req.exclude_ids)
+            threshold: MatchThreshold | None = None
             has_file = form is not None and form.file is not None
             if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
                 raise InvalidInput("send exactly one query: a multipart 'file', a 'video_id', or a 'text'")
@@ -162,8 +167,10 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
                 else:
                     query = await run_in_threadpool(svc.stored_query, req.video_id)
                     exclude.add(req.video_id)  # "more like this": not the video itself
-                matches, search_s = await run_in_threadpool(_timed, svc.video_query, query, req.k, req.min_score,
-                                                            exclude)
+                threshold = match_threshold(active.card, req.min_score)
+                matches, search_s = await run_in_threadpool(
+                    _timed, svc.video_query, query, req.k, req.min_score, exclude, None,
+                    threshold.min_score if threshold else None)
                 kind = "video"
                 if has_file:  # an uploaded video query: its gateway stages (the worker records the others)
                     metrics.stage_seconds.labels("query", "spool").observe(spool_s)
@@ -172,7 +179,8 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
             if form is not None:
                 form.discard()
         ext = await run_in_threadpool(external_ids, catalog, matches)
-        return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
+        return SearchResponse(query=kind, match_threshold=threshold_out(threshold),
+                              hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
 
 
 def _timed(fn, *args):
@@ -189,5 +197,14 @@ def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
         start=h.segment.start if h.segment else None, end=h.segment.end if h.segment else None,
         query_start=h.query_segment.start if h.query_segment else None,
         query_end=h.query_segment.end if h.query_segment else None,
-        view=m.view, query_box=m.box,
+        view=m.view, query_box=m.box, match=m.match,
+        spans=[CopySpanOut(query_start=s.query_start, query_end=s.query_end, start=s.start, end=s.end,
+                           score=round(s.score, 6)) for s in m.spans],
     )
+
+
+def threshold_out(t: MatchThreshold | None) -> MatchThresholdOut | None:
+    if t is None:
+        return None
+    return MatchThresholdOut(min_score=t.min_score, source=t.source, false_positive_rate=t.false_positive_rate,
+                             calibration=t.calibration)
