@@ -41,12 +41,15 @@ def excerpt_query(source: np.ndarray, a: int, b: int, before: int, after: int,
 
 
 @pytest.mark.parametrize("stride", [2.0, 4.0, 8.0])
-def test_a_whole_video_copy_is_one_span_covering_both(stride: float) -> None:
+@pytest.mark.parametrize("threshold", [THRESHOLD, 0.6])
+def test_a_whole_video_copy_is_one_span_covering_both(stride: float, threshold: float) -> None:
+    """Also at a threshold above a half-overlap's cosine: the query windows halfway between two indexed
+    segments then match neither, and the span still runs through them."""
     rng = np.random.default_rng(0)
     video = frames(40, rng)
     vecs, segs = embed(video, WINDOW)
     qvecs, qsegs = embed(video, stride)
-    spans = copy_spans(qvecs, qsegs, vecs, segs, THRESHOLD)
+    spans = copy_spans(qvecs, qsegs, vecs, segs, threshold)
     assert len(spans) == 1
     s = spans[0]
     assert (s.query_start, s.query_end, s.start, s.end) == (0.0, 40.0, 0.0, 40.0)
