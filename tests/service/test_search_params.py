@@ -129,3 +129,18 @@ def test_match_without_a_card_threshold_comes_from_min_score(service, multi_segm
     r = c.post("/v1/search", json={"text": "a pattern", "k": len(ids), "min_score": -1})
     assert r.status_code == 200 and r.json()["match_threshold"] is None
     assert r.json()["hits"] and all(h["match"] is None and h["spans"] == [] for h in r.json()["hits"])
+
+
+def test_the_openapi_schema_documents_copy_detection(service):
+    """`/openapi.json`: the search request's `min_score` (JSON and form), and the response's
+    `match_threshold`, each hit's `match` and `spans`."""
+    c, _, _ = service
+    spec = c.get("/openapi.json").json()
+    body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    assert "match threshold" in body["application/json"]["schema"]["properties"]["min_score"]["description"]
+    assert "match threshold" in body["multipart/form-data"]["schema"]["properties"]["min_score"]["description"]
+    schemas = spec["components"]["schemas"]
+    assert {"match_threshold", "hits"} <= schemas["SearchResponse"]["properties"].keys()
+    assert {"match", "spans", "view"} <= schemas["SearchHit"]["properties"].keys()
+    assert set(schemas["CopySpanOut"]["properties"]) == {"query_start", "query_end", "start", "end", "score"}
+    assert set(schemas["MatchThresholdOut"]["properties"]) == {"min_score", "source", "false_positive_rate", "calibration"}

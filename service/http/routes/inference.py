@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
@@ -43,25 +43,25 @@ from service.storage import UploadForm
 router = APIRouter(tags=["inference"])
 
 
-def _body(description: str, json_schema: str) -> dict:
+def _body(description: str, json_model: type[BaseModel]) -> dict:
+    """The request body in the OpenAPI page: the multipart form (a file and the model's fields), or JSON (the
+    model's schema, inlined: the route reads the body itself, so FastAPI lists no component for it)."""
+    form = {"file": {"type": "string", "format": "binary"}, "video_id": {"type": "integer"}, "k": {"type": "integer"},
+            "min_score": {"type": "number"}, "exclude_ids": {"type": "string", "description": "comma-separated ids"}}
+    fields = json_model.model_fields
+    for name, prop in form.items():
+        if name in fields and fields[name].description and "description" not in prop:
+            prop["description"] = fields[name].description
     return {
         "requestBody": {
             "required": True,
             "description": description,
             "content": {
                 "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "video_id": {"type": "integer"},
-                            "k": {"type": "integer"},
-                            "min_score": {"type": "number"},
-                            "exclude_ids": {"type": "string", "description": "comma-separated ids"},
-                        },
-                    }
+                    "schema": {"type": "object",
+                               "properties": {n: p for n, p in form.items() if n == "file" or n in fields}},
                 },
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema}"}},
+                "application/json": {"schema": json_model.model_json_schema()},
             },
         }
     }
@@ -103,7 +103,7 @@ async def _read(request: Request, settings: Settings) -> tuple[UploadForm | None
 
 
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(
-    "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", "ClassifyRequest"),
+    "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", ClassifyRequest),
     responses=ERRORS)
 async def classify(request: Request, catalog: CatalogDep, search: SearchDep, active: ActiveDep,
                    queries: QueriesDep, settings: SettingsDep) -> ClassifyResponse:
@@ -135,7 +135,7 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
 
 @router.post("/search", response_model=SearchResponse, openapi_extra=_body(
     "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
-    "SearchRequest"), responses=ERRORS)
+    SearchRequest), responses=ERRORS)
 async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep, active: ActiveDep,
                  settings: SettingsDep, metrics: MetricsDep) -> SearchResponse:
     """Ranked videos for a video or text query; each hit names its best-matching segment. A video query's
