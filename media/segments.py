@@ -47,11 +47,14 @@ class DecodeTimes:
     views: float = 0.0  # finding the borders and the inner picture; the extra views (mirror, inner crop)
 
 
-def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0) -> list[Segment]:
-    """The retrieval protocol's segments of a video (from its frame times; nothing is decoded)."""
+def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0,
+                  stride_s: float | None = None) -> list[Segment]:
+    """The retrieval protocol's segments of a video (from its frame times; nothing is decoded): windows of
+    `num_frames / segment_fps` seconds, every `stride_s` seconds (default: back to back; a query video is
+    planned with overlapping windows to locate copied spans finely)."""
     info = reader.info
     window = num_frames / segment_fps
-    return fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=window,
+    return fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=stride_s or window,
                           frames_per_segment=num_frames, frame_times=reader.frame_times, duration=info.duration)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
@@ -50,6 +50,19 @@ class CheckpointMissing(CheckpointError):
     """The directory lacks one of the checkpoint files."""
 
 
+class MatchThreshold(BaseModel):
+    """The copy decision of a checkpoint's scores: a video search hit is a copy (`match: true`) when its score
+    reaches `min_score`. It depends on the model, so it ships in the card; the card is not part of the
+    checkpoint's identity (the weights' sha256), so a recalibration changes no index."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_score: float = Field(ge=-1.0, le=1.0)  # a cosine
+    # the share of queries with no copy in the index that return any match at `min_score`, on the
+    # calibration set; None while the threshold is provisional
+    false_positive_rate: float | None = Field(None, ge=0.0, le=1.0)
+    calibration: str = Field("", max_length=1000)  # one line: the set and the command; "provisional" before one
+
+
 class ModelCard(BaseModel):
     """What a checkpoint is and how it was made. Free-form `metrics`; everything else is typed."""
 
@@ -68,6 +81,8 @@ class ModelCard(BaseModel):
     notes: str = ""
     # where imported weights came from (drca convert-seed): file, sha256, kind, format, reference_config
     source: dict[str, str] = Field(default_factory=dict)
+    # the copy decision of search hits (None: no hit is a copy unless a request gives `min_score`)
+    match: MatchThreshold | None = None
 
     @model_validator(mode="after")
     def _check_descriptions(self) -> ModelCard:

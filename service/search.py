@@ -4,6 +4,8 @@ Video query: the query's segment embeddings against every indexed segment, aggre
 (`max` by default: the best pair of segments; `chamfer` in settings). An uploaded query is embedded in
 several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoding.encoder`);
 each view is searched on its own and a video scores its best view, which the hit names (`VideoMatch`).
+Given a match threshold (`match_threshold`: the request's `min_score`, else the checkpoint card's), a hit
+is a copy when its score reaches it, and a copy's spans are located in both videos (`service.spans`).
 
 Text query, for each candidate video v (weights and the rest in settings; docs/api.md has examples):
 
@@ -27,13 +29,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar
 
 import numpy as np
 
-from indexer import Span, VideoHit
+from indexer import SegmentIndex, Span, VideoHit
 from indexer.index import Aggregation
+from model.checkpoint import ModelCard
 from model.text import text_encoder_id
 from service.active import Active, ActiveGeneration
 from service.broker import Broker, InferenceRequest
@@ -41,6 +44,7 @@ from service.catalog import Catalog, TextTable
 from service.concepts import ConceptBank
 from service.errors import InvalidInput, ModelSwitched
 from service.settings import Settings
+from service.spans import CopySpan, copy_spans
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,28 @@ class VideoMatch:
     hit: VideoHit
     view: str | None  # the query view that gave the hit's score (None: a text query)
     box: list[int] | None  # that view's region of the query frame
+    match: bool | None = None  # a copy: the score reaches the match threshold (None: a text query)
+    spans: tuple[CopySpan, ...] = ()  # a copy's copied spans, in query time order
+
+
+@dataclass(frozen=True)
+class MatchThreshold:
+    """The score a video hit must reach to be a copy, and where it comes from."""
+
+    min_score: float
+    source: Literal["request", "checkpoint"]
+    false_positive_rate: float | None = None  # the checkpoint's calibration (None: the request's own)
+    calibration: str | None = None
+
+
+def match_threshold(card: ModelCard, min_score: float | None) -> MatchThreshold | None:
+    """The request's `min_score`, else the checkpoint card's threshold, else None (no hit is a copy)."""
+    if min_score is not None:
+        return MatchThreshold(float(min_score), "request")
+    if card.match is None:
+        return None
+    m = card.match
+    return MatchThreshold(m.min_score, "checkpoint", m.false_positive_rate, m.calibration or None)
 
 
 def video_query_from(vectors: np.ndarray, segments: list[Span] | None, views: list[str] | None = None,
@@ -176,35 +202,45 @@ class SearchService:
         return video_query_from(res.vectors, res.segments, res.views, res.boxes, res.checkpoint)
 
     def video_search(self, make_query: Callable[[], VideoQuery], k: int, min_score: float | None,
-                     exclude: set[int]) -> tuple[list[VideoMatch], float]:
+                     exclude: set[int]) -> tuple[list[VideoMatch], float, MatchThreshold | None]:
         """`make_query()` (`embed_video_query` of an upload, or `stored_query`) searched in the generation of
-        the checkpoint that made it (see `_in_one_generation`); the matches and the index search's seconds."""
+        the checkpoint that made it (see `_in_one_generation`), each hit decided at that checkpoint's card
+        threshold (or `min_score`); the matches, the index search's seconds and the threshold used."""
         gen, query = self._in_one_generation(make_query, lambda q: q.checkpoint)
+        threshold = match_threshold(gen.card, min_score)
         t0 = time.perf_counter()
-        matches = self._search_views(gen, query, k, min_score, exclude, self.settings.aggregation)
-        return matches, time.perf_counter() - t0
+        matches = self._search_views(gen, query, k, min_score, exclude, self.settings.aggregation,
+                                     threshold.min_score if threshold else None)
+        return matches, time.perf_counter() - t0, threshold
 
     def video_query(self, query: VideoQuery, k: int, min_score: float | None, exclude: set[int],
-                    aggregation: Aggregation | None = None) -> list[VideoMatch]:
+                    aggregation: Aggregation | None = None,
+                    threshold: float | None = None) -> list[VideoMatch]:
         """Top-k videos over all views of the query, in the active generation (`ModelSwitched` when another
-        checkpoint made the query)."""
+        checkpoint made the query); with a match `threshold`, each hit decided (see `_search_views`)."""
         return self._search_views(self._generation_of(query), query, k, min_score, exclude,
-                                  aggregation or self.settings.aggregation)
+                                  aggregation or self.settings.aggregation, threshold)
 
     @staticmethod
     def _search_views(gen: ActiveGeneration, query: VideoQuery, k: int, min_score: float | None,
-                      exclude: set[int], agg: Aggregation) -> list[VideoMatch]:
+                      exclude: set[int], agg: Aggregation, threshold: float | None = None) -> list[VideoMatch]:
         """Each view searched on its own in `gen`'s index, a video scores its best view (exact: a video in
-        the merged top-k is in the top-k of its best view)."""
+        the merged top-k is in the top-k of its best view). With a match `threshold`, each hit is decided
+        (`match`) and a copy's spans are located from its best view; without one, no hit is a copy."""
         index = gen.index
         best: dict[int, VideoMatch] = {}
+        best_view: dict[int, QueryView] = {}
         for view in query.views:
             for h in index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
                                   min_score=min_score, exclude_ids=exclude):
                 cur = best.get(h.video_id)
                 if cur is None or h.score > cur.hit.score:
-                    best[h.video_id] = VideoMatch(h, view.name, view.box)
-        return sorted(best.values(), key=lambda m: (-m.hit.score, m.hit.video_id))[:k]
+                    best[h.video_id] = VideoMatch(h, view.name, view.box, match=False)
+                    best_view[h.video_id] = view
+        top = sorted(best.values(), key=lambda m: (-m.hit.score, m.hit.video_id))[:k]
+        if threshold is None:
+            return top
+        return [decide(index, m, best_view[m.hit.video_id], threshold) for m in top]
 
     def stored_query(self, video_id: int) -> VideoQuery:
         """"More like this": an indexed video's own segments, as stored in the active generation (one view)."""
@@ -256,6 +292,18 @@ class SearchService:
         s = self.settings
         bank = self.concept_bank() if s.text_weight_concept else None
         return side_scores(self.catalog.text_table(), bank, q_sent, s)
+
+
+def decide(index: SegmentIndex, m: VideoMatch, view: QueryView, threshold: float) -> VideoMatch:
+    """`m` with its copy decision, and, for a copy, its spans between `view` and the indexed video."""
+    if m.hit.score < threshold:
+        return replace(m, match=False)
+    stored = index.get(m.hit.video_id) if view.segments is not None else None
+    if stored is None:  # deleted since the search, or a query without segment times
+        return replace(m, match=True)
+    spans = copy_spans(view.vectors, [(s.start, s.end) for s in view.segments], stored.vectors,
+                       [(s.start, s.end) for s in stored.segments], threshold)
+    return replace(m, match=True, spans=tuple(spans))
 
 
 def side_scores(table: TextTable, bank: ConceptBank | None, q_sent: np.ndarray,

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     remove_borders: bool = True
     picture: Literal["rgb", "grey"] = "rgb"  # "grey": embed a normalised grey view (media.views.grey_normalised)
     query_views: list[Literal["mirrored", "inner"]] = Field(default_factory=lambda: ["mirrored", "inner"])
+    # a query video's windows start every this many seconds (indexed videos: back to back, 8 s every 8 s), so
+    # that a copied excerpt is aligned with an indexed segment to half of it and its span edges are located
+    # to half of it (docs/api.md#copies); at most the window length. A query that would have more than
+    # max_segments windows at this stride is embedded back to back
+    query_stride_s: float = Field(4.0, gt=0)
     # text search: score = w_head * head + w_concept * concept + w_meta * max(0, meta - floor) (docs/api.md)
     text_weight_head: float = 1.0
     text_weight_concept: float = 1.0

@@ -152,6 +152,8 @@ class VideoEncoder:
             if planned_here:
                 planned = plan_segments(reader, num_frames, self.settings.segment_fps)
                 check_segment_count(len(planned), self.settings, Path(path).stat().st_size)
+                if query:
+                    planned = self._query_windows(reader, planned)
             else:
                 planned = list(plan.segments)
             times.open += time.perf_counter() - t0
@@ -162,6 +164,16 @@ class VideoEncoder:
             reader.close()
             raise
         return OpenedVideo(reader, planned, view_plan, query, probed, times)
+
+    def _query_windows(self, reader: VideoReader, planned: list[Segment]) -> list[Segment]:
+        """A query's windows every `query_stride_s` (overlapping), unless that would be more than
+        `max_segments` of them: then the back-to-back segments `planned` (the cost bound of one query)."""
+        s = self.settings
+        window = self.config.input.num_frames / s.segment_fps
+        if s.query_stride_s >= window:
+            return planned
+        dense = plan_segments(reader, self.config.input.num_frames, s.segment_fps, stride_s=s.query_stride_s)
+        return dense if len(dense) <= s.max_segments else planned
 
     def decode(self, path: str | Path, query: bool = False) -> DecodedVideo:
         """Every clip at once (benchmarks, short videos); the worker decodes in chunks (`open`)."""

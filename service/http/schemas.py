@@ -134,26 +134,55 @@ class SearchRequest(BaseModel):
     text: str | None = Field(None, min_length=1, max_length=1000)
     video_id: Id | None = None
     k: Int = Field(10, ge=1, le=MAX_ID)
-    min_score: Number | None = Field(None, ge=-1.0, le=10.0)
+    min_score: Number | None = Field(None, ge=-1.0, le=10.0, description=(
+        "Hits scoring below it are left out. Video queries: it is also the match threshold (replacing the "
+        "checkpoint's), so every hit returned is a copy"))
     exclude_ids: list[Id] = Field(default_factory=list, max_length=1000)
+
+
+class CopySpanOut(BaseModel):
+    query_start: float = Field(description="Seconds in the query")
+    query_end: float
+    start: float = Field(description="Seconds in the indexed video")
+    end: float
+    score: float = Field(description="The best segment pair's cosine in the span")
 
 
 class SearchHit(BaseModel):
     video_id: int
     external_id: str | None
     score: float
+    match: bool | None = Field(None, description="Video queries: a copy (the score reaches the match threshold: "
+                               "`match_threshold`); false: only similar. null for text queries")
+    spans: list[CopySpanOut] = Field(default_factory=list, description=(
+        "A copy's copied spans, located in both videos (consecutive matching segment pairs along one time "
+        "offset), in query time order; empty unless `match`"))
     start: float | None = Field(description="Matched segment of the hit, seconds")
     end: float | None
     query_start: float | None = Field(None, description="Query segment of the best pair (video queries)")
     query_end: float | None = None
-    view: str | None = Field(None, description="Video queries: the query view that matched: `original` (the "
-                             "active picture, borders removed) or `mirrored` (its left-right mirror image)")
+    view: str | None = Field(None, description="Video queries: the query view that matched, and that `spans` "
+                             "are located in: `original` (the active picture, borders removed), `mirrored` (its "
+                             "left-right mirror image) or `inner` (the inner picture of a picture-in-picture)")
     query_box: list[int] | None = Field(None, description="Video queries: the region of the query frame that "
                                         "was embedded, [x, y, width, height] in pixels; null: the whole frame")
 
 
+class MatchThresholdOut(BaseModel):
+    min_score: float = Field(description="A video hit scoring at least this is a copy (`match: true`)")
+    source: Literal["request", "checkpoint"] = Field(description="The request's `min_score`, or the "
+                                                     "threshold shipped in the checkpoint's card")
+    false_positive_rate: float | None = Field(None, description="The checkpoint's: the share of queries with no "
+                                              "copy in the index that matched at this threshold on its "
+                                              "calibration set (null: provisional, or the request's threshold)")
+    calibration: str | None = Field(None, description="The checkpoint's: the calibration set and command")
+
+
 class SearchResponse(BaseModel):
     query: Literal["video", "text"]
+    match_threshold: MatchThresholdOut | None = Field(None, description=(
+        "The threshold that decided `match` (video queries); null for text queries, and when neither the "
+        "request (`min_score`) nor the checkpoint has one: then no hit is a copy"))
     hits: list[SearchHit]
 
 

@@ -21,6 +21,7 @@ the embeddings: a re-encoded, cropped copy finds its original first (as in tests
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -84,8 +85,26 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("webui-ckpt") / "tiny")
+def checkpoint(tmp_path_factory, media) -> Path:
+    """The tiny checkpoint, with a match threshold in its card halfway between the copy's score against the
+    bars and its best score against the other videos (computed here with the service's encoder), so the
+    page shows one copy and the rest as similar."""
+    path = tiny_checkpoint(tmp_path_factory.mktemp("webui-ckpt") / "tiny")
+    import numpy as np
+
+    from service.encoding.encoder import VideoEncoder
+    from service.settings import Settings
+
+    enc = VideoEncoder(Settings(checkpoint=path, data_dir=tmp_path_factory.mktemp("webui-enc"), device="cpu",
+                                runtime="torch", text_search=False))
+    query = enc.forward(enc.decode(media["query"], query=True).clips)[0]
+    scores = {name: float((query @ enc.forward(enc.decode(media[name]).clips)[0].T).max()) for name in VIDEOS}
+    copy, other = scores.pop("smpte-bars"), max(scores.values())
+    assert copy > other + 0.01, (copy, other)
+    card = json.loads((path / "card.json").read_text())
+    card["match"] = {"min_score": round(float(np.mean([copy, other])), 6), "calibration": "test: between the copy and the rest"}
+    (path / "card.json").write_text(json.dumps(card))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +191,14 @@ def test_upload_search_play_delete(browser, server, media):
     wait_thumbnails(page)
     shot(page, "search-text-results", down_to="[data-testid=results]")  # the README's screenshot
 
-    # video search: a cropped, re-encoded copy of the bars finds the bars first
+    # video search: a cropped, re-encoded copy of the bars finds the bars first, marked as a copy (the card's
+    # threshold), with its copied span; the others are marked similar
     search_video(page, media["query"])
     expect(page.get_by_test_id("hit")).to_have_count(len(VIDEOS))
     assert hit_titles(page)[0] == "smpte-bars"
+    assert page.get_by_test_id("verdict").all_inner_texts() == ["COPY"] + ["SIMILAR"] * (len(VIDEOS) - 1)
+    expect(page.get_by_test_id("hit-spans")).to_have_count(1)
+    expect(page.get_by_test_id("hit").first.get_by_test_id("hit-spans")).to_contain_text("copied: 0:00–0:06")
     wait_thumbnails(page)
     shot(page, "search-video-results")
 

@@ -104,3 +104,43 @@ def test_min_score(service, multi_segment_videos):
     assert search(c, video_id=ids[0], k=len(ids), min_score=scores[0] + 1e-3) == []
     form = form_search(multi_segment_videos[0], k=len(ids), min_score=threshold)
     assert [h["video_id"] for h in form] == [ids[0], *(h["video_id"] for h in full[:2])]
+
+
+def test_match_without_a_card_threshold_comes_from_min_score(service, multi_segment_videos):
+    """The tiny checkpoint's card has no `match`: no video hit is a copy and `match_threshold` is null,
+    unless the request sends `min_score`, which is then the threshold (every hit returned reaches it).
+    Text queries are not copy detection: their hits carry `match: null`."""
+    c, ids, aggregation = service
+    r = c.post("/v1/search", json={"video_id": ids[0], "k": len(ids)})
+    assert r.status_code == 200 and r.json()["match_threshold"] is None
+    full = r.json()["hits"]
+    assert all(h["match"] is False and h["spans"] == [] for h in full)
+    threshold = (full[1]["score"] + full[2]["score"]) / 2
+    r = c.post("/v1/search", json={"video_id": ids[0], "k": len(ids), "min_score": threshold})
+    assert r.json()["match_threshold"] == {"min_score": threshold, "source": "request", "false_positive_rate": None,
+                                           "calibration": None}
+    hits = r.json()["hits"]
+    assert [h["video_id"] for h in hits] == [h["video_id"] for h in full[:2]]
+    for h in hits:  # a copy: its spans are in both videos; the best pair (`max`: the hit's score) among them
+        assert h["match"] is True and h["spans"], h
+        best = max(s["score"] for s in h["spans"])
+        assert best == pytest.approx(h["score"], abs=1e-5) if aggregation == "max" else best >= h["score"] - 1e-5
+        assert all(s["query_start"] < s["query_end"] and s["start"] < s["end"] <= 9.0 + 1e-6 for s in h["spans"])
+    r = c.post("/v1/search", json={"text": "a pattern", "k": len(ids), "min_score": -1})
+    assert r.status_code == 200 and r.json()["match_threshold"] is None
+    assert r.json()["hits"] and all(h["match"] is None and h["spans"] == [] for h in r.json()["hits"])
+
+
+def test_the_openapi_schema_documents_copy_detection(service):
+    """`/openapi.json`: the search request's `min_score` (JSON and form), and the response's
+    `match_threshold`, each hit's `match` and `spans`."""
+    c, _, _ = service
+    spec = c.get("/openapi.json").json()
+    body = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]
+    assert "match threshold" in body["application/json"]["schema"]["properties"]["min_score"]["description"]
+    assert "match threshold" in body["multipart/form-data"]["schema"]["properties"]["min_score"]["description"]
+    schemas = spec["components"]["schemas"]
+    assert {"match_threshold", "hits"} <= schemas["SearchResponse"]["properties"].keys()
+    assert {"match", "spans", "view"} <= schemas["SearchHit"]["properties"].keys()
+    assert set(schemas["CopySpanOut"]["properties"]) == {"query_start", "query_end", "start", "end", "score"}
+    assert set(schemas["MatchThresholdOut"]["properties"]) == {"min_score", "source", "false_positive_rate", "calibration"}

@@ -7,7 +7,7 @@ from functools import partial
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
@@ -28,39 +28,41 @@ from service.http.deps import (
 from service.http.schemas import (
     ClassifyRequest,
     ClassifyResponse,
+    CopySpanOut,
     LabelOut,
+    MatchThresholdOut,
     SearchHit,
     SearchRequest,
     SearchResponse,
     parse_float,
     parse_int,
 )
-from service.search import VideoMatch, external_ids
+from service.search import MatchThreshold, VideoMatch, external_ids
 from service.settings import Settings
 from service.storage import UploadForm
 
 router = APIRouter(tags=["inference"])
 
 
-def _body(description: str, json_schema: str) -> dict:
+def _body(description: str, json_model: type[BaseModel]) -> dict:
+    """The request body in the OpenAPI page: the multipart form (a file and the model's fields), or JSON (the
+    model's schema, inlined: the route reads the body itself, so FastAPI lists no component for it)."""
+    form = {"file": {"type": "string", "format": "binary"}, "video_id": {"type": "integer"}, "k": {"type": "integer"},
+            "min_score": {"type": "number"}, "exclude_ids": {"type": "string", "description": "comma-separated ids"}}
+    fields = json_model.model_fields
+    for name, prop in form.items():
+        if name in fields and fields[name].description and "description" not in prop:
+            prop["description"] = fields[name].description
     return {
         "requestBody": {
             "required": True,
             "description": description,
             "content": {
                 "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "video_id": {"type": "integer"},
-                            "k": {"type": "integer"},
-                            "min_score": {"type": "number"},
-                            "exclude_ids": {"type": "string", "description": "comma-separated ids"},
-                        },
-                    }
+                    "schema": {"type": "object",
+                               "properties": {n: p for n, p in form.items() if n == "file" or n in fields}},
                 },
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema}"}},
+                "application/json": {"schema": json_model.model_json_schema()},
             },
         }
     }
@@ -102,7 +104,7 @@ async def _read(request: Request, settings: Settings) -> tuple[UploadForm | None
 
 
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(
-    "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", "ClassifyRequest"),
+    "multipart `file` (a video), or `video_id` of a stored video (form field or JSON)", ClassifyRequest),
     responses=ERRORS)
 async def classify(request: Request, catalog: CatalogDep, search: SearchDep, active: ActiveDep,
                    queries: QueriesDep, settings: SettingsDep) -> ClassifyResponse:
@@ -134,10 +136,12 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
 
 @router.post("/search", response_model=SearchResponse, openapi_extra=_body(
     "a video query (multipart `file`, or `video_id`) or a text query (JSON `{\"text\": ..., \"k\": ...}`)",
-    "SearchRequest"), responses=ERRORS)
-async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep,
+    SearchRequest), responses=ERRORS)
+async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries: QueriesDep, active: ActiveDep,
                  settings: SettingsDep, metrics: MetricsDep) -> SearchResponse:
-    """Ranked videos for a video or text query; each hit names its best-matching segment."""
+    """Ranked videos for a video or text query; each hit names its best-matching segment. A video query's
+    hits say whether each is a copy (`match`, at `match_threshold`) and where a copy lies in both videos
+    (`spans`)."""
     t0 = time.perf_counter()
     form, data = await _read(request, settings)
     spool_s = time.perf_counter() - t0
@@ -146,6 +150,7 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
             req = _validated(SearchRequest, data)
             check_k(req.k, settings)
             exclude = set(req.exclude_ids)
+            threshold: MatchThreshold | None = None
             has_file = form is not None and form.file is not None
             if sum([has_file, req.text is not None, req.video_id is not None]) != 1:
                 raise InvalidInput("send exactly one query: a multipart 'file', a 'video_id', or a 'text'")
@@ -163,9 +168,9 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
                 else:
                     make_query = partial(svc.stored_query, req.video_id)
                     exclude.add(req.video_id)  # "more like this": not the video itself
-                # embedded (or read) and searched in one generation (service/search.py)
-                matches, search_s = await run_in_threadpool(svc.video_search, make_query, req.k, req.min_score,
-                                                            exclude)
+                # embedded (or read) and searched in one generation, decided at its card's threshold
+                matches, search_s, threshold = await run_in_threadpool(svc.video_search, make_query, req.k,
+                                                                       req.min_score, exclude)
                 kind = "video"
                 if has_file:  # an uploaded video query: its gateway stages (the worker records the others)
                     metrics.stage_seconds.labels("query", "spool").observe(spool_s)
@@ -174,7 +179,8 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
             if form is not None:
                 form.discard()
         ext = await run_in_threadpool(external_ids, catalog, matches)
-        return SearchResponse(query=kind, hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
+        return SearchResponse(query=kind, match_threshold=threshold_out(threshold),
+                              hits=[search_hit(m, ext.get(m.hit.video_id)) for m in matches])
 
 
 def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
@@ -184,5 +190,14 @@ def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
         start=h.segment.start if h.segment else None, end=h.segment.end if h.segment else None,
         query_start=h.query_segment.start if h.query_segment else None,
         query_end=h.query_segment.end if h.query_segment else None,
-        view=m.view, query_box=m.box,
+        view=m.view, query_box=m.box, match=m.match,
+        spans=[CopySpanOut(query_start=s.query_start, query_end=s.query_end, start=s.start, end=s.end,
+                           score=round(s.score, 6)) for s in m.spans],
     )
+
+
+def threshold_out(t: MatchThreshold | None) -> MatchThresholdOut | None:
+    if t is None:
+        return None
+    return MatchThresholdOut(min_score=t.min_score, source=t.source, false_positive_rate=t.false_positive_rate,
+                             calibration=t.calibration)

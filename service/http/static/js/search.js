@@ -14,20 +14,41 @@ export function forgetVideo(videoId) {
   if (lastVideoSearch) lastVideoSearch.hits = lastVideoSearch.hits.filter((x) => x.video_id !== videoId);
 }
 
-function hitCard(hit, rank, isVideoQuery) {
-  const start = hit.start ?? 0;
-  const mid = hit.end != null ? (start + hit.end) / 2 : start;
+// A video query's hit is a copy (`match`: its score reaches the threshold) or only similar (docs/api.md#copies).
+function verdict(hit, threshold) {
+  if (hit.match == null) return null; // a text query: no copy decision
+  const title = threshold
+    ? `${hit.match ? "a copy" : "not a copy"}: score ${hit.score.toFixed(3)} ${hit.match ? "≥" : "<"} ${threshold.min_score} (${threshold.source === "request" ? "the request's min_score" : "the checkpoint's threshold"})`
+    : "no match threshold: the checkpoint has none";
+  return h("span", { class: `badge verdict ${hit.match ? "copy" : "similar"}`, "data-testid": "verdict", title },
+    hit.match ? "copy" : "similar");
+}
+
+// The copied spans of a copy, "query 0:08–0:16 → 0:04–0:12" (query time, then the hit's own time).
+function spansLine(hit) {
+  if (!hit.spans || !hit.spans.length) return null;
+  const text = hit.spans.map((s) => `${formatTime(s.query_start)}–${formatTime(s.query_end)} → ${formatTime(s.start)}–${formatTime(s.end)}`);
+  return h("div", { class: "card-spans", "data-testid": "hit-spans",
+    title: "copied spans: in the query → in this video" }, `copied: ${text.join(", ")}`);
+}
+
+function hitCard(hit, rank, isVideoQuery, threshold) {
+  const copied = hit.spans && hit.spans.length ? hit.spans[0] : null;
+  const start = copied ? copied.start : hit.start ?? 0;
+  const end = copied ? copied.end : hit.end;
+  const mid = end != null ? (start + end) / 2 : start;
   const name = hit.external_id || `Video ${hit.video_id}`;
   return h(
     "a",
-    { class: "card", href: `#/video/${hit.video_id}?t=${start.toFixed(1)}`, "data-testid": "hit",
-      dataset: { videoId: hit.video_id } },
+    { class: `card${hit.match ? " is-copy" : ""}`, href: `#/video/${hit.video_id}?t=${start.toFixed(1)}`,
+      "data-testid": "hit", dataset: { videoId: hit.video_id } },
     h(
       "div",
       { class: "thumb" },
       thumbnail(hit.video_id, mid, `${name}, ${formatTime(start)}`),
       h("span", { class: "badge rank" }, `#${rank}`),
-      hit.start != null ? h("span", { class: "badge time" }, `${formatTime(hit.start)}–${formatTime(hit.end)}`) : null,
+      isVideoQuery ? verdict(hit, threshold) : null,
+      end != null ? h("span", { class: "badge time" }, `${formatTime(start)}–${formatTime(end)}`) : null,
     ),
     h(
       "div",
@@ -45,6 +66,7 @@ function hitCard(hit, rank, isVideoQuery) {
               hit.view === "inner" ? "inner picture" : hit.view)
           : null,
       ),
+      isVideoQuery ? spansLine(hit) : null,
     ),
   );
 }
@@ -98,10 +120,12 @@ export function renderSearch(root, params) {
     else location.hash = target; // the router calls us again with the query
   });
 
-  function show(kind, label, hits) {
+  function show(kind, label, hits, threshold = null) {
     heading.hidden = false;
-    heading.textContent = `${hits.length} result${hits.length === 1 ? "" : "s"} for ${label}`;
-    results.replaceChildren(...hits.map((hit, i) => hitCard(hit, i + 1, kind === "video")));
+    const copies = hits.filter((x) => x.match).length;
+    heading.textContent = `${hits.length} result${hits.length === 1 ? "" : "s"} for ${label}` +
+      (kind === "video" ? ` — ${copies} cop${copies === 1 ? "y" : "ies"}` : "");
+    results.replaceChildren(...hits.map((hit, i) => hitCard(hit, i + 1, kind === "video", threshold)));
     results.dataset.query = kind;
     message(status, hits.length ? "" : "Nothing indexed matches yet.");
   }
@@ -126,10 +150,10 @@ export function renderSearch(root, params) {
     form.append("k", String(K));
     try {
       const res = await request("POST", "v1/search", { form });
-      lastVideoSearch = { label: file.name, hits: res.hits };
+      lastVideoSearch = { label: file.name, hits: res.hits, threshold: res.match_threshold };
       if (location.hash.includes("q=")) history.replaceState(null, "", "#/");
       input.value = "";
-      show("video", file.name, res.hits);
+      show("video", file.name, res.hits, res.match_threshold);
     } catch (err) {
       message(status, err, "error");
     }
@@ -153,6 +177,6 @@ export function renderSearch(root, params) {
   }
 
   if (query) searchText(query);
-  else if (lastVideoSearch) show("video", lastVideoSearch.label, lastVideoSearch.hits);
+  else if (lastVideoSearch) show("video", lastVideoSearch.label, lastVideoSearch.hits, lastVideoSearch.threshold);
   else showLibrary();
 }

@@ -1,0 +1,103 @@
+"""Copied spans of a video search hit: where in the query and where in the indexed video the copy lies.
+
+Input: the query's windows (one view: segment embeddings and their times; a query video is embedded with
+overlapping windows every `query_stride_s`) and the indexed video's segments (8 s every 8 s), and the
+cosine a pair must reach to count as a copy (the match threshold).
+
+1. Every (query window, video segment) pair at or above the threshold votes for its time offset
+   (query start - video start), binned by the query's stride; the bin with the most weight (the sum of
+   the pairs' cosines) is the dominant offset.
+2. The query windows with a matching pair near that offset (the pair's segment covers at least half of
+   the shifted window) form spans: one per run of such windows that overlap or touch in time. A span's
+   query edges lie halfway between the centres of its first (last) window and the window before (after)
+   it, which did not match; at the query's start or end they are the window's own edge. So a span is
+   located to half a stride in the query, finer than the 8 s segment.
+3. The span's offset is the cosine-weighted mean of its pairs' offsets (a copy that sits between two
+   segments of the indexed video votes for both); its video edges are its query edges minus that offset,
+   clipped to the video.
+4. The span's windows are removed and 1-3 repeat on the rest (another offset: the same video copied twice,
+   or cut and rearranged), at most `max_spans` times.
+
+A whole-video copy is one span covering both videos. Pure numpy; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: spans per hit, at most
+MAX_SPANS = 8
+
+
+@dataclass(frozen=True)
+class CopySpan:
+    query_start: float  # seconds in the query
+    query_end: float
+    start: float  # seconds in the indexed video
+    end: float
+    score: float  # the best pair's cosine in the span
+
+
+def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: np.ndarray, segments: np.ndarray,
+               min_score: float, max_spans: int = MAX_SPANS) -> list[CopySpan]:
+    """The copied spans between a query (`query_vectors` (Q, D), `query_segments` (Q, 2) seconds) and an
+    indexed video (`vectors` (S, D), `segments` (S, 2)), both L2-normalised, for pairs at or above
+    `min_score`; in query time order, [] when no pair reaches it."""
+    q_segs = np.asarray(query_segments, dtype=np.float64).reshape(-1, 2)
+    v_segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    if not len(q_segs) or not len(v_segs):
+        return []
+    order = np.argsort(q_segs[:, 0], kind="stable")  # query windows in time order
+    q_segs = q_segs[order]
+    sims = (np.asarray(query_vectors)[order] @ np.asarray(vectors).T).astype(np.float64)  # (Q, S)
+    offsets = q_segs[:, :1] - v_segs[None, :, 0]  # (Q, S) query start - video start
+    stride = _stride(q_segs)
+    # a query window belongs to a copy at offset o when it matches a segment that covers at least half of
+    # it once shifted by o (and at least its own stride, so that each window can reach one)
+    reach = max(stride, float(np.median(v_segs[:, 1] - v_segs[:, 0])) / 2)
+    q_end, v_end = float(q_segs[:, 1].max()), float(v_segs[:, 1].max())
+    alive = sims >= min_score
+    spans: list[CopySpan] = []
+    while alive.any() and len(spans) < max_spans:
+        bins = np.round(offsets[alive] / stride)
+        values, where = np.unique(bins, return_inverse=True)
+        mode = values[int(np.argmax(np.bincount(where, weights=np.maximum(sims[alive], 0) + 1e-6)))] * stride
+        aligned = alive & (np.abs(offsets - mode) <= stride / 2 + 1e-6)  # the mode's own pairs
+        near = alive & (np.abs(offsets - mode) <= reach + 1e-6)  # and the half-aligned ones beside them
+        rows = np.flatnonzero(near.any(axis=1))
+        # one span per run of matching windows that overlap or touch (a window halfway between two indexed
+        # segments may match neither, yet lies inside the copy when its neighbours do)
+        breaks = np.flatnonzero(q_segs[rows[1:], 0] > q_segs[rows[:-1], 1] + 1e-6) + 1
+        for run in np.split(rows, breaks):
+            pairs = aligned[run] if aligned[run].any() else near[run]
+            w = sims[run][near[run]]
+            offset = float(np.average(offsets[run][pairs], weights=np.maximum(sims[run][pairs], 0) + 1e-6))
+            a, b = int(run[0]), int(run[-1])
+            qs = q_segs[a, 0] if a == 0 else max(q_segs[a, 0], _centre(q_segs, a - 1, a))
+            qe = q_segs[b, 1] if b == len(q_segs) - 1 else min(q_segs[b, 1], _centre(q_segs, b, b + 1))
+            # the same span in both videos: clipped to the indexed video, and the query span with it
+            vs, ve = max(0.0, qs - offset), min(v_end, qe - offset)
+            if ve > vs:
+                qs, qe = vs + offset, ve + offset
+            else:  # the offset maps the span off the video: keep the matched segments' own times
+                cols = np.flatnonzero(near[run].any(axis=0))
+                vs, ve = float(v_segs[cols, 0].min()), float(v_segs[cols, 1].max())
+            spans.append(CopySpan(round(float(qs), 3), round(float(min(qe, q_end)), 3), round(float(vs), 3),
+                                  round(float(ve), 3), float(w.max())))
+        alive[rows] = False
+    return sorted(spans[:max_spans], key=lambda s: (s.query_start, -s.score))
+
+
+def _stride(segs: np.ndarray) -> float:
+    """The query's window stride: the median gap between consecutive window starts (a last window that
+    ends at the end of the video is closer to the one before it); its window length when it has one."""
+    gaps = np.diff(segs[:, 0])
+    gaps = gaps[gaps > 1e-6]
+    return float(np.median(gaps)) if len(gaps) else float(max(segs[0, 1] - segs[0, 0], 1e-3))
+
+
+def _centre(segs: np.ndarray, i: int, j: int) -> float:
+    """Halfway between the centres of windows i and j."""
+    return float((segs[i].sum() + segs[j].sum()) / 4)
