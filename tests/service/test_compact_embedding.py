@@ -131,3 +131,26 @@ def test_another_reduction_is_refused_until_reindex_which_then_answers_as_a_fres
         assert [h for h, _ in r] == [h for h, _ in f]
         np.testing.assert_allclose([s for _, s in r], [s for _, s in f], atol=1e-5)
     assert [r[0][0] for r in reindexed[: len(db)]] == [p.stem for p in db]  # each video finds itself first
+
+
+@pytest.mark.slow
+def test_the_shipped_network_with_a_reduction_matches_across_runtimes(tmp_path: Path):
+    """The lite0 hybrid's graph with a reduction (a fit on random data: only the tensors matter here):
+    OpenVINO f32 against torch on the committed real clips."""
+    from model import SHIPPED_CHECKPOINT
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.reduction import fit_reduction
+    from training.reduce import with_reduction
+
+    ck = load_checkpoint(SHIPPED_CHECKPOINT)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 1280)) @ rng.standard_normal((1280, 1280)) * 0.1 + 1
+    fit = fit_reduction(x / np.linalg.norm(x, axis=1, keepdims=True), 64, "whiten")
+    path = save_checkpoint(tmp_path / "reduced", with_reduction(ck.model, fit), ck.card)
+    enc = VideoEncoder(make_settings(path, tmp_path / "data", text_search=False, runtime="openvino",
+                                     max_pixels=4096 * 2304), read_checkpoint(path, weights=True))
+    clips = torch.cat([enc.decode(DATA / f"{c}.mp4").clips for c in CLIPS])
+    got, want = enc.runner(clips), TorchRunner(enc.model, torch.device("cpu"))(clips)
+    assert got.embedding.shape == want.embedding.shape == (len(clips), 64)
+    assert (got.embedding * want.embedding).sum(1).min() > 0.9999
+    np.testing.assert_array_equal(got.saliency_indices, want.saliency_indices)
