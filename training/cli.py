@@ -261,6 +261,8 @@ def train_reduce(
     stride_s: float = typer.Option(0.0, "--stride-s", help="--videos: seconds between segment starts (0: the "
                                    "service's, one window; less adds overlapping segments)."),
     all_views: bool = typer.Option(False, "--all-views", help="--videos: the query views (mirrored, inner) too."),
+    exclude_heldout: bool = typer.Option(False, "--exclude-heldout", help="--videos: leave out the held-out real "
+                                         "videos (training/data/heldout.json), e.g. of a fetch-real folder."),
 ) -> None:
     """Fit a compact embedding (PCA or PCA-whitening of the L2-normalised feature) and write a new checkpoint
     that embeds with it; a data dir indexed with the old one needs `drca reindex` (docs/training.md)."""
@@ -273,7 +275,8 @@ def train_reduce(
     views = ("original", "mirrored", "inner") if all_views else ("original",)
     try:
         report = reduce_checkpoint(checkpoint, out, dim, kind, videos=videos, stem_cache=stem_cache,  # type: ignore[arg-type]
-                                   stride_s=stride_s, views=views, command=command_line())
+                                   stride_s=stride_s, views=views, command=command_line(),
+                                   exclude_heldout=exclude_heldout)
     except (ValueError, OSError, RuntimeError, VideoError) as e:
         _fail(e)
     m = report.card_metrics()

@@ -7,7 +7,8 @@ checkpoint already has is left out) of training data:
 - ``--videos DIR``: every video file under DIR, cut into the service's segments (``segment_fps`` frames a
   second, clips of the model's frames; ``stride_s`` below the window adds overlapping ones), the active
   picture inside constant-colour borders as the service embeds it, with ``views`` (the query views
-  ``mirrored`` / ``inner`` too when asked);
+  ``mirrored`` / ``inner`` too when asked); ``exclude_heldout`` leaves out the held-out real videos of
+  `training/data/heldout.json` (a `drca media fetch-real` folder holds them);
 - ``--stem-cache DIR``: the training clips of a `drca train shipped` stem cache, every view (the anchor and
   its near-duplicate copies), through `HybridDRCA.forward_stem` (no stem is run: seconds).
 
@@ -80,16 +81,22 @@ def with_reduction(model: Network, fit: ReductionFit) -> Network:
 # --- the fit's data ------------------------------------------------------------------------------------
 
 
-def video_files(folder: str | Path) -> list[Path]:
-    """Every file under ``folder`` with a video extension, sorted."""
+def video_files(folder: str | Path, exclude_heldout: bool = False) -> list[Path]:
+    """Every file under ``folder`` with a video extension, sorted; without the held-out real videos
+    (`training/data/heldout.json`, by file name) when ``exclude_heldout``."""
     from media.video import has_video_extension
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a directory")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and has_video_extension(p))
+    if exclude_heldout:
+        from training.data.distill import load_split
+
+        heldout = load_split().heldout_videos
+        files = [p for p in files if p.name not in heldout]
     if not files:
-        raise ValueError(f"{folder} holds no video file")
+        raise ValueError(f"{folder} holds no video file" + (" besides the held-out ones" if exclude_heldout else ""))
     return files
 
 
@@ -172,7 +179,7 @@ class ReductionReport:
 def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: FitKind = "whiten",
                       videos: str | Path | None = None, stem_cache: str | Path | None = None,
                       segment_fps: float = 1.0, stride_s: float = 0.0, views: tuple[str, ...] = ("original",),
-                      command: str = "") -> ReductionReport:
+                      command: str = "", exclude_heldout: bool = False) -> ReductionReport:
     """Fit a ``kind`` reduction to ``dim`` on ``videos`` or ``stem_cache`` (exactly one) and write the new
     checkpoint to ``out`` (which must not be ``checkpoint``)."""
     if (videos is None) == (stem_cache is None):
@@ -187,8 +194,9 @@ def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: F
                          "reduce a checkpoint without one, then train the text head on the result "
                          "(drca train text --set init_from=OUT)")
     if videos is not None:
-        x = embed_videos(ck.model, video_files(videos), segment_fps, stride_s, views)
-        data = f"{len(x)} segment embeddings ({', '.join(views)}) of the videos under {videos}"
+        x = embed_videos(ck.model, video_files(videos, exclude_heldout), segment_fps, stride_s, views)
+        data = (f"{len(x)} segment embeddings ({', '.join(views)}) of the videos under {videos}"
+                + (" but the held-out ones" if exclude_heldout else ""))
     else:
         x = embed_stem_cache(ck.model, stem_cache)
         data = f"{len(x)} embeddings of the training clips (every view) of the stem cache {stem_cache}"

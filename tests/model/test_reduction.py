@@ -149,6 +149,20 @@ def test_reduce_writes_a_new_checkpoint_whose_weights_hold_the_fit(full: Path, t
     assert sha256(tmp_path / "pca") not in (sha256(out), sha256(full))
 
 
+def test_the_held_out_real_videos_can_be_left_out(tmp_path: Path):
+    from training.data.distill import load_split
+
+    held = sorted(load_split().heldout_videos)[0]
+    (tmp_path / "videos").mkdir()
+    for name in ("tiger.mp4", held):
+        (tmp_path / "videos" / name).write_bytes((DATA / "tiger.mp4").read_bytes())
+    assert [p.name for p in video_files(tmp_path)] == sorted(["tiger.mp4", held])
+    assert [p.name for p in video_files(tmp_path, exclude_heldout=True)] == ["tiger.mp4"]
+    (tmp_path / "videos" / "tiger.mp4").unlink()
+    with pytest.raises(ValueError, match="besides the held-out ones"):
+        video_files(tmp_path, exclude_heldout=True)
+
+
 def run_cli(*args: str):
     return CliRunner().invoke(app, ["train", "reduce", *args])
 
