@@ -22,15 +22,39 @@ consecutive segments of a randomly chosen video, each plus Gaussian noise of nor
 cosine about 0.8 to its original), re-normalised. With random vectors everything but the source video
 is noise (similarities about 0 +- 1/sqrt(dim)): the hard case for approximate indexes.
 
+**Real embeddings, grown** (`--embeddings FILE.npy` written by `benchmarks.embed_videos`: the shipped
+model's embeddings of real clips and of their near-duplicate copies, every query view, with `FILE.tsv`
+naming each row's video, segment, view and the videos it is a copy of). The residual of every
+(copy segment, original segment) pair (the copy's view nearest to any of its originals' segments, minus
+that segment) is fitted by a Gaussian (their mean, their top 64 principal components, the rest isotropic;
+`results.backends.growth`). A size past the file's rows grows it: rows 0..rows-1 are the file's, every
+later video is a copy of a run of consecutive real rows from a random start, each row plus `--grow-scale`
+x a residual draw, re-normalised. Queries are then a stored run plus `--query-residual-scale` x a residual
+draw per segment (not `--query-noise`). So the grown corpus has the real embeddings' distribution and
+near-duplicates as close as the real ones, not Gaussian clusters.
+
+**Widths** (`--widths full,compact --reduction CKPT`): `compact` runs every backend again on the same
+vectors reduced by the checkpoint's reduction (`drca train reduce`; `model.reduction.apply_reduction`,
+after the growth, which happens at the file's width), under `<backend>@<dim>`; with it
+`recall_at_10_vs_full_width` is the recall against the exact top 10 at the full width (what the
+reduction itself costs), `recall_at_10` the one against the exact top 10 at the compact width.
+
 Each (backend, size) runs in its own spawned process, so peak RSS is its own, and a crash, `--timeout-s` or
 the `--max-rss-gb` guard (default: 85% of the memory available at the start) stops that size only: the
 error, the stage and how far it got (`progress`: vectors added, add rate so far, queries done) go into the
 JSON, `results.backends.stopped.<name>` names the size, and the backend's larger sizes are skipped. Backends:
 - `faiss`: the service's `VideoIndex` with the service's config (`IndexConfig(dim, allow_empty_recovery=True)`,
   kind `auto`: exact `flat` below 200,000 segments, `ivf_flat` from there, fsync'd log);
-- `faiss-hnsw`: the same with `kind="hnsw"` (M 32, efConstruction 80, efSearch 96);
+- `faiss-flat`, `faiss-ivf`, `faiss-ivf-sq8`, `faiss-ivf-pq`, `faiss-hnsw`: the same with `kind` `flat`,
+  `ivf_flat`, `ivf_sq8` (8-bit scalar codes: a quarter of the bytes), `ivf_pq` (`pq_m` x `pq_nbits` codes)
+  or `hnsw` (M 32, efConstruction 80, efSearch 96). IVF kinds start exact and are trained (then retrained
+  at each doubling) in the background as the index grows, as in the service; `ready_s` waits for the last;
 - `milvus-lite`: `MilvusVideoIndex` on a Milvus Lite file in a temp dir (HNSW, M 32, efConstruction 200,
-  ef 96), in this process (Milvus Lite 3.x runs in process: its memory is in the RSS).
+  ef 96, one flush per add call), in this process (Milvus Lite 3.x runs in process: its memory is in the
+  RSS).
+`--faiss-set key=value` / `--milvus-set key=value` (repeatable) change a setting of `IndexConfig` /
+`MilvusConfig` (e.g. `nprobe=64`, `ef_search=128`); `--milvus-timeout-s` / `--milvus-max-rss-gb` give
+Milvus Lite its own budget: it goes as far as it can in it, and `stopped` says where it stopped.
 
 Figures per backend and size (`results.backends.sizes[i].backends.<name>`):
 - `add_vectors_per_s`: segment vectors / wall seconds of adding every video through the path the worker
@@ -141,7 +165,10 @@ def measure(index, kind, cfg, queries, truth, k, singles, batches, batch, thread
 
 # --- backends: FAISS against Milvus Lite, and reindex (issue 21) ------------------------------------------
 
-BACKENDS = ("faiss", "faiss-hnsw", "milvus-lite")
+#: FAISS backends: the service's `VideoIndex` with `IndexConfig.kind` (None: its default, `auto`)
+FAISS_KINDS: dict[str, str | None] = {"faiss": None, "faiss-flat": "flat", "faiss-ivf": "ivf_flat",
+                                      "faiss-ivf-sq8": "ivf_sq8", "faiss-ivf-pq": "ivf_pq", "faiss-hnsw": "hnsw"}
+BACKENDS = (*FAISS_KINDS, "milvus-lite")
 SEGMENT_S = 1.0  # each segment's span (seconds); spans do not affect search
 
 
@@ -165,10 +192,85 @@ def _mib(n: float) -> float:
     return round(n / 2**20, 1)
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Residuals:
+    """The near-duplicate residuals of real embeddings (a copy's segment minus its original's), as a
+    Gaussian matched to them: their mean, their covariance in its top `components` principal directions,
+    and the rest of their variance spread evenly over every dimension. `draw` samples it."""
+
+    mean: np.ndarray  # (D,)
+    basis: np.ndarray  # (r, D): principal directions, each scaled by its standard deviation
+    iso: float  # standard deviation per dimension of the remainder
+    pairs: int  # the real (copy, original) segment pairs it was fitted on
+    norm_median: float  # the median norm of those real residuals
+
+    @classmethod
+    def fit(cls, residuals: np.ndarray, components: int = 64) -> Residuals:
+        r = np.asarray(residuals, dtype=np.float64)
+        if len(r) < 2:
+            raise ValueError(f"{len(r)} near-duplicate pairs: at least 2 are needed to fit the residuals")
+        mean = r.mean(axis=0)
+        _, s, vt = np.linalg.svd(r - mean, full_matrices=False)
+        var = s**2 / (len(r) - 1)
+        k = min(components, len(var))
+        iso = float(np.sqrt(var[k:].sum() / r.shape[1]))
+        basis = vt[:k] * np.sqrt(var[:k])[:, None]
+        return cls(mean.astype(np.float32), basis.astype(np.float32), iso, len(r),
+                   float(np.median(np.linalg.norm(r, axis=1))))
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        z = rng.standard_normal((n, len(self.basis)), dtype=np.float32)
+        noise = rng.standard_normal((n, len(self.mean)), dtype=np.float32) * np.float32(self.iso)
+        return self.mean + z @ self.basis + noise
+
+    def describe(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "components": len(self.basis), "real_norm_median": round(self.norm_median, 4),
+                "model": "Gaussian: the real residuals' mean and top principal components, the rest of their "
+                         "variance isotropic"}
+
+
+def near_duplicate_residuals(x: np.ndarray, table: Path) -> np.ndarray:
+    """The residuals of the near-duplicate pairs in an `embed_videos` file: for each segment of a video
+    that has `origins`, its view nearest (cosine) to any original-view segment of those videos, minus that
+    segment (what the service's search matches). (pairs, D) float32; none when no row has origins."""
+    import csv
+
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if len(rows) != len(x):
+        raise ValueError(f"{table} has {len(rows)} rows for the {len(x)} vectors of its .npy")
+    originals: dict[str, list[int]] = {}
+    segments: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["view"] == "original":
+            originals.setdefault(r["video"], []).append(i)
+        if r["origins"]:
+            segments.setdefault((r["video"], r["segment"]), []).append(i)
+    out = []
+    for (video, _), idx in segments.items():
+        cand = [j for o in rows[idx[0]]["origins"].split(",") for j in originals.get(o, []) if o != video]
+        if not cand:
+            continue
+        sims = x[idx] @ x[cand].T
+        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        out.append(x[idx[a]] - x[cand[b]])
+    return np.array(out, dtype=np.float32).reshape(-1, x.shape[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Corpus:
     """`n` unit segment vectors of `dim`, grouped in order into videos of `counts[v]` segments; generated
-    block by block (seeded per block) or read from an `.npy` file, never all in memory at once."""
+    block by block (seeded per block) or read from an `.npy` file, never all in memory at once.
+
+    From a file of real embeddings with its `embed_videos` table (`residuals`), the corpus grows past the
+    file: row i < rows is the file's row i; every video after them is a near-duplicate copy of a run of
+    consecutive real rows from a random start, each row plus a residual draw times `grow_scale`.
+    `reduction` (mean, projection): every vector is generated at the file's width, then reduced
+    (`model.reduction.apply_reduction`): `dim` is then the reduced size."""
 
     n: int
     dim: int
@@ -176,15 +278,29 @@ class Corpus:
     counts: np.ndarray  # (V,) segments per video, summing to n
     embeddings: str | None = None
     block_videos: int = 256
+    rows: int = 0  # real rows in `embeddings`
+    residuals: Residuals | None = None
+    grow_scale: float = 1.0
+    reduction: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def make(
-        cls, n: int, dim: int, seed: int = 0, mean_segments: int = 20, embeddings: str | None = None
+        cls, n: int, dim: int, seed: int = 0, mean_segments: int = 20, embeddings: str | None = None,
+        grow_scale: float = 1.0, reduction: str | None = None,
     ) -> Corpus:
+        rows, residuals = 0, None
         if embeddings:
             rows, dim = np.load(embeddings, mmap_mode="r").shape
+            table = Path(embeddings).with_suffix(".tsv")
             if n > rows:
-                raise ValueError(f"{embeddings} holds {rows} vectors, fewer than the size {n}")
+                if not table.is_file():
+                    raise ValueError(f"{embeddings} holds {rows} vectors, fewer than the size {n}, and has no "
+                                     f"{table.name} (benchmarks.embed_videos) to grow them by near-duplicates")
+                found = near_duplicate_residuals(np.load(embeddings).astype(np.float32), table)
+                if not len(found):
+                    raise ValueError(f"{embeddings} holds {rows} vectors, fewer than the size {n}, and {table.name} "
+                                     "names no near-duplicate pair to grow them by (embed_videos --relevance)")
+                residuals = Residuals.fit(found)
         rng = np.random.default_rng(seed)
         lo, hi = max(1, mean_segments // 2), max(1, mean_segments + mean_segments // 2)
         counts = rng.integers(lo, hi + 1, n // lo + 1)  # enough videos for n segments, a prefix kept
@@ -192,24 +308,59 @@ class Corpus:
         v = int(np.searchsorted(ends, n)) + 1
         counts = counts[:v].copy()
         counts[-1] -= int(ends[v - 1]) - n
-        return cls(n, dim, seed, counts, embeddings)
+        red = None
+        if reduction:
+            red = read_reduction(reduction)
+            if red[1].shape[1] != dim:
+                raise ValueError(f"{reduction} reduces {red[1].shape[1]}-d vectors, the corpus is {dim}-d")
+            dim = red[1].shape[0]
+        return cls(n, dim, seed, counts, embeddings, rows=rows, residuals=residuals, grow_scale=grow_scale,
+                   reduction=red)
 
     @property
     def videos(self) -> int:
         return len(self.counts)
 
+    @property
+    def full_dim(self) -> int:
+        return self.dim if self.reduction is None else int(self.reduction[1].shape[1])
+
     @functools.cached_property
     def offsets(self) -> np.ndarray:  # (V + 1,) first row of each video
         return np.concatenate([[0], np.cumsum(self.counts)])
 
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        if self.reduction is None:
+            return x
+        from model.reduction import apply_reduction
+
+        return apply_reduction(x, *self.reduction)
+
     def block(self, b: int) -> tuple[int, np.ndarray]:
         """Block `b`: (its first video, the vectors of its videos (rows, dim) float32, unit norm)."""
+        v0, x = self.block_full(b)
+        return v0, self.reduce(x)
+
+    def block_full(self, b: int) -> tuple[int, np.ndarray]:
+        """Block `b` before the reduction (the file's width)."""
         v0, v1 = b * self.block_videos, min((b + 1) * self.block_videos, self.videos)
         r0, r1 = int(self.offsets[v0]), int(self.offsets[v1])
         if self.embeddings:
-            x = np.array(np.load(self.embeddings, mmap_mode="r")[r0:r1], dtype=np.float32)
+            data = np.load(self.embeddings, mmap_mode="r")
+            x = np.array(data[r0 : min(r1, self.rows)], dtype=np.float32)
+            if r1 > self.rows:  # grown: near-duplicate copies of runs of real rows
+                rng = np.random.default_rng([self.seed, b, 1])
+                grown = []
+                for v in range(v0, v1):
+                    a, e = max(int(self.offsets[v]), self.rows), int(self.offsets[v + 1])
+                    if e <= a:
+                        continue
+                    idx = (int(rng.integers(self.rows)) + np.arange(e - a)) % self.rows
+                    base = _unit(np.array(data[np.sort(idx)], dtype=np.float32))[np.argsort(np.argsort(idx))]
+                    grown.append(base + self.grow_scale * self.residuals.draw(e - a, rng))
+                x = np.concatenate([x, *grown])
         else:
-            x = np.random.default_rng([self.seed, b]).standard_normal((r1 - r0, self.dim), dtype=np.float32)
+            x = np.random.default_rng([self.seed, b]).standard_normal((r1 - r0, self.full_dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return v0, x
 
@@ -243,28 +394,50 @@ class Queries:
         return self.vectors[a:e], [Span((s0 + j) * SEGMENT_S, (s0 + j + 1) * SEGMENT_S) for j in range(e - a)]
 
 
-def make_queries(corpus: Corpus, nq: int, segments: int, noise: float, seed: int = 1) -> Queries:
+def make_queries(corpus: Corpus, nq: int, segments: int, noise: float, seed: int = 1,
+                 residual_scale: float = 1.0) -> Queries:
     """Near-duplicates of stored videos: `segments` consecutive segments of a random video, each plus
-    Gaussian noise of norm `noise`, re-normalised."""
+    Gaussian noise of norm `noise` (random vectors), or plus `residual_scale` times a draw of the real
+    near-duplicate residuals (a grown corpus of real embeddings), re-normalised (then reduced)."""
     rng = np.random.default_rng(seed)
     source = np.sort(rng.choice(corpus.videos, nq, replace=nq > corpus.videos))
     parts, firsts, cached = [], [], (-1, None)
     for v in source.tolist():
         b = v // corpus.block_videos
         if cached[0] != b:
-            cached = (b, corpus.block(b))
+            cached = (b, corpus.block_full(b))
         v0, x = cached[1]
         base = int(corpus.offsets[v0])
         a, e = int(corpus.offsets[v]) - base, int(corpus.offsets[v + 1]) - base
         q = min(segments, e - a)
         s0 = int(rng.integers(0, e - a - q + 1))
-        y = x[a + s0 : a + s0 + q] + rng.standard_normal((q, corpus.dim), dtype=np.float32) * (
-            noise / np.sqrt(corpus.dim)
-        )
-        parts.append(y / np.linalg.norm(y, axis=1, keepdims=True))
+        if corpus.residuals is not None:
+            y = x[a + s0 : a + s0 + q] + residual_scale * corpus.residuals.draw(q, rng)
+        else:
+            y = x[a + s0 : a + s0 + q] + rng.standard_normal((q, corpus.full_dim), dtype=np.float32) * (
+                noise / np.sqrt(corpus.full_dim)
+            )
+        parts.append(corpus.reduce(y / np.linalg.norm(y, axis=1, keepdims=True)))
         firsts.append(s0)
     starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
     return Queries(source, np.concatenate(parts).astype(np.float32), starts, np.array(firsts))
+
+
+def read_reduction(checkpoint: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A reduced checkpoint's (mean, projection) (`model.reduction`), read from its weights file."""
+    from safetensors import safe_open
+
+    from model.reduction import MEAN, PROJECTION
+
+    path = Path(checkpoint) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if MEAN not in f.keys() or PROJECTION not in f.keys():  # noqa: SIM118 - not a dict
+                raise ValueError(f"{checkpoint} has no reduction ({MEAN}, {PROJECTION}): fit one with drca "
+                                 "train reduce")
+            return f.get_tensor(MEAN).astype(np.float32), f.get_tensor(PROJECTION).astype(np.float32)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
 
 
 def exact_top_videos(corpus: Corpus, queries: Queries, k: int) -> np.ndarray:
@@ -289,21 +462,26 @@ def exact_top_videos(corpus: Corpus, queries: Queries, k: int) -> np.ndarray:
     return out
 
 
-def open_backend(name: str, dim: int, workdir: Path):
-    """The index the service would open for `name`, in `workdir` (returns (index, its settings))."""
+def open_backend(name: str, dim: int, workdir: Path, overrides: tuple[str, ...] = ()):
+    """The index the service would open for `name`, in `workdir` (returns (index, its settings));
+    `overrides`: `key=value` settings of its config (`IndexConfig` or `MilvusConfig`)."""
     from indexer import VideoIndex
+    from model.config import apply_overrides
 
-    if name in ("faiss", "faiss-hnsw"):
-        cfg = IndexConfig(
-            dim=dim, allow_empty_recovery=True, **({"kind": "hnsw"} if name == "faiss-hnsw" else {})
-        )
+    if name in FAISS_KINDS:
+        kind = FAISS_KINDS[name]
+        cfg = IndexConfig(dim=dim, allow_empty_recovery=True, **({"kind": kind} if kind else {}))
+        cfg = apply_overrides(cfg, list(overrides))
         settings = {
             k: getattr(cfg, k)
             for k in (
                 "kind",
                 "auto_threshold",
                 "auto_kind",
+                "nlist",
                 "nprobe",
+                "pq_m",
+                "pq_nbits",
                 "hnsw_m",
                 "ef_construction",
                 "ef_search",
@@ -315,7 +493,9 @@ def open_backend(name: str, dim: int, workdir: Path):
         from indexer.milvus_index import MilvusConfig, MilvusVideoIndex
 
         mcfg = MilvusConfig(uri=str(workdir / "milvus.db"), dim=dim, index_type="HNSW")
-        settings = {k: getattr(mcfg, k) for k in ("index_type", "hnsw_m", "ef_construction", "ef_search")}
+        mcfg = apply_overrides(mcfg, list(overrides))
+        settings = {k: getattr(mcfg, k) for k in ("index_type", "hnsw_m", "ef_construction", "ef_search",
+                                                  "flush_writes")}
         return MilvusVideoIndex.open(mcfg, "segments_bench"), settings
     raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
 
@@ -339,10 +519,13 @@ def measure_backend(
     warmup: int = 5,
     threads: int = 1,
     progress: Path | None = None,
+    overrides: tuple[str, ...] = (),
+    truth_full: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One backend at one size (see the module docstring for each figure). An exception is recorded, with
     the stage it happened in and the vectors added by then, instead of raised. `progress`: a file that
-    says how far it got (rewritten every 10 s), for a run that is killed."""
+    says how far it got (rewritten every 10 s), for a run that is killed. `truth_full`: a reduced corpus's
+    exact top-k at the full width (`recall_at_10_vs_full_width`)."""
     last, seen = [time.monotonic()], {}
 
     def report(stage: str, force: bool = False, **more: Any) -> None:
@@ -358,7 +541,7 @@ def measure_backend(
     stage, added, index = "open", 0, None
     t0 = time.perf_counter()
     try:
-        index, out["settings"] = open_backend(name, corpus.dim, workdir)
+        index, out["settings"] = open_backend(name, corpus.dim, workdir, overrides)
         stage = "add"
         report("add", True)
         calls: list[float] = []
@@ -405,20 +588,25 @@ def measure_backend(
         for i in range(min(warmup, len(queries))):
             vecs, spans = queries.get(i)
             index.search(vecs, k=k, query_segments=spans, aggregation="max")
-        lat, hits = [], 0
+        lat, hits, hits_full = [], 0, 0
         for i in range(len(queries)):
             vecs, spans = queries.get(i)
             t = time.perf_counter()
             found = index.search(vecs, k=k, query_segments=spans, aggregation="max")
             lat.append(time.perf_counter() - t)
             report("query", queries_done=i + 1, query_p50_ms_so_far=_pct(lat, 50))
-            hits += len({h.video_id for h in found[:k]} & set(truth[i].tolist()))
+            got = {h.video_id for h in found[:k]}
+            hits += len(got & set(truth[i].tolist()))
+            if truth_full is not None:
+                hits_full += len(got & set(truth_full[i].tolist()))
         out.update(
             query_p50_ms=_pct(lat, 50),
             query_p99_ms=_pct(lat, 99),
             qps=round(len(lat) / sum(lat), 1),
             recall_at_10=round(hits / (truth.shape[1] * len(queries)), 4),
         )
+        if truth_full is not None:
+            out["recall_at_10_vs_full_width"] = round(hits_full / (truth_full.shape[1] * len(queries)), 4)
         stage = "close"
         index.close()
         index = None
@@ -440,7 +628,9 @@ def _child(spec: dict[str, Any], data: str, result: str, progress: str) -> None:
     with np.load(data) as z:
         queries = Queries(z["source"], z["vectors"], z["starts"], z["first_segment"])
         truth = z["truth"]
-    corpus = Corpus.make(spec["n"], spec["dim"], spec["seed"], spec["mean_segments"], spec["embeddings"])
+        truth_full = z["truth_full"] if "truth_full" in z.files else None
+    corpus = Corpus.make(spec["n"], spec["dim"], spec["seed"], spec["mean_segments"], spec["embeddings"],
+                         spec.get("grow_scale", 1.0), spec.get("reduction"))
     out = measure_backend(
         spec["backend"],
         corpus,
@@ -452,6 +642,8 @@ def _child(spec: dict[str, Any], data: str, result: str, progress: str) -> None:
         spec["warmup"],
         spec["threads"],
         Path(progress),
+        tuple(spec.get("overrides", ())),
+        truth_full,
     )
     Path(result).write_text(json.dumps(out))
 
@@ -473,6 +665,7 @@ def run_isolated(
     tmp: Path,
     timeout_s: float = 0,
     max_rss_bytes: int = 0,
+    truth_full: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """`measure_backend` in a spawned process: its own peak RSS; a crash, `timeout_s` or the RSS guard
     (`max_rss_bytes`, the process is killed before the machine runs out) end that run with an error."""
@@ -486,6 +679,7 @@ def run_isolated(
         starts=queries.starts,
         first_segment=queries.first_segment,
         truth=truth,
+        **({"truth_full": truth_full} if truth_full is not None else {}),
     )
     proc = multiprocessing.get_context("spawn").Process(
         target=_child, args=(spec, str(data), str(result), str(progress))
@@ -542,14 +736,30 @@ def compare_backends(
     timeout_s: float = 0,
     max_rss_bytes: int = 0,
     on_result=None,
+    grow_scale: float = 1.0,
+    query_residual_scale: float = 1.0,
+    reduction: str | None = None,
+    widths: tuple[str, ...] = ("full",),
+    overrides: dict[str, tuple[str, ...]] | None = None,
+    budgets: dict[str, tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
-    """Every backend at every size on the same vectors; a backend that fails at a size is not run at the
-    larger ones (`stopped`). `isolate=False` runs in this process (tests)."""
+    """Every backend at every size (and width) on the same vectors; a backend that fails at a size is not
+    run at the larger ones (`stopped`). `isolate=False` runs in this process (tests).
+
+    `widths`: "full" (the vectors as they are) and/or "compact" (reduced by the checkpoint `reduction`:
+    results under `<backend>@<dim>`). `overrides`: per backend, `key=value` settings of its config.
+    `budgets`: per backend, (timeout_s, max_rss_bytes) instead of the common ones."""
     import tempfile
 
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"unknown backend {b!r} (known: {', '.join(BACKENDS)})")
+    for w in widths:
+        if w not in ("full", "compact"):
+            raise ValueError(f"unknown width {w!r} (full, compact)")
+    if "compact" in widths and not reduction:
+        raise ValueError("the compact width needs --reduction CHECKPOINT (a checkpoint with a reduction)")
+    overrides, budgets = overrides or {}, budgets or {}
     res: dict[str, Any] = {
         "dim": dim,
         "seed": seed,
@@ -565,50 +775,79 @@ def compare_backends(
         "sizes": [],
         "stopped": {},
     }
+    if reduction:
+        res["reduction"] = str(reduction)
+    if overrides:
+        res["overrides"] = {b: list(o) for b, o in overrides.items()}
+    if budgets:
+        res["budgets"] = {b: {"timeout_s": t, "max_rss_mib": _mib(r)} for b, (t, r) in budgets.items()}
     for n in sorted(sizes):
-        corpus = Corpus.make(n, dim, seed, mean_segments, embeddings)
-        queries = make_queries(corpus, nq, query_segments, query_noise, seed + 1)
-        t = time.perf_counter()
-        truth = exact_top_videos(corpus, queries, k)
-        entry: dict[str, Any] = {
-            "n": n,
-            "videos": corpus.videos,
-            "ground_truth_s": round(time.perf_counter() - t, 2),
-            "backends": {},
-        }
+        full = Corpus.make(n, dim, seed, mean_segments, embeddings, grow_scale)
+        res["dim"] = full.dim
+        if full.residuals is not None and "growth" not in res:
+            res["growth"] = {"real_rows": full.rows, "grow_scale": grow_scale,
+                             "query_residual_scale": query_residual_scale, "residuals": full.residuals.describe(),
+                             "note": "rows past the file are near-duplicate copies of runs of real rows (each "
+                                     "plus grow_scale x a residual draw); queries add query_residual_scale x a "
+                                     "residual draw to a stored run (query_noise is not used)"}
+        corpora: dict[str, Corpus] = {}
+        if "full" in widths:
+            corpora[""] = full
+        if "compact" in widths:
+            compact = Corpus.make(n, dim, seed, mean_segments, embeddings, grow_scale, reduction)
+            res["compact_dim"] = compact.dim
+            corpora[f"@{compact.dim}"] = compact
+        entry: dict[str, Any] = {"n": n, "videos": full.videos, "backends": {}}
         res["sizes"].append(entry)
-        for b in backends:
-            if b in res["stopped"]:
-                entry["backends"][b] = {"skipped": f"failed at {res['stopped'][b]['size']} vectors"}
-                continue
-            log.info("%s at %d vectors (%d videos)", b, n, corpus.videos)
-            with tempfile.TemporaryDirectory(prefix=f"index-{b}-{n}-") as tmp:
-                spec = {
-                    "backend": b,
-                    "n": n,
-                    "dim": corpus.dim,
-                    "seed": seed,
-                    "mean_segments": mean_segments,
-                    "embeddings": embeddings,
-                    "workdir": str(Path(tmp) / "index"),
-                    "k": k,
-                    "add_batch": add_batch,
-                    "warmup": warmup,
-                    "threads": threads,
-                }
-                Path(spec["workdir"]).mkdir()
-                if isolate:
-                    r = run_isolated(spec, queries, truth, Path(tmp), timeout_s, max_rss_bytes)
-                else:
-                    r = measure_backend(
-                        b, corpus, queries, truth, Path(spec["workdir"]), k, add_batch, warmup, threads
-                    )
-            entry["backends"][b] = r
-            log.info("%s at %d: %s", b, n, r)
-            if "error" in r:
-                res["stopped"][b] = {"size": n, "error": r["error"], "stage": r.get("stage")}
-            if on_result is not None:
-                on_result(res)
+        truth_full = None
+        for suffix, corpus in corpora.items():
+            queries = make_queries(corpus, nq, query_segments, query_noise, seed + 1, query_residual_scale)
+            t = time.perf_counter()
+            truth = exact_top_videos(corpus, queries, k)
+            entry["ground_truth_s" + (f"{suffix.replace('@', '_')}" if suffix else "")] = round(
+                time.perf_counter() - t, 2)
+            if not suffix:
+                truth_full = truth
+            elif "full" not in widths:  # the full-width truth, for recall_at_10_vs_full_width
+                truth_full = exact_top_videos(full, make_queries(full, nq, query_segments, query_noise, seed + 1,
+                                                                 query_residual_scale), k)
+            for b in backends:
+                key = b + suffix
+                if key in res["stopped"]:
+                    entry["backends"][key] = {"skipped": f"failed at {res['stopped'][key]['size']} vectors"}
+                    continue
+                log.info("%s at %d vectors (%d videos)", key, n, corpus.videos)
+                with tempfile.TemporaryDirectory(prefix=f"index-{b}-{n}-") as tmp:
+                    spec = {
+                        "backend": b,
+                        "n": n,
+                        "dim": dim,
+                        "seed": seed,
+                        "mean_segments": mean_segments,
+                        "embeddings": embeddings,
+                        "grow_scale": grow_scale,
+                        "reduction": reduction if suffix else None,
+                        "overrides": list(overrides.get(b, ())),
+                        "workdir": str(Path(tmp) / "index"),
+                        "k": k,
+                        "add_batch": add_batch,
+                        "warmup": warmup,
+                        "threads": threads,
+                    }
+                    Path(spec["workdir"]).mkdir()
+                    ref = truth_full if suffix else None
+                    if isolate:
+                        t_s, rss = budgets.get(b, (timeout_s, max_rss_bytes))
+                        r = run_isolated(spec, queries, truth, Path(tmp), t_s, rss, ref)
+                    else:
+                        r = measure_backend(b, corpus, queries, truth, Path(spec["workdir"]), k, add_batch, warmup,
+                                            threads, None, tuple(overrides.get(b, ())), ref)
+                entry["backends"][key] = r
+                log.info("%s at %d: %s", key, n, r)
+                if "error" in r:
+                    res["stopped"][key] = {"size": n, "error": r["error"], "stage": r.get("stage")}
+                if on_result is not None:
+                    on_result(res)
     return res
 
 
@@ -780,6 +1019,13 @@ def _backend_main(args: argparse.Namespace) -> None:
         write_result("index", results, out)
 
     if backends:
+        overrides = {b: tuple(args.faiss_set) for b in backends if b in FAISS_KINDS and args.faiss_set}
+        if args.milvus_set:
+            overrides["milvus-lite"] = tuple(args.milvus_set)
+        budgets = {}
+        if args.milvus_timeout_s or args.milvus_max_rss_gb:
+            budgets["milvus-lite"] = (args.milvus_timeout_s or args.timeout_s,
+                                      int(args.milvus_max_rss_gb * 2**30) if args.milvus_max_rss_gb else max_rss)
         save(
             compare_backends(
                 backends,
@@ -799,6 +1045,12 @@ def _backend_main(args: argparse.Namespace) -> None:
                 args.timeout_s,
                 max_rss,
                 save,
+                grow_scale=args.grow_scale,
+                query_residual_scale=args.query_residual_scale,
+                reduction=args.reduction,
+                widths=tuple(w.strip() for w in args.widths.split(",") if w.strip()),
+                overrides=overrides,
+                budgets=budgets,
             )
         )
     if args.reindex:
@@ -834,7 +1086,7 @@ def main() -> None:
     p.add_argument("--singles", type=int, default=300)
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--kinds", default="flat,ivf_flat,ivf_pq,hnsw")
+    p.add_argument("--kinds", default="flat,ivf_flat,ivf_sq8,ivf_pq,hnsw")
     p.add_argument("--nprobe", default="8,16,32,64")
     p.add_argument("--ef-search", default="32,64,128,256")
     p.add_argument("--hnsw-m", type=int, default=16)
@@ -852,6 +1104,25 @@ def main() -> None:
     b.add_argument(
         "--embeddings", default=None, help="an .npy (N, D) of real embeddings instead of random ones"
     )
+    b.add_argument(
+        "--grow-scale", type=float, default=1.0,
+        help="--embeddings past its rows: each grown row is a real row plus this x a near-duplicate residual draw",
+    )
+    b.add_argument(
+        "--query-residual-scale", type=float, default=1.0,
+        help="--embeddings: queries are stored runs plus this x a residual draw (instead of --query-noise)",
+    )
+    b.add_argument(
+        "--reduction", default=None,
+        help="a checkpoint with a reduction (drca train reduce): the compact width applies it to the vectors",
+    )
+    b.add_argument("--widths", default="full", help="full and/or compact (needs --reduction), comma-separated")
+    b.add_argument("--faiss-set", action="append", default=[],
+                   help="key=value of IndexConfig for every FAISS backend (repeatable), e.g. nprobe=64")
+    b.add_argument("--milvus-set", action="append", default=[],
+                   help="key=value of MilvusConfig (repeatable), e.g. ef_search=128")
+    b.add_argument("--milvus-timeout-s", type=float, default=0, help="milvus-lite's own --timeout-s")
+    b.add_argument("--milvus-max-rss-gb", type=float, default=0, help="milvus-lite's own --max-rss-gb")
     b.add_argument("--query-segments", type=int, default=8)
     b.add_argument("--query-noise", type=float, default=0.75)
     b.add_argument("--add-batch", type=int, default=1, help="videos per add call (1: the worker's add_video)")
@@ -925,7 +1196,7 @@ def main() -> None:
         build_s = time.perf_counter() - t
         mem = rss_bytes() - r0
         entry: dict[str, Any] = {"build_s": round(build_s, 2), "rss_delta_mib": round(mem / 2**20, 1)}
-        if kind in ("ivf_flat", "ivf_pq"):
+        if kind in faiss_index.IVF_KINDS:
             entry["nlist"] = faiss_index.ivf_nlist(cfg, args.n)
             sweep = []
             for nprobe in [int(x) for x in args.nprobe.split(",")]:

@@ -372,7 +372,7 @@ class VideoIndex:
             return None
         if kind != self._kind:
             return kind
-        if kind in ("ivf_flat", "ivf_pq") and n >= self._trained_n * self.config.retrain_growth:
+        if kind in faiss_index.IVF_KINDS and n >= self._trained_n * self.config.retrain_growth:
             return kind
         total = self._index.ntotal
         if self._tombstones and len(self._tombstones) > self.config.max_tombstone_fraction * total:

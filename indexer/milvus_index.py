@@ -10,7 +10,15 @@ One code path for every Milvus: a Milvus Lite file (`./data/milvus.db`, one proc
   `vector` (FLOAT_VECTOR, inner product on L2-normalised vectors);
 - writes are always `upsert`, never `insert`: a cluster does not de-duplicate primary keys (Lite does,
   so a test on Lite cannot catch an `insert`). Replacing a video with fewer segments also deletes its
-  segments past the new count;
+  segments past the new count: a video's segments are always 0..n-1 (every write covers them all), so
+  one primary-key lookup of segment n per video finds whether any are left (a key lookup stays cheap
+  where a filter scans every row not yet flushed);
+- one write call (`add_videos`, the rows of a job, or of a run of jobs on a replica; `delete_video`) is
+  one `flush` (`flush_writes`): Milvus scans unflushed ("growing") rows on every filtered query, count
+  and search, at a cost that grows with them (on Lite, about a second per query past a few thousand
+  1280-d rows); flushed, they are sealed and indexed. A cluster that rate-limits flushes
+  (`quotaAndLimits.flushRate`) can turn it off (`DRCA_MILVUS_FLUSH_WRITES=false`) and leave sealing to
+  Milvus;
 - delete by an inline `video_id` filter, re-run until a strong count finds none left;
 - counts with `count(*)` at strong consistency (collection statistics count deleted rows until
   compaction); every filter is written inline (Lite rejects filter templates);
@@ -74,6 +82,7 @@ class MilvusConfig:
     nprobe: int = 32
     timeout_s: float = 30.0  # per call
     delete_retries: int = 5
+    flush_writes: bool = True  # one flush per write call (module docstring)
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -196,9 +205,15 @@ class MilvusVideoIndex:
             self._check_open()
             for i in range(0, len(rows), _UPSERT_ROWS):
                 self.client.upsert(self.collection, rows[i : i + _UPSERT_ROWS])
-            # a replaced video that had more segments: drop the ones past its new count
-            stale = " or ".join(f"(video_id == {vid} and seg >= {n})" for vid, n in counts.items())
-            self._delete_until_gone(stale)
+            self._flush()
+            # a replaced video that had more segments: drop the ones past its new count. Segments are
+            # 0..n-1, so a video has stale rows exactly when its segment n is stored (one key lookup each)
+            after = [primary_key(vid, n) for vid, n in counts.items() if n < 1 << SEG_BITS]
+            got = self.client.get(self.collection, ids=after, output_fields=["video_id"]) if after else []
+            found = {int(r["video_id"]) for r in got} & counts.keys()
+            if found:
+                self._delete_until_gone(" or ".join(f"(video_id == {vid} and seg >= {counts[vid]})" for vid in found))
+                self._flush()
 
     def delete_video(self, video_id: int) -> bool:
         """Delete every segment of the video; False if it had none."""
@@ -208,7 +223,12 @@ class MilvusVideoIndex:
             if not self._count(f"video_id == {vid}"):
                 return False
             self._delete_until_gone(f"video_id == {vid}")
+            self._flush()
             return True
+
+    def _flush(self) -> None:
+        if self.config.flush_writes:
+            self.client.flush(self.collection)
 
     def _delete_until_gone(self, expr: str) -> None:
         """Delete by filter, re-run (with back-off) until a strong count finds nothing matching."""

@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 
 FrameChoice = Literal["diff_rank", "uniform", "wo_diff_rank"]
 CompModule = Literal["sal_ref", "conv2d", "conv3d", "patch_merge", "resblock_2d", "resblock_3d"]
+ReductionKind = Literal["none", "pca", "whiten"]
 
 
 # set while `apply_overrides` runs, so that intermediate states of a set of overrides are not validated
@@ -71,6 +72,12 @@ class HeadConfig:
     # the feature is the final norm of "cls": the final cls token (the paper); "mean": the mean of every frame's mean patch token (both
     # resolutions after the DCCM), which trains much faster from scratch on small data
     pool: Literal["cls", "mean"] = "cls"
+    # a learned linear reduction of the L2-normalised feature (head.embedding=feature only; `model.reduction`):
+    # "pca": the centred feature onto its top embed_dim principal directions (orthonormal rows), "whiten": the
+    # same scaled by 1/sqrt(eigenvalue) (the reduced training features have identity covariance); L2-normalised
+    # after. Its tensors (`reduction.mean`, `reduction.projection`) are in the weights file; embed_dim is then
+    # the reduced size. Fitted by `drca train reduce` (training/reduce.py).
+    reduction: ReductionKind = "none"
 
 
 @dataclass(frozen=True)
@@ -140,12 +147,7 @@ def validate(cfg: DRCAConfig) -> None:
             raise ValueError(f"backbone.embed_dim must be divisible by backbone.sal_ref_heads={b.sal_ref_heads}")
         if b.frame_choice != "uniform" and grid < 3:
             raise ValueError(f"the ScoreNet's unpadded 3x3 conv needs a patch grid of at least 3x3, got {grid}x{grid}")
-    h = cfg.head
-    if h.embedding == "feature" and h.embed_dim not in (0, b.embed_dim):
-        raise ValueError(
-            f"head.embedding=feature embeds the {b.embed_dim}-d feature itself: head.embed_dim must be "
-            f"{b.embed_dim} (or 0), got {h.embed_dim}"
-        )
+    _validate_embedding(cfg.head, b.embed_dim)
     for name, value in (("frame_choice", b.frame_choice), ("comp_module", b.comp_module)):
         allowed = get_args(FrameChoice if name == "frame_choice" else CompModule)
         if value not in allowed:
@@ -173,9 +175,37 @@ def _validate_lite0(cfg: DRCAConfig) -> None:
                          f"[1, {i.num_frames}] (num_frames: no compression)")
     if b.frame_choice != "uniform" and i.img_size // 32 < 3:
         raise ValueError("the ScoreNet needs a token grid of at least 3x3 (input.img_size >= 96)")
-    if h.embedding != "feature" or h.embed_dim not in (0, FEATURE_DIM) or h.num_classes not in (0, 1000):
-        raise ValueError(f"stem=lite0 embeds its {FEATURE_DIM}-d feature (head.embedding=feature, embed_dim "
-                         f"{FEATURE_DIM}) and classifies the 1000 ImageNet classes (or none)")
+    if h.embedding != "feature" or h.num_classes not in (0, 1000):
+        raise ValueError(f"stem=lite0 embeds its {FEATURE_DIM}-d feature (head.embedding=feature) and classifies "
+                         "the 1000 ImageNet classes (or none)")
+    _validate_embedding(h, FEATURE_DIM)
+
+
+def _validate_embedding(h: HeadConfig, feature_dim: int) -> None:
+    """head.embedding=feature: embed_dim is the feature's width, or, with a reduction, at most that."""
+    if h.reduction not in get_args(ReductionKind):
+        raise ValueError(f"head.reduction={h.reduction!r} is not one of {', '.join(get_args(ReductionKind))}")
+    if h.embedding != "feature":
+        if h.reduction != "none":
+            raise ValueError("head.reduction reduces the feature: it needs head.embedding=feature")
+        return
+    if h.reduction == "none" and h.embed_dim not in (0, feature_dim):
+        raise ValueError(
+            f"head.embedding=feature embeds the {feature_dim}-d feature itself: head.embed_dim must be "
+            f"{feature_dim} (or 0), got {h.embed_dim}"
+        )
+    if h.reduction != "none" and not 0 < h.embed_dim <= feature_dim:
+        raise ValueError(f"head.reduction={h.reduction} reduces the {feature_dim}-d feature: head.embed_dim must be "
+                         f"in [1, {feature_dim}], got {h.embed_dim}")
+
+
+def feature_dim(cfg: DRCAConfig) -> int:
+    """The width of the network's feature (what a `head.reduction` reduces)."""
+    if cfg.backbone.stem == "lite0":
+        from model.efficientnet_spec import FEATURE_DIM
+
+        return FEATURE_DIM
+    return cfg.backbone.embed_dim
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from model.config import DRCAConfig
 from model.dccm import DCCM
 from model.layers import ConvStem, DividedSTBlock, PatchEmbed, ResolutionAlignBlock, init_transformer
+from model.reduction import Reduction
 
 
 @dataclass
@@ -45,6 +46,7 @@ class DRCA(nn.Module):
         self.head_drop = nn.Dropout(head.dropout)
         self.cls_head = nn.Linear(dim, head.num_classes) if head.num_classes > 0 else None
         self.embed_head = nn.Linear(dim, head.embed_dim) if head.embed_dim and head.embedding == "linear" else None
+        self.reduction = Reduction(dim, head.embed_dim) if head.reduction != "none" and head.embed_dim else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -97,6 +99,8 @@ class DRCA(nn.Module):
             embedding = F.normalize(self.embed_head(pooled), dim=-1)
         elif self.cfg.head.embed_dim:  # head.embedding == "feature"
             embedding = F.normalize(features, dim=-1)
+            if self.reduction is not None:
+                embedding = self.reduction(embedding)
         return DRCAOutput(features=features, logits=logits, embedding=embedding, saliency_indices=saliency)
 
     def _full_resolution(self, x: Tensor) -> tuple[Tensor, Tensor]:

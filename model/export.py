@@ -28,7 +28,7 @@ from model.config import DRCAConfig
 OUTPUTS = ("embedding", "logits", "saliency_indices")
 
 # The modules whose code defines the traced graph: a change to any of them makes a new cache key.
-_GRAPH_SOURCES = ("config", "dccm", "drca", "efficientnet", "export", "hybrid", "layers")
+_GRAPH_SOURCES = ("config", "dccm", "drca", "efficientnet", "export", "hybrid", "layers", "reduction")
 
 
 class _TensorOutputs(nn.Module):

@@ -16,7 +16,8 @@ The stem is `model.efficientnet.EfficientNetLite0`, split at a block boundary (`
 4. **Heads.** The feature is the mean of the stem's pooled 1280-d feature over the K saliency frames
    (the frames the stem saw at full size) plus a projection of the normalised mean DRCA token, in which
    every frame, both resolutions, has a say. The classifier is the stem's ImageNet classifier on that
-   feature; the embedding is the L2-normalised feature. (Averaging the half-size frames' pooled features
+   feature; the embedding is the L2-normalised feature (or, with ``head.reduction``, its learned reduction,
+   `model.reduction`). (Averaging the half-size frames' pooled features
    in as well cost most of the labels: a frozen ImageNet CNN at half size is a different classifier;
    docs/training.md has the measurement.)
 
@@ -42,6 +43,7 @@ from model.drca import DRCAOutput
 from model.efficientnet import EfficientNetLite0
 from model.efficientnet_spec import FEATURE_DIM, LATE_CHANNELS, block_channels, block_stride
 from model.layers import DividedSTBlock, ResolutionAlignBlock, init_transformer
+from model.reduction import Reduction
 
 
 @dataclass
@@ -88,6 +90,8 @@ class HybridDRCA(nn.Module):
                                           for i in range(insert, b.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.out_proj = nn.Linear(dim, FEATURE_DIM)
+        h = cfg.head
+        self.reduction = Reduction(FEATURE_DIM, h.embed_dim) if h.reduction != "none" and h.embed_dim else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -190,4 +194,6 @@ class HybridDRCA(nn.Module):
         features = stem_feature + self.out_proj(self.norm(mean_token))
         logits = self.stem._fc(features) if self.cfg.head.num_classes else None
         embedding = F.normalize(features, dim=-1) if self.cfg.head.embed_dim else None
+        if self.reduction is not None:
+            embedding = self.reduction(embedding)
         return DRCAOutput(features=features, logits=logits, embedding=embedding, saliency_indices=split.top)

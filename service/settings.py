@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     milvus_uri: str | None = None  # None: the Milvus Lite file data_dir/milvus.db
     milvus_token: SecretStr | None = None  # `user:password` or an API key, for a secured cluster
     milvus_index_type: Literal["HNSW", "IVF_FLAT"] = "HNSW"  # Lite builds only these (others: a silent scan)
+    # one Milvus flush per index write (a job's rows): keeps filtered queries and searches off unflushed rows;
+    # false for a cluster that rate-limits flushes (indexer/milvus_index.py)
+    milvus_flush_writes: bool = True
 
     # scale-out (docs/architecture.md): set redis_url and run `drca serve --redis` + `drca worker --redis`
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None: the embedded service

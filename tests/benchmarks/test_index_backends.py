@@ -3,8 +3,10 @@ backends end to end (the JSON the script writes, exact FAISS at recall 1.0), and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,10 +99,10 @@ def test_both_backends_through_the_script(tmp_path, monkeypatch):
 def test_in_process_hnsw_too_and_a_failing_backend_stops_at_its_size(monkeypatch):
     real = bench.open_backend
 
-    def lite_fails(name, dim, workdir):
+    def lite_fails(name, dim, workdir, *rest):
         if name == "milvus-lite":
             raise MemoryError("pretend Lite ran out")
-        return real(name, dim, workdir)
+        return real(name, dim, workdir, *rest)
 
     monkeypatch.setattr(bench, "open_backend", lite_fails)
     res = compare_backends(
@@ -158,3 +160,137 @@ def test_reindex_offline_and_online(tmp_path):
     on = r["online"]
     assert on["embedded"] == 2 and on["video_s_per_s"] > 0 and on["search_errors"] == 0
     assert on["search_before_searches"] == 5 and on["search_before_p50_ms"] > 0
+
+
+def _real_file(tmp_path, d: int = 16, videos: int = 4, segments: int = 5, noise: float = 0.05):
+    """An `embed_videos`-like file: `videos` originals of `segments` segments (original view) and one
+    near-duplicate copy of each (two views: the copy's own segments plus noise, and a mirrored view that is
+    unrelated), with the .tsv naming the pairs. Returns (path, the real residuals of the pairs)."""
+    rng = np.random.default_rng(11)
+    rows, vecs, residuals = [], [], []
+    for v in range(videos):
+        orig = rng.standard_normal((segments, d)).astype(np.float32)
+        orig /= np.linalg.norm(orig, axis=1, keepdims=True)
+        for s in range(segments):
+            rows.append((f"v{v}", f"v{v}.mp4", s, s, s + 1, "original", ""))
+            vecs.append(orig[s])
+        for s in range(segments):
+            copy = orig[s] + noise * rng.standard_normal(d).astype(np.float32)
+            copy /= np.linalg.norm(copy)
+            other = rng.standard_normal(d).astype(np.float32)
+            for view, x in (("original", copy), ("mirrored", other / np.linalg.norm(other))):
+                rows.append((f"v{v}.copy", f"v{v}.copy.mp4", s, s, s + 1, view, f"v{v}"))
+                vecs.append(x)
+            residuals.append(copy - orig[s])
+    path = tmp_path / "real.npy"
+    np.save(path, np.array(vecs, dtype=np.float32))
+    lines = ["\t".join(("video", "file", "segment", "start", "end", "view", "origins"))]
+    lines += ["\t".join(map(str, r)) for r in rows]
+    path.with_suffix(".tsv").write_text("\n".join(lines) + "\n")
+    return path, np.array(residuals)
+
+
+def test_real_embeddings_grow_by_their_near_duplicate_residuals(tmp_path):
+    path, real = _real_file(tmp_path)
+    found = bench.near_duplicate_residuals(np.load(path), path.with_suffix(".tsv"))
+    # each copy segment is paired with its own original (its nearest), not with the unrelated view
+    np.testing.assert_allclose(np.sort(np.linalg.norm(found, axis=1)), np.sort(np.linalg.norm(real, axis=1)),
+                               atol=1e-6)
+    model = bench.Residuals.fit(found)
+    draws = model.draw(20_000, np.random.default_rng(0))
+    np.testing.assert_allclose(draws.mean(0), found.mean(0), atol=0.01)
+    total = ((found - found.mean(0)) ** 2).sum(1).mean() * len(found) / (len(found) - 1)
+    assert np.isclose(((draws - draws.mean(0)) ** 2).sum(1).mean(), total, rtol=0.05)
+
+    c = Corpus.make(2_000, 999, embeddings=str(path), mean_segments=10)
+    assert c.dim == 16 and c.rows == 60 and c.residuals.pairs == 20
+    x = np.concatenate([vec for _, _, vec in c.iter_videos()])
+    again = np.concatenate([vec for _, _, vec in Corpus.make(2_000, 16, embeddings=str(path),
+                                                             mean_segments=10).iter_videos()])
+    assert x.shape == (2_000, 16) and np.array_equal(x, again)  # the same vectors in every process
+    assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    base = np.load(path)
+    np.testing.assert_allclose(x[:60], base / np.linalg.norm(base, axis=1, keepdims=True), atol=1e-6)
+    # every grown row is a near-duplicate of a real row, about as near as the real copies are
+    nearest = (x[60:] @ base.T).max(axis=1)
+    real_cos = 1 - np.median(np.linalg.norm(real, axis=1)) ** 2 / 2
+    assert np.median(nearest) > real_cos - 0.05 and nearest.min() > 0.5
+    q = make_queries(c, 30, 4, 0.75, residual_scale=1.0)
+    assert np.allclose(np.linalg.norm(q.vectors, axis=1), 1, atol=1e-5)
+    # growing needs the pairs
+    path.with_suffix(".tsv").rename(tmp_path / "gone.tsv")
+    with pytest.raises(ValueError, match="no real.tsv"):
+        Corpus.make(2_000, 16, embeddings=str(path))
+    lines = (tmp_path / "gone.tsv").read_text().splitlines()
+    path.with_suffix(".tsv").write_text("\n".join(ln.rsplit("\t", 1)[0] + "\t" for ln in lines[1:]) + "\n")
+    path.with_suffix(".tsv").write_text(lines[0] + "\n" + path.with_suffix(".tsv").read_text())
+    with pytest.raises(ValueError, match="names no near-duplicate pair"):
+        Corpus.make(2_000, 16, embeddings=str(path))
+
+
+def test_full_and_compact_widths_on_grown_real_embeddings(tmp_path):
+    from safetensors.numpy import save_file
+
+    from model.reduction import MEAN, PROJECTION, apply_reduction, fit_reduction
+
+    path, _ = _real_file(tmp_path)
+    fit = fit_reduction(np.load(path), 8, "pca")
+    ckpt = tmp_path / "reduced"
+    ckpt.mkdir()
+    save_file({MEAN: fit.mean, PROJECTION: fit.projection}, str(ckpt / "model.safetensors"))
+    compact = Corpus.make(600, 16, embeddings=str(path), mean_segments=10, reduction=str(ckpt))
+    full = Corpus.make(600, 16, embeddings=str(path), mean_segments=10)
+    assert compact.dim == 8 and compact.full_dim == 16
+    np.testing.assert_allclose(compact.block(0)[1], apply_reduction(full.block(0)[1], fit.mean, fit.projection),
+                               atol=1e-6)
+    res = compare_backends(["faiss-flat", "faiss-ivf-sq8"], [600], dim=16, nq=15, mean_segments=10,
+                           embeddings=str(path), isolate=False, reduction=str(ckpt), widths=("full", "compact"),
+                           overrides={"faiss-ivf-sq8": ("nprobe=64",)})
+    [size] = res["sizes"]
+    assert res["dim"] == 16 and res["compact_dim"] == 8 and res["growth"]["residuals"]["pairs"] == 20
+    assert set(size["backends"]) == {"faiss-flat", "faiss-ivf-sq8", "faiss-flat@8", "faiss-ivf-sq8@8"}
+    for name, r in size["backends"].items():
+        assert "error" not in r, (name, r)
+        assert r["segments"] == 600 and r["peak_rss_mib"] > 0
+    assert size["backends"]["faiss-flat"]["recall_at_10"] == size["backends"]["faiss-flat@8"]["recall_at_10"] == 1.0
+    assert size["backends"]["faiss-ivf-sq8"]["kind"] == "ivf_sq8"
+    assert size["backends"]["faiss-ivf-sq8"]["settings"]["nprobe"] == 64
+    assert 0 <= size["backends"]["faiss-flat@8"]["recall_at_10_vs_full_width"] <= 1
+    assert "recall_at_10_vs_full_width" not in size["backends"]["faiss-flat"]
+    with pytest.raises(ValueError, match="needs --reduction"):
+        compare_backends(["faiss-flat"], [100], dim=16, widths=("compact",), isolate=False)
+
+
+def test_embed_videos_writes_every_view_and_the_near_duplicate_pairs(tmp_path):
+    from benchmarks import embed_videos
+    from tests.model.test_reduction import tiny_feature_checkpoint
+    from tests.service.media import near_duplicate
+
+    data = Path(__file__).parents[1] / "data"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("tiger", "car"):
+        (videos / f"{name}.mp4").write_bytes((data / f"{name}.mp4").read_bytes())
+    near_duplicate(data / "tiger.mp4", videos / "tiger.copy.mp4")
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    rel = tmp_path / "rel.json"
+    rel.write_text(json.dumps({"tiger.copy": ["tiger"]}))
+    ckpt = tiny_feature_checkpoint(tmp_path / "ck")
+    out = tmp_path / "real.npy"
+    embed_videos.main(["--videos", str(videos), "--relevance", str(rel), "--checkpoint", str(ckpt), "--out",
+                       str(out), "--runtime", "torch"])
+    x = np.load(out)
+    rows = out.with_suffix(".tsv").read_text().splitlines()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert rows[0].split("\t") == list(embed_videos.COLUMNS) and len(rows) - 1 == len(x) == meta["rows"]
+    assert x.shape[1] == 32 and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    table = [r.split("\t") for r in rows[1:]]
+    assert {r[0] for r in table} == {"tiger", "car", "tiger.copy"}
+    assert {r[5] for r in table} >= {"original", "mirrored"}  # every query view
+    assert {r[6] for r in table if r[0] == "tiger.copy"} == {"tiger"} and {r[6] for r in table if r[0] != "tiger.copy"} == {""}
+    assert list(meta["skipped"]) == [str(videos / "broken.mp4")] and meta["near_duplicate_videos"] == 1
+    assert meta["checkpoint"]["sha256"] == hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    assert len(bench.near_duplicate_residuals(x, out.with_suffix(".tsv"))) == sum(
+        1 for r in table if r[0] == "tiger.copy" and r[5] == "original")
+    with pytest.raises(SystemExit, match="must end in .npy"):
+        embed_videos.main(["--videos", str(videos), "--out", str(tmp_path / "x.txt")])

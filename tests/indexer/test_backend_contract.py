@@ -336,6 +336,41 @@ def test_milvus_writes_are_upserts_by_segment_key(tmp_path: Path):
         index.close()
 
 
+def test_milvus_write_is_one_upsert_and_one_flush_and_no_filter_scan(tmp_path: Path):
+    """A job's write is its rows upserted, one flush, and one primary-key lookup per video for segments
+    left from a longer earlier version (deleted only when there are some): no filtered query or delete,
+    which would scan every unflushed row. A video replaced by a shorter one keeps no stale segment."""
+    from indexer.milvus_index import MilvusVideoIndex
+
+    index = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "milvus.db"), dim=D), "segments_t")
+    try:
+        spy = ClientSpy(index.client)
+        index.client = spy
+        index.add_videos([(vid, *video_vectors(vid, D)) for vid in (4, 9)])  # 5 segments each
+        assert [name for name, _, _ in spy.calls] == ["upsert", "flush", "get"]
+        spy.calls.clear()
+        segs, vecs = video_vectors(4, D)
+        index.add_video(4, segs[:2], vecs[:2])  # replaced by its first 2 segments
+        names = [name for name, _, _ in spy.calls]
+        assert names[:3] == ["upsert", "flush", "get"] and "delete" in names and names[-1] == "flush", names
+        assert index.get(4).segments == segs[:2] and index.count_segments() == 2 + 5
+        assert_stored(index, 9)
+        spy.calls.clear()
+        assert index.delete_video(9)
+        assert [name for name, _, _ in spy.calls][-1] == "flush" and 9 not in index
+    finally:
+        index.close()
+    unflushed = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "m2.db"), dim=D, flush_writes=False), "segs")
+    try:
+        spy = ClientSpy(unflushed.client)
+        unflushed.client = spy
+        add_range(unflushed, range(1, 4))
+        assert "flush" not in {name for name, _, _ in spy.calls}
+        assert_stored(unflushed, 3)
+    finally:
+        unflushed.close()
+
+
 def test_milvus_refuses_more_segments_than_the_key_holds(tmp_path: Path):
     """The primary key keeps 14 bits for the segment: a video of 2**14 segments fits; one more would write
     segment 2**14 under the next video's segment-0 key, overwriting it. That is refused, nothing written."""
