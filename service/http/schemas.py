@@ -170,6 +170,7 @@ class Readiness(BaseModel):
 
 
 class ReindexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(description="The new checkpoint directory, as the server's filesystem names it")
 
 
