@@ -413,9 +413,9 @@ def test_a_check_past_its_deadline_is_a_503_and_frees_its_slot_when_done(tmp_pat
     release = threading.Event()
     real = admin_checkpoint.vet_for
 
-    def hung(settings, given):
+    def hung(settings, given, *rest):
         release.wait(30)
-        return real(settings, given)
+        return real(settings, given, *rest)
 
     monkeypatch.setattr(admin_checkpoint, "vet_for", hung)
     settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, admin_checkpoint_dirs=[tmp_path],
