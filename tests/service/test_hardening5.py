@@ -97,9 +97,10 @@ def bearer(key: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def admin_server(assets, tmp_path_factory) -> HttpServer:
     data = tmp_path_factory.mktemp("admin-data")
-    # 40 requests at once (G2) must all reach the route: above the default 32 bodies at once (503 past it)
+    # 40 requests at once (G2) must all reach the route: above the default 32 bodies at once (503 past it),
+    # and past the admin POSTs' rate limit (tests/service/test_admin_data_dir.py tests it)
     server = Serve(assets["old"], data, data.parent / f"{data.name}.log", **admin_env(assets),
-                   DRCA_MAX_CONCURRENT_UPLOADS="64")
+                   DRCA_MAX_CONCURRENT_UPLOADS="64", DRCA_ADMIN_RATE_LIMIT_PER_S="0")
     server.start()
     yield server
     server.stop()
