@@ -50,7 +50,7 @@ async def start_reindex(request: Request, svc: ServiceDep) -> JSONResponse:
     reindex = _reindexer(svc)
     try:
         checked = await vet_in_background(svc.settings, body.checkpoint, weights=False)
-        status = await run_in_threadpool(reindex.answer, identity_of(checked))
+        status = await run_in_threadpool(lambda: reindex.answer(identity_of(checked)))  # (resolves its path)
         if status is None:
             files = await vet_in_background(svc.settings, body.checkpoint)  # read with its weights, hashed again
             status = await run_in_threadpool(reindex.start, files)
