@@ -41,6 +41,7 @@ __all__ = ["index_generations"]  # re-exported: the generations of the configure
 log = logging.getLogger(__name__)
 
 SHORT = 12  # hex digits of the sha256 that name a checkpoint in messages and generation names
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # a checkpoint's sha256 as recorded
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,11 @@ class CheckpointIdentity:
         if "checkpoint_sha256" not in meta:
             return None
         sha256, dim, path = meta["checkpoint_sha256"], meta.get("embed_dim", "0"), meta.get("checkpoint_path", "")
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
             raise DataDirDamaged(f"{where} records no sha256 as checkpoint_sha256 ({str(sha256)[:80]!r})")
         if not isinstance(dim, str) or not dim.isascii() or not dim.isdigit() or len(dim) > 6:
             raise DataDirDamaged(f"{where} records no embedding size as embed_dim ({str(dim)[:80]!r})")
         return cls(sha256, int(dim), path if isinstance(path, str) else "")
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointMismatch(Exception):

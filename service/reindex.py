@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
-from model.checkpoint import CheckpointFiles, read_config_and_card
+from model.checkpoint import CheckpointError, CheckpointFiles, read_config_and_card
 from service.active import Active, ActiveGeneration, identity_of
 from service.admin_checkpoint import vet_for
 from service.backends import backend_class
@@ -41,6 +41,7 @@ from service.backends.store import NotFound, VideoRecord
 from service.broker import Broker, IngestJob
 from service.catalog import Catalog, top_labels
 from service.generations import (
+    SHA256_HEX,
     SHORT,
     CheckpointIdentity,
     DataDirDamaged,
@@ -212,8 +213,8 @@ def _embed(encoder, video: VideoRecord, batch_size: int):
 # --- online: a running embedded service re-embeds through its own worker and queue -------------------------
 
 ONLINE_STATE = "reindex-online.json"  # in the data dir while an online reindex runs: what to resume
+SWITCH_GRACE_S = 5.0  # the previous generation stays open this long after the switch (searches in flight)
 RUNNING = "another reindex is running (GET /v1/admin/reindex says how far it is); wait for it to switch or fail"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _PATH = re.compile(r"(?<![\w.~])(?:/[^\s/:'\"(),;\[\]]+)+/?")  # an absolute path in a message
 
 
@@ -221,7 +222,6 @@ def without_paths(message: str) -> str:
     """`message` with each absolute path cut to its last component (`/srv/ckpt/x/model.safetensors` ->
     `model.safetensors`): what a client is told of a failure names no directory of the server."""
     return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", message)
-SWITCH_GRACE_S = 5.0  # the previous generation stays open this long after the switch (searches in flight)
 
 
 def read_online_state(settings: Settings) -> dict[str, str] | None:
@@ -361,7 +361,7 @@ class OnlineReindex:
             return
         try:  # the same checks as a request's checkpoint: a hostile one must not hang or crash the start
             vetted = vet_for(self.settings, saved["checkpoint"])
-        except Exception as e:  # refused (or unreadable): never resumed
+        except (CheckpointError, OSError) as e:  # refused (or unreadable): never resumed
             log.error("the online reindex in %s is not resumed, and the file is removed: %s", self.state_path, e)
             self._abandon(saved)
             return
@@ -377,7 +377,7 @@ class OnlineReindex:
         checkpoint fills (never another: the file may have been edited)."""
         self.state_path.unlink(missing_ok=True)
         sha256, generation = saved["checkpoint_sha256"], saved["generation"]
-        if not _SHA256.fullmatch(sha256):
+        if not SHA256_HEX.fullmatch(sha256):
             return
         gens = index_generations(self.settings, self.active.current.index.dim)
         try:
