@@ -3,6 +3,7 @@
 
 from indexer.backend import FaissGenerations, IndexGenerations, SegmentIndex
 from indexer.errors import (
+    DamagedIndex,
     IncompatibleIndex,
     IndexClosed,
     IndexerError,
@@ -14,6 +15,7 @@ from indexer.faiss_index import IndexConfig
 from indexer.index import IndexStats, Span, StoredVideo, VideoHit, VideoIndex
 
 __all__ = [
+    "DamagedIndex",
     "FaissGenerations",
     "IncompatibleIndex",
     "IndexClosed",

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from indexer import wal
+from indexer.errors import DamagedIndex
 from indexer.faiss_index import IndexConfig
 from indexer.index import Aggregation, IndexStats, Span, StoredVideo, VideoHit, VideoIndex, read_metadata
 
@@ -112,7 +113,18 @@ class FaissGenerations:
         return self.root.with_name(name)
 
     def current(self) -> str:
-        return self.pointer.read_text().strip() if self.pointer.exists() else self.root.name
+        """The generation the pointer names (`<root>` or `<root>.<tag>`); `DamagedIndex` for anything else."""
+        if not self.pointer.exists():
+            return self.root.name
+        try:
+            name = self.pointer.read_bytes().decode().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DamagedIndex(f"the index pointer {self.pointer} cannot be read ({e})") from None
+        ours = name == self.root.name or name.startswith(self.root.name + ".")
+        if not ours or not _NAME.match(name) or name == self.pointer.name:
+            raise DamagedIndex(f"the index pointer {self.pointer} names no index generation ({name[:80]!r}); "
+                               f"it holds {self.root.name} or {self.root.name}.<tag>")
+        return name
 
     def name_for(self, tag: str) -> str:
         return f"{self.root.name}.{tag}"

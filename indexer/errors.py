@@ -25,3 +25,8 @@ class IndexLocked(IndexerError):
 
 class IncompatibleIndex(IndexerError):
     """The stored index cannot serve this configuration (another vector size, a missing field)."""
+
+
+class DamagedIndex(IndexerError):
+    """A file of the index (its generation pointer, its metadata) holds what the index never writes: edited
+    or damaged. The message names the file."""

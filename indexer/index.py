@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from indexer import faiss_index, wal
-from indexer.errors import IndexClosed, IndexLocked, InvalidVectors
+from indexer.errors import DamagedIndex, IndexClosed, IndexLocked, InvalidVectors
 from indexer.faiss_index import ConcreteKind, IndexConfig
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,18 @@ def spans_array(segments: list[Span], n: int, what: str = "segments") -> np.ndar
 
 
 def read_metadata(directory: Path) -> dict[str, str]:
-    """The metadata recorded in an index directory, without opening the index ({} if none)."""
+    """The metadata recorded in an index directory, without opening the index ({} if none); `DamagedIndex`
+    when the file is not the JSON object of strings `set_metadata` writes."""
     path = Path(directory) / METADATA_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise DamagedIndex(f"{path} cannot be read as the index metadata ({str(e)[:120]})") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DamagedIndex(f"{path} is not the index metadata (a JSON object of strings)")
+    return meta
 
 
 def _check_id(video_id: int) -> int:

@@ -99,15 +99,44 @@ def primary_key(video_id: int, seg: int) -> int:
     return (video_id << SEG_BITS) | seg
 
 
+_LITE_LOG = "milvus_lite.server_manager"  # logs a failed start of a Lite file with its whole traceback
+
+
+class _HeldBack(logging.Filter):
+    """Holds back the records one thread logs (the others pass), to be dropped or handed on later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        self.records.append(record)
+        return False
+
+
 def connect(cfg: MilvusConfig) -> MilvusClient:
-    """A client for `cfg.uri`; `IndexLocked` when another process holds the Milvus Lite file."""
+    """A client for `cfg.uri`; `IndexLocked` when another process holds the Milvus Lite file (one line: the
+    traceback Milvus Lite logs for it is dropped; whatever else it logs meanwhile is passed on)."""
+    lite_log = logging.getLogger(_LITE_LOG)
+    held = _HeldBack()
+    lite_log.addFilter(held)
+    locked = False
     try:
         return MilvusClient(uri=cfg.uri, token=cfg.token, timeout=cfg.timeout_s)
     except MilvusException:
-        if cfg.uri.endswith(".db") and _lite_file_locked(Path(cfg.uri)):
+        locked = cfg.uri.endswith(".db") and _lite_file_locked(Path(cfg.uri))
+        if locked:
             raise IndexLocked(f"{cfg.uri} is open in another process (Milvus Lite holds one process per "
                               "file; run `milvus-lite server` for several)") from None
         raise
+    finally:
+        lite_log.removeFilter(held)
+        if not locked:
+            for record in held.records:
+                lite_log.handle(record)
 
 
 def _lite_file_locked(path: Path) -> bool:

@@ -10,6 +10,10 @@
 - The weights are read from that descriptor, at most `admin_checkpoint_max_bytes` of them, and hashed (the
   checkpoint's identity, `service.generations`); the result is a `CheckpointFiles` holding their bytes, so
   the reindex loads the network from what was checked and never opens the directory again.
+- Asked for the identity only (`weights=False`: a request that may well answer the progress of the reindex
+  already running, or 409), a weights file already hashed is not read again: `IdentityCache` keeps the
+  sha256 of the files it hashed by (device, inode, size, mtime_ns, ctime_ns), so the same file costs one
+  `fstat`, and a file written since (even in place, to the same size) is hashed again.
 
 Every refusal is a `CheckpointRefused` whose message is "checkpoint refused: <reason>", the reason one of a
 few fixed sentences: neither the path given nor what it resolves to, nor an OS error's text, is ever
@@ -27,6 +31,7 @@ import hashlib
 import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +45,7 @@ MAX_JSON_BYTES = 16 * 1024**2  # config.json, card.json
 CHECK_WORKERS = 2  # checks that run at once (a check stuck on a slow disk holds one of these, never a request thread)
 MAX_PENDING = 64  # checks running or waiting for a checker; more: 503 at once
 CHUNK = 1 << 20
+KNOWN_FILES = 64  # weights files whose sha256 is remembered (least recently used forgotten first)
 
 NOT_ALLOWED = "not a checkpoint directory inside the allowed checkpoint directories (admin_checkpoint_dirs)"
 NONE_ALLOWED = ("this server allows no checkpoint directory: set admin_checkpoint_dirs "
@@ -57,8 +63,39 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _open_regular(dir_fd: int, name: str, max_bytes: int) -> tuple[int, int]:
-    """(descriptor, size) of the regular file `name` in the directory; never follows a link or blocks."""
+FileKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class IdentityCache:
+    """The sha256 of weights files already hashed, by `FileKey`: a file is hashed again only once it has
+    been written (its mtime or ctime moves) or replaced (another inode). Thread-safe, bounded."""
+
+    def __init__(self, max_entries: int = KNOWN_FILES) -> None:
+        self.max_entries = max_entries
+        self._known: OrderedDict[FileKey, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: FileKey) -> str | None:
+        with self._lock:
+            sha = self._known.get(key)
+            if sha is not None:
+                self._known.move_to_end(key)
+            return sha
+
+    def put(self, key: FileKey, sha256: str) -> None:
+        with self._lock:
+            self._known[key] = sha256
+            self._known.move_to_end(key)
+            while len(self._known) > self.max_entries:
+                self._known.popitem(last=False)
+
+
+def _open_regular(dir_fd: int, name: str, max_bytes: int) -> tuple[int, os.stat_result]:
+    """(descriptor, status) of the regular file `name` in the directory; never follows a link or blocks."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
@@ -72,7 +109,7 @@ def _open_regular(dir_fd: int, name: str, max_bytes: int) -> tuple[int, int]:
     except BaseException:
         os.close(fd)
         raise
-    return fd, st.st_size
+    return fd, st
 
 
 def _chunks(fd: int, name: str, max_bytes: int) -> Iterable[bytes]:
@@ -115,9 +152,28 @@ def _resolve(given: object, allowed: list[Path]) -> str:
     return real
 
 
-def vet_checkpoint(given: object, allowed: list[Path], max_bytes: int) -> CheckpointFiles:
+def _weights(dir_fd: int, max_bytes: int, keep: bool, known: IdentityCache | None) -> tuple[str, bytes | None]:
+    """(sha256, bytes when `keep`) of the weights file; with `known` and not `keep`, a file hashed before is
+    not read. What is hashed is remembered only if the file did not change while it was read."""
+    fd, st = _open_regular(dir_fd, WEIGHTS, max_bytes)
+    try:
+        key = _file_key(st)
+        if not keep and known is not None and (sha := known.get(key)) is not None:
+            return sha, None
+        data = b"".join(_chunks(fd, WEIGHTS, max_bytes))
+        sha = hashlib.sha256(data).hexdigest()
+        if known is not None and _file_key(os.fstat(fd)) == key:
+            known.put(key, sha)
+        return sha, data if keep else None
+    finally:
+        os.close(fd)
+
+
+def vet_checkpoint(given: object, allowed: list[Path], max_bytes: int, weights: bool = True,
+                   known: IdentityCache | None = None) -> CheckpointFiles:
     """Check the checkpoint directory `given` (module docstring) and read it once (its path resolved, inside an
-    allowed directory); `CheckpointRefused` (a `CheckpointError`) with a fixed reason otherwise."""
+    allowed directory); `CheckpointRefused` (a `CheckpointError`) with a fixed reason otherwise. Without
+    `weights`, the result holds the identity only (`weights` None), from `known` when it has the file."""
     real = _resolve(given, allowed)
     try:
         dir_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -134,24 +190,29 @@ def vet_checkpoint(given: object, allowed: list[Path], max_bytes: int) -> Checkp
         if cfg.head.embed_dim <= 0:
             raise CheckpointRefused("the checkpoint has no embedding head")
         try:
-            weights = _read(dir_fd, WEIGHTS, max_bytes)
+            sha256, data = _weights(dir_fd, max_bytes, weights, known)
         except OSError:
             raise CheckpointRefused(f"{WEIGHTS} cannot be read") from None
     finally:
         os.close(dir_fd)
-    return CheckpointFiles(Path(real), cfg, card, hashlib.sha256(weights).hexdigest(), weights)
+    return CheckpointFiles(Path(real), cfg, card, sha256, data)
 
 
-def vet_for(settings: Settings, given: object) -> CheckpointFiles:
-    """`vet_checkpoint` with the settings' allowed directories and size limit."""
-    return vet_checkpoint(given, list(settings.admin_checkpoint_dirs), settings.admin_checkpoint_max_bytes)
+_identities = IdentityCache()  # the weights files this process has hashed
+
+
+def vet_for(settings: Settings, given: object, weights: bool = True) -> CheckpointFiles:
+    """`vet_checkpoint` with the settings' allowed directories and size limit, and this process's
+    `IdentityCache`."""
+    return vet_checkpoint(given, list(settings.admin_checkpoint_dirs), settings.admin_checkpoint_max_bytes,
+                          weights=weights, known=_identities)
 
 
 _pool = ThreadPoolExecutor(max_workers=CHECK_WORKERS, thread_name_prefix="drca-checkpoint-check")
 _pending = threading.BoundedSemaphore(MAX_PENDING)
 
 
-async def vet_in_background(settings: Settings, given: object) -> CheckpointFiles:
+async def vet_in_background(settings: Settings, given: object, weights: bool = True) -> CheckpointFiles:
     """`vet_for` off the request threads, within `admin_checkpoint_check_s` (waiting for a free checker
     included): 422 `invalid_checkpoint` when refused, 503 when `MAX_PENDING` checks are already waiting or
     running, or when this one takes longer (it then finishes on its own, holding its checker)."""
@@ -159,7 +220,7 @@ async def vet_in_background(settings: Settings, given: object) -> CheckpointFile
         raise ServiceError("too many checkpoint checks at once; try again shortly", status=503,
                            code="checkpoint_check_busy", headers={"Retry-After": "5"})
     try:
-        future = _pool.submit(vet_for, settings, given)
+        future = _pool.submit(vet_for, settings, given, weights)
     except BaseException:
         _pending.release()
         raise

@@ -38,16 +38,18 @@ def _settings(settings_file: Path | None, **given: object):
 
 def _built(build, settings):
     """`build(settings)`, a role: exit 2 with one line when the checkpoint is missing or malformed, the
-    index holds another checkpoint's vectors (service/generations.py) or is held by another process, or
-    the backend cannot be reached."""
+    index holds another checkpoint's vectors (service/generations.py) or is held by another process, a
+    file of the data dir is damaged (the index pointer or metadata, a reindex's labels or state file), the
+    current generation is gone while the store holds indexed videos, or the backend cannot be reached."""
     from indexer import IndexerError
     from model.checkpoint import CheckpointError
     from service.backends import BackendUnavailable
-    from service.generations import CheckpointMismatch
+    from service.generations import CheckpointMismatch, DataDirDamaged, MissingGeneration
 
     try:
         return build(settings)
-    except (CheckpointError, CheckpointMismatch, IndexerError, BackendUnavailable) as e:
+    except (CheckpointError, CheckpointMismatch, DataDirDamaged, MissingGeneration, IndexerError,
+            BackendUnavailable) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
@@ -247,6 +249,7 @@ def reindex(
     from indexer import IndexerError
     from model.checkpoint import CheckpointError
     from service.active import read_serving_checkpoint
+    from service.generations import DataDirDamaged
     from service.reindex import ReindexError
     from service.reindex import reindex as run_reindex
 
@@ -254,7 +257,7 @@ def reindex(
     try:
         new = read_serving_checkpoint(checkpoint, weights=True)  # NEW, read once; the serving one is not read
         summary = run_reindex(settings, new)
-    except (ReindexError, IndexerError, CheckpointError) as e:
+    except (ReindexError, IndexerError, CheckpointError, DataDirDamaged) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2 if not isinstance(e, ReindexError) else 1) from None
     rate = summary.video_seconds / summary.seconds if summary.seconds else 0.0

@@ -81,6 +81,12 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    """A body in a content type the route does not take (the message says which it takes)."""
+
+    status, code = 415, "unsupported_media_type"
+
+
 class RequestTimeout(ServiceError):
     status, code = 408, "request_timeout"
 
@@ -136,7 +142,7 @@ class BrokerUnavailable(ServiceError):
 
 
 #: The error responses every route documents in the OpenAPI schema (the body is always `ErrorResponse`).
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 
 #: Redis could not be reached (scale-out deployment): passing, the request can be retried.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)

@@ -11,6 +11,9 @@ key (an API key or an address) is kept.
 - `AuthFailureLimiter` (settings `auth_fail_limit_per_s`, `auth_fail_limit_burst`; on by default): each
   wrong API key takes a token from the sender address's bucket; while that bucket is empty, every `/v1`
   call from the address is 429, whatever key it sends, so keys cannot be guessed at speed.
+- `Limits.admin` (settings `admin_rate_limit_per_s`, `admin_rate_limit_burst`; on whenever admin keys
+  are): a `RateLimiter` of its own for `POST /v1/admin/reindex`, per admin key, so that no admin client
+  can have the server check (read, hash) checkpoints at speed.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Limits:
 
     rate: RateLimiter | None
     auth: AuthFailureLimiter | None
+    admin: RateLimiter | None = None
 
     @classmethod
     def of(cls, settings: Settings, buckets: Callable[[str, float, int], Buckets]) -> Limits:
@@ -73,4 +77,6 @@ class Limits:
             if s.rate_limit_per_s > 0 else None
         auth = AuthFailureLimiter(buckets("authfail", s.auth_fail_limit_per_s, s.auth_fail_limit_burst)) \
             if (s.api_keys or s.admin_keys) and s.auth_fail_limit_per_s > 0 else None
-        return cls(rate, auth)
+        admin = RateLimiter(buckets("adminlimit", s.admin_rate_limit_per_s, s.admin_rate_limit_burst)) \
+            if s.admin_keys and s.admin_rate_limit_per_s > 0 else None
+        return cls(rate, auth, admin)

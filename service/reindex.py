@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,16 +32,19 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer import SegmentIndex
-from model.checkpoint import CheckpointFiles, read_config_and_card
+from model.checkpoint import CheckpointError, CheckpointFiles, read_config_and_card
 from service.active import Active, ActiveGeneration, identity_of
-from service.admin_checkpoint import CheckpointRefused, vet_for
+from service.admin_checkpoint import vet_for
 from service.backends import backend_class
 from service.backends.sqlite import SQLiteMetadataStore
 from service.backends.store import NotFound, VideoRecord
 from service.broker import Broker, IngestJob
 from service.catalog import Catalog, top_labels
 from service.generations import (
+    SHA256_HEX,
+    SHORT,
     CheckpointIdentity,
+    DataDirDamaged,
     append_pending_labels,
     finish_switch,
     index_generations,
@@ -210,6 +214,32 @@ def _embed(encoder, video: VideoRecord, batch_size: int):
 
 ONLINE_STATE = "reindex-online.json"  # in the data dir while an online reindex runs: what to resume
 SWITCH_GRACE_S = 5.0  # the previous generation stays open this long after the switch (searches in flight)
+RUNNING = "another reindex is running (GET /v1/admin/reindex says how far it is); wait for it to switch or fail"
+_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/:'\"(),;\[\]]+)+/?")  # an absolute path in a message
+
+
+def without_paths(message: str) -> str:
+    """`message` with each absolute path cut to its last component (`/srv/ckpt/x/model.safetensors` ->
+    `model.safetensors`): what a client is told of a failure names no directory of the server."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", message)
+
+
+def read_online_state(settings: Settings) -> dict[str, str] | None:
+    """The state file an online reindex left in the data dir (None: none), read when the service is built,
+    before it serves: `DataDirDamaged` (`drca serve` exits 2 with it) when it is not what `_prepare` writes."""
+    path = settings.data_dir / ONLINE_STATE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise DataDirDamaged(f"{path} cannot be read as an online reindex's state ({str(e)[:120]}); remove "
+                             "it to start without resuming that reindex") from None
+    fields = ("checkpoint", "generation", "checkpoint_sha256")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(f), str) for f in fields):
+        raise DataDirDamaged(f"{path} is not an online reindex's state (a JSON object of the strings "
+                             f"{', '.join(fields)}); remove it to start without resuming that reindex")
+    return {f: saved[f] for f in fields}
 
 
 class OnlineReindex:
@@ -235,7 +265,7 @@ class OnlineReindex:
     again."""
 
     def __init__(self, settings: Settings, catalog: Catalog, broker: Broker, active: Active,
-                 on_switch: Sequence[Callable[[], None]] = ()) -> None:
+                 on_switch: Sequence[Callable[[], None]] = (), saved: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.broker = broker
@@ -253,6 +283,7 @@ class OnlineReindex:
         self.generation: str | None = None  # the new generation's name, from the start of a reindex
         self.target: ActiveGeneration | None = None  # the new generation with its encoder, once prepared
         self.error: str | None = None
+        self._saved = saved  # the state file a previous run left (`read_online_state`): `resume` takes it
         self.done: set[int] = set()
         self.in_flight: set[int] = set()
         self.failures: dict[int, str] = {}
@@ -272,20 +303,30 @@ class OnlineReindex:
                     "seconds": round(self.seconds or (time.monotonic() - self.started if self.started else 0.0), 3),
                     "error": self.error}
 
-    def start(self, files: CheckpointFiles) -> dict:
-        """Begin (or, for the same checkpoint, keep running or retry) a reindex with a checkpoint read once
-        (`service.admin_checkpoint` vetted it); `ReindexError` with the reason when it cannot."""
-        checkpoint, identity = files.path, identity_of(files)
+    def answer(self, identity: CheckpointIdentity) -> dict | None:
+        """What a request for the checkpoint `identity` gets without anything being started or read: the
+        progress (or result) when it is the reindex running (or switched), `ReindexError` when another one
+        runs or the index is already made by it; None when a reindex to it is to be started. The messages
+        name neither a server path nor a checkpoint's sha256."""
         with self._lock:
             same = self.identity is not None and self.identity.sha256 == identity.sha256
             already = (self.state == "running" or self.state == "switched") and same  # its progress, or result
             if self.state == "running" and not same:
-                raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
+                raise ReindexError(RUNNING)
             current = CheckpointIdentity.from_metadata(self.active.current.index.metadata())
             if not already and current is not None and current.sha256 == identity.sha256:
-                raise ReindexError(f"the index is already made by {identity.describe()}")
-        if already:
-            return self.status()
+                raise ReindexError("the index is already made by this checkpoint")
+        return self.status() if already else None
+
+    def start(self, files: CheckpointFiles) -> dict:
+        """Begin (or, for the same checkpoint, keep running or retry) a reindex with a checkpoint read once
+        with its weights (`service.admin_checkpoint` vetted it); `ReindexError` with the reason when it
+        cannot."""
+        checkpoint, identity = files.path, identity_of(files)
+        if (status := self.answer(identity)) is not None:
+            return status
+        if files.weights is None:
+            raise ValueError("a reindex starts from a checkpoint read with its weights")
         if self._thread is not None:
             self._thread.join()  # the previous reindex's grace period: its old generation is dropped first
         gens = index_generations(self.settings, identity.embed_dim)
@@ -295,7 +336,7 @@ class OnlineReindex:
             gens.close()
         with self._lock:
             if self.state == "running":
-                raise ReindexError(f"a reindex to {self.checkpoint} is running; wait for it to switch")
+                raise ReindexError(RUNNING)
             self.state, self.checkpoint, self.identity, self.error = "running", checkpoint, identity, None
             self._files, self.target, self.generation = files, None, generation
             self.failures, self.in_flight, self.done = {}, set(), set()
@@ -307,32 +348,44 @@ class OnlineReindex:
         return self.status()
 
     def resume(self) -> None:
-        """At start: continue an online reindex a previous run left (its state file)."""
-        if not self.state_path.exists():
-            return
-        try:
-            saved = json.loads(self.state_path.read_text())
-            checkpoint = saved["checkpoint"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.error("cannot read %s (%s); the online reindex is not resumed", self.state_path, e)
+        """At start: continue the online reindex a previous run left (`read_online_state`), or drop what it
+        left when its checkpoint is refused now."""
+        saved, self._saved = self._saved, None
+        if saved is None:
             return
         active = self.active.current
         current = CheckpointIdentity.from_metadata(active.index.metadata())
-        if active.generation == saved.get("generation") or (
-                current is not None and current.sha256 == saved.get("checkpoint_sha256")):
+        if active.generation == saved["generation"] or (
+                current is not None and current.sha256 == saved["checkpoint_sha256"]):
             self.state_path.unlink()  # switched before the previous run ended (labels: finish_switch at start)
             return
         try:  # the same checks as a request's checkpoint: a hostile one must not hang or crash the start
-            vetted = vet_for(self.settings, checkpoint)
-        except CheckpointRefused as e:
+            vetted = vet_for(self.settings, saved["checkpoint"])
+        except (CheckpointError, OSError) as e:  # refused (or unreadable): never resumed
             log.error("the online reindex in %s is not resumed, and the file is removed: %s", self.state_path, e)
-            self.state_path.unlink(missing_ok=True)
+            self._abandon(saved)
             return
         log.info("resuming the online reindex to %s", vetted.path)
         try:
             self.start(vetted)
         except ReindexError as e:
-            log.error("the online reindex cannot resume: %s", e)
+            log.error("the online reindex cannot resume, and %s is removed: %s", self.state_path, e)
+            self._abandon(saved)
+
+    def _abandon(self, saved: dict[str, str]) -> None:
+        """Remove the state file, and the generation it names when that is the one a reindex to its
+        checkpoint fills (never another: the file may have been edited)."""
+        self.state_path.unlink(missing_ok=True)
+        sha256, generation = saved["checkpoint_sha256"], saved["generation"]
+        if not SHA256_HEX.fullmatch(sha256):
+            return
+        gens = index_generations(self.settings, self.active.current.index.dim)
+        try:
+            ours = generation == gens.name_for(sha256[:SHORT])
+        finally:
+            gens.close()
+        if ours:
+            self._discard(generation, self.active.current.index.dim)
 
     def stop(self) -> None:
         self._stop.set()
@@ -399,10 +452,38 @@ class OnlineReindex:
             self._fail(f"{type(e).__name__}: {e}")
 
     def _fail(self, message: str) -> None:
-        with self._lock:
-            self.state, self.error = "failed", message
-            self.seconds = time.monotonic() - self.started
-        self.state_path.unlink(missing_ok=True)  # a failed reindex is never resumed by a restart
+        """Nothing of a failed reindex stays: its new generation is closed and dropped, its labels and the
+        state file removed (a restart never tries it again); the status says why, without server paths."""
+        with self.catalog.lock, self._lock:  # no `complete` adds to the new generation meanwhile, nor after
+            if self.state == "switched":  # failed after the switch (dropping the old generation): it stands
+                self.error = without_paths(message)
+                return
+            target, self.target, self._files = self.target, None, None  # no job of it is wanted any more
+        try:
+            if target is not None:
+                target.index.close()
+            self.state_path.unlink(missing_ok=True)
+            self._discard(self.generation, self.identity.embed_dim)
+        finally:  # "failed" once it is cleared: whoever sees it finds nothing of it left
+            with self._lock:
+                self.state, self.error = "failed", without_paths(message)
+                self.seconds = time.monotonic() - self.started
+
+    def _discard(self, generation: str | None, embed_dim: int) -> None:
+        """Drop the generation a reindex was filling (never the current one) and its pending labels."""
+        if not generation:
+            return
+        gens = index_generations(self.settings, embed_dim)
+        try:
+            current = (self.active.current.generation, gens.current())  # a pointer moved before the swap too
+            if generation not in current and gens.exists(generation):
+                gens.drop(generation)
+                log.info("dropped the index generation %s of the failed reindex", generation)
+        except Exception:  # the failure is reported either way; what is left is dropped by the next attempt
+            log.exception("cannot drop the index generation %s of the failed reindex", generation)
+        finally:
+            gens.close()
+        pending_labels_path(self.settings, generation).unlink(missing_ok=True)
 
     def _prepare(self) -> None:
         from indexer import wal
@@ -417,13 +498,17 @@ class OnlineReindex:
             index = gens.open(target)
         finally:
             gens.close()
-        index.set_metadata({**identity.as_metadata(), "previous": current or ""})
-        wal.write_atomic(self.state_path, json.dumps({"checkpoint": str(checkpoint), "generation": target,
-                                                      "checkpoint_sha256": identity.sha256}).encode())
-        encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": checkpoint, "text_search": False}),
-                               files)
-        encoder.text_encoder = self.active.current.encoder.text_encoder  # MiniLM does not depend on the checkpoint
-        labelled = read_pending_labels(pending_labels_path(self.settings, target))
+        try:
+            index.set_metadata({**identity.as_metadata(), "previous": current or ""})
+            wal.write_atomic(self.state_path, json.dumps({"checkpoint": str(checkpoint), "generation": target,
+                                                          "checkpoint_sha256": identity.sha256}).encode())
+            encoder = VideoEncoder(self.settings.model_copy(update={"checkpoint": checkpoint,
+                                                                   "text_search": False}), files)
+            encoder.text_encoder = self.active.current.encoder.text_encoder  # MiniLM: not the checkpoint's
+            labelled = read_pending_labels(pending_labels_path(self.settings, target))
+        except BaseException:
+            index.close()  # `_fail` drops it
+            raise
         with self._lock:
             self.target = ActiveGeneration.of(files, target, index, encoder)
             self._files = None  # the weights are loaded: their bytes are not kept

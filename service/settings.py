@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     admin_checkpoint_dirs: list[Path] = Field(default_factory=list)
     admin_checkpoint_max_bytes: int = Field(4 * 1024**3, gt=0)  # its model.safetensors, at most
     admin_checkpoint_check_s: float = Field(60.0, gt=0)  # checking (hashing) it takes longer: 503
+    # POST /v1/admin/reindex per admin key: `burst` in a row, then one more every 1/rate s (429 until then); 0: off
+    admin_rate_limit_per_s: float = Field(0.2, ge=0)
+    admin_rate_limit_burst: int = Field(5, ge=1)
 
     # encoder worker
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -32,6 +32,7 @@ from media.video import VideoLimits, open_video
 log = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 320  # pixels; smaller frames are not enlarged
+THUMBNAIL_HEIGHT = 320  # a frame taller than wide (down to 32x8192) is bounded by its height
 JPEG_QUALITY = 82
 STEP_S = 1.0  # cache granularity: one file per second of video, at most
 DEFAULT_MAX_BYTES = 256 * 1024**2
@@ -147,9 +148,10 @@ class ThumbnailCache:
             index = min(max(index, 0), reader.info.num_frames - 1)
             frame = reader.get_frames([index]).frames[0].numpy()  # uint8 (H, W, C) RGB, upright
         image = Image.fromarray(frame)
-        if image.width > THUMBNAIL_WIDTH:
-            height = max(1, round(image.height * THUMBNAIL_WIDTH / image.width))
-            image = image.resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS)
+        scale = min(THUMBNAIL_WIDTH / image.width, THUMBNAIL_HEIGHT / image.height)
+        if scale < 1:  # fits in THUMBNAIL_WIDTH x THUMBNAIL_HEIGHT, its aspect ratio kept
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=JPEG_QUALITY)
         return out.getvalue()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
+from pydantic import BaseModel, ValidationError
 
 from service.active import ActiveGeneration
 from service.catalog import Catalog
@@ -22,6 +23,7 @@ from service.errors import (
     NotReady,
     PayloadTooLarge,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from service.http.schemas import MAX_ID, Int, parse_int
 from service.metrics import ServiceMetrics
@@ -44,6 +46,7 @@ VideoIdPath = Annotated[Int, Path(ge=0, le=MAX_ID, description="A video id")]
 JobIdPath = Annotated[Int, Path(ge=0, le=MAX_ID, description="A job id")]
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def _running(request: Request) -> Service | None:
@@ -180,6 +183,14 @@ def rate_limit(request: Request) -> None:
     limiter.check("key:" + token if token else "addr:" + client_address(request))
 
 
+def admin_rate_limit(request: Request) -> None:
+    """The admin routes that read files (`POST /v1/admin/reindex`): one token per call from the admin key's
+    bucket (`admin_rate_limit_per_s`, `admin_rate_limit_burst`); `require_admin_key` has checked the key."""
+    limiter = _limits(request).admin
+    if limiter is not None:
+        limiter.check("admin:" + (_bearer(request) or ""))
+
+
 def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
@@ -192,10 +203,13 @@ async def read_multipart(request: Request, settings: Settings) -> UploadForm:
     return await parse_upload(request.headers.get("content-type", ""), request.stream(), settings.tmp_dir, limit)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
+async def read_json(request: Request, accepted: str = "application/json") -> dict[str, Any]:
+    """The JSON object of the request body; 415 naming what the route takes (`accepted`) for any other
+    content type, 400 for malformed JSON, 413 past `MAX_JSON_BYTES`, 422 for JSON that is not an object."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise BadRequest("send application/json or multipart/form-data")
+        got = f"got {ctype[:80]}" if ctype else "no Content-Type was given"
+        raise UnsupportedMediaType(f"send {accepted} ({got})")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -205,6 +219,16 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("the JSON body must be an object")
     return data
+
+
+def validated(model: type[M], data: dict) -> M:
+    """`data` as the request model `model`; 422 naming each bad field (at most 5), unknown ones included
+    (the request models forbid extra fields)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]]
+        raise InvalidInput("; ".join(parts)) from None
 
 
 def _finite(text: str) -> float:

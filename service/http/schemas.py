@@ -199,6 +199,7 @@ class Readiness(BaseModel):
 
 
 class ReindexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(description="The new checkpoint directory, as the server's filesystem names it")
 
 

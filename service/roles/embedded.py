@@ -14,7 +14,7 @@ from service.backends.parts import Part
 from service.encoding.encoder import DECODER_THREADS, VideoEncoder
 from service.encoding.worker import EncoderWorker
 from service.metrics import ServiceMetrics
-from service.reindex import OnlineReindex
+from service.reindex import OnlineReindex, read_online_state
 from service.roles.gateway import Front, Service, open_serving
 from service.settings import Settings
 
@@ -77,6 +77,7 @@ def build_embedded(settings: Settings, metrics: ServiceMetrics | None = None) ->
     """The embedded service: the checkpoint read once (its weights loaded from those bytes), the index
     checked against it, then the model, the HTTP side, the worker and the online reindex."""
     metrics = metrics or ServiceMetrics()
+    saved = read_online_state(settings)  # an online reindex to resume; a damaged file stops the start here
     files = read_serving_checkpoint(settings.checkpoint, weights=True)
     with ExitStack() as stack:
         backend, generation = open_serving(settings, files, stack)
@@ -84,7 +85,8 @@ def build_embedded(settings: Settings, metrics: ServiceMetrics | None = None) ->
         active = Active(replace(generation, encoder=VideoEncoder(settings, files)))
         front = Front.build(settings, metrics, backend, active)
         stack.pop_all()
-    reindex = OnlineReindex(settings, front.catalog, front.broker, active, on_switch=(front.search.reset,))
+    reindex = OnlineReindex(settings, front.catalog, front.broker, active, on_switch=(front.search.reset,),
+                            saved=saved)
     worker = EncoderWorker(active, front.broker, front.catalog, settings, metrics, front.queries, reindex)
     return Service(settings=settings, metrics=metrics, active=active, catalog=front.catalog, search=front.search,
                    broker=front.broker, queries=front.queries, thumbnails=front.thumbnails, limits=front.limits,

@@ -130,7 +130,10 @@ def open_serving(settings: Settings, files: CheckpointFiles, stack: ExitStack) -
     backend = open_backend(settings)
     stack.callback(backend.close)
     backend.prepare_index(identity_of(files))
-    index, generation = open_index(settings, identity_of(files))
+    # where the workers are in process the index is the only copy of the stored videos' vectors: a current
+    # generation gone while the store holds indexed videos is refused (`MissingGeneration`), not made anew
+    indexed = (lambda: backend.store.count_videos("indexed")) if backend.workers_in_process else None
+    index, generation = open_index(settings, identity_of(files), indexed)
     stack.callback(index.close)
     return backend, ActiveGeneration.of(files, generation, index, encoder=None)
 

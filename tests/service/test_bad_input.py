@@ -109,7 +109,7 @@ def test_malformed_json(client):
     _error(client.post("/v1/search", json={"text": "a", "video_id": 3}), 422)  # two queries
     _error(client.post("/v1/search", json={"txt": "typo"}), 422)  # unknown field
     _error(client.post("/v1/search", json={"text": "   "}), 422)
-    _error(client.post("/v1/search", content=b"text=hi", headers={"content-type": "text/plain"}), 400)
+    _error(client.post("/v1/search", content=b"text=hi", headers={"content-type": "text/plain"}), 415)
     _error(client.post("/v1/videos", content=b"--x\r\ngarbage",
                        headers={"content-type": "multipart/form-data; boundary=x"}), 400)
     r = _post_file(client, Path(__file__).parent / "media.py", metadata="{not json")

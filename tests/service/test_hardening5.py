@@ -97,9 +97,10 @@ def bearer(key: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def admin_server(assets, tmp_path_factory) -> HttpServer:
     data = tmp_path_factory.mktemp("admin-data")
-    # 40 requests at once (G2) must all reach the route: above the default 32 bodies at once (503 past it)
+    # 40 requests at once (G2) must all reach the route: above the default 32 bodies at once (503 past it),
+    # and past the admin POSTs' rate limit (tests/service/test_admin_data_dir.py tests it)
     server = Serve(assets["old"], data, data.parent / f"{data.name}.log", **admin_env(assets),
-                   DRCA_MAX_CONCURRENT_UPLOADS="64")
+                   DRCA_MAX_CONCURRENT_UPLOADS="64", DRCA_ADMIN_RATE_LIMIT_PER_S="0")
     server.start()
     yield server
     server.stop()
@@ -413,9 +414,9 @@ def test_a_check_past_its_deadline_is_a_503_and_frees_its_slot_when_done(tmp_pat
     release = threading.Event()
     real = admin_checkpoint.vet_for
 
-    def hung(settings, given):
+    def hung(settings, given, *rest):
         release.wait(30)
-        return real(settings, given)
+        return real(settings, given, *rest)
 
     monkeypatch.setattr(admin_checkpoint, "vet_for", hung)
     settings = Settings(checkpoint=tmp_path, data_dir=tmp_path, admin_checkpoint_dirs=[tmp_path],

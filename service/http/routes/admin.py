@@ -5,8 +5,8 @@ generation, through the service's own worker and queue (service/reindex.py, `Onl
 deployment, through the workers and the job stream (service/backends/redis/reindex.py, `RedisOnlineReindex`);
 searches keep using the current generation until the switch. `GET /v1/admin/reindex` reports its progress. Both are
 off unless admin keys are configured, and then need an admin key (`require_admin_key`, wired in app.py);
-the checkpoint must lie in an allowed directory and is checked off the request threads
-(service/admin_checkpoint.py)."""
+the POST is rate-limited per admin key (`admin_rate_limit`); the checkpoint must lie in an allowed directory
+and is checked off the request threads (service/admin_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.active import identity_of
 from service.admin_checkpoint import vet_in_background
 from service.catalog import Conflict
-from service.errors import ERRORS, InvalidInput
-from service.http.deps import read_json, service
+from service.errors import ERRORS
+from service.http.deps import admin_rate_limit, read_json, service, validated
 from service.http.schemas import ReindexRequest, ReindexStatus
 from service.reindex import OnlineReindex, ReindexError
 from service.roles import Service
@@ -40,21 +41,23 @@ def _reindexer(svc: Service) -> OnlineReindex | RedisOnlineReindex:
     return svc.reindex
 
 
-@router.post("/admin/reindex", response_model=ReindexStatus, status_code=202, responses=ERRORS)
+@router.post("/admin/reindex", response_model=ReindexStatus, status_code=202, responses=ERRORS,
+             dependencies=[Depends(admin_rate_limit)])
 async def start_reindex(request: Request, svc: ServiceDep) -> JSONResponse:
     """Start re-embedding every indexed video with `checkpoint` (202 with the progress); the same
     checkpoint again while it runs answers its progress; 409 when another reindex runs or the index is
     already made by that checkpoint, 422 when it is not a checkpoint in an allowed directory (one message
-    that names no path), 503 when checking it takes too long."""
-    data = await read_json(request)
-    try:
-        body = ReindexRequest.model_validate(data)
-    except ValueError as e:
-        raise InvalidInput(f"expected {{\"checkpoint\": \"/path/to/checkpoint\"}}: {e}") from None
+    that names no path) or the body has another field, 415 for a body that is not JSON, 429 past the admin
+    rate limit, 503 when checking it takes too long. The checkpoint's identity is read first (a weights file
+    hashed before is not read again); its weights only when a reindex to it starts."""
+    body = validated(ReindexRequest, await read_json(request))
     reindex = _reindexer(svc)
-    checkpoint = await vet_in_background(svc.settings, body.checkpoint)
     try:
-        status = await run_in_threadpool(reindex.start, checkpoint)
+        checked = await vet_in_background(svc.settings, body.checkpoint, weights=False)
+        status = await run_in_threadpool(lambda: reindex.answer(identity_of(checked)))  # (resolves its path)
+        if status is None:
+            files = await vet_in_background(svc.settings, body.checkpoint)  # read with its weights, hashed again
+            status = await run_in_threadpool(reindex.start, files)
     except ReindexError as e:
         raise Conflict(str(e)) from None
     return JSONResponse(ReindexStatus(**status).model_dump(), status_code=202)

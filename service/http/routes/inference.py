@@ -7,7 +7,7 @@ from functools import partial
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import ERRORS, TEXT_SEARCH_OFF, BadRequest, InvalidInput, TextSearchDisabled
@@ -24,6 +24,7 @@ from service.http.deps import (
     is_multipart,
     read_json,
     read_multipart,
+    validated,
 )
 from service.http.schemas import (
     ClassifyRequest,
@@ -68,14 +69,6 @@ def _body(description: str, json_model: type[BaseModel]) -> dict:
     }
 
 
-def _validated(model, data: dict):
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]]
-        raise InvalidInput("; ".join(parts)) from None
-
-
 async def _read(request: Request, settings: Settings) -> tuple[UploadForm | None, dict]:
     """Multipart (file and/or form fields) or JSON; returns (form, fields as a dict)."""
     if is_multipart(request):
@@ -100,7 +93,7 @@ async def _read(request: Request, settings: Settings) -> tuple[UploadForm | None
             form.discard()
             raise
         return form, data
-    return None, await read_json(request)
+    return None, await read_json(request, "application/json or multipart/form-data")
 
 
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(
@@ -118,7 +111,7 @@ async def classify(request: Request, catalog: CatalogDep, search: SearchDep, act
             else:
                 if "video_id" not in data:
                     raise InvalidInput("send a multipart 'file' or a 'video_id'")
-                req = _validated(ClassifyRequest, data)
+                req = validated(ClassifyRequest, data)
                 k = check_k(req.k, settings)
                 video = catalog.get_video(req.video_id)  # NotFound -> 404
                 path, video_id = str(video.extra["path"]), req.video_id
@@ -147,7 +140,7 @@ async def search(request: Request, catalog: CatalogDep, svc: SearchDep, queries:
     spool_s = time.perf_counter() - t0
     with queries.serving():  # ingest waits while a query is in flight (service/priority.py)
         try:
-            req = _validated(SearchRequest, data)
+            req = validated(SearchRequest, data)
             check_k(req.k, settings)
             exclude = set(req.exclude_ids)
             threshold: MatchThreshold | None = None
