@@ -21,6 +21,8 @@ def stem_alone_checkpoint(src: Path, dst: Path) -> Path:
         raise SystemExit(f"{src}: not a pretrained-stem (lite0) checkpoint; it has no stem to serve alone")
     net = build_model(uncompressed(ck.config))
     net.stem.load_state_dict(ck.model.stem.state_dict())
+    # the background set of `src`'s card was embedded by `src`'s weights, not by these: left out
+    match = ck.card.match.model_copy(update={"background": None}) if ck.card.match is not None else None
     card = ck.card.model_copy(update={"preset": f"{ck.config.name} stem alone", "notes": STEM_ALONE,
-                                      "metrics": {}, "commands": []})
+                                      "metrics": {}, "commands": [], "match": match})
     return save_checkpoint(dst, net.eval(), card)

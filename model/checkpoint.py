@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import safe_open
+from safetensors.numpy import load as load_numpy_bytes
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
@@ -31,6 +33,11 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "card.json"
 TEXT_PREFIX = "text_head."
+BACKGROUND = "background.safetensors"
+#: the background set's tensor in its file
+BACKGROUND_TENSOR = "segments"
+#: largest background file read (bytes): e.g. 100,000 segments of 1,280 floats
+MAX_BACKGROUND_BYTES = 1 << 30
 
 
 Network = DRCA | HybridDRCA
@@ -50,9 +57,24 @@ class CheckpointMissing(CheckpointError):
     """The directory lacks one of the checkpoint files."""
 
 
+class MatchBackground(BaseModel):
+    """A background set that ships with the checkpoint: the segment embeddings (by this checkpoint's model)
+    of videos that are neither indexed nor queried, against which a query's scores are normalised (its
+    `match_score`, service/search.py). The file lies in the checkpoint directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(BACKGROUND, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.safetensors$")  # a plain file name
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of that file
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the model.safetensors that embedded it
+    top_n: int = Field(5, ge=1, le=1000)  # a query segment's bias: the mean of its top_n cosines to the set
+    videos: int = Field(0, ge=0)
+    source: str = Field("", max_length=1000)  # one line: the videos and the command
+
+
 class MatchThreshold(BaseModel):
-    """The copy decision of a checkpoint's scores: a video search hit is a copy (`match: true`) when its score
-    reaches `min_score`. It depends on the model, so it ships in the card; the card is not part of the
+    """The copy decision of a checkpoint's scores: a video search hit is a copy (`match: true`) when its
+    `match_score` (its score normalised against the `background`; without one, its score) reaches
+    `min_score`. It depends on the model, so it ships in the card; the card is not part of the
     checkpoint's identity (the weights' sha256), so a recalibration changes no index."""
 
     model_config = ConfigDict(extra="forbid")
@@ -61,6 +83,7 @@ class MatchThreshold(BaseModel):
     # calibration set; None while the threshold is provisional
     false_positive_rate: float | None = Field(None, ge=0.0, le=1.0)
     calibration: str = Field("", max_length=1000)  # one line: the set and the command; "provisional" before one
+    background: MatchBackground | None = None  # None: no normalisation (match_score = score)
 
 
 class ModelCard(BaseModel):
@@ -196,6 +219,59 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
+class Background:
+    """A checkpoint's background set, loaded and checked (`MatchBackground`)."""
+
+    vectors: np.ndarray  # (B, E) float32, L2-normalised
+    top_n: int
+    sha256: str
+
+
+def parse_background(data: bytes, entry: MatchBackground, weights_sha256: str, embed_dim: int) -> Background:
+    """The background set from its file's bytes, checked against the card's entry (the file's sha256, the
+    weights that embedded it) and the model (its embedding size); a one-line CheckpointError (that names
+    no directory) otherwise."""
+    if entry.weights_sha256 != weights_sha256:
+        raise CheckpointError(f"{entry.file} was embedded by other weights (sha256 {entry.weights_sha256[:12]}...) "
+                              f"than model.safetensors ({weights_sha256[:12]}...); embed it again with these")
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != entry.sha256:
+        raise CheckpointError(f"{entry.file} has sha256 {sha[:12]}..., the card says {entry.sha256[:12]}...")
+    try:
+        tensors = load_numpy_bytes(data)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{entry.file}: not a readable safetensors file ({_one_line(e)})") from None
+    x = tensors.get(BACKGROUND_TENSOR)
+    if x is None or x.dtype not in (np.float32, np.float16) or x.ndim != 2 or not len(x) or x.shape[1] != embed_dim:
+        got = "no such tensor" if x is None else f"{x.dtype} {tuple(x.shape)}"
+        raise CheckpointError(f"{entry.file}: needs a tensor {BACKGROUND_TENSOR!r}, (B, {embed_dim}) float32 or "
+                              f"float16 with B >= 1; it has {got}")
+    x = x.astype(np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.isfinite(x).all() or (norms < 1e-6).any():
+        raise CheckpointError(f"{entry.file}: its segments must be finite and non-zero")
+    return Background(np.ascontiguousarray(x / norms), entry.top_n, sha)
+
+
+def read_background(path: Path, card: ModelCard, weights_sha256: str, embed_dim: int) -> Background | None:
+    """The background set the card names, from the checkpoint directory `path` (None: the card has none)."""
+    entry = card.match.background if card.match is not None else None
+    if entry is None:
+        return None
+    f = path / entry.file
+    try:
+        if f.stat().st_size > MAX_BACKGROUND_BYTES:
+            raise CheckpointError(f"{f}: larger than {MAX_BACKGROUND_BYTES} bytes")
+        data = f.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: the card's background {entry.file} cannot be read ({e.strerror or e})") from None
+    try:
+        return parse_background(data, entry, weights_sha256, embed_dim)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+@dataclass(frozen=True)
 class CheckpointFiles:
     """A checkpoint directory read once: its config and card, parsed, and the sha256 of its weights file;
     with the file's bytes when the weights are to be loaded (`load_checkpoint_files`), so nothing is
@@ -206,12 +282,14 @@ class CheckpointFiles:
     card: ModelCard
     sha256: str
     weights: bytes | None = None
+    background: Background | None = None  # the card's background set, checked (`read_background`)
 
 
 def read_checkpoint(path: str | Path, weights: bool = True) -> CheckpointFiles:
     """Read a checkpoint directory once: config and card (validated), the weights file hashed, and its
-    bytes kept when `weights`. `CheckpointMissing` when a file is missing, `CheckpointError` when one is
-    malformed or unreadable."""
+    bytes kept when `weights`, and the card's background set loaded and checked. `CheckpointMissing` when a
+    file is missing, `CheckpointError` when one is malformed or unreadable, or the background is not of
+    these weights."""
     path = Path(path)
     _require(path, CONFIG, CARD, WEIGHTS)
     cfg, card = read_config_and_card(path)
@@ -219,7 +297,9 @@ def read_checkpoint(path: str | Path, weights: bool = True) -> CheckpointFiles:
         data = (path / WEIGHTS).read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read {path / WEIGHTS}: {e.strerror or e}") from None
-    return CheckpointFiles(path, cfg, card, hashlib.sha256(data).hexdigest(), data if weights else None)
+    sha = hashlib.sha256(data).hexdigest()
+    background = read_background(path, card, sha, cfg.head.embed_dim)
+    return CheckpointFiles(path, cfg, card, sha, data if weights else None, background)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexer import SegmentIndex
-from model.checkpoint import CheckpointError, CheckpointFiles, CheckpointMissing, ModelCard, read_checkpoint
+from model.checkpoint import (
+    Background,
+    CheckpointError,
+    CheckpointFiles,
+    CheckpointMissing,
+    ModelCard,
+    read_checkpoint,
+)
 from service.generations import CheckpointIdentity
 
 if TYPE_CHECKING:
@@ -23,8 +30,9 @@ if TYPE_CHECKING:
 
 def read_serving_checkpoint(path: Path, weights: bool) -> CheckpointFiles:
     """The checkpoint a service or reindex runs with, read once: config and card parsed, the weights
-    hashed, and their bytes kept when `weights` (the model is loaded from them). `CheckpointError` with one
-    line when it is missing, malformed, or has no embedding head."""
+    hashed, and their bytes kept when `weights` (the model is loaded from them), the card's background set
+    loaded. `CheckpointError` with one line when it is missing, malformed, has no embedding head, or its
+    background set is not of these weights (`model.checkpoint.read_background`)."""
     try:
         files = read_checkpoint(path, weights=weights)
     except CheckpointMissing as e:
@@ -49,12 +57,13 @@ class ActiveGeneration:
     generation: str | None  # the index generation; None: a role without an index (a worker on the vector stream)
     index: SegmentIndex | None
     encoder: VideoEncoder | None  # None: a gateway (the model runs in the workers)
+    background: Background | None = None  # the card's background set: the search's match_score
 
     @classmethod
     def of(cls, files: CheckpointFiles, generation: str | None, index: SegmentIndex | None,
            encoder: VideoEncoder | None) -> ActiveGeneration:
         return cls(identity_of(files), files.card, tuple(files.card.class_names), files.config.input.num_frames,
-                   generation, index, encoder)
+                   generation, index, encoder, files.background)
 
     @property
     def embed_dim(self) -> int:

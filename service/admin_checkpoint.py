@@ -36,7 +36,18 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model.checkpoint import CARD, CONFIG, WEIGHTS, CheckpointError, CheckpointFiles, parse_config_and_card
+from model.checkpoint import (
+    CARD,
+    CONFIG,
+    MAX_BACKGROUND_BYTES,
+    WEIGHTS,
+    Background,
+    CheckpointError,
+    CheckpointFiles,
+    ModelCard,
+    parse_background,
+    parse_config_and_card,
+)
 from service.errors import InvalidInput, ServiceError
 from service.settings import Settings
 
@@ -193,9 +204,25 @@ def vet_checkpoint(given: object, allowed: list[Path], max_bytes: int, weights: 
             sha256, data = _weights(dir_fd, max_bytes, weights, known)
         except OSError:
             raise CheckpointRefused(f"{WEIGHTS} cannot be read") from None
+        background = _background(dir_fd, card, sha256, cfg.head.embed_dim) if weights else None
     finally:
         os.close(dir_fd)
-    return CheckpointFiles(Path(real), cfg, card, sha256, data)
+    return CheckpointFiles(Path(real), cfg, card, sha256, data, background)
+
+
+def _background(dir_fd: int, card: ModelCard, weights_sha256: str, embed_dim: int) -> Background | None:
+    """The card's background set (model.checkpoint.MatchBackground), read like the other files and checked."""
+    entry = card.match.background if card.match is not None else None
+    if entry is None:
+        return None
+    try:
+        data = _read(dir_fd, entry.file, MAX_BACKGROUND_BYTES)
+    except OSError:
+        raise CheckpointRefused(f"{entry.file} cannot be read") from None
+    try:
+        return parse_background(data, entry, weights_sha256, embed_dim)
+    except CheckpointError as e:  # its message names no directory
+        raise CheckpointRefused(str(e)) from None
 
 
 _identities = IdentityCache()  # the weights files this process has hashed

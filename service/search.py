@@ -4,8 +4,17 @@ Video query: the query's segment embeddings against every indexed segment, aggre
 (`max` by default: the best pair of segments; `chamfer` in settings). An uploaded query is embedded in
 several views (`VideoQuery`: the picture as it is, and e.g. its mirror image; see `service.encoding.encoder`);
 each view is searched on its own and a video scores its best view, which the hit names (`VideoMatch`).
-Given a match threshold (`match_threshold`: the request's `min_score`, else the checkpoint card's), a hit
-is a copy when its score reaches it, and a copy's spans are located in both videos (`service.spans`).
+The ranking and `score` are the raw cosines. Each of the top k hits also gets a `match_score`, comparable
+across queries, computed from the stored vectors in the hit's best view:
+
+    bias_i      = mean of the top_n highest cosines of query segment i to the checkpoint's background set
+    match_score = max over the segment pairs (i, j) of (cos(q_i, v_j) - bias_i)
+
+(`service.spans.background_bias`; without a background set in the card, match_score = score). Given a
+match threshold (`match_threshold`: the request's `min_score`, else the checkpoint card's), a hit is a
+copy when its match_score reaches it, and a copy's spans are located in both videos from the same
+bias-adjusted pair scores (`service.spans`). A request's `min_score` also leaves out the hits whose
+match_score is below it.
 
 Text query, for each candidate video v (weights and the rest in settings; docs/api.md has examples):
 
@@ -36,7 +45,7 @@ import numpy as np
 
 from indexer import SegmentIndex, Span, VideoHit
 from indexer.index import Aggregation
-from model.checkpoint import ModelCard
+from model.checkpoint import Background, ModelCard
 from model.text import text_encoder_id
 from service.active import Active, ActiveGeneration
 from service.broker import Broker, InferenceRequest
@@ -44,7 +53,7 @@ from service.catalog import Catalog, TextTable
 from service.concepts import ConceptBank
 from service.errors import InvalidInput, ModelSwitched
 from service.settings import Settings
-from service.spans import CopySpan, copy_spans
+from service.spans import CopySpan, background_bias, copy_spans
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +82,14 @@ class VideoMatch:
     hit: VideoHit
     view: str | None  # the query view that gave the hit's score (None: a text query)
     box: list[int] | None  # that view's region of the query frame
-    match: bool | None = None  # a copy: the score reaches the match threshold (None: a text query)
+    match: bool | None = None  # a copy: match_score reaches the match threshold (None: a text query)
     spans: tuple[CopySpan, ...] = ()  # a copy's copied spans, in query time order
+    match_score: float | None = None  # the score the copy decision is taken on (None: a text query)
 
 
 @dataclass(frozen=True)
 class MatchThreshold:
-    """The score a video hit must reach to be a copy, and where it comes from."""
+    """The match_score a video hit must reach to be a copy, and where it comes from."""
 
     min_score: float
     source: Literal["request", "checkpoint"]
@@ -225,22 +235,27 @@ class SearchService:
     def _search_views(gen: ActiveGeneration, query: VideoQuery, k: int, min_score: float | None,
                       exclude: set[int], agg: Aggregation, threshold: float | None = None) -> list[VideoMatch]:
         """Each view searched on its own in `gen`'s index, a video scores its best view (exact: a video in
-        the merged top-k is in the top-k of its best view). With a match `threshold`, each hit is decided
-        (`match`) and a copy's spans are located from its best view; without one, no hit is a copy."""
+        the merged top-k is in the top-k of its best view). Each of the top k gets its `match_score`
+        (module docstring); with `min_score`, those below it are left out. With a match `threshold`, each
+        hit is decided (`match`) and a copy's spans are located from its best view; without one, no hit is
+        a copy."""
         index = gen.index
         best: dict[int, VideoMatch] = {}
         best_view: dict[int, QueryView] = {}
         for view in query.views:
             for h in index.search(view.vectors, k=k, query_segments=view.segments, aggregation=agg,
-                                  min_score=min_score, exclude_ids=exclude):
+                                  exclude_ids=exclude):
                 cur = best.get(h.video_id)
                 if cur is None or h.score > cur.hit.score:
                     best[h.video_id] = VideoMatch(h, view.name, view.box, match=False)
                     best_view[h.video_id] = view
         top = sorted(best.values(), key=lambda m: (-m.hit.score, m.hit.video_id))[:k]
+        scored = match_scores(index, top, best_view, gen.background)
+        if min_score is not None:
+            scored = [(m, b) for m, b in scored if m.match_score >= min_score]
         if threshold is None:
-            return top
-        return [decide(index, m, best_view[m.hit.video_id], threshold) for m in top]
+            return [m for m, _ in scored]
+        return [decide(index, m, best_view[m.hit.video_id], threshold, bias) for m, bias in scored]
 
     def stored_query(self, video_id: int) -> VideoQuery:
         """"More like this": an indexed video's own segments, as stored in the active generation (one view)."""
@@ -294,15 +309,40 @@ class SearchService:
         return side_scores(self.catalog.text_table(), bank, q_sent, s)
 
 
-def decide(index: SegmentIndex, m: VideoMatch, view: QueryView, threshold: float) -> VideoMatch:
-    """`m` with its copy decision, and, for a copy, its spans between `view` and the indexed video."""
-    if m.hit.score < threshold:
+def match_scores(index: SegmentIndex, top: list[VideoMatch], best_view: dict[int, QueryView],
+                 background: Background | None) -> list[tuple[VideoMatch, np.ndarray | None]]:
+    """Each hit with its `match_score` (module docstring), and its best view's per-segment bias (None without
+    a background set: then match_score = score). With a background set, a hit whose video was deleted
+    since the search is left out (its vectors are gone)."""
+    if background is None:
+        return [(replace(m, match_score=m.hit.score), None) for m in top]
+    biases: dict[int, np.ndarray] = {}  # per view (by identity): computed once
+    out = []
+    for m in top:
+        view = best_view[m.hit.video_id]
+        bias = biases.get(id(view))
+        if bias is None:
+            bias = biases[id(view)] = background_bias(view.vectors, background.vectors, background.top_n)
+        stored = index.get(m.hit.video_id)
+        if stored is None or not len(stored.vectors):
+            continue
+        sims = np.asarray(view.vectors, dtype=np.float32) @ np.asarray(stored.vectors, dtype=np.float32).T
+        out.append((replace(m, match_score=float((sims - bias[:, None]).max())), bias))
+    return out
+
+
+def decide(index: SegmentIndex, m: VideoMatch, view: QueryView, threshold: float,
+           bias: np.ndarray | None = None) -> VideoMatch:
+    """`m` (its `match_score` set, see `match_scores`) with its copy decision, and, for a copy, its spans
+    between `view` and the indexed video, from the pairs' cosines minus the query segments' `bias`."""
+    score = m.hit.score if m.match_score is None else m.match_score
+    if score < threshold:
         return replace(m, match=False)
     stored = index.get(m.hit.video_id) if view.segments is not None else None
     if stored is None:  # deleted since the search, or a query without segment times
         return replace(m, match=True)
     spans = copy_spans(view.vectors, [(s.start, s.end) for s in view.segments], stored.vectors,
-                       [(s.start, s.end) for s in stored.segments], threshold)
+                       [(s.start, s.end) for s in stored.segments], threshold, query_bias=bias)
     return replace(m, match=True, spans=tuple(spans))
 
 

@@ -2,7 +2,9 @@
 
 Input: the query's windows (one view: segment embeddings and their times; a query video is embedded with
 overlapping windows every `query_stride_s`) and the indexed video's segments (8 s every 8 s), and the
-cosine a pair must reach to count as a copy (the match threshold).
+score a pair must reach to count as a copy (the match threshold). A pair's score is its cosine minus the
+query window's bias (`background_bias`: the mean of the window's `top_n` highest cosines to a background
+set, when the checkpoint ships one; else 0), the same `match_score` the hit is decided with.
 
 1. Every (query window, video segment) pair at or above the threshold votes for its time offset
    (query start - video start), binned by the query's stride; the bin with the most weight (the sum of
@@ -37,14 +39,26 @@ class CopySpan:
     query_end: float
     start: float  # seconds in the indexed video
     end: float
-    score: float  # the best pair's cosine in the span
+    score: float  # the best pair's score in the span (its cosine minus the query window's bias)
+
+
+def background_bias(query: np.ndarray, background: np.ndarray, top_n: int) -> np.ndarray:
+    """(S,) per query segment (`query` (S, E) and `background` (B, E), L2-normalised): the mean of its
+    `top_n` highest cosines to the background segments (all of them when there are fewer)."""
+    if len(background) == 0:
+        raise ValueError("the background set has no segment")
+    sims = np.asarray(query, dtype=np.float32) @ np.asarray(background, dtype=np.float32).T  # (S, B)
+    n = min(top_n, sims.shape[1])
+    top = -np.partition(-sims, n - 1, axis=1)[:, :n]
+    return top.mean(axis=1, dtype=np.float64)
 
 
 def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: np.ndarray, segments: np.ndarray,
-               min_score: float, max_spans: int = MAX_SPANS) -> list[CopySpan]:
+               min_score: float, max_spans: int = MAX_SPANS, query_bias: np.ndarray | None = None) -> list[CopySpan]:
     """The copied spans between a query (`query_vectors` (Q, D), `query_segments` (Q, 2) seconds) and an
-    indexed video (`vectors` (S, D), `segments` (S, 2)), both L2-normalised, for pairs at or above
-    `min_score`; in query time order, [] when no pair reaches it."""
+    indexed video (`vectors` (S, D), `segments` (S, 2)), both L2-normalised, for pairs whose score (cosine
+    minus `query_bias` (Q,) of the query window, when given) is at or above `min_score`; in query time
+    order, [] when no pair reaches it."""
     q_segs = np.asarray(query_segments, dtype=np.float64).reshape(-1, 2)
     v_segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
     if not len(q_segs) or not len(v_segs):
@@ -52,6 +66,8 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
     order = np.argsort(q_segs[:, 0], kind="stable")  # query windows in time order
     q_segs = q_segs[order]
     sims = (np.asarray(query_vectors)[order] @ np.asarray(vectors).T).astype(np.float64)  # (Q, S)
+    if query_bias is not None:
+        sims -= np.asarray(query_bias, dtype=np.float64)[order][:, None]
     offsets = q_segs[:, :1] - v_segs[None, :, 0]  # (Q, S) query start - video start
     stride = _stride(q_segs)
     # a query window belongs to a copy at offset o when it matches a segment that covers at least half of

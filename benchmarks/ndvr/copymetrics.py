@@ -1,6 +1,6 @@
 """Copy-detection metrics of the copy benchmark (``benchmarks.ndvr.copyset``) and the score normalisations.
 
-Pure numpy; no service, no torch.
+Pure numpy; no torch. The background bias is the service's own (``service.spans.background_bias``).
 
 * **Pooled micro-average precision** (µAP, as the VSC22 descriptor track scores it): every (query, database
   video) pair of every query, those of the queries with no copy in the index included, is pooled in one
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.spans import background_bias
 from training.metrics import average_precision
 
 #: the threshold grid: thresholds are written to the card with this many decimals
@@ -165,16 +166,6 @@ class SegmentIndex:
         best = sims.max(axis=0)  # (M,)
         np.maximum.at(out, self.owner, best)
         return out
-
-
-def background_bias(query: np.ndarray, background: np.ndarray, top_n: int) -> np.ndarray:
-    """(S,) per query segment: the mean of its ``top_n`` highest cosines to the background segments."""
-    if len(background) == 0:
-        raise ValueError("the background set has no segment")
-    sims = query @ background.T  # (S, B)
-    n = min(top_n, sims.shape[1])
-    top = -np.partition(-sims, n - 1, axis=1)[:, :n]
-    return top.mean(axis=1)
 
 
 def normalised_scores(queries: Sequence[Sequence[np.ndarray]], database: Sequence[np.ndarray],

@@ -10,12 +10,15 @@ Queries: every query of the split, those with no copy in the index included.
 
 * ``drca``: **the service itself**, in this process, as in ``benchmarks.ndvr.run``: every database video
   uploaded with ``POST /v1/videos`` and indexed by the embedded worker; every query sent once through
-  ``POST /v1/search`` (multipart file, ``k=10``), whose hits give the service's own decision (``match``) and
-  the copied spans (``spans``; a response without them falls back to the hit's one segment pair). The
-  ranking of every database video comes from the calls that route makes (``embed_video_query``, then
-  ``video_query`` with k = the database size), and the embeddings (the query's views, the indexed
-  segments, a background set's segments) give the score normalisations offline
-  (``benchmarks.ndvr.copymetrics``).
+  ``POST /v1/search`` (multipart file, ``k=10``), whose hits give the service's own decision (``match``,
+  on ``match_score``) and the copied spans (``spans``; a response without them falls back to the hit's
+  one segment pair). Every database video's ``score`` (the raw cosine, the ranking) and ``match_score``
+  (the score the service decides with: normalised against the checkpoint's background set when its card
+  has one, else the score) come from the calls that route makes (``embed_video_query``, then
+  ``video_query`` with k = the database size). The method's figures (pooled µAP, the threshold, the
+  per-query ``top``/``source``) are on ``match_score``; the embeddings (the query's views, the indexed
+  segments, the ``--background`` set's segments) give the score normalisations offline
+  (``normalisations``: ``raw``, ``db_centred``, ``background``; ``benchmarks.ndvr.copymetrics``).
 * ``stem``: the same service serving the anchor "the stem alone" (``benchmarks.anchors``).
 * ``thumb``, ``vpdq``: the NDVR baselines (``benchmarks.ndvr.baselines``); vPDQ also with its own decision,
   Meta's: a match when at least 80 % of the query's hashes match (and 0 % of the target's).
@@ -80,6 +83,7 @@ class ServicePass:
     """What one pass through the service gave."""
 
     scores: np.ndarray  # (Q, N) the service's ranking scores (default aggregation), -inf: not returned
+    match_scores: np.ndarray  # (Q, N) the service's match_score (what it decides with), -inf: not returned
     hits: list[list[dict]]  # per query, the hits of POST /v1/search as the API returns them
     query_views: list[list[np.ndarray]]  # per query, per view: (S, E) segment embeddings
     database: list[np.ndarray]  # per database video: its indexed (T, E) segments
@@ -87,6 +91,44 @@ class ServicePass:
     route_latency_s: list[float]
     ingest: dict[str, Any]
     settings: dict[str, Any]
+    served_background: dict[str, Any] | None  # the checkpoint's background set the service normalised with
+
+
+def embed_background(svc, videos: list[Path]) -> np.ndarray | None:
+    """The ``original`` view's segment embeddings of ``videos``, as the service embeds a query (``svc``: its
+    ``SearchService``), stacked (B, E); None without videos."""
+    rows = []
+    for p in tqdm(videos, desc="background", unit="video"):
+        query = svc.embed_video_query(str(p))
+        rows += [v.vectors for v in query.views if v.name == "original"]
+    return np.concatenate(rows) if rows else None
+
+
+def background_set(checkpoint: Path, videos: list[Path], torch_threads: int = 0) -> np.ndarray:
+    """``embed_background`` of ``videos`` by the service started in this process on ``checkpoint``'s weights
+    (a copy of it without a background set: the one its card may name is not needed, and may be stale)."""
+    from fastapi.testclient import TestClient
+
+    from model.checkpoint import CARD, CONFIG, WEIGHTS
+    from service.http.app import create_app
+    from service.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="drca-background-") as tmp:
+        bare = Path(tmp) / "checkpoint"
+        bare.mkdir()
+        for name in (WEIGHTS, CONFIG):
+            (bare / name).symlink_to((checkpoint / name).resolve())
+        card = json.loads((checkpoint / CARD).read_text())
+        card.pop("match", None)
+        (bare / CARD).write_text(json.dumps(card))
+        settings = Settings(checkpoint=bare, data_dir=Path(tmp) / "data", text_search=False, device="cpu",
+                            torch_threads=torch_threads, allowed_hosts=["testserver"])
+        app = create_app(settings)
+        with TestClient(app):
+            out = embed_background(app.state.service.search, videos)
+    if out is None:
+        raise SystemExit("the background set has no video")
+    return out
 
 
 def service_pass(checkpoint: Path, overrides: dict[str, Any], database: list[str], queries: list[str],
@@ -107,6 +149,7 @@ def service_pass(checkpoint: Path, overrides: dict[str, Any], database: list[str
             svc = app.state.service.search
             col = {vid: j for j, vid in enumerate(database)}
             scores = np.full((len(queries), len(database)), -np.inf)
+            match_scores = np.full((len(queries), len(database)), -np.inf)
             hits, views, route_s = [], [], []
             for qi, q in enumerate(tqdm(queries, desc="queries", unit="query")):
                 t0 = time.perf_counter()
@@ -120,21 +163,19 @@ def service_pass(checkpoint: Path, overrides: dict[str, Any], database: list[str
                 views.append([v.vectors for v in query.views])
                 for m in svc.video_query(query, len(ids), None, set()):
                     scores[qi, col[ids[m.hit.video_id]]] = m.hit.score
+                    match_scores[qi, col[ids[m.hit.video_id]]] = m.match_score
+            served = svc.active.current.background
+            served_bg = None if served is None else {"sha256": served.sha256, "top_n": served.top_n,
+                                                     "segments": len(served.vectors)}
             index = svc.active.current.index
             by_ext = {ext: vid for vid, ext in ids.items()}
             db_vectors = []
             for d in database:
                 stored = index.get(by_ext[d])
                 db_vectors.append(np.asarray(stored.vectors) if stored is not None else np.zeros((0, 0)))
-            bg = None
-            if background:
-                rows = []
-                for p in tqdm(background, desc="background", unit="video"):
-                    query = svc.embed_video_query(str(p))
-                    rows += [v.vectors for v in query.views if v.name == "original"]
-                bg = np.concatenate(rows) if rows else None
-    return ServicePass(scores, hits, views, db_vectors, bg, route_s, ingest,
-                       json.loads(settings.model_dump_json(include=SETTINGS_RECORDED)))
+            bg = embed_background(svc, background) if background else None
+    return ServicePass(scores, match_scores, hits, views, db_vectors, bg, route_s, ingest,
+                       json.loads(settings.model_dump_json(include=SETTINGS_RECORDED)), served_bg)
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -375,13 +416,17 @@ def _service_method(name: str, args: argparse.Namespace, overrides: dict[str, An
     finally:
         if tmp is not None:
             tmp.cleanup()
-    r = copy_metrics(run.scores, cs, queries, db, args.fpr, calib.get(name))
+    # the service's figures on the score it decides with (match_score: the raw score without a background set)
+    r = {"score": "match_score", **copy_metrics(run.match_scores, cs, queries, db, args.fpr, calib.get(name))}
+    for q, hs in zip(queries, run.hits, strict=True):  # the API's own top hit
+        r["per_query"][q]["top_hit_score"] = hs[0]["score"] if hs else None
+        r["per_query"][q]["top_hit_match_score"] = hs[0].get("match_score") if hs else None
     if name == "drca":
         r["at_shipped"] = service_decisions(cs, queries, run.hits)
         match = card_match(args.checkpoint)
         if match and match.get("min_score") is not None:
             r["at_card_threshold"] = _rates(rates_at(float(match["min_score"]),
-                                                     *_split_scores(run.scores, cs, queries, db)))
+                                                     *_split_scores(run.match_scores, cs, queries, db)))
     else:
         r["label"] = f"ANCHOR: {STEM_ALONE}"
     r["spans"] = span_metrics(cs, queries, run.hits)
@@ -392,7 +437,7 @@ def _service_method(name: str, args: argparse.Namespace, overrides: dict[str, An
                            for n, s in norms.items()}
     for n in r["normalisations"].values():
         n.pop("per_query")
-    r["service"] = {"settings": run.settings, "ingest": run.ingest,
+    r["service"] = {"settings": run.settings, "ingest": run.ingest, "background": run.served_background,
                     "route_latency": percentiles(run.route_latency_s)}
     return r
 

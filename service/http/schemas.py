@@ -135,8 +135,9 @@ class SearchRequest(BaseModel):
     video_id: Id | None = None
     k: Int = Field(10, ge=1, le=MAX_ID)
     min_score: Number | None = Field(None, ge=-1.0, le=10.0, description=(
-        "Hits scoring below it are left out. Video queries: it is also the match threshold (replacing the "
-        "checkpoint's), so every hit returned is a copy"))
+        "Video queries: the match threshold, replacing the checkpoint's; of the top `k` hits, those whose "
+        "`match_score` is below it are left out, so every hit returned is a copy. Text queries: hits whose "
+        "`score` is below it are left out"))
     exclude_ids: list[Id] = Field(default_factory=list, max_length=1000)
 
 
@@ -145,15 +146,21 @@ class CopySpanOut(BaseModel):
     query_end: float
     start: float = Field(description="Seconds in the indexed video")
     end: float
-    score: float = Field(description="The best segment pair's cosine in the span")
+    score: float = Field(description="The best segment pair's score in the span: its cosine minus the query "
+                         "segment's background bias (the hit's `match_score` scale)")
 
 
 class SearchHit(BaseModel):
     video_id: int
     external_id: str | None
-    score: float
-    match: bool | None = Field(None, description="Video queries: a copy (the score reaches the match threshold: "
-                               "`match_threshold`); false: only similar. null for text queries")
+    score: float = Field(description="The ranking score: video queries, the cosine of the best segment pair "
+                         "(comparable within one query); text queries, the weighted sum of docs/api.md")
+    match_score: float | None = Field(None, description=(
+        "Video queries: the score the copy decision is taken on, comparable across queries: the best segment "
+        "pair's cosine minus the query segment's bias (the mean of its top_n cosines to the checkpoint's "
+        "background set); equal to `score` when the checkpoint has no background set. null for text queries"))
+    match: bool | None = Field(None, description="Video queries: a copy (`match_score` reaches the match "
+                               "threshold: `match_threshold`); false: only similar. null for text queries")
     spans: list[CopySpanOut] = Field(default_factory=list, description=(
         "A copy's copied spans, located in both videos (consecutive matching segment pairs along one time "
         "offset), in query time order; empty unless `match`"))
@@ -169,7 +176,8 @@ class SearchHit(BaseModel):
 
 
 class MatchThresholdOut(BaseModel):
-    min_score: float = Field(description="A video hit scoring at least this is a copy (`match: true`)")
+    min_score: float = Field(description="A video hit whose `match_score` is at least this is a copy "
+                             "(`match: true`)")
     source: Literal["request", "checkpoint"] = Field(description="The request's `min_score`, or the "
                                                      "threshold shipped in the checkpoint's card")
     false_positive_rate: float | None = Field(None, description="The checkpoint's: the share of queries with no "

@@ -184,6 +184,7 @@ def search_hit(m: VideoMatch, external_id: str | None) -> SearchHit:
         query_start=h.query_segment.start if h.query_segment else None,
         query_end=h.query_segment.end if h.query_segment else None,
         view=m.view, query_box=m.box, match=m.match,
+        match_score=round(m.match_score, 6) if m.match_score is not None else None,
         spans=[CopySpanOut(query_start=s.query_start, query_end=s.query_end, start=s.start, end=s.end,
                            score=round(s.score, 6)) for s in m.spans],
     )

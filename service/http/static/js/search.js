@@ -14,11 +14,13 @@ export function forgetVideo(videoId) {
   if (lastVideoSearch) lastVideoSearch.hits = lastVideoSearch.hits.filter((x) => x.video_id !== videoId);
 }
 
-// A video query's hit is a copy (`match`: its score reaches the threshold) or only similar (docs/api.md#copies).
+// A video query's hit is a copy (`match`: its match score reaches the threshold) or only similar
+// (docs/api.md#copies).
 function verdict(hit, threshold) {
   if (hit.match == null) return null; // a text query: no copy decision
+  const decidedOn = hit.match_score ?? hit.score;
   const title = threshold
-    ? `${hit.match ? "a copy" : "not a copy"}: score ${hit.score.toFixed(3)} ${hit.match ? "≥" : "<"} ${threshold.min_score} (${threshold.source === "request" ? "the request's min_score" : "the checkpoint's threshold"})`
+    ? `${hit.match ? "a copy" : "not a copy"}: match score ${decidedOn.toFixed(3)} ${hit.match ? "≥" : "<"} ${threshold.min_score} (${threshold.source === "request" ? "the request's min_score" : "the checkpoint's threshold"})`
     : "no match threshold: the checkpoint has none";
   return h("span", { class: `badge verdict ${hit.match ? "copy" : "similar"}`, "data-testid": "verdict", title },
     hit.match ? "copy" : "similar");
