@@ -279,7 +279,7 @@ def test_copyrun_and_calibrate_end_to_end(tiny_copyset: Path, tmp_path: Path) ->
     assert after["match"]["min_score"] == drca["at_target"]["threshold"]
     assert after["match"]["false_positive_rate"] == 0.2
     assert "benchmarks.ndvr.calibrate" in after["match"]["calibration"] and "\n" not in after["match"]["calibration"]
-    assert {k: v for k, v in after.items() if k != "match"} == before  # every other key kept
+    assert {k: v for k, v in after.items() if k != "match"} == {k: v for k, v in before.items() if k != "match"}
     # the next run reads the threshold from the card
     assert copyrun.main(["--set", str(split), "--checkpoint", str(ckpt), "--methods", "drca", "--fpr", "0.2",
                          "--calibration", str(out), "--out", str(out.with_name("again.json"))]) == 0
@@ -290,3 +290,33 @@ def test_copyrun_and_calibrate_end_to_end(tiny_copyset: Path, tmp_path: Path) ->
     # a results file of another split is refused
     with pytest.raises(SystemExit):
         calibrate.main(["--checkpoint", str(ckpt), "--set", str(tiny_copyset / "heldout"), "--results", str(out)])
+
+    # --background: the split's background set embedded by these weights and written into the checkpoint,
+    # then the threshold chosen on the match scores it gives
+    from model.digest import sha256_file
+
+    with pytest.raises(SystemExit, match="exclude"):
+        calibrate.main(["--checkpoint", str(ckpt), "--set", str(split), "--results", str(out),
+                        "--background", str(cs.background)])
+    assert calibrate.main(["--checkpoint", str(ckpt), "--set", str(split), "--background", str(cs.background),
+                           "--fpr", "0.2", "--out", str(tmp_path / "cal-bg.json")]) == 0
+    match = json.loads(card.read_text())["match"]
+    bg = match["background"]
+    assert bg["sha256"] == sha256_file(ckpt / "background.safetensors") and bg["videos"] == 2
+    assert bg["weights_sha256"] == sha256_file(ckpt / "model.safetensors") and bg["top_n"] == 5
+    assert match["false_positive_rate"] == 0.2 and "--background" in match["calibration"]
+    # results measured without that background are refused; a run with it gives the same threshold
+    with pytest.raises(SystemExit, match="background set"):
+        calibrate.main(["--checkpoint", str(ckpt), "--set", str(split), "--results", str(out), "--dry-run"])
+    bg_out = tmp_path / "copy-bg.json"
+    assert copyrun.main(["--set", str(split), "--checkpoint", str(ckpt), "--methods", "drca", "--fpr", "0.2",
+                         "--out", str(bg_out)]) == 0
+    drca = json.loads(bg_out.read_text())["results"]["methods"]["drca"]
+    assert drca["score"] == "match_score" and drca["service"]["background"]["sha256"] == bg["sha256"]
+    for q, p in drca["per_query"].items():
+        assert p["top_hit_match_score"] is not None and p["top_hit_match_score"] <= p["top"] + 1e-6, q
+    assert drca["normalisations"]["raw"]["pooled_micro_ap"] != drca["pooled_micro_ap"]  # on match_score now
+    assert calibrate.main(["--checkpoint", str(ckpt), "--set", str(split), "--results", str(bg_out), "--fpr", "0.2",
+                           "--dry-run", "--out", str(tmp_path / "cal-bg2.json")]) == 0
+    again = json.loads((tmp_path / "cal-bg2.json").read_text())["results"]
+    assert again["threshold"] == match["min_score"] and again["match"]["background"] == bg
