@@ -71,7 +71,7 @@ from service.broker import IngestJob
 from service.catalog import Catalog, top_labels
 from service.errors import ServiceError
 from service.generations import CheckpointIdentity, index_generations
-from service.reindex import SWITCH_GRACE_S, ReindexError
+from service.reindex import RUNNING, SWITCH_GRACE_S, ReindexError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -390,24 +390,38 @@ class RedisOnlineReindex:
     def status(self) -> dict:
         return self.state.status()
 
+    def answer(self, identity: CheckpointIdentity) -> dict | None:
+        """What a request for the checkpoint `identity` gets without anything being started or read (as
+        `service.reindex.OnlineReindex.answer`): the progress (or result) of the reindex to it, `ReindexError`
+        when another runs, the previous one still retires its old generation, or the index is made by it
+        already; None when a reindex to it is to be started. The messages name no path and no sha256."""
+        rec = self.state.read()
+        return self._answer(rec, identity)
+
+    def _answer(self, rec: dict, identity: CheckpointIdentity) -> dict | None:
+        state, same = rec.get("state"), rec.get("checkpoint_sha256") == identity.sha256
+        if same and state in ("running", "switched"):
+            return self.state.status()
+        if state == "running":
+            raise ReindexError(RUNNING)
+        if state == "switched" and rec.get("dropped") != "1":
+            raise ReindexError("the previous reindex is still retiring its old generation; try again in a "
+                               f"few seconds ({SWITCH_GRACE_S:g} s after its switch)")
+        _, current = self.deployment.current()
+        current_sha = current.sha256 if current is not None else self.active.current.checkpoint.sha256
+        if current_sha == identity.sha256:
+            raise ReindexError("the index is already made by this checkpoint")
+        return None
+
     def start(self, files: CheckpointFiles) -> dict:
         """Begin a reindex to `files` (vetted by the route), or answer the progress (or result) of the one
         to the same checkpoint; `ReindexError` when another runs or the index is made by it already."""
         identity = identity_of(files)
         with self.catalog.lock:
             rec = self.state.read()
-            state, same = rec.get("state"), rec.get("checkpoint_sha256") == identity.sha256
-            if same and state in ("running", "switched"):
-                return self.state.status()
-            if state == "running":
-                raise ReindexError(f"a reindex to {rec['checkpoint']} is running; wait for it to switch")
-            if state == "switched" and rec.get("dropped") != "1":
-                raise ReindexError("the previous reindex is still retiring its old generation; try again in a "
-                                   f"few seconds ({SWITCH_GRACE_S:g} s after its switch)")
-            tag, current = self.deployment.current()
-            current_sha = current.sha256 if current is not None else self.active.current.checkpoint.sha256
-            if current_sha == identity.sha256:
-                raise ReindexError(f"the index is already made by {identity.describe()}")
+            if (status := self._answer(rec, identity)) is not None:
+                return status
+            tag, _ = self.deployment.current()
             new_tag = identity.short
             fields = {"id": uuid.uuid4().hex, "state": "running", "checkpoint": str(files.path),
                       **identity.as_metadata(), "tag": new_tag, "generation": self.gens.name(new_tag),
