@@ -69,6 +69,9 @@ class ViewPlan:
     inp: InputConfig
     fit: Fit = "crop"
     picture: Picture = "rgb"
+    #: (width, height) of the video itself: larger than ``frame_size`` when the decoder scaled it down
+    #: (`VideoReader.frame_size`); None: the same
+    video_size: tuple[int, int] | None = None
 
     @property
     def boxes(self) -> dict[str, Box]:
@@ -79,6 +82,18 @@ class ViewPlan:
                 out[v] = Box(self.active.x + self.inner.x, self.active.y + self.inner.y, self.inner.w, self.inner.h)
             else:
                 out[v] = self.active
+        return out
+
+    def video_boxes(self) -> dict[str, Box]:
+        """view -> the region it shows in the video's own pixel coordinates (``boxes`` scaled back from the
+        decoded frame to ``video_size``; the whole decoded frame maps to the whole video frame)."""
+        if self.video_size is None or self.video_size == self.frame_size:
+            return self.boxes
+        sx, sy = self.video_size[0] / self.frame_size[0], self.video_size[1] / self.frame_size[1]
+        out = {}
+        for v, b in self.boxes.items():
+            x0, y0 = round(b.x * sx), round(b.y * sy)
+            out[v] = Box(x0, y0, round((b.x + b.w) * sx) - x0, round((b.y + b.h) * sy) - y0)
         return out
 
     def clips(self, frames: Tensor, times: DecodeTimes | None = None) -> list[Tensor]:
@@ -121,12 +136,13 @@ def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: 
     t1 = time.perf_counter()
     if times is not None:
         times.decode += t1 - t0
-    full = Box(0, 0, info.width, info.height)
-    if head and (head[0].shape[2], head[0].shape[1]) != (info.width, info.height):  # rotated upright
+    full = Box(0, 0, *reader.frame_size)  # the decoded (upright, possibly scaled down) frame
+    if head and (head[0].shape[2], head[0].shape[1]) != reader.frame_size:
         full = Box(0, 0, int(head[0].shape[2]), int(head[0].shape[1]))
+    video_size = (info.width, info.height)
     if not head or not (remove_borders or "inner" in views):
         return ViewPlan(tuple(v for v in views if v != "inner"), full, None, (full.w, full.h), inp, fit,
-                        picture), head
+                        picture, video_size), head
     sample = torch.cat(head)
     probe = sample[:: max(1, len(sample) // PROBE_FRAMES)]
     active = active_box(probe) if remove_borders else full
@@ -134,7 +150,7 @@ def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: 
     present = tuple(v for v in views if v != "inner" or inner is not None)
     if times is not None:
         times.views += time.perf_counter() - t1
-    return ViewPlan(present, active, inner, (full.w, full.h), inp, fit, picture), head
+    return ViewPlan(present, active, inner, (full.w, full.h), inp, fit, picture, video_size), head
 
 
 def decode_segments(reader: VideoReader, segs: list[Segment], plan: ViewPlan,

@@ -39,6 +39,17 @@ Fit = Literal["crop", "letterbox"]
 #: centre-cropped to this aspect ratio, which bounds the resized frame (ordinary ratios are untouched).
 MAX_CROP_ASPECT = 8
 
+#: Frames whose short side is more than this many times the model's ``img_size`` are decoded scaled down
+#: to that short side (the decoder scales: `media.video.open_video`'s ``max_short_side``), so a 4K frame never
+#: exists at full size; ``resize`` still does the final antialiased step, and smaller frames are decoded as
+#: they are (bit-identical).
+DECODE_SIZE_FACTOR = 2
+
+
+def decode_short_side(img_size: int) -> int:
+    """The short side frames are decoded at, at most, for a model that takes ``img_size`` squares."""
+    return DECODE_SIZE_FACTOR * int(img_size)
+
 
 # ------------------------------------------------------------------------------------ layout
 def to_float_tchw(frames: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,12 @@ Every file goes through two stages:
 2. ``decord``: opened only once the probe has said "this is a video stream of an acceptable size";
    ``get_frames`` seeks and decodes only the requested frames (``get_batch``).
 
+``max_short_side`` (`open_video`): frames whose short side is larger are scaled down by the decoder itself
+(decord's ``width``/``height``, FFmpeg's scaler) to that short side, the aspect ratio kept, so a 4K upload's
+frames never exist at full size in our memory (`VideoReader.frame_size`, `VideoReader.scale`). The limits
+(pixels per frame) still apply to the stream's own size; frames at or below the short side are decoded
+exactly as without it.
+
 Timestamps are decord's real presentation times (correct for variable frame rate), and frames come out
 upright: decord 0.6 applies the display rotation itself; if a build does not (the decoded size is the
 coded size although the header says 90/270 degrees), we rotate with torch.
@@ -344,18 +350,22 @@ class VideoReader:
         tmp: bool,
         stat: tuple[int, int, int] | None,
         num_threads: int = 1,
+        max_short_side: int | None = None,
     ) -> None:
-        import decord
-
         self.path = path
         self.source = source
         self.limits = limits
         self._probe = probe
         self._stat = stat  # (inode, size, mtime) before probing: any change later means "changed under us"
+        self._num_threads = num_threads
         if tmp:  # a temporary copy of uploaded bytes: removed with the reader
             self._finalizer = weakref.finalize(self, _unlink_quiet, path)
+        # Several streams of different sizes: decord picks one itself, found by decoding at full size
+        # (`_decoded_stream`); the scaled decoder is opened once it is known.
+        one_size = len({(st.width, st.height) for st in probe.streams}) < 2
+        scaled = decoded_size(*_upright_size(probe), max_short_side) if one_size else None
         try:
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+            self._vr = self._open_decoder(scaled)
             num_frames = len(self._vr)
             fps = float(self._vr.get_avg_fps()) if num_frames else 0.0
             ts = np.asarray(self._vr.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
@@ -394,7 +404,15 @@ class VideoReader:
             fps = num_frames / duration
         probe = self._probe = self._decoded_stream(probe)
         rot = probe.rotation
-        w, h = (probe.height, probe.width) if rot in (90, 270) else (probe.width, probe.height)
+        w, h = _upright_size(probe)
+        if not one_size and (scaled := decoded_size(w, h, max_short_side)) is not None:
+            try:
+                self._vr = self._open_decoder(scaled)
+            except Exception as e:
+                raise self._decode_error(f"cannot decode the {probe.codec} video stream scaled down", e) from e
+        #: (width, height) of the upright frames `get_frames` returns: the video's own size, or smaller when
+        #: the decoder scales it down (`max_short_side`); `scale` is their width over the video's width.
+        self.frame_size: tuple[int, int] = scaled or (w, h)
         self.info = VideoInfo(
             duration=duration,
             fps=fps,
@@ -405,6 +423,20 @@ class VideoReader:
             codec=probe.codec,
             variable_frame_rate=vfr,
         )
+
+    def _open_decoder(self, size: tuple[int, int] | None):  # -> decord.VideoReader
+        """decord on the file, scaling every frame to `size` when given. decord 0.6 scales after its display
+        rotation: `size` is the upright (width, height) (tested with rotated files)."""
+        import decord
+
+        w, h = size or (-1, -1)
+        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self._num_threads, width=w,
+                                  height=h)
+
+    @property
+    def scale(self) -> float:
+        """Decoded frame width over the video's own width (1.0 unless the decoder scales frames down)."""
+        return self.frame_size[0] / self.info.width
 
     def _decoded_stream(self, probe: HeaderProbe) -> HeaderProbe:
         """The header of the stream decord decodes. With several video streams of different sizes it
@@ -448,10 +480,11 @@ class VideoReader:
         if idx.min() < 0 or idx.max() >= n:
             raise IndexError(f"frame index out of range [0, {n}): {idx.min()}..{idx.max()}")
         uniq, inverse = np.unique(idx, return_inverse=True)
-        nbytes = uniq.size * self.info.width * self.info.height * 3
+        fw, fh = self.frame_size
+        nbytes = uniq.size * fw * fh * 3
         if nbytes > self.limits.max_clip_bytes:
             raise VideoTooLarge(
-                f"{uniq.size} frames of {self.info.width}x{self.info.height} need {nbytes} bytes, above the "
+                f"{uniq.size} frames of {fw}x{fh} need {nbytes} bytes, above the "
                 f"limit of {self.limits.max_clip_bytes} bytes per request",
                 self.source,
             )
@@ -489,14 +522,15 @@ class VideoReader:
         import torch
 
         h, w = frames.shape[1], frames.shape[2]
-        if (w, h) == (self.info.width, self.info.height):
+        fw, fh = self.frame_size
+        if (w, h) == (fw, fh):
             return frames  # already upright (decord applied the rotation, or there is none)
-        if (h, w) == (self.info.width, self.info.height) and self.info.rotation in (90, 270):
+        if (h, w) == (fw, fh) and self.info.rotation in (90, 270):
             # display rotation is counter-clockwise; rot90 with k>0 rotates from the first towards the
             # second given dim, i.e. counter-clockwise for (H, W) images.
             return torch.rot90(frames, k=self.info.rotation // 90, dims=(1, 2)).contiguous()
         raise VideoDecodeError(
-            f"decoded frames are {w}x{h}, the header says {self.info.width}x{self.info.height}", self.source
+            f"decoded frames are {w}x{h}, expected {fw}x{fh}", self.source
         )
 
     def close(self) -> None:
@@ -510,6 +544,22 @@ class VideoReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _upright_size(probe: HeaderProbe) -> tuple[int, int]:
+    """(width, height) of the stream's frames as displayed (its display rotation applied)."""
+    return (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
+
+
+def decoded_size(width: int, height: int, max_short_side: int | None) -> tuple[int, int] | None:
+    """(width, height) to decode a `width` x `height` frame at so that its short side is `max_short_side`,
+    the aspect ratio kept (the long side rounded); None when the frame is not larger than that (decoded
+    as it is)."""
+    if max_short_side is None or min(width, height) <= max_short_side:
+        return None
+    if width <= height:
+        return max_short_side, max(max_short_side, round(height * max_short_side / width))
+    return max(max_short_side, round(width * max_short_side / height)), max_short_side
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
@@ -544,11 +594,13 @@ def _is_vfr(frame_times: np.ndarray, tolerance: float = 0.02) -> bool:
 
 
 def open_video(
-    src: str | Path | bytes, limits: VideoLimits | None = None, num_threads: int = 1
+    src: str | Path | bytes, limits: VideoLimits | None = None, num_threads: int = 1,
+    max_short_side: int | None = None,
 ) -> VideoReader:
     """Validate and open a video from a path or from its bytes.
 
     ``num_threads``: decoder threads (1 suits many worker processes; 0 lets FFmpeg pick).
+    ``max_short_side``: frames with a larger short side are decoded scaled down to it (module docstring).
 
     Raises a ``VideoError`` subclass for every bad input; never lets the decoder see a file that failed
     the header checks.
@@ -593,7 +645,7 @@ def open_video(
             e.source = source
             e.args = (f"{source}: {e.reason}",)
             raise
-        return VideoReader(path, probe, limits, source, tmp, stat, num_threads)
+        return VideoReader(path, probe, limits, source, tmp, stat, num_threads, max_short_side)
     except BaseException:
         if tmp:
             _unlink_quiet(path)
@@ -601,11 +653,12 @@ def open_video(
 
 
 def reopen_video(path: str | Path, probe: HeaderProbe, limits: VideoLimits | None = None,
-                 num_threads: int = 1) -> VideoReader:
+                 num_threads: int = 1, max_short_side: int | None = None) -> VideoReader:
     """Open a video that `open_video` already validated, on the header it probed then (`VideoReader.probe`):
     the header is neither read nor checked again. For a stored file whose content cannot change (the
     service's uploads are content-addressed); anything else goes through `open_video`."""
     path = Path(path)
     if not path.is_file():
         raise VideoUnavailable("no such file", str(path))
-    return VideoReader(path, probe, limits or DEFAULT_LIMITS, str(path), False, _stat_key(path), num_threads)
+    return VideoReader(path, probe, limits or DEFAULT_LIMITS, str(path), False, _stat_key(path), num_threads,
+                       max_short_side)

@@ -24,6 +24,7 @@ import torch
 from indexer import Span
 from media.sampling import Segment
 from media.segments import DecodeTimes, ViewPlan, decode_segments, plan_segments, plan_views
+from media.transforms import decode_short_side
 from media.video import VideoReader, open_video, reopen_video
 from model.checkpoint import CheckpointFiles, load_checkpoint_files, read_checkpoint
 from service.encoding.inference import open_runner
@@ -70,7 +71,9 @@ class OpenedVideo:
         n_views = len(plan.views)
         self.segments = [Span(s.start_s, max(s.start_s, s.end_s)) for s in planned for _ in range(n_views)]
         self.views: list[str] | None = [v for _ in planned for v in plan.views] if query else None
-        boxes = {v: b.as_list() for v, b in plan.boxes.items() if not b.is_full(*plan.frame_size)}
+        # in the video's own pixels, also when the decoder scaled its frames down (`decode_short_side`)
+        size = plan.video_size or plan.frame_size
+        boxes = {v: b.as_list() for v, b in plan.video_boxes().items() if not b.is_full(*size)}
         self.boxes: dict[str, list[int]] | None = boxes or None
         self.duration = reader.info.duration
 
@@ -146,8 +149,10 @@ class VideoEncoder:
         planned_here = plan is None or not plan.fits(num_frames, self.settings.segment_fps)
         times = DecodeTimes()
         t0 = time.perf_counter()
-        reader = (open_video(path, self.limits, num_threads=DECODER_THREADS) if planned_here
-                  else reopen_video(path, plan.probe, self.limits, num_threads=DECODER_THREADS))
+        short = decode_short_side(self.config.input.img_size)  # 4K frames are decoded scaled down
+        reader = (open_video(path, self.limits, num_threads=DECODER_THREADS, max_short_side=short) if planned_here
+                  else reopen_video(path, plan.probe, self.limits, num_threads=DECODER_THREADS,
+                                    max_short_side=short))
         try:
             if planned_here:
                 planned = plan_segments(reader, num_frames, self.settings.segment_fps)

@@ -387,3 +387,58 @@ def test_container_without_timestamps_falls_back_to_constant_rate(avi_bframes: P
     clip = r.get_frames(idx)
     assert [read_index(f) for f in clip.frames.numpy()] == idx
     np.testing.assert_allclose(clip.timestamps.numpy(), np.array(idx) / 25.0)
+
+
+# ------------------------------------------------------------------- large frames, decoded scaled down
+@pytest.fixture(scope="module")
+def hd_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lavfi(tmp_path_factory.mktemp("hd") / "hd.mp4", "testsrc2=size=1280x720:rate=8:duration=2",
+                 "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p")
+
+
+def test_large_frames_are_decoded_scaled_down(hd_video: Path) -> None:
+    """Frames whose short side is above `decode_short_side(img_size)` come out of the decoder at that short
+    side (aspect kept): 9x fewer bytes per frame here, and the model's clips are nearly the full decode's."""
+    from media.transforms import decode_short_side, preprocess
+    from tests.media.media import Cfg
+
+    cfg = Cfg(num_frames=4, img_size=112)
+    short = decode_short_side(cfg.img_size)
+    assert short == 224
+    idx = [0, 3, 5, 9]
+    with open_video(hd_video) as full, open_video(hd_video, max_short_side=short) as small:
+        assert (small.info.width, small.info.height) == (1280, 720)  # the video's own size stays reported
+        assert small.frame_size == (398, 224) and small.scale == pytest.approx(398 / 1280)
+        a, b = full.get_frames(idx).frames, small.get_frames(idx).frames
+        assert tuple(a.shape) == (4, 720, 1280, 3) and tuple(b.shape) == (4, 224, 398, 3)
+        assert a.numel() > 9 * b.numel()
+        x, y = preprocess(a, cfg).flatten(), preprocess(b, cfg).flatten()
+        assert torch.nn.functional.cosine_similarity(x, y, dim=0) > 0.99
+    # the per-request byte limit counts the decoded frames: 4 full frames would be refused
+    limits = VideoLimits(max_clip_bytes=4 * 398 * 224 * 3)
+    with open_video(hd_video, limits, max_short_side=short) as small:
+        assert small.get_frames(idx).frames.shape[0] == 4
+    with open_video(hd_video, limits) as full, pytest.raises(VideoTooLarge, match="1280x720"):
+        full.get_frames(idx)
+
+
+def test_ordinary_frames_are_decoded_as_they_are(tmp_path: Path) -> None:
+    """A 320x240 video (short side <= 2x a 224 model's input) decodes bit-identically with the cap."""
+    from media.transforms import decode_short_side
+
+    p = lavfi(tmp_path / "sd.mp4", "testsrc2=size=320x240:rate=8:duration=2", "-pix_fmt", "yuv420p")
+    with open_video(p) as plain, open_video(p, max_short_side=decode_short_side(224)) as capped:
+        assert capped.frame_size == (320, 240) and capped.scale == 1.0
+        assert torch.equal(plain.get_frames([0, 7, 3]).frames, capped.get_frames([0, 7, 3]).frames)
+
+
+def test_rotated_large_frames_are_scaled_then_upright(hd_video: Path, tmp_path: Path) -> None:
+    p = tmp_path / "rot90.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(hd_video), "-c", "copy", str(p))
+    with open_video(p, max_short_side=224) as r, open_video(hd_video, max_short_side=224) as ref:
+        assert (r.info.width, r.info.height) == (720, 1280) and r.frame_size == (224, 398)
+        frame = r.get_frames([5]).frames[0]
+        assert tuple(frame.shape) == (398, 224, 3)
+        coded = torch.from_numpy(np.ascontiguousarray(np.rot90(frame.numpy(), k=-1)))
+        # decord scales the rotated picture (not the coded one): the same picture up to resampling
+        assert (coded.float() - ref.get_frames([5]).frames[0].float()).abs().mean() < 5

@@ -134,3 +134,17 @@ def test_grey_normalised_is_invariant_to_grey_and_affine_brightness() -> None:
     assert torch.allclose(grey_normalised(brighter), ref, atol=1e-5)
     assert not torch.allclose(grey_normalised(clip.flip(-1)), ref, atol=1e-2)
     assert torch.equal(grey_normalised(torch.full((3, 1, 4, 4), 0.3)), torch.zeros(3, 1, 4, 4))  # flat
+
+
+def test_boxes_of_frames_decoded_scaled_down_map_back_to_the_video(clips: dict[str, Path]) -> None:
+    """Frames decoded at half size (`max_short_side`): the borders are found on them, and `video_boxes`
+    gives the active picture in the video's own pixels."""
+    from media.segments import plan_segments, plan_views
+
+    inp = InputConfig(num_frames=4, img_size=32)
+    with open_video(clips["letterbox"], max_short_side=70) as r:  # 160x140 -> 80x70
+        plan, _ = plan_views(r, plan_segments(r, inp.num_frames), inp, remove_borders=True)
+    assert plan.frame_size == (80, 70) and plan.video_size == (160, 140)
+    assert _close(plan.boxes["original"], (0, 12, 80, 45))  # the scaler blurs the edge by a pixel
+    assert _close(plan.video_boxes()["original"], (0, 24, 160, 90), tol=4)  # 2 decoded pixels
+    assert plan.video_boxes()["original"].w == 160  # the whole width stays the whole width
