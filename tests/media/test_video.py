@@ -442,3 +442,20 @@ def test_rotated_large_frames_are_scaled_then_upright(hd_video: Path, tmp_path: 
         coded = torch.from_numpy(np.ascontiguousarray(np.rot90(frame.numpy(), k=-1)))
         # decord scales the rotated picture (not the coded one): the same picture up to resampling
         assert (coded.float() - ref.get_frames([5]).frames[0].float()).abs().mean() < 5
+
+
+def test_two_streams_large_one_decoded_scaled_down(tmp_path: Path) -> None:
+    """decord picks the stream itself (the 1280x720 one here): it is found at full size, then reopened
+    scaled down."""
+    small = lavfi(tmp_path / "small.mp4", "testsrc2=size=96x96:rate=8:duration=3", "-pix_fmt", "yuv420p")
+    two = tmp_path / "two.mp4"
+    large = lavfi(tmp_path / "large.mp4", "testsrc2=size=1280x720:rate=8:duration=3", "-pix_fmt", "yuv420p")
+    ffmpeg("-i", str(small), "-i", str(large), "-map", "0:v", "-map", "1:v", "-c", "copy", str(two))
+    with open_video(two, max_short_side=224) as r:
+        # whichever stream decord picked, its frames come out at the size `frame_size` promises
+        full, expected = (r.info.width, r.info.height), {(1280, 720): (398, 224), (96, 96): (96, 96)}
+        assert r.frame_size == expected[full]
+        assert tuple(r.get_frames([1, 2]).frames.shape) == (2, r.frame_size[1], r.frame_size[0], 3)
+        picked_large = full == (1280, 720)
+    if not picked_large:
+        pytest.skip("decord picked the small stream of this file: the reopen path was not exercised")
