@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from model.config import DRCAConfig
 from model.drca import DRCA
 from model.hybrid import HybridDRCA
 from model.text import TextHead
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -135,6 +138,12 @@ def save_checkpoint(path: str | Path, model: Network, card: ModelCard, text_head
         tensors.update({TEXT_PREFIX + k: v.detach().cpu().contiguous() for k, v in text_head.state_dict().items()})
         card = card.model_copy(update={"text_dim": text_head.in_dim})
     card = card.model_copy(update={"embed_dim": cfg.head.embed_dim})
+    if card.match is not None and card.match.background is not None:
+        # a background set is embedded by particular weights and lies beside them; a newly written checkpoint
+        # has neither its file nor (in general) those weights, so its copy decision is calibrated anew
+        log.info("%s: the card's match threshold and background set are left out (calibrate this checkpoint: "
+                 "python -m benchmarks.ndvr.calibrate)", path)
+        card = card.model_copy(update={"match": None})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "drca", "preset": card.preset})

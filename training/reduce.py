@@ -207,6 +207,9 @@ def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: F
     card: ModelCard = ck.card.model_copy(update={
         "commands": [*ck.card.commands, command or f"drca train reduce --dim {dim} --kind {kind}"],
         "metrics": {**ck.card.metrics, **report.card_metrics()},
+        # the copy threshold and its background set were calibrated on the full-width embeddings of the input
+        # weights: a reduced checkpoint gets its own (benchmarks/ndvr/calibrate.py), none until then
+        "match": None,
     })
     save_checkpoint(out, model, card)
     log.info("reduced checkpoint (%s to %d-d, %.1f%% of the training variance kept) written to %s", kind, dim,
