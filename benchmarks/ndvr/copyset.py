@@ -74,7 +74,15 @@ from benchmarks.ndvr.build import (
     find_originals,
     load_benchmark,
 )
-from benchmarks.ndvr.distractors import RASTER, STILL_SOURCES, _usable, compose, render, still_job
+from benchmarks.ndvr.distractors import (
+    RASTER,
+    STILL_SOURCES,
+    _usable,
+    compose,
+    render,
+    still_job,
+    write_manifest,
+)
 from media.video import open_video
 from training.data.retrieval_sets import write_id_list, write_relevance
 
@@ -544,7 +552,7 @@ def build(real: Path, stills: Path, out: Path, cfg: CopySetConfig = CopySetConfi
         list(tqdm(pool.map(run, work), total=len(work), desc="queries", unit="video"))
         list(tqdm(pool.map(lambda j: render(j, bg, bcfg), bg_jobs), total=len(bg_jobs), desc="background",
                   unit="video"))
-    _write_background(bg, bg_jobs)
+    write_manifest(bg, bg_jobs)
 
     summary: dict[str, object] = {}
     for split in SPLITS:
@@ -565,19 +573,6 @@ def build(real: Path, stills: Path, out: Path, cfg: CopySetConfig = CopySetConfi
         "images_dealt": images.dealt, "families": [family_name(f) for f in FAMILIES]}, indent=1) + "\n",
         encoding="utf-8")
     return path
-
-
-def _write_background(bg: Path, jobs: list) -> None:
-    durations = {}
-    for j in jobs:
-        with open_video(bg / "videos" / f"{j.id}.mp4") as r:
-            durations[j.id] = round(r.info.duration, 3)
-    (bg / "distractors.tsv").write_text(
-        "".join(f"{j.id}\tstill\t{j.source}\t{json.dumps(j.params, sort_keys=True)}\n" for j in jobs),
-        encoding="utf-8")
-    (bg / "distractors.json").write_text(json.dumps({
-        "count": len(jobs), "kinds": {"still": len(jobs)}, "video_seconds": round(sum(durations.values()), 3),
-        "durations_s": durations}, indent=1) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------- loading

@@ -236,18 +236,24 @@ def build(stills: Path, real: Path, out: Path, seed: int, stills_count: int, syn
     with ThreadPoolExecutor(workers) as pool:
         done = [j for j in tqdm(pool.map(one, jobs), total=len(jobs), desc="distractors", unit="video") if j]
     done, dropped = _distinct(done, out)
+    return write_manifest(out, done, seed=seed, failed=failed, identical_dropped=dropped)
+
+
+def write_manifest(out: Path, jobs: list, **extra: object) -> Path:
+    """`out/distractors.tsv` (id, kind, source, parameters per video) and `out/distractors.json` (the count,
+    the kinds, each video's duration and their sum, plus `extra`) for the rendered `jobs`; the json's path."""
     durations = {}
-    for j in done:
+    for j in jobs:
         with open_video(out / "videos" / f"{j.id}.mp4") as r:
             durations[j.id] = round(r.info.duration, 3)
     (out / "distractors.tsv").write_text(
-        "".join(f"{j.id}\t{j.kind}\t{j.source}\t{json.dumps(j.params, sort_keys=True)}\n" for j in done),
+        "".join(f"{j.id}\t{j.kind}\t{j.source}\t{json.dumps(j.params, sort_keys=True)}\n" for j in jobs),
         encoding="utf-8")
     kinds: dict[str, int] = {}
-    for j in done:
+    for j in jobs:
         kinds[j.kind] = kinds.get(j.kind, 0) + 1
-    meta = {"seed": seed, "count": len(done), "kinds": kinds, "failed": failed, "identical_dropped": dropped,
-            "video_seconds": round(sum(durations.values()), 3), "durations_s": durations}
+    meta = {**extra, "count": len(jobs), "kinds": kinds, "video_seconds": round(sum(durations.values()), 3),
+            "durations_s": durations}
     path = out / "distractors.json"
     path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return path
