@@ -82,8 +82,12 @@ OLD,NEW` measures real ones), per `--reindex-backends`:
 - `online`: the service started with NEW, `POST /v1/admin/reindex` back to OLD (the worker path and queue):
   `video_s_per_s` from the route's status (video seconds / seconds until the switch), and the latency of
   `POST /v1/search {"video_id", "k": 10}` (in process, through `TestClient`) before the reindex
-  (`search_before_*`) and while it runs (`search_during_*`, requests that both started and ended with the
-  state `running`; all must answer 200). Searches and the reindex share the CPU, as in a deployment.
+  (`search_before_*`, `--reindex-searches` of them) and while it runs (`search_during_*`, requests that both
+  started and ended with the state `running`; all must answer 200). Searches and the reindex share the CPU,
+  as in a deployment. `answers` classifies every answer from the POST until the switch as the old
+  generation's (equal hits and scores to the last answer before), the new one's (equal to the first after
+  the switch) or `other`; `one_generation` is true when there is no `other` and no old answer after a new
+  one. The videos are all uploaded, then waited for (a batch upload's queue).
 Not measured: `drca reindex --server URL` over real HTTP (the same route), a Redis deployment, a Milvus
 server or cluster (no Milvus beyond Lite runs here).
 """
@@ -864,15 +868,27 @@ def _wait_job(client, job_id: int, timeout_s: float = 300) -> dict:
     raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
 
 
-def _ingest(client, path: Path) -> int:
-    with open(path, "rb") as f:
-        r = client.post("/v1/videos", files={"file": (path.name, f, "video/mp4")})
-    if r.status_code not in (200, 202):
-        raise RuntimeError(f"upload of {path.name}: {r.status_code} {r.text}")
-    job = _wait_job(client, r.json()["job_id"])
-    if job["status"] != "done":
-        raise RuntimeError(f"ingest of {path.name} failed: {job}")
-    return r.json()["video_id"]
+def _ingest(client, paths: list[Path]) -> list[int]:
+    """Upload every video (the queue fills as a batch upload would), then wait for every job."""
+    posted = []
+    for path in paths:
+        with open(path, "rb") as f:
+            r = client.post("/v1/videos", files={"file": (path.name, f, "video/mp4")})
+        if r.status_code not in (200, 202):
+            raise RuntimeError(f"upload of {path.name}: {r.status_code} {r.text}")
+        posted.append((path, r.json()))
+    for path, body in posted:
+        job = _wait_job(client, body["job_id"])
+        if job["status"] != "done":
+            raise RuntimeError(f"ingest of {path.name} failed: {job}")
+    return [body["video_id"] for _, body in posted]
+
+
+def _answer(r) -> tuple | None:
+    """A search answer's identity: its hits' (video id, score to 4 places); None unless 200."""
+    if r.status_code != 200:
+        return None
+    return tuple((h["video_id"], round(h["score"], 4)) for h in r.json()["hits"])
 
 
 def _latency(xs: list[float], prefix: str) -> dict[str, Any]:
@@ -887,7 +903,7 @@ def measure_reindex(
     videos: int = 4,
     seconds: int = 6,
     size: int = 64,
-    searches_before: int = 30,
+    searches_before: int = 200,
     checkpoints: tuple[Path, Path] | None = None,
     timeout_s: float = 900,
 ) -> dict[str, Any]:
@@ -935,7 +951,7 @@ def measure_reindex(
         )
         stage = "ingest"
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-            ids = [_ingest(c, p) for p in paths]
+            ids = _ingest(c, paths)
         stage = "offline"
         summary = reindex(settings, read_serving_checkpoint(new, weights=True), progress=False)
         out["offline"] = {
@@ -953,12 +969,13 @@ def measure_reindex(
         with TestClient(create_app(online), raise_server_exceptions=False) as c:
             c.headers["Authorization"] = "Bearer bench-admin"
             query = {"video_id": ids[0], "k": 10}
-            before, during, errors = [], [], 0
+            before, during, errors, answers = [], [], 0, []
             for _ in range(searches_before):
                 t = time.perf_counter()
                 r = c.post("/v1/search", json=query)
                 before.append(time.perf_counter() - t)
                 errors += r.status_code != 200
+            old_answer = _answer(r)
             r = c.post("/v1/admin/reindex", json={"checkpoint": str(old)})
             if r.status_code != 202:
                 raise RuntimeError(f"POST /v1/admin/reindex: {r.status_code} {r.text}")
@@ -972,11 +989,16 @@ def measure_reindex(
                 if s0 == s1 == "running":
                     during.append(dt)
                     errors += r.status_code != 200
+                answers.append(_answer(r))
                 if s1 in ("switched", "failed"):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the online reindex did not switch within {timeout_s} s")
             status = c.get("/v1/admin/reindex").json()
+            new_answer = _answer(c.post("/v1/search", json=query))
+        # every answer during the reindex is the old generation's, then the new one's, never back
+        kinds = ["old" if a == old_answer else "new" if a == new_answer else "other" for a in answers]
+        first_new = kinds.index("new") if "new" in kinds else len(kinds)
         if status["state"] != "switched":
             raise RuntimeError(f"online reindex: {status}")
         out["online"] = {
@@ -988,6 +1010,10 @@ def measure_reindex(
             **_latency(before, "search_before"),
             **_latency(during, "search_during"),
             "search_errors": errors,
+            "answers": {k: kinds.count(k) for k in ("old", "new", "other")},
+            "old_after_new": kinds[first_new:].count("old"),
+            "one_generation": kinds.count("other") == 0 and "old" not in kinds[first_new:]
+                              and old_answer != new_answer,
         }
     except Exception as e:
         log.exception("reindex (%s) failed in %s", backend, stage)
@@ -1067,6 +1093,7 @@ def _backend_main(args: argparse.Namespace) -> None:
                     args.reindex_videos,
                     args.reindex_seconds,
                     args.reindex_size,
+                    searches_before=args.reindex_searches,
                     checkpoints=cks,
                 )
             log.info("reindex %s: %s", b, results["reindex"][b])
@@ -1142,6 +1169,7 @@ def main() -> None:
         "--reindex-size", type=int, default=64, help="frame width and height of the generated videos"
     )
     b.add_argument("--reindex-checkpoints", default=None, help="OLD,NEW instead of two tiny random ones")
+    b.add_argument("--reindex-searches", type=int, default=200, help="searches timed before the online reindex")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.backends or args.reindex:
