@@ -44,15 +44,15 @@ class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log, self.env = args, log, env or {}
         self.proc: subprocess.Popen | None = None
-        self.log_start = 0  # where the log was at the last spawn
+        self.log_start = 0  # where its log was when SPAWNED took it in
 
     def spawn(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.log_start = log.tell()
+            if self.drca and self not in SPAWNED:  # watched from here on (a restart does not move it)
+                self.log_start = log.tell()
+                SPAWNED.append(self)
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if self.drca and self not in SPAWNED:
-            SPAWNED.append(self)
 
     @property
     def running(self) -> bool:
