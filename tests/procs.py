@@ -30,17 +30,28 @@ def redis_server_exe() -> str | None:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
 
 
+#: The `drca` processes spawned whose logs may still grow (tests/internal_errors.py reads and prunes it).
+SPAWNED: list[Proc] = []
+
+
 class Proc:
+    #: A `drca` process: the test suite reads its log for internal errors (tests/internal_errors.py).
+    drca = False
+
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Gateways: /readyz is 200; workers: their heartbeat is in Redis."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log, self.env = args, log, env or {}
         self.proc: subprocess.Popen | None = None
+        self.log_start = 0  # where its log was when SPAWNED took it in
 
     def spawn(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            if self.drca and self not in SPAWNED:  # watched from here on (a restart does not move it)
+                self.log_start = log.tell()
+                SPAWNED.append(self)
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     @property
@@ -132,6 +143,8 @@ def _env(checkpoint: Path, data_dir: Path, redis_url: str, **extra: str) -> dict
 class HttpServer(Proc):
     """A `drca serve` process on a free loopback port; ready when /readyz answers 200."""
 
+    drca = True
+
     def __init__(self, extra_args: list[str], log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -169,6 +182,8 @@ class Gateway(HttpServer):
 
 class Worker(Proc):
     """`drca worker --redis`; ready once its heartbeat is in Redis."""
+
+    drca = True
 
     def __init__(self, checkpoint: Path, data_dir: Path, redis_url: str, log: Path, **settings: str) -> None:
         self.redis_url = redis_url

@@ -128,7 +128,7 @@ def test_kill_dash_nine_mid_job_reruns_unfinished_jobs_once(tmp_path):
     try:
         for attempt in range(3):
             long = lavfi_video(tmp_path / f"long{attempt}.mp4", f"testsrc2=size=64x64:rate=2:duration={600 + attempt}")
-            short = distinct_videos(tmp_path / f"short{attempt}", 2, seconds=4)
+            short = distinct_videos(tmp_path / f"short{attempt}", 2, seconds=4 + attempt)  # new content each round
             with httpx.Client(base_url=server.url, timeout=60) as c:
                 ups = [c.post("/v1/videos", files={"file": (p.name, p.read_bytes(), "video/mp4")})
                        for p in (long, *short)]

@@ -141,6 +141,7 @@ def test_bad_numbers_in_forms_metadata_and_range(client, media, tmp_path):
     assert client.get("/v1/videos").status_code == 200  # nothing stored that the listing cannot show
 
 
+@pytest.mark.expects_500("injects a RuntimeError into the store to check the JSON 500 and the kept connection")
 def test_an_unexpected_500_keeps_the_connection(server, monkeypatch):
     srv, settings = server
     rt = srv.config.loaded_app
