@@ -46,7 +46,7 @@ class _LatencyMiddleware:
     """Request latency by route template (`/v1/videos/{video_id}`, not the raw path). Every label has a
     bounded set of values, whatever clients send: the known methods or `other`, the app's route templates
     or `unmatched`, and the status code. Each 500 sent is also an ERROR record naming the request (its
-    `http_status` attribute is 500; the test suite fails a test that gets one: tests/no500.py)."""
+    `http_status` attribute is 500; the test suite fails a test that gets one: tests/internal_errors.py)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
