@@ -255,7 +255,8 @@ def train_reduce(
     dim: int = typer.Option(256, "--dim", help="The reduced embedding size."),
     kind: str = typer.Option("whiten", "--kind", help="whiten (PCA-whitening: identity covariance on the fit "
                              "data) | pca (orthogonal projection onto the top principal directions)."),
-    videos: Path = typer.Option(None, "--videos", help="Fit on the service's segments of every video under DIR."),
+    videos: list[Path] = typer.Option(None, "--videos", help="Fit on the service's segments of every video under "
+                                      "DIR (repeatable: every folder's videos)."),
     stem_cache: Path = typer.Option(None, "--stem-cache", help="Fit on the training clips (every view) of a "
                                     "`drca train shipped` stem cache (runs/shipped/stem_cache)."),
     stride_s: float = typer.Option(0.0, "--stride-s", help="--videos: seconds between segment starts (0: the "
@@ -274,7 +275,7 @@ def train_reduce(
         _fail(ValueError(f"--kind must be whiten or pca, got {kind!r}"))
     views = ("original", "mirrored", "inner") if all_views else ("original",)
     try:
-        report = reduce_checkpoint(checkpoint, out, dim, kind, videos=videos, stem_cache=stem_cache,  # type: ignore[arg-type]
+        report = reduce_checkpoint(checkpoint, out, dim, kind, videos=videos or None, stem_cache=stem_cache,  # type: ignore[arg-type]
                                    stride_s=stride_s, views=views, command=command_line(),
                                    exclude_heldout=exclude_heldout)
     except (ValueError, OSError, RuntimeError, VideoError) as e:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -177,11 +177,12 @@ class ReductionReport:
 
 
 def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: FitKind = "whiten",
-                      videos: str | Path | None = None, stem_cache: str | Path | None = None,
+                      videos: str | Path | Sequence[str | Path] | None = None,
+                      stem_cache: str | Path | None = None,
                       segment_fps: float = 1.0, stride_s: float = 0.0, views: tuple[str, ...] = ("original",),
                       command: str = "", exclude_heldout: bool = False) -> ReductionReport:
-    """Fit a ``kind`` reduction to ``dim`` on ``videos`` or ``stem_cache`` (exactly one) and write the new
-    checkpoint to ``out`` (which must not be ``checkpoint``)."""
+    """Fit a ``kind`` reduction to ``dim`` on ``videos`` (a folder, or several) or ``stem_cache`` (exactly
+    one of the two) and write the new checkpoint to ``out`` (which must not be ``checkpoint``)."""
     if (videos is None) == (stem_cache is None):
         raise ValueError("give the fit's data: exactly one of --videos DIR and --stem-cache DIR")
     if Path(out).resolve() == Path(checkpoint).resolve():
@@ -194,8 +195,11 @@ def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: F
                          "reduce a checkpoint without one, then train the text head on the result "
                          "(drca train text --set init_from=OUT)")
     if videos is not None:
-        x = embed_videos(ck.model, video_files(videos, exclude_heldout), segment_fps, stride_s, views)
-        data = (f"{len(x)} segment embeddings ({', '.join(views)}) of the videos under {videos}"
+        folders = [videos] if isinstance(videos, (str, Path)) else list(videos)
+        files = [f for folder in folders for f in video_files(folder, exclude_heldout)]
+        x = embed_videos(ck.model, files, segment_fps, stride_s, views)
+        data = (f"{len(x)} segment embeddings ({', '.join(views)}) of the videos under "
+                f"{', '.join(str(f) for f in folders)}"
                 + (" but the held-out ones" if exclude_heldout else ""))
     else:
         x = embed_stem_cache(ck.model, stem_cache)

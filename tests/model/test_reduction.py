@@ -163,6 +163,19 @@ def test_the_held_out_real_videos_can_be_left_out(tmp_path: Path):
         video_files(tmp_path, exclude_heldout=True)
 
 
+def test_the_fit_takes_every_folder_given(full: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiger.mp4").write_bytes((DATA / "tiger.mp4").read_bytes())
+    report = reduce_checkpoint(full, tmp_path / "two", 8, "pca", videos=[DATA, other], **FIT)
+    own = len(embed_videos(load_checkpoint(full).model, video_files(other), **FIT))
+    assert own > 0 and report.fit.samples == 40 + own
+    assert str(DATA) in report.data and str(other) in report.data
+    res = run_cli("--checkpoint", str(full), "--out", str(tmp_path / "cli"), "--dim", "8", "--kind", "pca",
+                  "--videos", str(DATA), "--videos", str(other), "--stride-s", "1")
+    assert res.exit_code == 0 and f"on {20 + own // 2} embeddings" in res.output, res.output
+
+
 def run_cli(*args: str):
     return CliRunner().invoke(app, ["train", "reduce", *args])
 
