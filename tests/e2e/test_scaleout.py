@@ -260,13 +260,16 @@ def test_killed_gateway_restarts_without_losing_videos_and_replicas_agree(cluste
     assert all(u.status_code == 202 for u in ups)
     jobs = [u.json()["job_id"] for u in ups]
     ids = [u.json()["video_id"] for u in ups]
-    def indexing() -> int:  # kill -9 while its follower is indexing the results
+    # kill -9 while its follower is indexing the results: once g1 has indexed one, the worker is stopped
+    # (SIGSTOP) so that no more results come until g1 is dead, however the machine schedules g1's follower
+    wait_until(lambda: index_size(g1), 60, "g1 indexing", interval_s=0.005)
+    w.proc.send_signal(signal.SIGSTOP)
+    try:
         n = index_size(g1)
         assert n < len(ids), f"g1 indexed all {n} videos before the kill"
-        return n
-
-    n = wait_until(indexing, 60, "g1 indexing", interval_s=0.005)
-    g1.kill()
+        g1.kill()
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
     with g2.client() as c2:  # the other replica answers for jobs it never saw uploaded
         finished = wait_jobs(c2, jobs, timeout_s=120, procs=(g2, w))
         assert all(j["status"] == "done" for j in finished.values())

@@ -184,12 +184,20 @@ def test_g5_two_models_take_turns_at_the_forward_pass(tmp_path):
 
     in_model = threading.Event()
 
+    def waiting(model: Model) -> int:
+        """Decoded chunks of `model`'s videos in the worker's lanes, by its own state."""
+        with worker._cond:  # noqa: SLF001
+            return sum(len(w.chunks) for w in worker._lanes() if w.encoder is model)  # noqa: SLF001
+
     def query_pass(i: int) -> None:
         in_model.set()
         with cond:  # the first pass waits for the reindex's chunks; each waits for the query's next chunk
             nth = log.count("query")
             ok = cond.wait_for(lambda: current.decoded >= min(6, nth + 2) and new.decoded >= (0 if nth else 2), 20)
         assert ok, (current.decoded, new.decoded)
+        # decoded is not yet waiting: the worker puts a chunk in its lane after the decode returns
+        wait_until(lambda: waiting(current) >= (nth < 5) and waiting(new) >= (0 if nth else 2), 20,
+                   "the decoded chunks in the worker's lanes")
 
     current.before_forward = query_pass
     reindex = Reindex(new, jobs=1)
