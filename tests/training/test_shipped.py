@@ -72,12 +72,12 @@ def test_shipped_pipeline_tiny(tmp_path: Path) -> None:
     clips = json.loads((tmp_path / "work" / "stem_cache" / "index.json").read_text())["clips"]
     assert {c["file"] for c in clips if c["kind"] == "video"} == {"videos/a.mp4"}  # b is held out
 
-    # the same run with the fit step (the cache and the trained layers reused): a whitened 8-d embedding
+    # the same run with the fit step (the cache and the trained layers reused): an 8-d PCA (the default kind)
     # fitted on the training clips, every other tensor the full-width checkpoint's
     reduced = build_shipped(replace(cfg, out=str(tmp_path / "reduced")), command="drca train shipped --reduce-dim 8",
                             overrides=(*TINY, f"train.split_file={split}", "reduction.dim=8"))
     rk = load_checkpoint(reduced)
-    assert rk.config.head.embed_dim == rk.card.embed_dim == 8 and rk.config.head.reduction == "whiten"
+    assert rk.config.head.embed_dim == rk.card.embed_dim == 8 and rk.config.head.reduction == "pca"
     n_train = sum(c["split"] == "train" for c in clips)
     assert rk.card.metrics["reduction_samples"] == 2 * n_train  # every training clip, anchor and copy
     assert {"reduced_heldout_copy_map", "reduced_heldout_copy_r1", "reduction_explained_variance"} <= rk.card.metrics.keys()
