@@ -369,9 +369,23 @@ class MilvusVideoIndex:
         return _metadata(self.client, self.collection)
 
     def set_metadata(self, values: dict[str, str]) -> None:
+        """Write `values` into the collection's properties. Several processes starting at once on a new
+        deployment write the same values together, and Milvus (Lite's server, at least) can fail one of
+        the concurrent alterations: it is retried, and done as soon as the properties hold the values."""
         self._check_open()
-        self.client.alter_collection_properties(
-            self.collection, properties={_META + str(k): str(v) for k, v in values.items()})
+        want = {str(k): str(v) for k, v in values.items()}
+        for attempt in range(_ALTER_ATTEMPTS):
+            try:
+                self.client.alter_collection_properties(
+                    self.collection, properties={_META + k: v for k, v in want.items()})
+                return
+            except MilvusException:
+                if all(self.metadata().get(k) == v for k, v in want.items()):
+                    return  # another process wrote the same values meanwhile
+                if attempt == _ALTER_ATTEMPTS - 1:
+                    raise
+                log.warning("altering Milvus collection %s failed; trying again", self.collection)
+                time.sleep(0.1 * (attempt + 1))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -428,6 +442,10 @@ class MilvusGenerations:
 
     def close(self) -> None:
         self.client.close()
+
+
+#: tries of a collection's properties update before it fails (`MilvusVideoIndex.set_metadata`)
+_ALTER_ATTEMPTS = 4
 
 
 def _create(client: MilvusClient, collection: str, cfg: MilvusConfig) -> None:

@@ -393,3 +393,53 @@ def test_milvus_refuses_more_segments_than_the_key_holds(tmp_path: Path):
         assert_stored(index, 5)
     finally:
         index.close()
+
+
+class FailingAlter(ClientSpy):
+    """A client whose first `failures` property updates fail as a concurrent one can on Milvus Lite's server
+    (`[Errno 2] No such file or directory`), after `before` (if any) ran: another process's update."""
+
+    def __init__(self, client, failures: int, before=None) -> None:
+        super().__init__(client)
+        self.failures, self.before = failures, before
+
+    def alter_collection_properties(self, *args, **kwargs):
+        from pymilvus import MilvusException
+
+        self.calls.append(("alter_collection_properties", args, kwargs))
+        if self.failures:
+            self.failures -= 1
+            if self.before is not None:
+                self.before()
+            raise MilvusException(message="[Errno 2] No such file or directory")
+        return self._client.alter_collection_properties(*args, **kwargs)
+
+
+def test_milvus_metadata_written_by_several_processes_at_once(tmp_path: Path):
+    """Gateways starting together on a new deployment write the same collection properties at once, and
+    Milvus can fail one of the concurrent updates: it is tried again, and done when the properties already
+    hold the values (another process wrote them); a failure that persists is raised."""
+    from pymilvus import MilvusException
+
+    from indexer.milvus_index import MilvusVideoIndex
+
+    def alters(spy: ClientSpy) -> int:
+        return sum(name == "alter_collection_properties" for name, _, _ in spy.calls)
+
+    index = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "milvus.db"), dim=D), "segments_t")
+    real = index.client
+    try:
+        index.client = spy = FailingAlter(real, failures=1)
+        index.set_metadata({"checkpoint": "a"})
+        assert index.metadata()["checkpoint"] == "a" and alters(spy) == 2  # failed once, then written
+        other = lambda: real.alter_collection_properties("segments_t", properties={"drca.checkpoint": "b"})  # noqa: E731
+        index.client = spy = FailingAlter(real, failures=1, before=other)
+        index.set_metadata({"checkpoint": "b"})  # another process wrote the same value: done
+        assert index.metadata()["checkpoint"] == "b" and alters(spy) == 1
+        index.client = FailingAlter(real, failures=99)
+        with pytest.raises(MilvusException):
+            index.set_metadata({"checkpoint": "c"})
+        assert index.metadata()["checkpoint"] == "b"
+    finally:
+        index.client = real
+        index.close()
