@@ -288,6 +288,7 @@ class OnlineReindex:
         self.in_flight: set[int] = set()
         self.failures: dict[int, str] = {}
         self.total = 0
+        self._listed = -1  # indexed videos at the last listing (`_step`)
         self.embedded = 0
         self.video_seconds = 0.0
         self.started = 0.0
@@ -341,6 +342,7 @@ class OnlineReindex:
             self._files, self.target, self.generation = files, None, generation
             self.failures, self.in_flight, self.done = {}, set(), set()
             self.total = self.embedded = 0
+            self._listed = -1
             self.video_seconds, self.started, self.seconds = 0.0, time.monotonic(), 0.0
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="drca-reindex", daemon=True)
@@ -520,10 +522,20 @@ class OnlineReindex:
         return {v.video_id: v for v in self.catalog.videos("indexed")}
 
     def _step(self) -> bool:
-        """Queue what the new generation lacks, or switch when it lacks nothing; True when finished."""
+        """Queue what the new generation lacks, or switch when it lacks nothing; True when finished.
+
+        Reading every indexed video's record is O(videos) of Python under the GIL, and the driver wakes
+        each time a video settles: so while jobs are in flight and the count of indexed videos has not
+        changed since the last listing, nothing can be queued and nothing is read but that count (an
+        upload indexed and a video deleted in between are caught at the latest by the listing before the
+        switch, which `_switch` repeats under the catalog lock)."""
+        count = self.catalog.count_by_status(("indexed",))["indexed"]
+        with self._lock:
+            if self.in_flight and count == self._listed:
+                return False
         wanted = self._indexed()
         with self._lock:
-            self.total = len(wanted)
+            self.total = self._listed = len(wanted)
             if self.failures and not self.in_flight:
                 listed = "; ".join(f"video {v}: {why}" for v, why in list(self.failures.items())[:5])
                 message = (f"{len(self.failures)} videos could not be re-embedded ({listed}); nothing was "

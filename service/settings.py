@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # embedded service: while a query (classify, search) is in flight, ingest work waits between its steps
     # (decoding a chunk, a forward pass, a commit), at most this long without a break (service/priority.py)
     ingest_yield_max_s: float = Field(2.0, ge=0)
+    # the worker's threads (decode, forward pass, commit; the model's own threads too) run this much lower
+    # in CPU priority than the gateway's (Linux nice; 0: the same), so that a search or a text query takes
+    # the core it needs from an ingest or a reindex under way (service/priority.py)
+    worker_nice: int = Field(10, ge=0, le=19)
     segment_fps: float = Field(1.0, gt=0)  # retrieval protocol: 1 frame per second, model-length clips
     inference_timeout_s: float = Field(60.0, gt=0)  # classify / query embedding: 503 after this
     text_search: bool = True  # load the MiniLM text encoder (needed for text queries)

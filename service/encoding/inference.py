@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from model.config import DRCAConfig
+from service.priority import at_lower_priority
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,8 @@ def open_runner(settings: Settings, net: nn.Module, cfg: DRCAConfig, device: tor
     if runtime == "torch":
         return TorchRunner(net, device)
     threads = torch.get_num_threads()
-    compiled = compile_openvino(net, cfg, weights_sha256, settings.runtime_cache_path, settings.runtime_precision, threads)
+    # compiled on a thread of the worker's priority: OpenVINO's inference threads, started here, inherit it
+    compiled = at_lower_priority(lambda: compile_openvino(net, cfg, weights_sha256, settings.runtime_cache_path,
+                                                          settings.runtime_precision, threads), settings.worker_nice)
     log.info("OpenVINO: %s, %s, %d threads", cfg.name, settings.runtime_precision, threads)
     return OpenVINORunner(compiled)

@@ -65,7 +65,7 @@ from service.encoding.inference import resolve_batch_size
 from service.encoding.plan import VideoPlan
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
 from service.metrics import ServiceMetrics
-from service.priority import QueriesInFlight
+from service.priority import QueriesInFlight, lower_thread_priority
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ class EncoderWorker:
 
     # stage 1: take --------------------------------------------------------------------------------
     def _feed(self) -> None:
+        lower_thread_priority(self.settings.worker_nice)
         while not self._stop.is_set():
             try:
                 with self._cond:
@@ -357,6 +358,7 @@ class EncoderWorker:
         return None
 
     def _decode_loop(self) -> None:
+        lower_thread_priority(self.settings.worker_nice)
         while True:
             with self._cond:
                 picked = self._pick_decode()
@@ -416,6 +418,7 @@ class EncoderWorker:
 
     # stage 3: batch + forward (text requests: their own thread) -------------------------------------
     def _run(self) -> None:
+        lower_thread_priority(self.settings.worker_nice)
         max_wait = self.settings.max_wait_ms / 1000
         while True:
             with self._cond:
@@ -549,6 +552,7 @@ class EncoderWorker:
 
     # stage 4: index + mark done / reply ---------------------------------------------------------
     def _commit(self) -> None:
+        lower_thread_priority(self.settings.worker_nice)
         while (w := self._done.get()) is not None:
             with self._cond:
                 while w.yields and (hold := self._hold_s()) > 0:  # a query in flight: its index search goes first
