@@ -3,6 +3,7 @@
     python -m benchmarks.ndvr.run --bench /work/media/ndvr --distractors /work/media/ndvr-distractors \
         --checkpoint model/checkpoints/drca-cpu [--methods drca,thumb,vpdq] [--sizes 29,300,all] \
         [--setting KEY=VALUE ...] [--out benchmarks/results/ndvr.json] [--label TEXT]
+        [--aggregations max,chamfer] [--no-view-subsets]
 
 Database: the benchmark's originals, then the distractors (``benchmarks.ndvr.distractors``) in a seeded
 random order; a database of size n is the first n of that list, so every size holds all 29 originals.
@@ -16,7 +17,9 @@ random order; a database of size n is the first n of that list, so every size ho
   query goes through the calls the route makes (``SearchService.embed_video_query``, then
   ``SearchService.video_query``) to rank the whole database, once per aggregation (``max``, the service's
   default, and ``chamfer``); smaller databases exclude the other videos (``exclude_ids``, as a client can).
-  The index search time at k=10 over the whole database is reported per aggregation.
+  The index search time at k=10 over the whole database is reported per aggregation. ``--setting
+  index=milvus`` runs the same on the Milvus backend (Milvus Lite in the data dir); ``--aggregations max
+  --no-view-subsets`` ranks the database once per query instead of seven times, for a slower backend.
 * ``thumb``: 16 frames, 16x16 grey, mean-centred, Chamfer of cosines (``baselines.py``).
 * ``vpdq``: Meta's vPDQ hashes, query match fraction (Hamming <= 31, quality >= 50).
 
@@ -81,10 +84,13 @@ class ServiceMethod:
 
     name = "drca"
 
-    def __init__(self, checkpoint: Path, overrides: dict[str, str], torch_threads: int = 0) -> None:
+    def __init__(self, checkpoint: Path, overrides: dict[str, str], torch_threads: int = 0,
+                 aggregations: tuple[str, ...] = ("max", "chamfer"), view_subsets: bool = True) -> None:
         self.checkpoint = checkpoint
         self.overrides = overrides
         self.torch_threads = torch_threads
+        self.aggregations = aggregations
+        self.view_subsets = view_subsets
 
     def run(self, database: list[str], queries: list[str], paths: dict[str, Path], seconds: float) -> ServiceRun:
         from fastapi.testclient import TestClient
@@ -101,12 +107,13 @@ class ServiceMethod:
                 ids, ingest = _ingest(client, database, paths, seconds)
                 svc = app.state.service.search
                 col = {vid: j for j, vid in enumerate(database)}
-                aggs = ("max", "chamfer")
+                aggs = self.aggregations
                 scores = {a: np.full((len(queries), len(database)), -np.inf) for a in aggs}
                 views: dict[str, list[str | None]] = {a: [] for a in aggs}
                 boxes, route_s, route_cpu_s, embed_s = [], [], [], []
                 search_s: dict[str, list[float]] = {a: [] for a in aggs}
-                subsets = [("original", *extra) for extra in _subsets(settings.query_views)]
+                subsets = ([("original", *extra) for extra in _subsets(settings.query_views)]
+                           if self.view_subsets else [])
                 view_scores = {"+".join(v): np.full((len(queries), len(database)), -np.inf) for v in subsets}
                 for qi, q in enumerate(tqdm(queries, desc="drca queries", unit="query")):
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -146,7 +153,7 @@ def _subsets(names: list[str]) -> list[tuple[str, ...]]:
 
 
 #: the settings that decide what the benchmark measures, recorded in the JSON
-SETTINGS_RECORDED = {"checkpoint", "aggregation", "segment_fps", "batch_size", "decode_threads", "torch_threads",
+SETTINGS_RECORDED = {"checkpoint", "index", "aggregation", "segment_fps", "batch_size", "decode_threads", "torch_threads",
                      "query_views", "remove_borders", "picture"}
 
 
@@ -278,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/ndvr.json")
     parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--label", default="", help="what the checkpoint is, recorded in the JSON")
+    parser.add_argument("--aggregations", default="max,chamfer",
+                        help="the aggregations each query ranks the whole database with (default: both)")
+    parser.add_argument("--no-view-subsets", action="store_true",
+                        help="skip ranking with each subset of the query views (views_searched): a slower "
+                             "backend (--setting index=milvus) then ranks the database once per aggregation")
     parser.add_argument("--stem-alone", action="store_true",
                         help="serve the anchor 'stem alone' built from --checkpoint's pretrained stem "
                              "(benchmarks.anchors) instead of the checkpoint itself")
@@ -336,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "drca":
             if args.checkpoint is None:
                 raise SystemExit("--checkpoint is required for the drca method")
-            run = ServiceMethod(args.checkpoint, overrides, args.torch_threads).run(db, queries, paths, db_seconds)
+            aggregations = tuple(a for a in args.aggregations.split(",") if a)
+            run = ServiceMethod(args.checkpoint, overrides, args.torch_threads, aggregations,
+                                not args.no_view_subsets).run(db, queries, paths, db_seconds)
             for agg, scores in run.scores.items():
                 results["methods"][f"drca_{agg}"] = {
                     "aggregation": agg, "default": agg == run.settings.get("aggregation"),
@@ -344,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                     "search_latency": percentiles(run.search_s[agg]),
                     "top_hit_view": view_counts(run.views[agg], queries, bench.transform),
                 }
-            results["methods"][f"drca_{run.settings['aggregation']}"]["views_searched"] = {
-                name: by_size(sc, db, sizes, bench, keep_per_query=False) for name, sc in run.view_scores.items()}
+            if run.view_scores:
+                results["methods"][f"drca_{run.settings['aggregation']}"]["views_searched"] = {
+                    name: by_size(sc, db, sizes, bench, keep_per_query=False) for name, sc in run.view_scores.items()}
             results["service"] = {
                 "settings": run.settings, "ingest": run.ingest,
                 "route_latency": percentiles(run.route_latency_s), "route_cpu": percentiles(run.route_cpu_s),
