@@ -21,6 +21,7 @@ from service.reindex import OnlineReindex
 from tests.service.conftest import make_settings
 from tests.service.test_broker_worker import FakeCatalog, serving
 from tests.service.test_query_scheduling import Model, _settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
 
@@ -67,12 +68,11 @@ def test_the_worker_threads_run_lower_and_the_text_thread_does_not(tmp_path):
                            _settings(tmp_path, worker_nice=7), queries=None)
     worker.start()
     try:
-        threads = {t.name: t.native_id for t in threading.enumerate() if t.name.startswith("drca-")}
+        # this worker's threads (other tests' services in this process have threads of the same names)
+        threads = {t.name: t.native_id for t in [*worker._threads, worker._committer]}
 
         def lowered() -> bool:
             return all(nice_of(tid) == min(19, base + 7) for name, tid in threads.items() if name != "drca-text")
-
-        from tests.waiting import wait_until
 
         wait_until(lowered, 10, "each worker thread lowered its priority")  # first thing each loop does
         assert {"drca-feeder", "drca-encoder", "drca-committer", "drca-decode-0", "drca-decode-1"} <= set(threads)
