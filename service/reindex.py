@@ -287,8 +287,7 @@ class OnlineReindex:
         self.done: set[int] = set()
         self.in_flight: set[int] = set()
         self.failures: dict[int, str] = {}
-        self.total = 0
-        self._listed = -1  # indexed videos at the last listing (`_step`)
+        self.total = 0  # indexed videos at the driver's last listing (`_step`)
         self.embedded = 0
         self.video_seconds = 0.0
         self.started = 0.0
@@ -342,7 +341,6 @@ class OnlineReindex:
             self._files, self.target, self.generation = files, None, generation
             self.failures, self.in_flight, self.done = {}, set(), set()
             self.total = self.embedded = 0
-            self._listed = -1
             self.video_seconds, self.started, self.seconds = 0.0, time.monotonic(), 0.0
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="drca-reindex", daemon=True)
@@ -531,11 +529,11 @@ class OnlineReindex:
         switch, which `_switch` repeats under the catalog lock)."""
         count = self.catalog.count_by_status(("indexed",))["indexed"]
         with self._lock:
-            if self.in_flight and count == self._listed:
+            if self.in_flight and count == self.total:
                 return False
         wanted = self._indexed()
         with self._lock:
-            self.total = self._listed = len(wanted)
+            self.total = len(wanted)
             if self.failures and not self.in_flight:
                 listed = "; ".join(f"video {v}: {why}" for v, why in list(self.failures.items())[:5])
                 message = (f"{len(self.failures)} videos could not be re-embedded ({listed}); nothing was "

@@ -176,7 +176,7 @@ class ReductionReport:
                 "reduction_explained_variance": round(f.explained_variance, 4), "reduction_data": self.data}
 
 
-def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: FitKind = "pca",
+def reduce_checkpoint(checkpoint: str | Path, out: str | Path, dim: int, kind: FitKind = ReductionConfig.kind,
                       videos: str | Path | Sequence[str | Path] | None = None,
                       stem_cache: str | Path | None = None,
                       segment_fps: float = 1.0, stride_s: float = 0.0, views: tuple[str, ...] = ("original",),

@@ -48,7 +48,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -207,14 +207,21 @@ class EncoderWorker:
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.broker.register_worker()
+        def lowered(loop: Callable[[], None]) -> Callable[[], None]:
+            """`loop` on a thread below the gateway's CPU priority (`worker_nice`, service/priority.py)."""
+            def run() -> None:
+                lower_thread_priority(self.settings.worker_nice)
+                loop()
+            return run
+
         self._threads = [
-            threading.Thread(target=self._feed, name="drca-feeder", daemon=True),
-            threading.Thread(target=self._run, name="drca-encoder", daemon=True),
-            threading.Thread(target=self._text_loop, name="drca-text", daemon=True),
-            *(threading.Thread(target=self._decode_loop, name=f"drca-decode-{i}", daemon=True)
+            threading.Thread(target=lowered(self._feed), name="drca-feeder", daemon=True),
+            threading.Thread(target=lowered(self._run), name="drca-encoder", daemon=True),
+            threading.Thread(target=self._text_loop, name="drca-text", daemon=True),  # the gateway's priority
+            *(threading.Thread(target=lowered(self._decode_loop), name=f"drca-decode-{i}", daemon=True)
               for i in range(self.settings.decode_threads)),
         ]
-        self._committer = threading.Thread(target=self._commit, name="drca-committer", daemon=True)
+        self._committer = threading.Thread(target=lowered(self._commit), name="drca-committer", daemon=True)
         for t in [*self._threads, self._committer]:
             t.start()
         if self.metrics:
@@ -247,7 +254,6 @@ class EncoderWorker:
 
     # stage 1: take --------------------------------------------------------------------------------
     def _feed(self) -> None:
-        lower_thread_priority(self.settings.worker_nice)
         while not self._stop.is_set():
             try:
                 with self._cond:
@@ -358,7 +364,6 @@ class EncoderWorker:
         return None
 
     def _decode_loop(self) -> None:
-        lower_thread_priority(self.settings.worker_nice)
         while True:
             with self._cond:
                 picked = self._pick_decode()
@@ -418,7 +423,6 @@ class EncoderWorker:
 
     # stage 3: batch + forward (text requests: their own thread) -------------------------------------
     def _run(self) -> None:
-        lower_thread_priority(self.settings.worker_nice)
         max_wait = self.settings.max_wait_ms / 1000
         while True:
             with self._cond:
@@ -552,7 +556,6 @@ class EncoderWorker:
 
     # stage 4: index + mark done / reply ---------------------------------------------------------
     def _commit(self) -> None:
-        lower_thread_priority(self.settings.worker_nice)
         while (w := self._done.get()) is not None:
             with self._cond:
                 while w.yields and (hold := self._hold_s()) > 0:  # a query in flight: its index search goes first
