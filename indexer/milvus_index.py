@@ -180,9 +180,10 @@ class MilvusVideoIndex:
                 try:
                     _create(client, collection, cfg)
                 except MilvusException:
-                    if not client.has_collection(collection):
+                    # another process is creating it (several start at once on a new deployment): Milvus
+                    # Lite's server fails the second creation (EEXIST) before the first one is visible
+                    if not _appears(client, collection):
                         raise
-                    # another process created it meanwhile (several start at once on a new deployment)
             client.load_collection(collection)
         except BaseException:
             client.close()
@@ -446,6 +447,18 @@ class MilvusGenerations:
 
 #: tries of a collection's properties update before it fails (`MilvusVideoIndex.set_metadata`)
 _ALTER_ATTEMPTS = 4
+#: how long a collection whose creation failed is waited for, created by another process (`MilvusVideoIndex.open`)
+_CREATE_WAIT_S = 10.0
+
+
+def _appears(client: MilvusClient, collection: str) -> bool:
+    """Whether `collection` exists within `_CREATE_WAIT_S` (another process's creation finishing)."""
+    deadline = time.monotonic() + _CREATE_WAIT_S
+    while not client.has_collection(collection):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _create(client: MilvusClient, collection: str, cfg: MilvusConfig) -> None:

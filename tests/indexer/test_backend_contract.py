@@ -12,6 +12,8 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,4 +444,50 @@ def test_milvus_metadata_written_by_several_processes_at_once(tmp_path: Path):
         assert index.metadata()["checkpoint"] == "b"
     finally:
         index.client = real
+        index.close()
+
+
+class CreatedElsewhere(ClientSpy):
+    """A client whose `create_collection` fails as Milvus Lite's server fails a second process's (`[Errno
+    17] File exists`) while the first process's creation, run here on a thread, is not yet visible."""
+
+    def __init__(self, client, delay_s: float) -> None:
+        super().__init__(client)
+        self.delay_s = delay_s
+        self.other: threading.Thread | None = None
+
+    def create_collection(self, *args, **kwargs):
+        from pymilvus import MilvusException
+
+        self.calls.append(("create_collection", args, kwargs))
+
+        def other_process() -> None:
+            time.sleep(self.delay_s)
+            self._client.create_collection(*args, **kwargs)
+
+        self.other = threading.Thread(target=other_process)
+        self.other.start()
+        raise MilvusException(message="[Errno 17] File exists")
+
+
+def test_milvus_collection_created_by_another_process_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Processes starting together on a new deployment create the same collection at once: the one whose
+    creation fails opens the collection once the other's creation is visible."""
+    from indexer import milvus_index
+    from indexer.milvus_index import MilvusVideoIndex
+
+    spies: list[CreatedElsewhere] = []
+    connect = milvus_index.connect
+
+    def spied(cfg):
+        spies.append(CreatedElsewhere(connect(cfg), delay_s=0.5))
+        return spies[-1]
+
+    monkeypatch.setattr(milvus_index, "connect", spied)
+    index = MilvusVideoIndex.open(MilvusConfig(uri=str(tmp_path / "milvus.db"), dim=D), "segments_t")
+    try:
+        spies[0].other.join(10)
+        index.add_video(1, [Span(0, 8)], np.ones((1, D), np.float32))
+        assert len(index) == 1
+    finally:
         index.close()
