@@ -146,14 +146,17 @@ def fixed_segments(
     frames_per_segment: int = 8,
     frame_times: np.ndarray | None = None,
     duration: float | None = None,
+    min_tail_shift_s: float = 0.0,
 ) -> list[Segment]:
     """Fixed-length windows ``[k * stride_s, k * stride_s + window_s)`` covering the whole video.
 
     In each window, frame ``j`` is the frame shown at ``start + (j + 0.5) * window_s / frames_per_segment``
     (so 8 s windows with 8 frames are 1 frame per second, at the half seconds).
     The tail: if the last stride leaves a partial window, one more full-length window is added that
-    ends at the end of the video (it overlaps the previous one); a video shorter than ``window_s`` gives
-    exactly one segment ``[0, duration]`` with its frames spread over the whole video.
+    ends at the end of the video (it overlaps the previous one), unless it would start less than
+    ``min_tail_shift_s`` after the previous one (overlapping query windows pass one frame interval: such a
+    tail samples nearly the same moments); a video shorter than ``window_s`` gives exactly one segment
+    ``[0, duration]`` with its frames spread over the whole video.
     """
     if num_frames < 1:
         raise ValueError("cannot segment a video with no frames")
@@ -175,7 +178,7 @@ def fixed_segments(
             starts.append(s)
             s += stride_s
         windows = [(a, a + window_s) for a in starts]
-        if windows[-1][1] < duration - eps:
+        if windows[-1][1] < duration - eps and duration - window_s - windows[-1][0] >= min_tail_shift_s - eps:
             windows.append((duration - window_s, duration))
     out = []
     for a, b in windows:

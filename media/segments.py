@@ -9,7 +9,9 @@ The near-duplicate views of `media.views` (the active picture inside constant-co
 image, the inner picture of a picture-in-picture) are planned once per video (`plan_views`, on frames of
 its first segments) and applied to each segment's frames (`ViewPlan.clips`). `view_clips` does it for a
 whole video at once; the service's worker plans once and decodes a chunk of segments at a time
-(`plan_segments`, `decode_segments`), so its memory does not grow with a video's length.
+(`plan_segments`, `decode_segments`), so its memory does not grow with a video's length. Overlapping
+segments (a query's windows every 4 s) take the frames they share with the segment before from a
+`FrameCarry`, so a frame is decoded once and the decoder never seeks back to a keyframe for it.
 
 `DecodeTimes` (optional everywhere): where decoding's time goes, for the service's profile: opening the
 container (`open`: the caller's), its frames (`decode`), the original view's preprocessing (`preprocess`),
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,15 +50,42 @@ class DecodeTimes:
     views: float = 0.0  # finding the borders and the inner picture; the extra views (mirror, inner crop)
 
 
+class FrameCarry:
+    """The frames of the segment decoded last, by index. `frames` gives a segment's frames, taking those it
+    shares with that segment from here and decoding only the others (in one `get_frames` call, which only
+    moves forward when segments come in time order); it then holds this segment's frames (one segment's
+    worth of memory)."""
+
+    def __init__(self) -> None:
+        self._by_index: dict[int, Tensor] = {}
+
+    def frames(self, reader: VideoReader, indices: Tensor | np.ndarray) -> Tensor:
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        known = self._by_index
+        missing = sorted({i for i in idx if i not in known})
+        if len(missing) == len(set(idx)):  # nothing shared: decode as asked
+            frames = reader.get_frames(idx).frames
+        else:
+            if missing:
+                known = {**known, **dict(zip(missing, reader.get_frames(missing).frames, strict=True))}
+            frames = torch.stack([known[i] for i in idx])
+        self._by_index = dict(zip(idx, frames, strict=True))
+        return frames
+
+
 def plan_segments(reader: VideoReader, num_frames: int, segment_fps: float = 1.0,
                   stride_s: float | None = None) -> list[Segment]:
     """The retrieval protocol's segments of a video (from its frame times; nothing is decoded): windows of
     `num_frames / segment_fps` seconds, every `stride_s` seconds (default: back to back; a query video is
-    planned with overlapping windows to locate copied spans finely)."""
+    planned with overlapping windows to locate copied spans finely). Overlapping windows get no end-aligned
+    tail window that starts less than one frame interval (`1 / segment_fps`) after the last window: it would
+    sample nearly the same moments (an 8.1 s query is one window, not two)."""
     info = reader.info
     window = num_frames / segment_fps
-    return fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=stride_s or window,
-                          frames_per_segment=num_frames, frame_times=reader.frame_times, duration=info.duration)
+    stride = stride_s or window
+    return fixed_segments(info.num_frames, info.fps, window_s=window, stride_s=stride,
+                          frames_per_segment=num_frames, frame_times=reader.frame_times, duration=info.duration,
+                          min_tail_shift_s=1.0 / segment_fps if stride < window else 0.0)
 
 
 @dataclass(frozen=True)
@@ -123,16 +153,19 @@ class ViewPlan:
 
 def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: Fit = "crop",
                remove_borders: bool = False, views: tuple[View, ...] = ("original",),
-               picture: Picture = "rgb", times: DecodeTimes | None = None) -> tuple[ViewPlan, list[Tensor]]:
+               picture: Picture = "rgb", times: DecodeTimes | None = None,
+               carry: FrameCarry | None = None) -> tuple[ViewPlan, list[Tensor]]:
     """Find the active picture (when ``remove_borders``) and the inner picture (when ``inner`` is asked
     for) on frames of the first ``PROBE_SEGMENTS`` segments. Returns the plan and those segments' decoded
-    frames (so they are not decoded twice). Unknown view names are a ValueError."""
+    frames (so they are not decoded twice; ``carry`` then holds the last of them). Unknown view names are a
+    ValueError."""
     for v in views:
         if v not in ("original", "mirrored", "inner"):
             raise ValueError(f"unknown view {v!r}")
     info = reader.info
     t0 = time.perf_counter()
-    head = [reader.get_frames(s.indices).frames for s in segs[:PROBE_SEGMENTS]]
+    carry = carry if carry is not None else FrameCarry()
+    head = [carry.frames(reader, s.indices) for s in segs[:PROBE_SEGMENTS]]
     t1 = time.perf_counter()
     if times is not None:
         times.decode += t1 - t0
@@ -154,13 +187,15 @@ def plan_views(reader: VideoReader, segs: list[Segment], inp: InputConfig, fit: 
 
 
 def decode_segments(reader: VideoReader, segs: list[Segment], plan: ViewPlan,
-                    times: DecodeTimes | None = None) -> Tensor:
-    """Decode exactly the frames of these segments (one `get_frames` call per segment) and preprocess
-    them in every view of ``plan``: clips ``(len(segs) * len(plan.views), C, T, H, W)``, segment-major."""
+                    times: DecodeTimes | None = None, carry: FrameCarry | None = None) -> Tensor:
+    """Decode exactly the frames of these segments (one `get_frames` call per segment; with a ``carry``,
+    which may come from an earlier call, only for the frames a segment does not share with the one before)
+    and preprocess them in every view of ``plan``: clips ``(len(segs) * len(plan.views), C, T, H, W)``,
+    segment-major."""
     clips: list[Tensor] = []
     for s in segs:
         t0 = time.perf_counter()
-        frames = reader.get_frames(s.indices).frames
+        frames = carry.frames(reader, s.indices) if carry is not None else reader.get_frames(s.indices).frames
         if times is not None:
             times.decode += time.perf_counter() - t0
         clips.extend(plan.clips(frames, times))

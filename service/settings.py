@@ -102,10 +102,12 @@ class Settings(BaseSettings):
     # what runs the model's forward pass (service/encoding/inference.py): "auto" is OpenVINO on a CPU device and torch
     # on CUDA; "torch" is the reference path everywhere. OpenVINO's precision: f32, or bf16 (opt-in, on a CPU
     # with bf16 instructions); its compiled model is cached per checkpoint (None: data_dir/cache/openvino).
-    # OpenVINO runs as many threads as torch's intra-op pool has (`torch_threads` below, or its automatic value)
     runtime: Literal["auto", "torch", "openvino"] = "auto"
     runtime_precision: Literal["f32", "bf16"] = "f32"
     runtime_cache_dir: Path | None = None
+    # OpenVINO's inference threads (`INFERENCE_NUM_THREADS`); 0: `torch_threads` when that is set, else every
+    # core the process may run on (its threads run at `worker_nice`, so the gateway still preempts them)
+    runtime_threads: int = Field(0, ge=0)
     # clips per forward pass (and segments per decoded chunk); None: by the runtime (`batch_size_for`):
     # OpenVINO on the CPU spends the same time per clip at batch 1 as at 16 (benchmarks/results/encoder-runtime.json),
     # so a small batch costs no throughput and bounds how long a query waits for the ingest batch in the model;
@@ -115,9 +117,9 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1)  # decoding runs ahead of the forward pass in this pool
     prefetch: int = Field(4, ge=1)  # ingest jobs a worker holds at once (decoding, embedding or committing)
     decode_ahead_clips: int = Field(64, ge=1)  # decoded clips waiting for the model, at most (bounds memory)
-    # intra-op threads of the model; 0: automatic, which in the embedded service is all cores but one (the
-    # gateway keeps a core's worth of responsiveness whatever the worker does), and torch's default in a
-    # standalone worker (`drca worker`)
+    # torch's intra-op threads (the torch runtime's forward pass; under OpenVINO torch's own ops: preprocessing,
+    # the text encoder); 0: automatic, which in the embedded service is all cores but one (the gateway keeps a
+    # core's worth of responsiveness whatever the worker does), and torch's default in a standalone worker
     torch_threads: int = Field(0, ge=0)
     # embedded service: while a query (classify, search) is in flight, ingest work waits between its steps
     # (decoding a chunk, a forward pass, a commit), at most this long without a break (service/priority.py)

@@ -365,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": run.settings, "ingest": run.ingest,
                 "route_latency": percentiles(run.route_latency_s), "route_cpu": percentiles(run.route_cpu_s),
                 "embed_latency": percentiles(run.embed_s),
+                # where the tail comes from: the slowest queries' route time against their length
+                "slowest_queries": [
+                    {"query": q, "seconds": round(durations[q], 2), "route_ms": round(1000 * t, 1)}
+                    for t, q in sorted(zip(run.route_latency_s, queries, strict=True), reverse=True)[:10]],
                 "query_boxes": {q: b for q, b in zip(queries, run.boxes, strict=True) if b is not None},
             }
             continue

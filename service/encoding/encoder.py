@@ -23,7 +23,7 @@ import torch
 
 from indexer import Span
 from media.sampling import Segment
-from media.segments import DecodeTimes, ViewPlan, decode_segments, plan_segments, plan_views
+from media.segments import DecodeTimes, FrameCarry, ViewPlan, decode_segments, plan_segments, plan_views
 from media.transforms import decode_short_side
 from media.video import VideoReader, open_video, reopen_video
 from model.checkpoint import CheckpointFiles, load_checkpoint_files, read_checkpoint
@@ -63,9 +63,14 @@ class OpenedVideo:
     `times`: the seconds spent so far decoding, preprocessing and on the views (opening it included)."""
 
     def __init__(self, reader: VideoReader, planned: list[Segment], plan: ViewPlan, query: bool,
-                 probed: list[torch.Tensor] | None = None, times: DecodeTimes | None = None) -> None:
+                 probed: list[torch.Tensor] | None = None, times: DecodeTimes | None = None,
+                 carry: FrameCarry | None = None) -> None:
         self._reader, self._planned, self._plan = reader, planned, plan
         self.times = times or DecodeTimes()
+        # overlapping segments (a query's windows): the last decoded one's frames, so that the next window
+        # decodes only its new frames; back-to-back segments hold no frames beyond their own chunk
+        overlapping = any(int(b.indices.min()) <= int(a.indices.max()) for a, b in zip(planned, planned[1:]))
+        self._carry = (carry or FrameCarry()) if overlapping else None
         # frames plan_views decoded for the probe, by segment: used once, so nothing is decoded twice
         self._probed: dict[int, torch.Tensor] = dict(enumerate(probed or []))
         n_views = len(plan.views)
@@ -93,7 +98,7 @@ class OpenedVideo:
         """Segment i in every view: from the probe's frames (used up unless `keep`), else decoded."""
         frames = self._probed.get(i) if keep else self._probed.pop(i, None)
         if frames is None:
-            return decode_segments(self._reader, self._planned[i : i + 1], self._plan, self.times)
+            return decode_segments(self._reader, self._planned[i : i + 1], self._plan, self.times, self._carry)
         clips = self._plan.clips(frames, self.times)
         t0 = time.perf_counter()
         out = torch.stack(clips)
@@ -162,13 +167,14 @@ class VideoEncoder:
             else:
                 planned = list(plan.segments)
             times.open += time.perf_counter() - t0
+            carry = FrameCarry()
             view_plan, probed = plan_views(reader, planned, self.config.input,
                                            remove_borders=self.settings.remove_borders, views=views,
-                                           picture=self.settings.picture, times=times)
+                                           picture=self.settings.picture, times=times, carry=carry)
         except BaseException:
             reader.close()
             raise
-        return OpenedVideo(reader, planned, view_plan, query, probed, times)
+        return OpenedVideo(reader, planned, view_plan, query, probed, times, carry)
 
     def _query_windows(self, reader: VideoReader, planned: list[Segment]) -> list[Segment]:
         """A query's windows every `query_stride_s` (overlapping), unless that would be more than

@@ -14,10 +14,12 @@ per checkpoint weights' sha256, graph (config and network code) and OpenVINO ver
 (`compiled-f32/`, `compiled-bf16/`: its `CACHE_DIR`). The first start exports and compiles (seconds);
 later starts load the compiled blob from disk.
 
-Threads: OpenVINO's compiled model runs `INFERENCE_NUM_THREADS` threads, the count the encoder gives it:
-torch's intra-op thread count (`torch_threads`, or the automatic split of `service/roles/embedded.py`), so both
-runtimes follow the same setting. OpenVINO's threads are its own pool (torch's stays idle); they are not
-pinned to cores, because the decoders and the gateway share those cores.
+Threads: OpenVINO's compiled model runs `INFERENCE_NUM_THREADS` threads (`runtime_threads`): by default every
+core the process may run on, because one clip's forward pass then takes about half the wall time on 2 cores
+for ~5 % more CPU (`benchmarks/results/encoder-runtime-2threads.json`), and a query's clips are what a user
+waits for. They run at the worker's lower priority (`worker_nice`), so the gateway preempts them. They are
+their own pool (torch's stays idle) and are not pinned to cores, because the decoders and the gateway share
+those cores.
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ class OpenVINORunner:
         return ForwardOutput(by_name["embedding"], by_name.get("logits"), by_name.get("saliency_indices"))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def runtime_threads(settings: Settings, cores: int | None = None) -> int:
+    """OpenVINO's inference threads: `runtime_threads`; else `torch_threads` (a user who limited the model's
+    threads gets that limit on either runtime); else every usable core."""
+    return settings.runtime_threads or settings.torch_threads or cores or usable_cores()
+
+
 def resolve_runtime(setting: str, device: torch.device) -> RuntimeName:
     """`auto`: OpenVINO on a CPU device, torch on CUDA. OpenVINO runs on the CPU only."""
     if setting == "auto":
@@ -198,12 +211,11 @@ def compile_openvino(net: nn.Module, cfg: DRCAConfig, weights_sha256: str, cache
 def open_runner(settings: Settings, net: nn.Module, cfg: DRCAConfig, device: torch.device,
                 weights_sha256: str) -> Runner:
     """The runner the settings ask for, for the loaded network `net` of the checkpoint whose weights file has
-    `weights_sha256` (the cache key). OpenVINO gets torch's intra-op thread count (set before this by the
-    encoder or the role builder)."""
+    `weights_sha256` (the cache key). OpenVINO runs `runtime_threads(settings)` threads."""
     runtime = resolve_runtime(settings.runtime, device)
     if runtime == "torch":
         return TorchRunner(net, device)
-    threads = torch.get_num_threads()
+    threads = runtime_threads(settings)
     # compiled on a thread of the worker's priority: OpenVINO's inference threads, started here, inherit it
     compiled = at_lower_priority(lambda: compile_openvino(net, cfg, weights_sha256, settings.runtime_cache_path,
                                                           settings.runtime_precision, threads), settings.worker_nice)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
 from service.active import Active, read_serving_checkpoint
 from service.backends.parts import Part
 from service.encoding.encoder import DECODER_THREADS, VideoEncoder
+from service.encoding.inference import runtime_threads, usable_cores
 from service.encoding.worker import EncoderWorker
 from service.metrics import ServiceMetrics
 from service.reindex import OnlineReindex, read_online_state
@@ -19,11 +19,6 @@ from service.roles.gateway import Front, Service, open_serving
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def encoder_threads(settings: Settings, leave_a_core: bool, cores: int | None = None) -> int:
@@ -39,13 +34,15 @@ def encoder_threads(settings: Settings, leave_a_core: bool, cores: int | None = 
 
 @dataclass(frozen=True)
 class ThreadSplit:
-    """How the embedded service's work shares the cores (docs/api.md#threads). On 2 cores: the encoder
-    1 thread, 2 decode threads of 1 decord thread each, and the gateway's request threads, which mostly
-    wait (a query's work runs in the worker; ingest steps wait while a query is in flight)."""
+    """How the embedded service's work shares the cores (docs/api.md#threads). On 2 cores: OpenVINO 2
+    threads at the worker's lower priority, torch 1, 2 decode threads of 1 decord thread each, and the
+    gateway's request threads, which mostly wait (a query's work runs in the worker; ingest steps wait while
+    a query is in flight)."""
 
     cores: int
-    encoder: int  # OpenVINO's INFERENCE_NUM_THREADS, and torch's intra-op pool: the torch runtime's forward
-    # pass, and under OpenVINO torch's own ops (preprocessing in the decode threads, the MiniLM text encoder)
+    encoder: int  # torch's intra-op pool: the torch runtime's forward pass, and under OpenVINO torch's own ops
+    # (preprocessing in the decode threads, the MiniLM text encoder)
+    openvino: int  # OpenVINO's INFERENCE_NUM_THREADS (`runtime_threads`)
     decoders: int  # videos decoded at once (`decode_threads`)
     per_decoder: int  # decord's threads per video (`DECODER_THREADS`)
     interop: int  # torch's inter-op pool: the service forks no torch work, so one thread
@@ -54,13 +51,13 @@ class ThreadSplit:
 def thread_split(settings: Settings, cores: int | None = None) -> ThreadSplit:
     """The embedded service's split for `cores` (default: this process's affinity)."""
     cores = cores or usable_cores()
-    return ThreadSplit(cores, encoder_threads(settings, leave_a_core=True, cores=cores), settings.decode_threads,
-                       DECODER_THREADS, 1)
+    return ThreadSplit(cores, encoder_threads(settings, leave_a_core=True, cores=cores),
+                       runtime_threads(settings, cores), settings.decode_threads, DECODER_THREADS, 1)
 
 
 def apply_thread_split(split: ThreadSplit, settings: Settings) -> None:
-    """Set torch's pools to the split before the encoder is built (OpenVINO takes torch's intra-op count). A
-    `torch_threads` setting is applied by the encoder itself; the inter-op pool can be set once per process,
+    """Set torch's pools to the split before the encoder is built (OpenVINO's count is the encoder's own,
+    `runtime_threads`). A `torch_threads` setting is applied by the encoder itself; the inter-op pool can be set once per process,
     before any inter-op work (a second embedded service in the same process keeps the first's)."""
     import torch
 
@@ -69,8 +66,9 @@ def apply_thread_split(split: ThreadSplit, settings: Settings) -> None:
     if torch.get_num_interop_threads() != split.interop:
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(split.interop)
-    log.info("threads on %d cores: encoder %d, %d decode threads x %d decord thread, torch inter-op %d",
-             split.cores, split.encoder, split.decoders, split.per_decoder, torch.get_num_interop_threads())
+    log.info("threads on %d cores: torch %d, OpenVINO %d, %d decode threads x %d decord thread, torch inter-op %d",
+             split.cores, split.encoder, split.openvino, split.decoders, split.per_decoder,
+             torch.get_num_interop_threads())
 
 
 def build_embedded(settings: Settings, metrics: ServiceMetrics | None = None) -> Service:

@@ -130,6 +130,21 @@ def test_fixed_segments_exact_multiple_and_overlap() -> None:
     assert [(s.start_s, s.end_s) for s in segs] == [(0.0, 8.0), (4.0, 12.0), (8.0, 16.0)]
 
 
+def test_an_overlapping_tail_window_within_one_frame_interval_is_left_out() -> None:
+    """Query windows (8 s every 4 s, 1 fps): an 8.1 s video is one window, not a second one 0.1 s later that
+    samples nearly the same moments; a tail a whole frame interval on is still added. Back-to-back windows
+    (indexed videos, no `min_tail_shift_s`) keep every tail."""
+    def spans(n: int, stride: float, shift: float) -> list[tuple[float, float]]:
+        segs = fixed_segments(n, 10.0, window_s=8, stride_s=stride, frames_per_segment=8, min_tail_shift_s=shift)
+        return [(round(s.start_s, 3), round(s.end_s, 3)) for s in segs]
+
+    assert spans(81, 4, 1.0) == [(0.0, 8.0)]  # 8.1 s
+    assert spans(81, 4, 0.0) == [(0.0, 8.0), (0.1, 8.1)]
+    assert spans(90, 4, 1.0) == [(0.0, 8.0), (1.0, 9.0)]  # 9 s: the tail is a frame interval on
+    assert spans(125, 4, 1.0) == [(0.0, 8.0), (4.0, 12.0)]  # 12.5 s: a tail at 4.5 s is 0.5 s after 4 s
+    assert spans(81, 8, 0.0) == [(0.0, 8.0), (0.1, 8.1)]
+
+
 def test_fixed_segments_short_video_one_segment() -> None:
     segs = fixed_segments(50, 25.0, window_s=8, stride_s=8, frames_per_segment=8)  # 2 s
     assert len(segs) == 1

@@ -148,3 +148,34 @@ def test_boxes_of_frames_decoded_scaled_down_map_back_to_the_video(clips: dict[s
     assert _close(plan.boxes["original"], (0, 12, 80, 45))  # the scaler blurs the edge by a pixel
     assert _close(plan.video_boxes()["original"], (0, 24, 160, 90), tol=4)  # 2 decoded pixels
     assert plan.video_boxes()["original"].w == 160  # the whole width stays the whole width
+
+
+def test_overlapping_windows_decode_each_frame_once_and_only_forward(tmp_path: Path) -> None:
+    """A query's windows (8 s every 4 s): with a `FrameCarry` each frame is decoded once, every decode call
+    starts after the frames already decoded (the decoder never seeks back to a keyframe), and the clips are
+    exactly those of decoding each window on its own; in two calls (the worker's chunks) as in one."""
+    from media.segments import FrameCarry, decode_segments, plan_segments, plan_views
+
+    video = _render(tmp_path / "long.mp4", "[0:v]null[out]", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x64:rate=5:duration=21")
+    inp = InputConfig(num_frames=8, img_size=32)
+    with open_video(video) as r:
+        segs = plan_segments(r, inp.num_frames, stride_s=4.0)
+        assert [s.start_s for s in segs] == [0.0, 4.0, 8.0, 12.0, 13.0]
+        plan, _ = plan_views(r, segs, inp, views=("original", "mirrored"))
+        alone = torch.cat([decode_segments(r, [s], plan) for s in segs])
+        asked: list[list[int]] = []
+        real = r.get_frames
+
+        def counting(indices):
+            asked.append([int(i) for i in indices])
+            return real(indices)
+
+        r.get_frames = counting  # type: ignore[method-assign]
+        carry = FrameCarry()
+        got = torch.cat([decode_segments(r, segs[:2], plan, carry=carry),
+                         decode_segments(r, segs[2:], plan, carry=carry)])
+    assert torch.equal(got, alone)
+    flat = [i for call in asked for i in call]
+    assert len(flat) == len(set(flat)) == len({int(i) for s in segs for i in s.indices})
+    assert all(max(a) < min(b) for a, b in zip(asked, asked[1:]))  # forward only

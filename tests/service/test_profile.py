@@ -91,14 +91,18 @@ def test_a_video_query_records_its_stages_and_its_views_clips(profiled, media):
 
 def test_the_thread_split_for_two_cores(tmp_path):
     s = make_settings(tmp_path, tmp_path).model_copy(update={"torch_threads": 0, "decode_threads": 2})
-    assert thread_split(s, cores=2) == ThreadSplit(cores=2, encoder=1, decoders=2, per_decoder=1, interop=1)
-    assert thread_split(s, cores=16).encoder == 15
-    assert thread_split(s.model_copy(update={"torch_threads": 3}), cores=2).encoder == 3
+    assert thread_split(s, cores=2) == ThreadSplit(cores=2, encoder=1, openvino=2, decoders=2, per_decoder=1,
+                                                   interop=1)
+    assert (thread_split(s, cores=16).encoder, thread_split(s, cores=16).openvino) == (15, 16)
+    limited = thread_split(s.model_copy(update={"torch_threads": 3}), cores=2)  # a limit holds on either runtime
+    assert (limited.encoder, limited.openvino) == (3, 3)
+    assert thread_split(s.model_copy(update={"torch_threads": 3, "runtime_threads": 1}), cores=2).openvino == 1
 
 
-def test_on_two_cores_the_encoder_and_each_decoder_get_one_thread(checkpoint, tmp_path, media, monkeypatch):
-    """The embedded service on a 2-core affinity: OpenVINO compiled for 1 thread, torch's intra-op pool (its
-    preprocessing, the torch runtime) at 1, and decord given 1 thread per video."""
+def test_on_two_cores_openvino_gets_both_and_torch_and_each_decoder_one_thread(checkpoint, tmp_path, media,
+                                                                               monkeypatch):
+    """The embedded service on a 2-core affinity: OpenVINO compiled for 2 threads (at the worker's priority),
+    torch's intra-op pool (its preprocessing, the torch runtime) at 1, and decord given 1 thread per video."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     given: list[int] = []
     real = decord.VideoReader
@@ -113,7 +117,7 @@ def test_on_two_cores_the_encoder_and_each_decoder_get_one_thread(checkpoint, tm
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
             encoder = c.app.state.service.active.current.encoder
-            assert encoder.runner.name == "openvino" and encoder.runner.threads == 1
+            assert encoder.runner.name == "openvino" and encoder.runner.threads == 2
             # torch's count is per thread, read once by each thread at its first parallel op: a thread that
             # starts now (as the worker's decode and runner threads did) gets the split's
             seen: list[int] = []
@@ -122,7 +126,7 @@ def test_on_two_cores_the_encoder_and_each_decoder_get_one_thread(checkpoint, tm
             t.join()
             assert seen == [1]
             info = read_info(c.get("/metrics").text)
-            assert info["encoder_threads"] == "1" and info["torch_threads"] == "1"
+            assert info["encoder_threads"] == "2" and info["torch_threads"] == "1"
             assert info["runtime"] == "openvino" and info["decode_threads"] == "2"
             assert info["decoder_threads_per_video"] == "1" and info["batch_size"] == str(settings.batch_size)
             ingest(c, media["bars"])
