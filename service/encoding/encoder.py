@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class OpenedVideo:
         self.times = times or DecodeTimes()
         # overlapping segments (a query's windows): the last decoded one's frames, so that the next window
         # decodes only its new frames; back-to-back segments hold no frames beyond their own chunk
-        overlapping = any(int(b.indices.min()) <= int(a.indices.max()) for a, b in zip(planned, planned[1:]))
+        overlapping = any(int(b.indices.min()) <= int(a.indices.max()) for a, b in pairwise(planned))
         self._carry = (carry or FrameCarry()) if overlapping else None
         # frames plan_views decoded for the probe, by segment: used once, so nothing is decoded twice
         self._probed: dict[int, torch.Tensor] = dict(enumerate(probed or []))

@@ -64,6 +64,7 @@ from service.encoding.encoder import OpenedVideo, VideoEncoder, resolve_device
 from service.encoding.inference import resolve_batch_size
 from service.encoding.plan import VideoPlan
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
+from service.memory import return_large_buffers_to_the_os
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight, lower_thread_priority
 from service.settings import Settings
@@ -207,6 +208,8 @@ class EncoderWorker:
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.broker.register_worker()
+        return_large_buffers_to_the_os()  # clips freed by the forward thread leave the process (service/memory.py)
+
         def lowered(loop: Callable[[], None]) -> Callable[[], None]:
             """`loop` on a thread below the gateway's CPU priority (`worker_nice`, service/priority.py)."""
             def run() -> None:

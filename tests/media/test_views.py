@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -178,4 +179,4 @@ def test_overlapping_windows_decode_each_frame_once_and_only_forward(tmp_path: P
     assert torch.equal(got, alone)
     flat = [i for call in asked for i in call]
     assert len(flat) == len(set(flat)) == len({int(i) for s in segs for i in s.indices})
-    assert all(max(a) < min(b) for a, b in zip(asked, asked[1:]))  # forward only
+    assert all(max(a) < min(b) for a, b in pairwise(asked))  # forward only
