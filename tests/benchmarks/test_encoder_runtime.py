@@ -67,3 +67,19 @@ def test_runtime_only_writes_the_serving_runtime_section(tmp_path: Path, monkeyp
     assert rt["gflops_per_clip"]["K8"] > rt["gflops_per_clip"]["K4"] > 0
     assert rt["k4_vs_k8_implied_by_flops"] == pytest.approx(rt["gflops_per_clip"]["K8"] / rt["gflops_per_clip"]["K4"])
     assert rt["peak"]["gflops_per_core"] > 0
+
+
+def test_the_split_benchmark_times_k4_against_k8_at_each_split(tmp_path: Path) -> None:
+    """benchmarks/encoder_split.py: at the shipped split its FLOPs ratio is the runtime benchmark's (the same
+    two networks); an earlier split puts more of the stem after the DCCM, so K=4 saves more of K=8's MACs."""
+    from benchmarks import encoder_split
+
+    out = tmp_path / "split.json"
+    assert encoder_split.main(["--splits", "5,1", "--seconds", "0.1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    five, one = res["splits"]["5"], res["splits"]["1"]
+    assert res["shipped_split"] == 5 and five["passes"] >= 1 and one["passes"] >= 1
+    runtime = json.loads((bench.RESULTS / "encoder-runtime.json").read_text())["results"]["runtime"]
+    assert five["flops_ratio"] == pytest.approx(runtime["k4_vs_k8_implied_by_flops"], rel=1e-3)
+    assert one["flops_ratio"] > five["flops_ratio"] > 1
+    assert all(v > 0 for r in (five, one) for v in r["cpu_ms_per_clip"].values())
