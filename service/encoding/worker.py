@@ -64,7 +64,7 @@ from service.encoding.encoder import OpenedVideo, VideoEncoder, resolve_device
 from service.encoding.inference import resolve_batch_size
 from service.encoding.plan import VideoPlan
 from service.errors import TRANSIENT_ERRORS, ServiceError, to_service_error
-from service.memory import return_large_buffers_to_the_os
+from service.memory import release_free_memory
 from service.metrics import ServiceMetrics
 from service.priority import QueriesInFlight, lower_thread_priority
 from service.settings import Settings
@@ -208,7 +208,6 @@ class EncoderWorker:
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.broker.register_worker()
-        return_large_buffers_to_the_os()  # clips freed by the forward thread leave the process (service/memory.py)
 
         def lowered(loop: Callable[[], None]) -> Callable[[], None]:
             """`loop` on a thread below the gateway's CPU priority (`worker_nice`, service/priority.py)."""
@@ -512,14 +511,17 @@ class EncoderWorker:
                 self._fail(w, e)
             return
         dt = time.perf_counter() - t0
+        parts = [(w, len(c)) for w, c in take]
+        take.clear()  # the batch's clips are freed here, and leave the process (service/memory.py)
+        del clips
+        release_free_memory()
         if self.metrics:
             self.metrics.batch_clips.observe(n)
             self.metrics.forward_seconds.observe(dt)
         i = 0
         finished = []
         with self._cond:
-            for w, c in take:
-                k = len(c)
+            for w, k in parts:
                 w.emb.append(emb[i : i + k])
                 if probs is not None:
                     w.probs.append(probs[i : i + k])
