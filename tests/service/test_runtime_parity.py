@@ -150,9 +150,18 @@ def test_a_second_start_uses_the_cache(tmp_path: Path, cache_dir: Path, ov_encod
 
 
 @pytest.mark.slow
-def test_openvino_threads_follow_torchs(ov_encoder: VideoEncoder) -> None:
-    """The same thread setting for both runtimes: OpenVINO gets torch's intra-op thread count."""
-    assert ov_encoder.runner.compiled.get_property("INFERENCE_NUM_THREADS") == torch.get_num_threads()
+def test_openvino_runs_on_every_usable_core_unless_limited(ov_encoder: VideoEncoder,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO is compiled for `runtime_threads(settings)` threads: every core this process may run on
+    (its affinity), whatever torch's own count; `runtime_threads`, else `torch_threads`, limits it."""
+    s = ov_encoder.settings
+    assert (s.runtime_threads, s.torch_threads) == (0, 0)
+    assert ov_encoder.runner.compiled.get_property("INFERENCE_NUM_THREADS") == inference.usable_cores()
+    assert ov_encoder.runner.threads == inference.runtime_threads(s)
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(6)))
+    assert inference.runtime_threads(s) == 6
+    assert inference.runtime_threads(s.model_copy(update={"torch_threads": 3})) == 3
+    assert inference.runtime_threads(s.model_copy(update={"torch_threads": 3, "runtime_threads": 1})) == 1
 
 
 @pytest.mark.slow
