@@ -183,7 +183,7 @@ def this_machines_peak() -> dict[str, object]:
     return f32_peak(cpuinfo, lscpu_max)
 
 
-def _round_robin(calls: dict[str, Callable[[], object]], seconds: float, min_rounds: int,
+def round_robin(calls: dict[str, Callable[[], object]], seconds: float, min_rounds: int,
                  warmup: int) -> dict[str, tuple[list[float], list[float]]]:
     """Each call once in turn (wall and process CPU seconds of each), for `seconds` and at least
     `min_rounds` rounds, after `warmup` untimed rounds."""
@@ -228,7 +228,7 @@ def runtime_section(networks: dict[str, Network], batches: tuple[int, ...], seco
             inputs = {name: torch.randn([batch, 3, n.cfg.input.num_frames] + [n.cfg.input.img_size] * 2, generator=g)
                       for name, n in networks.items()}
             calls = {f"{name}/{rt}": (lambda r=runner, x=inputs[name]: r(x)) for (name, rt), runner in runners.items()}
-            timed = _round_robin(calls, seconds, min_rounds, warmup)
+            timed = round_robin(calls, seconds, min_rounds, warmup)
             per_batch: dict[str, dict] = {name: {} for name in networks}
             for key, (wall, cpu) in timed.items():
                 name, rt = key.split("/")

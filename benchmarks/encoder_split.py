@@ -6,7 +6,8 @@ values (the MBConv blocks that run on every frame at full size before the DCCM; 
 
 For each split: the MACs of K4 and K8 (`model.flops.count_flops`) and their ratio, and the CPU time per
 clip of each in OpenVINO f32 on one thread (the service's own compile, `compile_openvino`, into a
-temporary cache), batch 1, the two networks interleaved (one pass of each in turn) for `--seconds`.
+temporary cache), batch 1, the two networks interleaved (`benchmarks.encoder.round_robin`: one pass of
+each in turn) for `--seconds`.
 Weights are random (speed does not depend on them; the shipped weights exist only for split 5), so this
 says what moving the split would buy before retraining at it (`drca train shipped`), not what the
 retrained network would score.
@@ -19,9 +20,9 @@ JSON (`benchmarks/results/encoder_split.json`): `results.splits.S` for each spli
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks._env import write_result
+from benchmarks.encoder import round_robin
 from model.config import DRCAConfig
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,9 @@ def measure_split(shipped: DRCAConfig, split: int, seconds: float, cache: Path) 
         key = f"random-split{split}-{name}".ljust(16, "0")  # the cache key of a random network
         runners[name] = OpenVINORunner(compile_openvino(net, c, key, cache / f"{split}-{name}", "f32", 1))
     clip = torch.randn(1, 3, cfg.input.num_frames, cfg.input.img_size, cfg.input.img_size)
-    for run in runners.values():
-        run(clip)  # warm-up
-    cpu: dict[str, list[float]] = {name: [] for name in runners}
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for name, run in runners.items():
-            start = time.process_time()
-            run(clip)
-            cpu[name].append(time.process_time() - start)
+    timed = round_robin({name: functools.partial(run, clip) for name, run in runners.items()}, seconds,
+                        min_rounds=3, warmup=1)
+    cpu = {name: t[1] for name, t in timed.items()}
     ms = {name: 1000 * float(np.median(v)) for name, v in cpu.items()}
     return {"gmacs": gmacs, "flops_ratio": gmacs["K8"] / gmacs["K4"], "cpu_ms_per_clip": ms,
             "measured_ratio": ms["K8"] / ms["K4"], "passes": len(cpu["K4"])}

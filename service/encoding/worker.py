@@ -208,7 +208,6 @@ class EncoderWorker:
     # lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.broker.register_worker()
-
         def lowered(loop: Callable[[], None]) -> Callable[[], None]:
             """`loop` on a thread below the gateway's CPU priority (`worker_nice`, service/priority.py)."""
             def run() -> None:
