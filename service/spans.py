@@ -6,17 +6,18 @@ score a pair must reach to count as a copy (the match threshold). A pair's score
 query window's bias (`background_bias`: the mean of the window's `top_n` highest cosines to a background
 set, when the checkpoint ships one; else 0), the same `match_score` the hit is decided with.
 
-1. Every (query window, video segment) pair at or above the threshold votes for its time offset
-   (query start - video start), binned by the query's stride; the bin with the most weight (the sum of
-   the pairs' cosines) is the dominant offset.
+1. Among the (query window, video segment) pairs at or above the threshold, the best pair's time offset
+   (query start - video start, binned by the query's stride) is the dominant offset. (Not a vote over all
+   pairs: in a static scene, say a fixed camera, every pair passes, and a vote favours the offset with the
+   most overlapping pairs rather than the one that aligns the content.)
 2. The query windows with a matching pair near that offset (the pair's segment covers at least half of
-   the shifted window) form spans: one per run of such windows that overlap or touch in time. A span's
-   query edges lie halfway between the centres of its first (last) window and the window before (after)
-   it, which did not match; at the query's start or end they are the window's own edge. So a span is
-   located to half a stride in the query, finer than the 8 s segment.
-3. The span's offset is the cosine-weighted mean of its pairs' offsets (a copy that sits between two
-   segments of the indexed video votes for both); its video edges are its query edges minus that offset,
-   clipped to the video.
+   the shifted window) form spans: one per run of such windows that overlap or touch in time. A window's
+   score against the copy (its best such pair) tells how much of it the copy covers: a span's first
+   (last) window covering the share f = score / the span's best score of the copy, the span starts
+   (1 - f) window lengths after that window's start (ends before its end); at the query's start or end
+   the window's own edge. So a span is located finer than the query's stride and than the 8 s segment.
+3. The span's offset is the cosine-weighted mean of its aligned pairs' offsets; its video edges are its
+   query edges minus that offset, clipped to the video.
 4. The span's windows are removed and 1-3 repeat on the rest (another offset: the same video copied twice,
    or cut and rearranged), at most `max_spans` times.
 
@@ -77,9 +78,8 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
     alive = sims >= min_score
     spans: list[CopySpan] = []
     while alive.any() and len(spans) < max_spans:
-        bins = np.round(offsets[alive] / stride)
-        values, where = np.unique(bins, return_inverse=True)
-        mode = values[int(np.argmax(np.bincount(where, weights=np.maximum(sims[alive], 0) + 1e-6)))] * stride
+        best = np.unravel_index(int(np.argmax(np.where(alive, sims, -np.inf))), sims.shape)
+        mode = float(np.round(offsets[best] / stride)) * stride
         aligned = alive & (np.abs(offsets - mode) <= stride / 2 + 1e-6)  # the mode's own pairs
         near = alive & (np.abs(offsets - mode) <= reach + 1e-6)  # and the half-aligned ones beside them
         rows = np.flatnonzero(near.any(axis=1))
@@ -90,9 +90,7 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
             pairs = aligned[run] if aligned[run].any() else near[run]
             w = sims[run][near[run]]
             offset = float(np.average(offsets[run][pairs], weights=np.maximum(sims[run][pairs], 0) + 1e-6))
-            a, b = int(run[0]), int(run[-1])
-            qs = q_segs[a, 0] if a == 0 else max(q_segs[a, 0], _centre(q_segs, a - 1, a))
-            qe = q_segs[b, 1] if b == len(q_segs) - 1 else min(q_segs[b, 1], _centre(q_segs, b, b + 1))
+            qs, qe = _edges(q_segs, run, np.where(near[run], sims[run], -np.inf).max(axis=1))
             # the same span in both videos: clipped to the indexed video, and the query span with it
             vs, ve = max(0.0, qs - offset), min(v_end, qe - offset)
             if ve > vs:
@@ -114,6 +112,15 @@ def _stride(segs: np.ndarray) -> float:
     return float(np.median(gaps)) if len(gaps) else float(max(segs[0, 1] - segs[0, 0], 1e-3))
 
 
-def _centre(segs: np.ndarray, i: int, j: int) -> float:
-    """Halfway between the centres of windows i and j."""
-    return float((segs[i].sum() + segs[j].sum()) / 4)
+def _edges(q_segs: np.ndarray, run: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """A span's query edges from its windows `run` (indices into `q_segs`, in time order) and their scores
+    against the copy: an edge window covering the share f = score / best score of the copy moves the edge
+    (1 - f) of its length inwards, unless it is the query's first (last) window; the windows' own edges
+    when that leaves nothing."""
+    a, b = int(run[0]), int(run[-1])
+    peak = float(scores.max())
+    share = np.clip(scores / peak, 0.0, 1.0) if peak > 0 else np.ones_like(scores)
+    qs, qe = float(q_segs[a, 0]), float(q_segs[b, 1])
+    inner_s = qs if a == 0 else qs + (1.0 - share[0]) * (q_segs[a, 1] - q_segs[a, 0])
+    inner_e = qe if b == len(q_segs) - 1 else qe - (1.0 - share[-1]) * (q_segs[b, 1] - q_segs[b, 0])
+    return (inner_s, inner_e) if inner_e > inner_s else (qs, qe)
