@@ -198,8 +198,10 @@ def _rates(r: Rates) -> dict[str, Any]:
 
 
 def copy_metrics(scores: np.ndarray, cs: CopySet, queries: list[str], database: list[str], fpr: float,
-                 calibrated: float | None = None) -> dict[str, Any]:
-    """Every ranking and decision figure of one (Q, N) score matrix."""
+                 calibrated: float | None = None, kind_of: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every ranking and decision figure of one (Q, N) score matrix. With ``kind_of`` (a distractor's kind,
+    ``benchmarks.ndvr.distractors``), also the pooled µAP with each kind's distractors left out of the
+    database (``pooled_micro_ap_without``): which of them cost the pooled ranking most."""
     rel = relevance_matrix(cs, queries, database)
     copy = np.array([cs.kind(q) != NOCOPY for q in queries])
     family = {q: cs.queries[q]["family"] for q in queries}
@@ -217,6 +219,7 @@ def copy_metrics(scores: np.ndarray, cs: CopySet, queries: list[str], database: 
     no_copy_top, copy_source = top[~copy], source[copy]
     out: dict[str, Any] = {
         "pooled_micro_ap": pooled_micro_ap(scores, rel),
+        "pooled_micro_ap_without": micro_ap_without(scores, rel, database, kind_of or {}),
         "map": ranked.map, "recall_at_1": ranked.recall_at_1,
         "map_by_kind": {k: float(np.mean(v)) for k, v in sorted(kinds.items())},
         "per_family_map": ranked.per_transform_map,
@@ -235,6 +238,17 @@ def copy_metrics(scores: np.ndarray, cs: CopySet, queries: list[str], database: 
     if calibrated is not None:
         out["at_calibrated"] = {**_rates(rates_at(calibrated, no_copy_top, copy_source)),
                                 "fpr_by_no_copy_source": _by_source(cs, queries, copy, top, calibrated)}
+    return out
+
+
+def micro_ap_without(scores: np.ndarray, rel: np.ndarray, database: list[str],
+                     kind_of: dict[str, str]) -> dict[str, float]:
+    """Kind -> the pooled µAP with the database videos of that kind (``kind_of``) left out."""
+    out = {}
+    for k in sorted(set(kind_of.values())):
+        keep = np.array([kind_of.get(d) != k for d in database])
+        if not keep.all():
+            out[k] = pooled_micro_ap(scores[:, keep], rel[:, keep])
     return out
 
 
@@ -355,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     durations = {**bench.durations, **(distractors.durations if distractors else {})}
     db = database_order(bench, distractors, args.seed)
     queries = list(bench.set.queries)
+    kinds = distractors.kind if distractors else None
     overrides = {k: _setting_value(v) for k, v in (kv.split("=", 1) for kv in args.setting)}
     db_seconds = sum(durations[v] for v in db)
     q_seconds = sum(durations[q] for q in queries)
@@ -376,12 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name in ("drca", "stem"):
             results["methods"][name] = _service_method(name, args, overrides, cs, db, queries, paths, db_seconds,
-                                                       background, calib)
+                                                       background, calib, kinds)
             continue
         method = make_baseline(name)
         desc, timing = describe_all(method, db + queries, paths, db_seconds + q_seconds)
         sim = method.similarity([desc[q] for q in queries], [desc[d] for d in db])
-        r = copy_metrics(sim, cs, queries, db, args.fpr, calib.get(name))
+        r = copy_metrics(sim, cs, queries, db, args.fpr, calib.get(name), kinds)
         if name == "vpdq":
             r["at_own_decision"] = {"rule": f"query match fraction >= {VPDQ_QUERY_MATCH}",
                                     **_rates(rates_at(VPDQ_QUERY_MATCH, *_split_scores(sim, cs, queries, db)))}
@@ -403,7 +418,7 @@ def _split_scores(scores: np.ndarray, cs: CopySet, queries: list[str], db: list[
 
 def _service_method(name: str, args: argparse.Namespace, overrides: dict[str, Any], cs: CopySet, db: list[str],
                     queries: list[str], paths: dict[str, Path], db_seconds: float, background: list[Path] | None,
-                    calib: dict[str, float]) -> dict[str, Any]:
+                    calib: dict[str, float], kinds: dict[str, str] | None = None) -> dict[str, Any]:
     checkpoint, tmp = args.checkpoint, None
     if name == "stem":
         from benchmarks.anchors import STEM_ALONE, stem_alone_checkpoint
@@ -417,7 +432,7 @@ def _service_method(name: str, args: argparse.Namespace, overrides: dict[str, An
         if tmp is not None:
             tmp.cleanup()
     # the service's figures on the score it decides with (match_score: the raw score without a background set)
-    r = {"score": "match_score", **copy_metrics(run.match_scores, cs, queries, db, args.fpr, calib.get(name))}
+    r = {"score": "match_score", **copy_metrics(run.match_scores, cs, queries, db, args.fpr, calib.get(name), kinds)}
     for q, hs in zip(queries, run.hits, strict=True):  # the API's own top hit
         r["per_query"][q]["top_hit_score"] = hs[0]["score"] if hs else None
         r["per_query"][q]["top_hit_match_score"] = hs[0].get("match_score") if hs else None

@@ -50,6 +50,23 @@ def test_pooled_micro_ap_ties_and_unreturned_pairs() -> None:
         pooled_micro_ap(scores, rel[:1])
 
 
+def test_pooled_micro_ap_without_each_distractor_kind_hand_computed() -> None:
+    from benchmarks.ndvr.copyrun import micro_ap_without
+
+    database = ["src0", "src1", "cut-a", "still-b"]
+    kind_of = {"cut-a": "tail", "still-b": "still"}
+    scores = np.array([[0.9, 0.2, 0.95, 0.1],  # copy of src0; the cut of the same scene scores above it
+                       [0.5, 0.7, 0.3, 0.6]])  # copy of src1
+    rel = np.array([[True, False, False, False], [False, True, False, False]])
+    # all: 0.95 F, 0.9 T, 0.7 T, 0.6 F ... -> (1/2 + 2/3) / 2
+    assert pooled_micro_ap(scores, rel) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    out = micro_ap_without(scores, rel, database, kind_of)
+    assert set(out) == {"tail", "still"}
+    assert out["tail"] == pytest.approx(1.0)  # 0.9 T, 0.7 T first
+    assert out["still"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # the cut's 0.95 still ranks first
+    assert micro_ap_without(scores, rel, database, {}) == {}
+
+
 # ------------------------------------------------------------------------------------- threshold
 
 
