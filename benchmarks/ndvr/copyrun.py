@@ -261,17 +261,23 @@ def _by_source(cs: CopySet, queries: list[str], copy: np.ndarray, top: np.ndarra
 
 
 def service_decisions(cs: CopySet, queries: list[str], hits: list[list[dict]]) -> dict[str, Any] | None:
-    """Rates of the service's own ``match`` flags (None when the response has no ``match``)."""
+    """Rates of the service's own ``match`` flags (None when the response has no ``match``), and how many
+    of the hits it marks as copies are not (``hits_marked``, ``hits_marked_wrong``: of every query, those of
+    copy queries included, e.g. another video of the same scene marked beside the source)."""
     if not any("match" in h for hs in hits for h in hs):
         return None
     no_copy, copies = [], []
+    marked = wrong = 0
     for q, hs in zip(queries, hits, strict=True):
         rel = cs.bench.set.relevant.get(q, frozenset())
         if cs.kind(q) == NOCOPY:
             no_copy.append(any(h.get("match") for h in hs))
         else:
             copies.append(any(h.get("match") and h.get("external_id") in rel for h in hs))
-    return _rates(decision_rates(no_copy, copies))
+        flagged = [h for h in hs if h.get("match")]
+        marked += len(flagged)
+        wrong += sum(h.get("external_id") not in rel for h in flagged)
+    return {**_rates(decision_rates(no_copy, copies)), "hits_marked": marked, "hits_marked_wrong": wrong}
 
 
 def span_metrics(cs: CopySet, queries: list[str], hits: list[list[dict]]) -> dict[str, Any]:

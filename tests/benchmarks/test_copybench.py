@@ -337,3 +337,20 @@ def test_copyrun_and_calibrate_end_to_end(tiny_copyset: Path, tmp_path: Path) ->
                            "--dry-run", "--out", str(tmp_path / "cal-bg2.json")]) == 0
     again = json.loads((tmp_path / "cal-bg2.json").read_text())["results"]
     assert again["threshold"] == match["min_score"] and again["match"]["background"] == bg
+
+
+def test_service_decisions_count_the_hits_wrongly_marked_as_copies() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.ndvr.copyrun import service_decisions
+
+    relevant = {"q-copy": frozenset({"src"}), "q-none": frozenset()}
+    cs = SimpleNamespace(bench=SimpleNamespace(set=SimpleNamespace(relevant=relevant)),
+                         kind=lambda q: "chain" if q == "q-copy" else copyset.NOCOPY)
+    hits = [[{"external_id": "src", "match": True}, {"external_id": "same-scene", "match": True},
+             {"external_id": "same-scene-2", "match": True}, {"external_id": "other", "match": False}],
+            [{"external_id": "other", "match": False}]]
+    out = service_decisions(cs, ["q-copy", "q-none"], hits)
+    assert out["copy_recall"] == 1.0 and out["false_positive_rate"] == 0.0  # the query-level rates miss it
+    assert (out["hits_marked"], out["hits_marked_wrong"]) == (3, 2)
+    assert service_decisions(cs, ["q-copy"], [[{"external_id": "src"}]]) is None  # no match field
