@@ -226,6 +226,9 @@ def train_shipped(
     reduce_dim: int = typer.Option(0, "--reduce-dim", help="Fit a compact embedding of this size on the training "
                                    "clips after training (0: the full-width 1280-d feature)."),
     reduction_kind: str = typer.Option("pca", "--reduction-kind", help="pca | whiten (see drca train reduce)."),
+    set_: list[str] = typer.Option([], "--set", help="Recipe override key.path=value (repeatable): cache.* (the "
+                                   "clips and their copies' edits, e.g. cache.augment.blur_p=0.4) or train.*; "
+                                   "recorded in the card's command."),
 ) -> None:
     """Reproduce the shipped default checkpoint from scratch: real videos and stills, the teacher, the
     distillation run, label agreement on the held-out videos, model card (docs/training.md)."""
@@ -242,7 +245,7 @@ def train_shipped(
                         reduction=ReductionConfig(reduce_dim, reduction_kind),  # type: ignore[arg-type]
                         **({"out": str(out)} if out else {}))
     try:
-        ckpt = build_shipped(cfg, command=command_line())
+        ckpt = build_shipped(cfg, command=command_line(), overrides=tuple(set_))
     except (ValueError, OSError, RuntimeError, VideoError) as e:
         _fail(e)
     typer.echo(f"checkpoint: {ckpt}")

@@ -87,3 +87,24 @@ def test_shipped_pipeline_tiny(tmp_path: Path) -> None:
     with torch.no_grad():
         out = rk.model(torch.randn(2, 3, 4, 96, 96))
     assert out.embedding.shape == (2, 8) and torch.allclose(out.embedding.norm(dim=1), torch.ones(2))
+
+
+def test_cli_set_reaches_the_recipe_and_a_bad_key_is_one_line(tmp_path: Path) -> None:
+    """`drca train shipped --set` overrides the recipe (cache.*, train.*): an unknown key stops it at once with
+    one line naming the key, before any folder is made (a real folder and teacher are given, so nothing would be
+    downloaded if the option were ignored)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app as drca_app
+
+    real = _real_folder(tmp_path / "real")
+    weights = tmp_path / "teacher.pth"
+    torch.save(EfficientNetLite0().state_dict(), weights)
+    work = tmp_path / "work"
+    result = CliRunner().invoke(drca_app, [
+        "train", "shipped", "--work-dir", str(work), "--out", str(tmp_path / "ckpt"), "--real-dir", str(real),
+        "--teacher", str(weights), "--set", "cache.augment.blur_p=0.4", "--set", "cache.augment.blurr_p=0.4"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown config key 'cache.augment.blurr_p'" in lines[0], result.output
+    assert not work.exists()
