@@ -9,7 +9,9 @@ set, when the checkpoint ships one; else 0), the same `match_score` the hit is d
 1. Among the (query window, video segment) pairs at or above the threshold, the best pair's time offset
    (query start - video start, binned by the query's stride) is the dominant offset. (Not a vote over all
    pairs: in a static scene, say a fixed camera, every pair passes, and a vote favours the offset with the
-   most overlapping pairs rather than the one that aligns the content.)
+   most overlapping pairs rather than the one that aligns the content.) Only where several pairs tie with
+   the best (within `OFFSET_TIE`: a picture that does not change, where the content cannot tell offsets
+   apart) do those tied pairs vote, and the offset most of them share wins (the best pair's own on a tie).
 2. The query windows with a matching pair near that offset (the pair's segment covers at least half of
    the shifted window) form spans: one per run of such windows that overlap or touch in time. A window's
    score against the copy (its best such pair) tells how much of it the copy covers: a span's first
@@ -32,6 +34,9 @@ import numpy as np
 
 #: spans per hit, at most
 MAX_SPANS = 8
+#: pairs scoring within this of the best pair tie with it (a still picture: re-encoding noise of about 1e-4
+#: separates them); the offset is then voted among the tied pairs
+OFFSET_TIE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
     spans: list[CopySpan] = []
     while alive.any() and len(spans) < max_spans:
         best = np.unravel_index(int(np.argmax(np.where(alive, sims, -np.inf))), sims.shape)
-        mode = float(np.round(offsets[best] / stride)) * stride
+        mode = _tied_offset(offsets, stride, alive & (sims >= sims[best] - OFFSET_TIE), offsets[best])
         aligned = alive & (np.abs(offsets - mode) <= stride / 2 + 1e-6)  # the mode's own pairs
         near = alive & (np.abs(offsets - mode) <= reach + 1e-6)  # and the half-aligned ones beside them
         rows = np.flatnonzero(near.any(axis=1))
@@ -102,6 +107,15 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
                                   round(float(ve), 3), float(w.max())))
         alive[rows] = False
     return sorted(spans[:max_spans], key=lambda s: (s.query_start, -s.score))
+
+
+def _tied_offset(offsets: np.ndarray, stride: float, tied: np.ndarray, best: float) -> float:
+    """The binned offset most of the `tied` pairs share; the best pair's (`best`) when it is among the most
+    shared, else the one nearest zero."""
+    bins, counts = np.unique(np.round(offsets[tied] / stride), return_counts=True)
+    top = bins[counts == counts.max()]
+    own = float(np.round(best / stride))
+    return (own if own in top else float(top[np.argmin(np.abs(top))])) * stride
 
 
 def _stride(segs: np.ndarray) -> float:
