@@ -11,7 +11,8 @@ set, when the checkpoint ships one; else 0), the same `match_score` the hit is d
    pairs: in a static scene, say a fixed camera, every pair passes, and a vote favours the offset with the
    most overlapping pairs rather than the one that aligns the content.) Only where several pairs tie with
    the best (within `OFFSET_TIE`: a picture that does not change, where the content cannot tell offsets
-   apart) do those tied pairs vote, and the offset most of them share wins (the best pair's own on a tie).
+   apart) do those tied pairs vote: the offset most of them share wins (on equal counts the best pair's own,
+   else the one nearest zero).
 2. The query windows with a matching pair near that offset (the pair's segment covers at least half of
    the shifted window) form spans: one per run of such windows that overlap or touch in time. A window's
    score against the copy (its best such pair) tells how much of it the copy covers: a span's first
@@ -93,9 +94,9 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
         breaks = np.flatnonzero(q_segs[rows[1:], 0] > q_segs[rows[:-1], 1] + 1e-6) + 1
         for run in np.split(rows, breaks):
             pairs = aligned[run] if aligned[run].any() else near[run]
-            w = sims[run][near[run]]
             offset = float(np.average(offsets[run][pairs], weights=np.maximum(sims[run][pairs], 0) + 1e-6))
-            qs, qe = _edges(q_segs, run, np.where(near[run], sims[run], -np.inf).max(axis=1))
+            window_scores = np.where(near[run], sims[run], -np.inf).max(axis=1)  # each window's best near pair
+            qs, qe = _edges(q_segs, run, window_scores)
             # the same span in both videos: clipped to the indexed video, and the query span with it
             vs, ve = max(0.0, qs - offset), min(v_end, qe - offset)
             if ve > vs:
@@ -104,7 +105,7 @@ def copy_spans(query_vectors: np.ndarray, query_segments: np.ndarray, vectors: n
                 cols = np.flatnonzero(near[run].any(axis=0))
                 vs, ve = float(v_segs[cols, 0].min()), float(v_segs[cols, 1].max())
             spans.append(CopySpan(round(float(qs), 3), round(float(min(qe, q_end)), 3), round(float(vs), 3),
-                                  round(float(ve), 3), float(w.max())))
+                                  round(float(ve), 3), float(window_scores.max())))
         alive[rows] = False
     return sorted(spans[:max_spans], key=lambda s: (s.query_start, -s.score))
 
